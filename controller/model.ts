@@ -1,0 +1,90 @@
+// Records the controller keeps in etcd. Specs (what was asked for) and statuses
+// (what agents observed) are separate types and separate keys.
+
+export type ImageFormatName = "qcow2" | "raw";
+export type PreallocationName = "off" | "metadata" | "falloc" | "full";
+
+export interface NodeLabelsRecord {
+  zone: string;
+  rack: string;
+}
+
+/** A pool as the agent last reported it. */
+export interface PoolRecord {
+  name: string;
+  type: string;
+  path: string;
+  capacityBytes: number;
+  availableBytes: number;
+  allocatedBytes: number;
+  overcommitRatio: number;
+}
+
+/** Written when an agent registers; cordon is the operator's part of it. */
+export interface NodeSpec {
+  name: string;
+  address: string;
+  labels: NodeLabelsRecord;
+  cordoned: boolean;
+  registeredAtMs: number;
+  agentVersion: string;
+}
+
+/** Kept under a lease that the leader refreshes on each heartbeat: gone means offline. */
+export interface NodeStatus {
+  lastHeartbeatMs: number;
+  pools: PoolRecord[];
+}
+
+export interface ReplicaPlacement {
+  id: string;
+  node: string;
+  pool: string;
+}
+
+export interface VolumeSpec {
+  name: string;
+  uid: string;
+  sizeBytes: number;
+  replicas: number;
+  format: ImageFormatName;
+  preallocation: PreallocationName;
+  /** Only place in pools of this name ("" for any). */
+  pool: string;
+  createdAtMs: number;
+  /** Set by delete; the reconciler removes replicas, then the spec. */
+  deleting: boolean;
+  /** Decided by the scheduler when the volume was created. */
+  placement: ReplicaPlacement[];
+}
+
+export type ReplicaStateName = "creating" | "healthy" | "unreachable" | "failed" | "deleting";
+export type VolumePhaseName = "creating" | "healthy" | "degraded" | "failed" | "deleting" | "resizing";
+
+export interface ReplicaStatusRecord {
+  id: string;
+  node: string;
+  pool: string;
+  path: string;
+  state: ReplicaStateName;
+  virtualSizeBytes: number;
+  allocatedBytes: number;
+  message: string;
+}
+
+export interface VolumeStatus {
+  phase: VolumePhaseName;
+  message: string;
+  replicas: ReplicaStatusRecord[];
+  updatedAtMs: number;
+}
+
+/** A long operation, recorded before any agent is called. */
+export interface OperationRecord {
+  id: string;
+  kind: "create-volume" | "delete-volume" | "resize-volume";
+  volume: string;
+  startedAtMs: number;
+  /** Leader instance that started it. */
+  startedBy: string;
+}
