@@ -26,8 +26,11 @@ export interface NodeSpec {
   address: string;
   labels: NodeLabelsRecord;
   cordoned: boolean;
+  /** Changes at every agent (re)start: replicas are re-applied on a new epoch. */
   registeredAtMs: number;
   agentVersion: string;
+  /** Pools as reported at registration, shown while the node is offline. */
+  pools: PoolRecord[];
 }
 
 /** Kept under a lease that the leader refreshes on each heartbeat: gone means offline. */
@@ -70,6 +73,8 @@ export interface ReplicaStatusRecord {
   virtualSizeBytes: number;
   allocatedBytes: number;
   message: string;
+  /** The node's registeredAtMs when the agent last confirmed this replica. */
+  nodeEpoch: number;
 }
 
 export interface VolumeStatus {

@@ -1,0 +1,69 @@
+// The waiting half of volume create / resize / delete: poll GetVolume until done.
+import { VolumeServiceService, type GetVolumeResponse } from "../../gen/stowage/v1/controller.js";
+import type { Volume } from "../../gen/stowage/v1/types.js";
+import { DeadlineError, NotFoundError, StowageError } from "../../lib/errors.js";
+import type { CliContext } from "../context.js";
+import { enumLabel, VOLUME_PHASE } from "../convert.js";
+import { createProgress, pollUntil, resizeProgress, type Progress } from "../wait.js";
+
+function failed(name: string, v: Volume): StowageError {
+  return new StowageError(`volume ${name} failed: ${v.message || "no reason given"}`, {
+    hint: `see each replica's state with 'stowctl volume get ${name}'; remove it with 'stowctl volume delete ${name}'`,
+  });
+}
+
+function stillBusy(name: string, doing: string, last: Volume | undefined, waitMs: number): DeadlineError {
+  const phase = last ? ` (phase ${enumLabel(VOLUME_PHASE, last.phase)})` : "";
+  return new DeadlineError(`volume ${name} is still ${doing} after ${waitMs / 1000}s${phase}`, {
+    hint: `check it with 'stowctl volume get ${name}', or wait longer with --wait-timeout SECONDS`,
+  });
+}
+
+/** Polls until `progress` says done; returns the last GetVolume response. */
+async function waitForVolume(
+  ctx: CliContext,
+  name: string,
+  doing: string,
+  waitMs: number,
+  progress: (v: Volume) => Progress,
+): Promise<GetVolumeResponse> {
+  const volumes = ctx.controllers().service(VolumeServiceService);
+  let last: Volume | undefined;
+  return pollUntil(
+    async () => {
+      const res = await volumes.getVolume({ name });
+      if (!res.volume) return undefined;
+      last = res.volume;
+      const p = progress(res.volume);
+      if (p === "failed") throw failed(name, res.volume);
+      return p === "done" ? res : undefined;
+    },
+    { timeoutMs: waitMs, now: ctx.deps.now, sleep: ctx.deps.sleep, onTimeout: () => stillBusy(name, doing, last, waitMs) },
+  );
+}
+
+export function waitCreated(ctx: CliContext, name: string, waitMs: number): Promise<GetVolumeResponse> {
+  return waitForVolume(ctx, name, "creating", waitMs, createProgress);
+}
+
+export function waitResized(ctx: CliContext, name: string, sizeBytes: number, waitMs: number): Promise<GetVolumeResponse> {
+  return waitForVolume(ctx, name, "resizing", waitMs, (v) => resizeProgress(v, sizeBytes));
+}
+
+/** Deleted once GetVolume answers NotFound. */
+export async function waitDeleted(ctx: CliContext, name: string, waitMs: number): Promise<void> {
+  const volumes = ctx.controllers().service(VolumeServiceService);
+  let last: Volume | undefined;
+  await pollUntil(
+    async () => {
+      try {
+        last = (await volumes.getVolume({ name })).volume;
+        return undefined;
+      } catch (err) {
+        if (err instanceof NotFoundError) return true;
+        throw err;
+      }
+    },
+    { timeoutMs: waitMs, now: ctx.deps.now, sleep: ctx.deps.sleep, onTimeout: () => stillBusy(name, "deleting", last, waitMs) },
+  );
+}

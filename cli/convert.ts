@@ -1,0 +1,68 @@
+// The one mapping between API enums and the words operators type and read
+// ("qcow2", "healthy"), and the one converter from API messages to JSON output.
+import { ImageFormat, Preallocation, ReplicaState, VolumePhase } from "../gen/stowage/v1/types.js";
+
+/** A ts-proto numeric enum (with its reverse mapping) and the prefix its value names share. */
+export interface EnumInfo {
+  readonly values: Record<string | number, string | number>;
+  readonly prefix: string;
+}
+
+export const IMAGE_FORMAT: EnumInfo = { values: ImageFormat, prefix: "IMAGE_FORMAT_" };
+export const PREALLOCATION: EnumInfo = { values: Preallocation, prefix: "PREALLOCATION_" };
+export const REPLICA_STATE: EnumInfo = { values: ReplicaState, prefix: "REPLICA_STATE_" };
+export const VOLUME_PHASE: EnumInfo = { values: VolumePhase, prefix: "VOLUME_PHASE_" };
+
+/** "VOLUME_PHASE_HEALTHY" (2) -> "healthy"; a value newer than this client -> "unknown-7". */
+export function enumLabel(e: EnumInfo, value: number): string {
+  const full = e.values[value];
+  if (typeof full !== "string") return `unknown-${value}`;
+  return (full.startsWith(e.prefix) ? full.slice(e.prefix.length) : full).toLowerCase();
+}
+
+/** The labels an operator may type (UNSPECIFIED and UNRECOGNIZED are not choices). */
+export function enumChoices(e: EnumInfo): string[] {
+  return Object.entries(e.values)
+    .filter(([name, v]) => typeof v === "number" && v > 0 && name.startsWith(e.prefix))
+    .map(([, v]) => enumLabel(e, v as number));
+}
+
+/** "raw" -> ImageFormat.IMAGE_FORMAT_RAW; undefined when it is not a choice. */
+export function enumFromLabel(e: EnumInfo, label: string): number | undefined {
+  const v = e.values[e.prefix + label.trim().toUpperCase()];
+  return typeof v === "number" && v > 0 ? v : undefined;
+}
+
+// Enum-typed fields of the public API messages, by field name. Each name has one
+// meaning across stowage.v1 (Volume.phase, VolumeSpec.format and .preallocation,
+// ReplicaStatus.state), so the converter needs no per-message schema.
+const ENUM_FIELDS: Record<string, EnumInfo> = {
+  phase: VOLUME_PHASE,
+  format: IMAGE_FORMAT,
+  preallocation: PREALLOCATION,
+  state: REPLICA_STATE,
+};
+
+/**
+ * Turns a decoded API message into plain JSON: every field kept (defaults too, so
+ * the shape never changes), enums as lower-case labels, sizes as numbers of bytes.
+ */
+export function toJson(value: unknown, field?: string): unknown {
+  if (field !== undefined && typeof value === "number" && ENUM_FIELDS[field]) {
+    return enumLabel(ENUM_FIELDS[field], value);
+  }
+  if (Array.isArray(value)) return value.map((item) => toJson(item, field));
+  if (value !== null && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) {
+      if (v !== undefined) out[k] = toJson(v, k);
+    }
+    return out;
+  }
+  return value;
+}
+
+/** Pretty JSON text of an API message, with a final newline. */
+export function jsonText(value: unknown): string {
+  return `${JSON.stringify(toJson(value), null, 2)}\n`;
+}

@@ -1,0 +1,73 @@
+// Command-line arguments -> API request objects. Pure: everything an operator can get
+// wrong on the command line is caught here, before a controller is contacted.
+import type {
+  CreateVolumeRequest,
+  GetPoolRequest,
+  ListPoolsRequest,
+  ResizeVolumeRequest,
+} from "../gen/stowage/v1/controller.js";
+import { ImageFormat, Preallocation } from "../gen/stowage/v1/types.js";
+import { StowageError } from "../lib/errors.js";
+import { validateName } from "../lib/names.js";
+import { IMAGE_FORMAT, PREALLOCATION } from "./convert.js";
+import { parseCountFlag, parseEnumFlag, parsePoolRef, parseSizeFlag, UsageError } from "./flags.js";
+
+export const DEFAULT_REPLICAS = 2;
+export const DEFAULT_FORMAT = "qcow2";
+export const DEFAULT_PREALLOCATION = "off";
+
+/** The options of `volume create` as commander hands them over (strings, unparsed). */
+export interface CreateVolumeFlags {
+  size?: string;
+  replicas?: string;
+  format?: string;
+  preallocation?: string;
+  pool?: string;
+  dryRun?: boolean;
+}
+
+export function createVolumeRequest(name: string, flags: CreateVolumeFlags): CreateVolumeRequest {
+  checkName("volume", name);
+  if (flags.size === undefined) throw new UsageError("required option '--size <size>' not specified");
+  const format = parseEnumFlag("--format", IMAGE_FORMAT, flags.format ?? DEFAULT_FORMAT);
+  const preallocation = parseEnumFlag("--preallocation", PREALLOCATION, flags.preallocation ?? DEFAULT_PREALLOCATION);
+  // qemu-img knows metadata preallocation only for qcow2.
+  if (format === ImageFormat.IMAGE_FORMAT_RAW && preallocation === Preallocation.PREALLOCATION_METADATA) {
+    throw new UsageError("option '--preallocation': 'metadata' needs --format qcow2; raw images take off, falloc or full");
+  }
+  const pool = flags.pool ?? "";
+  if (pool !== "") checkName("pool", pool);
+  return {
+    spec: {
+      name,
+      sizeBytes: parseSizeFlag("--size", flags.size),
+      replicas: parseCountFlag("--replicas", flags.replicas ?? String(DEFAULT_REPLICAS)),
+      format,
+      preallocation,
+      pool,
+    },
+    dryRun: flags.dryRun ?? false,
+  };
+}
+
+export function resizeVolumeRequest(name: string, flags: { size?: string }): ResizeVolumeRequest {
+  if (flags.size === undefined) throw new UsageError("required option '--size <size>' not specified");
+  return { name, sizeBytes: parseSizeFlag("--size", flags.size) };
+}
+
+export function listPoolsRequest(flags: { node?: string }): ListPoolsRequest {
+  return { node: flags.node ?? "" };
+}
+
+export function getPoolRequest(first: string, second?: string): GetPoolRequest {
+  return parsePoolRef(first, second);
+}
+
+function checkName(kind: string, name: string): void {
+  try {
+    validateName(kind, name);
+  } catch (err) {
+    if (!(err instanceof StowageError)) throw err;
+    throw new UsageError(err.hint ? `${err.message}: ${err.hint}` : err.message);
+  }
+}

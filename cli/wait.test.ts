@@ -1,0 +1,67 @@
+import { describe, expect, it } from "vitest";
+import { VolumePhase, type Volume } from "../gen/stowage/v1/types.js";
+import { DeadlineError, NotFoundError, UnavailableError } from "../lib/errors.js";
+import { createProgress, pollUntil, resizeProgress } from "./wait.js";
+
+function fakeClock() {
+  let t = 0;
+  return { now: () => t, sleep: async (ms: number) => void (t += ms) };
+}
+
+const timeout = () => new DeadlineError("still busy");
+
+describe("pollUntil", () => {
+  it("returns the first value and polls every 100 ms", async () => {
+    const clock = fakeClock();
+    let calls = 0;
+    const v = await pollUntil(async () => (++calls === 4 ? "done" : undefined), { timeoutMs: 1000, onTimeout: timeout, ...clock });
+    expect(v).toBe("done");
+    expect(clock.now()).toBe(300);
+  });
+
+  it("throws the timeout error when time runs out", async () => {
+    const clock = fakeClock();
+    await expect(pollUntil(async () => undefined, { timeoutMs: 250, onTimeout: timeout, ...clock })).rejects.toThrow("still busy");
+    expect(clock.now()).toBe(250);
+  });
+
+  it("rides out an unreachable controller but stops on other errors", async () => {
+    const clock = fakeClock();
+    let calls = 0;
+    const step = async () => {
+      if (++calls < 3) throw new UnavailableError("leader moving");
+      return "ok";
+    };
+    await expect(pollUntil(step, { timeoutMs: 1000, onTimeout: timeout, ...clock })).resolves.toBe("ok");
+    const fail = async () => {
+      throw new NotFoundError("volume", "x");
+    };
+    await expect(pollUntil(fail, { timeoutMs: 1000, onTimeout: timeout, ...clock })).rejects.toBeInstanceOf(NotFoundError);
+  });
+});
+
+function vol(phase: VolumePhase, sizes: number[]): Volume {
+  return {
+    phase,
+    replicas: sizes.map((s, i) => ({ id: `r${i}`, node: "n", pool: "p", path: "", state: 2, virtualSizeBytes: s, allocatedBytes: 0, message: "" })),
+    message: "",
+    createdAtMs: 0,
+    uid: "",
+  };
+}
+
+describe("progress", () => {
+  it("create is done when healthy, failed when failed", () => {
+    expect(createProgress(vol(VolumePhase.VOLUME_PHASE_CREATING, []))).toBe("pending");
+    expect(createProgress(vol(VolumePhase.VOLUME_PHASE_HEALTHY, [1]))).toBe("done");
+    expect(createProgress(vol(VolumePhase.VOLUME_PHASE_FAILED, []))).toBe("failed");
+  });
+
+  it("resize is done when healthy and every replica has grown", () => {
+    expect(resizeProgress(vol(VolumePhase.VOLUME_PHASE_HEALTHY, [20, 10]), 20)).toBe("pending");
+    expect(resizeProgress(vol(VolumePhase.VOLUME_PHASE_RESIZING, [20, 20]), 20)).toBe("pending");
+    expect(resizeProgress(vol(VolumePhase.VOLUME_PHASE_HEALTHY, [20, 21]), 20)).toBe("done");
+    expect(resizeProgress(vol(VolumePhase.VOLUME_PHASE_HEALTHY, []), 20)).toBe("pending");
+    expect(resizeProgress(vol(VolumePhase.VOLUME_PHASE_FAILED, [20]), 20)).toBe("failed");
+  });
+});

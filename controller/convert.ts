@@ -1,0 +1,124 @@
+// Conversion between etcd records and API messages, in one place.
+import {
+  ImageFormat,
+  Preallocation,
+  ReplicaState,
+  VolumePhase,
+  type Node,
+  type Pool,
+  type Volume,
+  type VolumeSpec as ApiVolumeSpec,
+} from "../gen/stowage/v1/types.js";
+import type {
+  ImageFormatName,
+  NodeSpec,
+  NodeStatus,
+  PoolRecord,
+  PreallocationName,
+  ReplicaStateName,
+  VolumePhaseName,
+  VolumeSpec,
+  VolumeStatus,
+} from "./model.js";
+
+export const formatToApi: Record<ImageFormatName, ImageFormat> = {
+  qcow2: ImageFormat.IMAGE_FORMAT_QCOW2,
+  raw: ImageFormat.IMAGE_FORMAT_RAW,
+};
+
+export const preallocationToApi: Record<PreallocationName, Preallocation> = {
+  off: Preallocation.PREALLOCATION_OFF,
+  metadata: Preallocation.PREALLOCATION_METADATA,
+  falloc: Preallocation.PREALLOCATION_FALLOC,
+  full: Preallocation.PREALLOCATION_FULL,
+};
+
+const replicaStateToApi: Record<ReplicaStateName, ReplicaState> = {
+  creating: ReplicaState.REPLICA_STATE_CREATING,
+  healthy: ReplicaState.REPLICA_STATE_HEALTHY,
+  unreachable: ReplicaState.REPLICA_STATE_UNREACHABLE,
+  failed: ReplicaState.REPLICA_STATE_FAILED,
+  deleting: ReplicaState.REPLICA_STATE_DELETING,
+};
+
+const phaseToApi: Record<VolumePhaseName, VolumePhase> = {
+  creating: VolumePhase.VOLUME_PHASE_CREATING,
+  healthy: VolumePhase.VOLUME_PHASE_HEALTHY,
+  degraded: VolumePhase.VOLUME_PHASE_DEGRADED,
+  failed: VolumePhase.VOLUME_PHASE_FAILED,
+  deleting: VolumePhase.VOLUME_PHASE_DELETING,
+  resizing: VolumePhase.VOLUME_PHASE_RESIZING,
+};
+
+export function formatFromApi(f: ImageFormat): ImageFormatName | undefined {
+  if (f === ImageFormat.IMAGE_FORMAT_UNSPECIFIED) return "qcow2";
+  return (Object.keys(formatToApi) as ImageFormatName[]).find((k) => formatToApi[k] === f);
+}
+
+export function preallocationFromApi(p: Preallocation): PreallocationName | undefined {
+  if (p === Preallocation.PREALLOCATION_UNSPECIFIED) return "off";
+  return (Object.keys(preallocationToApi) as PreallocationName[]).find((k) => preallocationToApi[k] === p);
+}
+
+export function poolToApi(node: string, p: PoolRecord, provisionedBytes: number, replicaCount: number): Pool {
+  return {
+    node,
+    name: p.name,
+    type: p.type,
+    path: p.path,
+    capacityBytes: p.capacityBytes,
+    availableBytes: p.availableBytes,
+    allocatedBytes: p.allocatedBytes,
+    provisionedBytes,
+    overcommitRatio: p.overcommitRatio,
+    replicaCount,
+  };
+}
+
+export function nodeToApi(spec: NodeSpec, status: NodeStatus | undefined, pools: Pool[]): Node {
+  return {
+    name: spec.name,
+    address: spec.address,
+    labels: { zone: spec.labels.zone, rack: spec.labels.rack },
+    cordoned: spec.cordoned,
+    online: status !== undefined,
+    lastHeartbeatMs: status?.lastHeartbeatMs ?? 0,
+    pools,
+    agentVersion: spec.agentVersion,
+  };
+}
+
+export function volumeSpecToApi(spec: VolumeSpec): ApiVolumeSpec {
+  return {
+    name: spec.name,
+    sizeBytes: spec.sizeBytes,
+    replicas: spec.replicas,
+    format: formatToApi[spec.format],
+    preallocation: preallocationToApi[spec.preallocation],
+    pool: spec.pool,
+  };
+}
+
+export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined): Volume {
+  const observed = new Map((status?.replicas ?? []).map((r) => [r.id, r]));
+  return {
+    spec: volumeSpecToApi(spec),
+    phase: phaseToApi[spec.deleting ? "deleting" : (status?.phase ?? "creating")],
+    message: status?.message ?? "",
+    createdAtMs: spec.createdAtMs,
+    uid: spec.uid,
+    replicas: spec.placement.map((p) => {
+      const r = observed.get(p.id);
+      return {
+        id: p.id,
+        node: p.node,
+        pool: p.pool,
+        path: r?.path ?? "",
+        state: replicaStateToApi[spec.deleting ? "deleting" : (r?.state ?? "creating")],
+        virtualSizeBytes: r?.virtualSizeBytes ?? 0,
+        allocatedBytes: r?.allocatedBytes ?? 0,
+        message: r?.message ?? "",
+      };
+    }),
+  };
+}

@@ -1,0 +1,45 @@
+// Typed builders and parsers for every etcd key Stowage uses. One prefix, one
+// key per object; specs and statuses under separate keys.
+
+export const PREFIX = "/stowage/v1/";
+
+export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation";
+
+const SEGMENTS: Record<KeyKind, string> = {
+  "node-spec": "nodes/spec/",
+  "node-status": "nodes/status/",
+  "volume-spec": "volumes/spec/",
+  "volume-status": "volumes/status/",
+  operation: "operations/",
+};
+
+export const keys = {
+  nodeSpec: (name: string) => PREFIX + SEGMENTS["node-spec"] + name,
+  nodeStatus: (name: string) => PREFIX + SEGMENTS["node-status"] + name,
+  volumeSpec: (name: string) => PREFIX + SEGMENTS["volume-spec"] + name,
+  volumeStatus: (name: string) => PREFIX + SEGMENTS["volume-status"] + name,
+  /** One operation at a time per volume. */
+  operation: (volume: string) => PREFIX + SEGMENTS.operation + volume,
+  prefixOf: (kind: KeyKind) => PREFIX + SEGMENTS[kind],
+  /** Election keys live under this prefix (etcd3 adds its own suffix). */
+  election: PREFIX + "leader",
+};
+
+export interface ParsedKey {
+  kind: KeyKind;
+  name: string;
+}
+
+/** Inverse of the builders; undefined for keys that are not ours. */
+export function parseKey(key: string): ParsedKey | undefined {
+  if (!key.startsWith(PREFIX)) return undefined;
+  const rest = key.slice(PREFIX.length);
+  for (const [kind, seg] of Object.entries(SEGMENTS) as [KeyKind, string][]) {
+    if (rest.startsWith(seg)) {
+      const name = rest.slice(seg.length);
+      if (!name || name.includes("/")) return undefined;
+      return { kind, name };
+    }
+  }
+  return undefined;
+}

@@ -1,0 +1,137 @@
+// stowage-controller: serves the public API and the agent registry, keeps a
+// mirror of etcd, and reconciles while it is the elected leader.
+import { parseArgs } from "node:util";
+import { Etcd3 } from "etcd3";
+import {
+  AgentRegistryServiceService,
+  ClusterServiceService,
+  NodeServiceService,
+  PoolServiceService,
+  VolumeServiceService,
+} from "../gen/stowage/v1/controller.js";
+import { errorMessage, NotLeaderError } from "../lib/errors.js";
+import { addService, createServer, INSECURE, listen, shutdown } from "../lib/grpc.js";
+import { createLogger } from "../lib/logger.js";
+import { AgentClients } from "./agents.js";
+import { ClusterView } from "./cluster-view.js";
+import { LeaderElection } from "./leader.js";
+import { nodeApis } from "./node-api.js";
+import { NodeRegistry } from "./nodes.js";
+import { Reconciler } from "./reconciler.js";
+import { ClusterStore } from "./store.js";
+import { volumeApi } from "./volume-api.js";
+
+const USAGE = `usage: stowage-controller [options]
+
+  --listen HOST:PORT     address of the gRPC API (default 127.0.0.1:7400)
+  --advertise HOST:PORT  address other processes use to reach this instance (default: --listen)
+  --etcd URL[,URL...]    etcd endpoints (default http://127.0.0.1:2379)
+  --instance NAME        instance name in logs (default: the advertised address)
+  --leader-ttl SECONDS   leader lease; a standby takes over this long after a crash (default 2)
+  --node-ttl SECONDS     a node is offline this long after its last heartbeat (default 3)
+  --heartbeat-ms MS      heartbeat interval asked of agents (default 1000)
+  --resync SECONDS       full reconcile pass interval (default 30)
+  -h, --help             show this help
+`;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      listen: { type: "string", default: "127.0.0.1:7400" },
+      advertise: { type: "string" },
+      etcd: { type: "string", default: "http://127.0.0.1:2379" },
+      instance: { type: "string" },
+      "leader-ttl": { type: "string", default: "2" },
+      "node-ttl": { type: "string", default: "3" },
+      "heartbeat-ms": { type: "string", default: "1000" },
+      resync: { type: "string", default: "30" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const num = (flag: string, v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`--${flag} must be a positive number, got "${v}"`);
+    return n;
+  };
+  const leaderTtl = num("leader-ttl", values["leader-ttl"]!);
+  const nodeTtl = num("node-ttl", values["node-ttl"]!);
+  const heartbeatIntervalMs = num("heartbeat-ms", values["heartbeat-ms"]!);
+  const resyncSec = num("resync", values.resync!);
+
+  const server = createServer();
+  const port = await listen(server, values.listen!, INSECURE);
+  const advertise = values.advertise ?? values.listen!.replace(/:0$/, `:${port}`);
+  const instance = values.instance ?? advertise;
+  const log = createLogger("controller", { instance });
+
+  const etcd = new Etcd3({ hosts: values.etcd!.split(","), dialTimeout: 3_000 });
+  const store = new ClusterStore(etcd, log.child({ part: "store" }));
+  await store.start();
+
+  const election = new LeaderElection(etcd, advertise, leaderTtl, log.child({ part: "election" }));
+  const agents = new AgentClients(store, INSECURE);
+  let reconciler: Reconciler | undefined;
+  const registry = new NodeRegistry(etcd, store, { heartbeatIntervalMs, nodeTtlSec: nodeTtl }, log.child({ part: "nodes" }), (n) =>
+    reconciler?.nodeRegistered(n),
+  );
+  const view = new ClusterView(store);
+  const ensureLeader = async () => {
+    if (!election.isLeader || !reconciler) throw new NotLeaderError(await election.leader());
+  };
+  const apis = nodeApis({
+    store,
+    view,
+    registry,
+    instance,
+    heartbeatIntervalMs,
+    ensureLeader,
+    leader: () => election.leader(),
+    isLeader: () => election.isLeader,
+  });
+  addService(server, NodeServiceService, apis.nodes);
+  addService(server, PoolServiceService, apis.pools);
+  addService(server, ClusterServiceService, apis.cluster);
+  addService(server, AgentRegistryServiceService, apis.registry);
+  addService(server, VolumeServiceService, volumeApi({ store, view, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) }));
+
+  election.on("elected", (fenceKey) => {
+    store.fenceKey = fenceKey;
+    reconciler = new Reconciler(etcd, store, agents, registry, { resyncSec, concurrency: 16 }, log.child({ part: "reconciler" }));
+    reconciler.start();
+  });
+  election.on("lost", () => {
+    reconciler?.stop();
+    reconciler = undefined;
+    registry.stop();
+    store.fenceKey = "";
+  });
+  election.start();
+  log.info({ address: advertise }, "controller serving");
+  process.stdout.write(`stowage-controller serving on ${advertise}\n`);
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "stopping");
+    reconciler?.stop();
+    registry.stop();
+    await election.stop();
+    await shutdown(server, 1_000);
+    agents.close();
+    await store.stop();
+    etcd.close();
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+main().catch((err) => {
+  process.stderr.write(`stowage-controller: ${errorMessage(err)}\n`);
+  process.exit(1);
+});

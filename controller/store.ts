@@ -1,0 +1,131 @@
+// The controller's view of cluster state: an in-memory mirror of the etcd
+// prefix, kept current by a watch, plus fenced optimistic writes. Only the
+// leader writes; every write also checks that the leader's election key still
+// exists, so a deposed leader cannot overwrite its successor's decisions.
+import { EventEmitter } from "node:events";
+import type { Etcd3, IKeyValue, Watcher } from "etcd3";
+import { ConflictError } from "../lib/errors.js";
+import type { Logger } from "../lib/logger.js";
+import { keys, parseKey, PREFIX, type KeyKind, type ParsedKey } from "./keys.js";
+import type { NodeSpec, NodeStatus, OperationRecord, VolumeSpec, VolumeStatus } from "./model.js";
+
+export interface Entry<T> {
+  value: T;
+  modRevision: number;
+}
+
+/** One write: puts and deletes applied together if every condition holds. */
+export interface WriteBatch {
+  /** Keys that must not exist. */
+  absent?: string[];
+  /** Keys that must still be at these mod revisions. */
+  unchanged?: [key: string, modRevision: number][];
+  put?: { key: string; value: unknown; lease?: string }[];
+  delete?: string[];
+}
+
+export class ClusterStore extends EventEmitter<{ change: [ParsedKey] }> {
+  private readonly entries = new Map<string, Entry<unknown>>();
+  /** Deleted keys and the revision of their delete, to ignore late watch events. */
+  private readonly tombstones = new Map<string, number>();
+  private watcher?: Watcher;
+  /** The leader's election key; writes require it to exist. */
+  fenceKey = "";
+
+  constructor(
+    private readonly etcd: Etcd3,
+    private readonly log: Logger,
+  ) {
+    super();
+    this.setMaxListeners(50);
+  }
+
+  /** Loads the whole prefix and starts watching from the revision read. */
+  async start(): Promise<void> {
+    const res = await this.etcd.getAll().prefix(PREFIX).exec();
+    for (const kv of res.kvs) this.apply(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision));
+    const from = Number(res.header.revision) + 1;
+    this.watcher = await this.etcd.watch().prefix(PREFIX).startRevision(String(from)).create();
+    this.watcher.on("put", (kv: IKeyValue) => this.apply(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision)));
+    this.watcher.on("delete", (kv: IKeyValue) => this.apply(kv.key.toString(), undefined, Number(kv.mod_revision)));
+    this.watcher.on("error", (err) => this.log.error({ err }, "etcd watch failed; state may be stale until restart"));
+  }
+
+  async stop(): Promise<void> {
+    await this.watcher?.cancel().catch(() => undefined);
+    this.watcher = undefined;
+  }
+
+  private apply(key: string, raw: string | undefined, revision: number): void {
+    const parsed = parseKey(key);
+    if (!parsed) return;
+    const dead = this.tombstones.get(key);
+    if (dead !== undefined && dead >= revision) return;
+    const cur = this.entries.get(key);
+    if (cur && cur.modRevision >= revision) return;
+    if (raw === undefined) {
+      this.entries.delete(key);
+      this.tombstones.set(key, revision);
+      if (this.tombstones.size > 10_000) this.pruneTombstones();
+    } else {
+      try {
+        this.entries.set(key, { value: JSON.parse(raw), modRevision: revision });
+      } catch (err) {
+        this.log.error({ key, err }, "ignoring unparsable value in etcd");
+        return;
+      }
+      this.tombstones.delete(key);
+    }
+    this.emit("change", parsed);
+  }
+
+  private pruneTombstones(): void {
+    const seen = this.watcher?.lastRevision() ?? 0;
+    for (const [k, rev] of this.tombstones) if (rev <= seen) this.tombstones.delete(k);
+  }
+
+  /** Applies a batch atomically; throws ConflictError when a condition failed. */
+  async write(batch: WriteBatch): Promise<number> {
+    // Without a fence (tests of the store alone) the first compare always holds.
+    let txn = this.fenceKey
+      ? this.etcd.if(this.fenceKey, "Create", ">", 0)
+      : this.etcd.if(keys.election, "Create", "!=", -1);
+    for (const k of batch.absent ?? []) txn = txn.and(k, "Create", "==", 0);
+    for (const [k, rev] of batch.unchanged ?? []) txn = txn.and(k, "Mod", "==", rev);
+    const ops = [
+      ...(batch.put ?? []).map((p) => {
+        const op = this.etcd.put(p.key).value(JSON.stringify(p.value));
+        return p.lease ? op.lease(p.lease) : op;
+      }),
+      ...(batch.delete ?? []).map((k) => this.etcd.delete().key(k)),
+    ];
+    const res = await txn.then(...ops).commit();
+    if (!res.succeeded) {
+      throw new ConflictError("the object changed while it was being updated", { hint: "retry the command" });
+    }
+    const revision = Number(res.header.revision);
+    for (const p of batch.put ?? []) this.apply(p.key, JSON.stringify(p.value), revision);
+    for (const k of batch.delete ?? []) this.apply(k, undefined, revision);
+    return revision;
+  }
+
+  private get<T>(key: string): Entry<T> | undefined {
+    return this.entries.get(key) as Entry<T> | undefined;
+  }
+
+  private all<T>(kind: KeyKind): Entry<T>[] {
+    const prefix = keys.prefixOf(kind);
+    const out: Entry<T>[] = [];
+    for (const [k, e] of this.entries) if (k.startsWith(prefix)) out.push(e as Entry<T>);
+    return out;
+  }
+
+  nodeSpec = (name: string) => this.get<NodeSpec>(keys.nodeSpec(name));
+  nodeStatus = (name: string) => this.get<NodeStatus>(keys.nodeStatus(name));
+  volumeSpec = (name: string) => this.get<VolumeSpec>(keys.volumeSpec(name));
+  volumeStatus = (name: string) => this.get<VolumeStatus>(keys.volumeStatus(name));
+  operation = (volume: string) => this.get<OperationRecord>(keys.operation(volume));
+  nodeSpecs = () => this.all<NodeSpec>("node-spec");
+  volumeSpecs = () => this.all<VolumeSpec>("volume-spec");
+  operations = () => this.all<OperationRecord>("operation");
+}

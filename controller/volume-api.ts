@@ -1,0 +1,229 @@
+// VolumeService: validates requests, places replicas, and records the desired
+// state (and the operation) in etcd before any agent is called. The reconciler
+// does the rest, so a crash after any line leaves work the next leader finishes.
+import { randomBytes, randomUUID } from "node:crypto";
+import type { VolumeServiceService } from "../gen/stowage/v1/controller.js";
+import type { VolumeSpec as ApiVolumeSpec } from "../gen/stowage/v1/types.js";
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InsufficientCapacityError,
+  InvalidArgumentError,
+  NotFoundError,
+} from "../lib/errors.js";
+import type { AsyncService } from "../lib/grpc.js";
+import { validateName } from "../lib/names.js";
+import { formatSize } from "../lib/sizes.js";
+import type { ClusterView } from "./cluster-view.js";
+import { formatFromApi, preallocationFromApi, volumeToApi } from "./convert.js";
+import { keys } from "./keys.js";
+import type { OperationRecord, VolumeSpec, VolumeStatus } from "./model.js";
+import { DEFAULT_OVERCOMMIT_RATIO, place } from "./scheduler.js";
+import type { ClusterStore } from "./store.js";
+
+export const MAX_REPLICAS = 5;
+export const DEFAULT_REPLICAS = 2;
+const MAX_SIZE = 2 ** 50; // 1 PiB
+
+export interface VolumeApiDeps {
+  store: ClusterStore;
+  view: ClusterView;
+  instance: string;
+  ensureLeader: () => Promise<void>;
+  enqueue: (volume: string) => void;
+}
+
+type Requested = Omit<VolumeSpec, "uid" | "createdAtMs" | "deleting" | "placement">;
+
+/** Checks a create request; returns the normalized spec or throws InvalidArgumentError. */
+export function validateVolumeSpec(s: ApiVolumeSpec | undefined): Requested {
+  if (!s) throw new InvalidArgumentError("the request has no volume spec", { hint: "set spec.name and spec.size_bytes" });
+  validateName("volume", s.name);
+  const size = s.sizeBytes;
+  if (!Number.isSafeInteger(size) || size <= 0) {
+    throw new InvalidArgumentError(`invalid volume size ${size}: it must be positive`, { hint: "for example --size 10GiB" });
+  }
+  if (size % 512 !== 0) {
+    throw new InvalidArgumentError(`volume size ${size} is not a multiple of 512 bytes`, { hint: "use KiB, MiB or GiB units" });
+  }
+  if (size > MAX_SIZE) throw new InvalidArgumentError(`volume size ${formatSize(size)} is larger than ${formatSize(MAX_SIZE)}`);
+  const replicas = s.replicas === 0 ? DEFAULT_REPLICAS : s.replicas;
+  if (replicas < 1 || replicas > MAX_REPLICAS) {
+    throw new InvalidArgumentError(`invalid replica count ${replicas}`, { hint: `use 1 to ${MAX_REPLICAS}` });
+  }
+  const format = formatFromApi(s.format);
+  if (!format) throw new InvalidArgumentError(`unknown image format ${s.format}`, { hint: "use qcow2 or raw" });
+  const preallocation = preallocationFromApi(s.preallocation);
+  if (!preallocation) throw new InvalidArgumentError(`unknown preallocation ${s.preallocation}`, { hint: "use off, metadata, falloc or full" });
+  if (format === "raw" && preallocation === "metadata") {
+    throw new InvalidArgumentError("preallocation 'metadata' needs the qcow2 format", { hint: "use --preallocation off, falloc or full with raw" });
+  }
+  if (s.pool) validateName("pool", s.pool);
+  return { name: s.name, sizeBytes: size, replicas, format, preallocation, pool: s.pool };
+}
+
+function sameRequest(a: Requested, b: VolumeSpec): boolean {
+  return a.sizeBytes === b.sizeBytes && a.replicas === b.replicas && a.format === b.format && a.preallocation === b.preallocation && a.pool === b.pool;
+}
+
+/** Serializes placement decisions so two creates never count the same free space. */
+class Mutex {
+  private tail = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.tail.then(fn, fn);
+    this.tail = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    return next;
+  }
+}
+
+export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceService> {
+  const placing = new Mutex();
+
+  const operation = (kind: OperationRecord["kind"], volume: string): OperationRecord => ({
+    id: randomUUID(),
+    kind,
+    volume,
+    startedAtMs: Date.now(),
+    startedBy: d.instance,
+  });
+
+  const existing = (name: string) => {
+    validateName("volume", name);
+    const e = d.store.volumeSpec(name);
+    if (!e) throw new NotFoundError("volume", name);
+    return e;
+  };
+
+  return {
+    async createVolume(req) {
+      await d.ensureLeader();
+      const want = validateVolumeSpec(req.spec);
+      return placing.run(async () => {
+        const prev = d.store.volumeSpec(want.name);
+        if (prev) {
+          if (!prev.value.deleting && sameRequest(want, prev.value)) {
+            return { volume: volumeToApi(prev.value, d.store.volumeStatus(want.name)?.value), placement: [], rejections: [] };
+          }
+          throw new AlreadyExistsError("volume", want.name, {
+            hint: prev.value.deleting ? "the old volume is still being deleted; retry shortly" : undefined,
+          });
+        }
+        const snapshot = d.view.snapshot();
+        if (want.pool && !snapshot.nodes.some((n) => n.pools.some((p) => p.name === want.pool))) {
+          throw new NotFoundError("pool", want.pool);
+        }
+        const result = place(
+          { sizeBytes: want.sizeBytes, replicas: want.replicas, thin: want.preallocation === "off" || want.preallocation === "metadata", pool: want.pool },
+          snapshot,
+        );
+        if (!result.ok) {
+          throw new InsufficientCapacityError(`cannot place volume ${want.name}: ${result.reason}`, {
+            hint: "add nodes or pools, free space, uncordon nodes, or ask for fewer replicas; --dry-run shows every node's reasons",
+            rejections: result.rejections,
+            neededBytes: want.sizeBytes,
+          });
+        }
+        if (req.dryRun) return { volume: undefined, placement: result.placement, rejections: result.rejections };
+        const spec: VolumeSpec = {
+          ...want,
+          uid: randomUUID(),
+          createdAtMs: Date.now(),
+          deleting: false,
+          placement: result.placement.map((p) => ({ id: "r-" + randomBytes(6).toString("hex"), node: p.node, pool: p.pool })),
+        };
+        const status: VolumeStatus = { phase: "creating", message: "", replicas: [], updatedAtMs: Date.now() };
+        await d.store.write({
+          absent: [keys.volumeSpec(spec.name), keys.operation(spec.name)],
+          put: [
+            { key: keys.volumeSpec(spec.name), value: spec },
+            { key: keys.volumeStatus(spec.name), value: status },
+            { key: keys.operation(spec.name), value: operation("create-volume", spec.name) },
+          ],
+        });
+        d.enqueue(spec.name);
+        return { volume: volumeToApi(spec, status), placement: result.placement, rejections: result.rejections };
+      });
+    },
+
+    async getVolume(req) {
+      await d.ensureLeader();
+      const e = existing(req.name);
+      return { volume: volumeToApi(e.value, d.store.volumeStatus(req.name)?.value) };
+    },
+
+    async listVolumes() {
+      await d.ensureLeader();
+      const volumes = d.store
+        .volumeSpecs()
+        .map((e) => volumeToApi(e.value, d.store.volumeStatus(e.value.name)?.value))
+        .sort((a, b) => a.spec!.name.localeCompare(b.spec!.name));
+      return { volumes };
+    },
+
+    async deleteVolume(req) {
+      await d.ensureLeader();
+      const e = existing(req.name);
+      if (e.value.deleting) return { volume: volumeToApi(e.value, d.store.volumeStatus(req.name)?.value) };
+      const spec: VolumeSpec = { ...e.value, deleting: true };
+      await d.store.write({
+        unchanged: [[keys.volumeSpec(req.name), e.modRevision]],
+        put: [
+          { key: keys.volumeSpec(req.name), value: spec },
+          { key: keys.operation(req.name), value: operation("delete-volume", req.name) },
+        ],
+      });
+      d.enqueue(req.name);
+      return { volume: volumeToApi(spec, d.store.volumeStatus(req.name)?.value) };
+    },
+
+    async resizeVolume(req) {
+      await d.ensureLeader();
+      return placing.run(async () => {
+        const e = existing(req.name);
+        const spec = e.value;
+        if (spec.deleting) throw new FailedPreconditionError(`volume ${req.name} is being deleted`);
+        const op = d.store.operation(req.name)?.value;
+        if (op && op.kind !== "resize-volume") {
+          throw new FailedPreconditionError(`volume ${req.name} is busy (${op.kind} in progress)`, { hint: "retry when 'stowctl volume get' shows it healthy" });
+        }
+        const size = req.sizeBytes;
+        if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
+          throw new InvalidArgumentError(`invalid size ${size}: it must be a positive multiple of 512 bytes`, { hint: "for example --size 20GiB" });
+        }
+        if (size < spec.sizeBytes) {
+          throw new InvalidArgumentError(`cannot shrink volume ${req.name} from ${formatSize(spec.sizeBytes)} to ${formatSize(size)}`, {
+            hint: "volumes only grow; create a smaller volume and copy the data instead",
+          });
+        }
+        if (size === spec.sizeBytes) return { volume: volumeToApi(spec, d.store.volumeStatus(req.name)?.value) };
+        const grow = size - spec.sizeBytes;
+        const usage = d.view.usage();
+        for (const p of spec.placement) {
+          const pool = d.view.poolRecords(p.node).find((x) => x.name === p.pool);
+          if (!pool) continue;
+          const limit = pool.capacityBytes * (pool.overcommitRatio > 0 ? pool.overcommitRatio : DEFAULT_OVERCOMMIT_RATIO);
+          const provisioned = usage.pools.get(`${p.node}/${p.pool}`)?.provisionedBytes ?? 0;
+          if (provisioned + grow > limit) {
+            throw new InsufficientCapacityError(
+              `cannot grow volume ${req.name} by ${formatSize(grow)}: pool ${p.pool} on ${p.node} would hold ${formatSize(provisioned + grow)} of its ${formatSize(limit)} limit`,
+              { hint: "free space in that pool or raise its overcommit ratio", neededBytes: grow, availableBytes: Math.max(0, limit - provisioned) },
+            );
+          }
+        }
+        const next: VolumeSpec = { ...spec, sizeBytes: size };
+        await d.store.write({
+          unchanged: [[keys.volumeSpec(req.name), e.modRevision]],
+          put: [
+            { key: keys.volumeSpec(req.name), value: next },
+            { key: keys.operation(req.name), value: op ?? operation("resize-volume", req.name) },
+          ],
+        });
+        d.enqueue(req.name);
+        return { volume: volumeToApi(next, d.store.volumeStatus(req.name)?.value) };
+      });
+    },
+  };
+}

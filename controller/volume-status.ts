@@ -1,0 +1,45 @@
+// Pure derivation of a volume's phase from its spec, the replicas observed and
+// the operation in flight. No I/O: the reconciler feeds it and writes the result.
+import type { OperationRecord, ReplicaStatusRecord, VolumePhaseName, VolumeSpec, VolumeStatus } from "./model.js";
+
+export interface Derived {
+  status: Omit<VolumeStatus, "updatedAtMs">;
+  /** The operation in flight has reached its goal and can be removed. */
+  operationDone: boolean;
+}
+
+export function deriveVolumeStatus(
+  spec: VolumeSpec,
+  replicas: ReplicaStatusRecord[],
+  op: OperationRecord | undefined,
+): Derived {
+  if (spec.deleting) {
+    return { status: { phase: "deleting", message: "", replicas }, operationDone: false };
+  }
+  const current = replicas.filter((r) => r.state === "healthy" && r.virtualSizeBytes >= spec.sizeBytes);
+  const problems = replicas
+    .filter((r) => !current.includes(r))
+    .map((r) => `replica ${r.id} on ${r.node}: ${r.message || r.state}`);
+  const message = problems.join("; ");
+  let phase: VolumePhaseName;
+  let operationDone = false;
+  if (current.length >= spec.replicas) {
+    phase = "healthy";
+    operationDone = op !== undefined && op.kind !== "delete-volume";
+  } else if (op?.kind === "create-volume") {
+    phase = "creating";
+  } else if (op?.kind === "resize-volume") {
+    phase = "resizing";
+  } else if (current.length > 0) {
+    phase = "degraded";
+  } else {
+    phase = "failed";
+  }
+  return { status: { phase, message, replicas }, operationDone };
+}
+
+/** True when two statuses differ in anything but their timestamp. */
+export function statusChanged(a: Omit<VolumeStatus, "updatedAtMs"> | undefined, b: Omit<VolumeStatus, "updatedAtMs">): boolean {
+  if (!a) return true;
+  return a.phase !== b.phase || a.message !== b.message || JSON.stringify(a.replicas) !== JSON.stringify(b.replicas);
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Stops every process `npm run cluster:up` started. Keeps the data under
+# .cluster/ unless --purge is given.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STATE="$(pwd)/.cluster"
+[ -d "$STATE/pids" ] || { echo "no local cluster is running"; exit 0; }
+
+stop_one() {
+  local f=$1 pid
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    echo "stopped $(basename "$f")"
+  fi
+  rm -f "$f"
+}
+# Agents and controllers first, etcd last.
+for f in "$STATE"/pids/agent-* "$STATE"/pids/controller*; do [ -f "$f" ] && stop_one "$f"; done
+[ -f "$STATE/pids/etcd" ] && stop_one "$STATE/pids/etcd"
+if [ "${1:-}" = "--purge" ]; then
+  rm -rf "$STATE"
+  echo "removed $STATE"
+fi
+echo "local cluster stopped"

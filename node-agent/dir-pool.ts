@@ -1,0 +1,297 @@
+// A "dir" pool: replica images as files in one directory of the host. Owns the
+// files named `${volume}.${replicaId}.${qcow2|raw}` (and their temp files) in
+// that directory and nothing else; other files there are left alone.
+import { randomBytes } from "node:crypto";
+import { lstat, open, readdir, rename, statfs, unlink } from "node:fs/promises";
+import type { Stats } from "node:fs";
+import { FailedPreconditionError, InsufficientCapacityError, InvalidArgumentError } from "../lib/errors.js";
+import { validateName } from "../lib/names.js";
+import type { Logger } from "../lib/logger.js";
+import type { PoolConfig } from "./config.js";
+import { KeyedMutex } from "./keyed-mutex.js";
+import { mapLimit } from "./map-limit.js";
+import {
+  checkPreallocation,
+  createImage,
+  imageInfo,
+  resizeImage,
+  type ImageFormatName,
+  type ImageInfo,
+  type PreallocationName,
+} from "./qemu-img.js";
+import {
+  parseReplicaFileName,
+  parseTempFileName,
+  replicaFileName,
+  tempFileName,
+  validateReplicaId,
+  type ReplicaFileName,
+} from "./replica-file-name.js";
+
+export interface ReplicaSpec {
+  id: string;
+  volume: string;
+  sizeBytes: number;
+  format: ImageFormatName;
+  preallocation: PreallocationName;
+}
+
+/** A replica image as observed on disk. */
+export interface ReplicaImage {
+  id: string;
+  volume: string;
+  pool: string;
+  path: string;
+  format: ImageFormatName;
+  virtualSizeBytes: number;
+  /** Bytes the file occupies on the filesystem (st_blocks * 512). */
+  allocatedBytes: number;
+}
+
+export interface EnsureReplicaResult {
+  replica: ReplicaImage;
+  created: boolean;
+  resized: boolean;
+}
+
+export interface PoolStats {
+  capacityBytes: number;
+  availableBytes: number;
+  allocatedBytes: number;
+  replicaCount: number;
+}
+
+export interface DirPoolOptions {
+  logger?: Logger;
+  /** qemu-img info processes run at once during list(). */
+  infoConcurrency?: number;
+}
+
+interface ScannedFile extends ReplicaFileName {
+  path: string;
+  stat: Stats;
+}
+
+interface CachedInfo {
+  mtimeMs: number;
+  size: number;
+  info?: ImageInfo;
+  error?: string;
+}
+
+export class DirPool {
+  private readonly mutex = new KeyedMutex();
+  /** qemu-img info per path, valid while the file's (mtimeMs, size) is unchanged. */
+  private readonly infoCache = new Map<string, CachedInfo>();
+
+  constructor(
+    readonly config: PoolConfig,
+    private readonly opts: DirPoolOptions = {},
+  ) {}
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  get path(): string {
+    return this.config.path;
+  }
+
+  /** Creates the replica if missing, grows it if smaller; never shrinks. Idempotent. */
+  async ensureReplica(spec: ReplicaSpec): Promise<EnsureReplicaResult> {
+    validateReplicaId(spec.id);
+    validateName("volume", spec.volume);
+    checkPreallocation(spec.format, spec.preallocation);
+    if (!Number.isSafeInteger(spec.sizeBytes) || spec.sizeBytes <= 0) {
+      throw new InvalidArgumentError(`invalid replica size ${spec.sizeBytes}`, { hint: "give a positive number of bytes" });
+    }
+    return this.mutex.run(spec.id, async () => {
+      const { files, temps } = await this.filesOf(spec.id);
+      await Promise.all(temps.map((t) => unlinkIfExists(t)));
+      const other = files.find((f) => f.volume !== spec.volume || f.format !== spec.format);
+      if (other) {
+        throw new FailedPreconditionError(
+          `replica ${spec.id} already exists in pool ${this.name} as ${other.format} image of volume ${other.volume}`,
+          { hint: "delete that replica first, or use a new replica id", resource: "replica", name: spec.id },
+        );
+      }
+      const existing = files[0];
+      if (!existing) return this.create(spec);
+      let info = await this.freshInfo(existing.path, spec.format);
+      let resized = false;
+      if (info.virtualSizeBytes < spec.sizeBytes) {
+        await this.checkSpace(spec.preallocation, spec.sizeBytes - info.virtualSizeBytes);
+        await resizeImage({ path: existing.path, format: spec.format, sizeBytes: spec.sizeBytes, preallocation: spec.preallocation });
+        info = await this.freshInfo(existing.path, spec.format);
+        resized = true;
+      }
+      const stat = await lstat(existing.path);
+      return { replica: this.replica(existing, info, stat), created: false, resized };
+    });
+  }
+
+  /** Removes the replica's image (in whatever format). Idempotent. */
+  async deleteReplica(id: string): Promise<{ deleted: boolean }> {
+    validateReplicaId(id);
+    return this.mutex.run(id, async () => {
+      const { files, temps } = await this.filesOf(id);
+      await Promise.all(temps.map((t) => unlinkIfExists(t)));
+      const removed = await Promise.all(files.map((f) => unlinkIfExists(f.path)));
+      for (const f of files) this.infoCache.delete(f.path);
+      if (removed.some(Boolean)) await syncDir(this.path);
+      return { deleted: removed.some(Boolean) };
+    });
+  }
+
+  /** Every replica image in the pool; files that qemu-img cannot read are logged and skipped. */
+  async list(): Promise<ReplicaImage[]> {
+    const files = await this.scan();
+    const seen = new Set(files.map((f) => f.path));
+    for (const path of this.infoCache.keys()) if (!seen.has(path)) this.infoCache.delete(path);
+    const out = await mapLimit(files, this.opts.infoConcurrency ?? 8, async (f) => {
+      const info = await this.cachedInfo(f);
+      return info && this.replica(f, info, f.stat);
+    });
+    return out.filter((r): r is ReplicaImage => r !== undefined).sort((a, b) => a.path.localeCompare(b.path));
+  }
+
+  async stats(): Promise<PoolStats> {
+    const [fs, files] = await Promise.all([statfs(this.path), this.scan()]);
+    return {
+      capacityBytes: fs.blocks * fs.bsize,
+      availableBytes: fs.bavail * fs.bsize,
+      allocatedBytes: files.reduce((sum, f) => sum + f.stat.blocks * 512, 0),
+      replicaCount: files.length,
+    };
+  }
+
+  private async create(spec: ReplicaSpec): Promise<EnsureReplicaResult> {
+    await this.checkSpace(spec.preallocation, spec.sizeBytes);
+    const name: ReplicaFileName = { id: spec.id, volume: spec.volume, format: spec.format };
+    const path = `${this.path}/${replicaFileName(name)}`;
+    // Made under a temp name and renamed, so a crash never leaves a half-made image under the real name.
+    const tmp = `${this.path}/${tempFileName(name, randomBytes(6).toString("hex"))}`;
+    try {
+      await createImage({ path: tmp, format: spec.format, sizeBytes: spec.sizeBytes, preallocation: spec.preallocation });
+      await syncFile(tmp);
+      await rename(tmp, path);
+    } catch (err) {
+      await unlinkIfExists(tmp);
+      throw err;
+    }
+    await syncDir(this.path);
+    const info = await this.freshInfo(path, spec.format);
+    const stat = await lstat(path);
+    this.opts.logger?.info({ pool: this.name, replica: spec.id, volume: spec.volume, path }, "replica image created");
+    return { replica: this.replica({ ...name, path }, info, stat), created: true, resized: false };
+  }
+
+  private async checkSpace(preallocation: PreallocationName, bytes: number): Promise<void> {
+    // Thin images allocate on write; only preallocated ones need the space now.
+    if (preallocation !== "falloc" && preallocation !== "full") return;
+    const fs = await statfs(this.path);
+    const available = fs.bavail * fs.bsize;
+    if (bytes > available) {
+      throw new InsufficientCapacityError(`pool ${this.name} has ${available} bytes free, ${bytes} needed`, {
+        neededBytes: bytes,
+        availableBytes: available,
+        hint: "free space in the pool, or use preallocation off",
+      });
+    }
+  }
+
+  private replica(f: ReplicaFileName & { path: string }, info: ImageInfo, stat: Stats): ReplicaImage {
+    return {
+      id: f.id,
+      volume: f.volume,
+      pool: this.name,
+      path: f.path,
+      format: f.format,
+      virtualSizeBytes: info.virtualSizeBytes,
+      allocatedBytes: stat.blocks * 512,
+    };
+  }
+
+  private async freshInfo(path: string, format: ImageFormatName): Promise<ImageInfo> {
+    return imageInfo(path, { format, forceShare: true });
+  }
+
+  private async cachedInfo(f: ScannedFile): Promise<ImageInfo | undefined> {
+    const hit = this.infoCache.get(f.path);
+    if (hit && hit.mtimeMs === f.stat.mtimeMs && hit.size === f.stat.size) return hit.info;
+    const entry: CachedInfo = { mtimeMs: f.stat.mtimeMs, size: f.stat.size };
+    try {
+      entry.info = await this.freshInfo(f.path, f.format);
+    } catch (err) {
+      if (!(await exists(f.path))) return undefined; // deleted while we looked
+      entry.error = err instanceof Error ? err.message : String(err);
+      this.opts.logger?.warn({ pool: this.name, path: f.path, err: entry.error }, "cannot read replica image; leaving it out");
+    }
+    this.infoCache.set(f.path, entry);
+    return entry.info;
+  }
+
+  /** Replica image files (regular files with a replica name) with their lstat. */
+  private async scan(): Promise<ScannedFile[]> {
+    const entries = await readdir(this.path, { withFileTypes: true });
+    const out = await mapLimit(entries, 64, async (e) => {
+      const parsed = e.isFile() ? parseReplicaFileName(e.name) : undefined;
+      if (!parsed) return undefined;
+      const path = `${this.path}/${e.name}`;
+      try {
+        return { ...parsed, path, stat: await lstat(path) };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+        throw err;
+      }
+    });
+    return out.filter((f): f is ScannedFile => f !== undefined && f.stat.isFile());
+  }
+
+  /** The images and temp files of one replica id. */
+  private async filesOf(id: string): Promise<{ files: (ReplicaFileName & { path: string })[]; temps: string[] }> {
+    const entries = await readdir(this.path, { withFileTypes: true });
+    const files: (ReplicaFileName & { path: string })[] = [];
+    const temps: string[] = [];
+    for (const e of entries) {
+      if (!e.name.includes(id) || !e.isFile()) continue;
+      const r = parseReplicaFileName(e.name);
+      if (r?.id === id) files.push({ ...r, path: `${this.path}/${e.name}` });
+      else if (parseTempFileName(e.name)?.id === id) temps.push(`${this.path}/${e.name}`);
+    }
+    return { files, temps };
+  }
+}
+
+async function unlinkIfExists(path: string): Promise<boolean> {
+  try {
+    await unlink(path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw err;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Makes a rename or unlink in the directory durable. */
+async function syncDir(path: string): Promise<void> {
+  await syncFile(path);
+}

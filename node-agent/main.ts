@@ -1,0 +1,70 @@
+// Entry point of the node agent: `node dist/node-agent/main.js --config FILE [flags]`.
+// Serves AgentService, keeps the node registered, and stops cleanly on SIGTERM/SIGINT.
+import { errorMessage, StowageError } from "../lib/errors.js";
+import { addService, createServer, listen, shutdown } from "../lib/grpc.js";
+import { createLogger } from "../lib/logger.js";
+import { AgentServiceService } from "../gen/stowage/v1/agent.js";
+import { parseHostPort, withPort } from "./address.js";
+import { AgentPools } from "./agent-pools.js";
+import { createAgentService } from "./agent-service.js";
+import { AGENT_USAGE, loadAgentConfig, parseAgentFlags } from "./config.js";
+import { Registration } from "./registration.js";
+import { agentVersion } from "./version.js";
+
+async function main(argv: string[]): Promise<void> {
+  const flags = parseAgentFlags(argv);
+  if (flags.help) {
+    process.stdout.write(AGENT_USAGE);
+    return;
+  }
+  const config = await loadAgentConfig(flags);
+  const logger = createLogger("node-agent", { node: config.name });
+  const pools = AgentPools.fromConfig(config, logger);
+
+  const server = createServer();
+  addService(server, AgentServiceService, createAgentService(pools));
+  let port: number;
+  try {
+    port = await listen(server, config.listen, config.tls);
+  } catch (err) {
+    throw new StowageError(`cannot listen on ${config.listen}: ${errorMessage(err)}`);
+  }
+  const listening = withPort(config.listen, port);
+  // With port 0 the port is known only now; the controllers must get the real one.
+  const advertise = parseHostPort(config.advertise, { allowPortZero: true }).port === 0 ? withPort(config.advertise, port) : config.advertise;
+  const version = agentVersion();
+
+  const registration = new Registration({
+    name: config.name,
+    address: advertise,
+    labels: config.labels,
+    controllers: config.controllers,
+    agentVersion: version,
+    pools: () => pools.report(),
+    logger,
+    security: config.tls,
+  });
+  registration.start();
+  logger.info(
+    { listen: listening, advertise, pools: config.pools.map((p) => `${p.name}=${p.path}`), version },
+    `node agent ${config.name} serving on ${listening}`,
+  );
+
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) process.exit(1); // a second signal: do not wait any longer
+    stopping = true;
+    logger.info({ signal }, "stopping");
+    await registration.stop();
+    await shutdown(server);
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  const hint = err instanceof StowageError && err.hint ? ` (${err.hint})` : "";
+  process.stderr.write(`stowage-agent: ${errorMessage(err)}${hint}\n`);
+  process.exit(1);
+});

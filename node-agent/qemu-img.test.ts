@@ -1,0 +1,93 @@
+import { describe, expect, it } from "vitest";
+import { InternalError, InvalidArgumentError } from "../lib/errors.js";
+import { checkPreallocation, createArgs, infoArgs, parseInfo, resizeArgs } from "./qemu-img.js";
+
+// Captured from qemu-img 7.2.22 (Debian 12): `qemu-img create -f qcow2 a.qcow2 1G; qemu-img info --output=json a.qcow2`
+const QCOW2_INFO = `{
+    "virtual-size": 1073741824,
+    "filename": "a.qcow2",
+    "cluster-size": 65536,
+    "format": "qcow2",
+    "actual-size": 200704,
+    "format-specific": {
+        "type": "qcow2",
+        "data": {
+            "compat": "1.1",
+            "compression-type": "zlib",
+            "lazy-refcounts": false,
+            "refcount-bits": 16,
+            "corrupt": false,
+            "extended-l2": false
+        }
+    },
+    "dirty-flag": false
+}
+`;
+
+// Captured: `qemu-img create -f raw b.raw 1M; qemu-img resize -f raw b.raw 2M; qemu-img info --output=json -U b.raw`
+const RAW_INFO = `{
+    "virtual-size": 2097152,
+    "filename": "b.raw",
+    "format": "raw",
+    "actual-size": 4096,
+    "dirty-flag": false
+}
+`;
+
+describe("qemu-img argument builders", () => {
+  it("builds create with format and preallocation", () => {
+    expect(createArgs({ path: "/p/v.r-0123abcd.qcow2", format: "qcow2", sizeBytes: 2 ** 30, preallocation: "metadata" })).toEqual([
+      "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", "/p/v.r-0123abcd.qcow2", "1073741824",
+    ]);
+    expect(createArgs({ path: "/p/x.raw", format: "raw", sizeBytes: 4096, preallocation: "falloc" })).toEqual([
+      "create", "-q", "-f", "raw", "-o", "preallocation=falloc", "/p/x.raw", "4096",
+    ]);
+  });
+
+  it("rejects metadata preallocation for raw, bad sizes and relative paths", () => {
+    expect(() => createArgs({ path: "/p/x.raw", format: "raw", sizeBytes: 4096, preallocation: "metadata" })).toThrow(InvalidArgumentError);
+    expect(() => checkPreallocation("raw", "metadata")).toThrow(/not valid for raw/);
+    expect(() => checkPreallocation("qcow2", "metadata")).not.toThrow();
+    expect(() => checkPreallocation("vmdk" as never, "off")).toThrow(InvalidArgumentError);
+    expect(() => createArgs({ path: "/p/x.raw", format: "raw", sizeBytes: 0, preallocation: "off" })).toThrow(InvalidArgumentError);
+    expect(() => createArgs({ path: "/p/x.raw", format: "raw", sizeBytes: 1.5, preallocation: "off" })).toThrow(InvalidArgumentError);
+    expect(() => createArgs({ path: "json:{}", format: "raw", sizeBytes: 4096, preallocation: "off" })).toThrow(/not absolute/);
+  });
+
+  it("builds info without format probing, optionally sharing the lock", () => {
+    expect(infoArgs("/p/a.qcow2", { format: "qcow2" })).toEqual(["info", "--output=json", "-f", "qcow2", "/p/a.qcow2"]);
+    expect(infoArgs("/p/a.raw", { format: "raw", forceShare: true })).toEqual(["info", "--output=json", "-f", "raw", "-U", "/p/a.raw"]);
+  });
+
+  it("builds resize with -f and optional preallocation, never --shrink", () => {
+    expect(resizeArgs({ path: "/p/a.qcow2", format: "qcow2", sizeBytes: 2 * 2 ** 30 })).toEqual([
+      "resize", "-q", "-f", "qcow2", "/p/a.qcow2", "2147483648",
+    ]);
+    expect(resizeArgs({ path: "/p/a.raw", format: "raw", sizeBytes: 8192, preallocation: "full" })).toEqual([
+      "resize", "-q", "-f", "raw", "--preallocation=full", "/p/a.raw", "8192",
+    ]);
+    expect(() => resizeArgs({ path: "/p/a.raw", format: "raw", sizeBytes: 8192, preallocation: "metadata" })).toThrow(InvalidArgumentError);
+  });
+});
+
+describe("qemu-img info parser", () => {
+  it("parses qcow2 output", () => {
+    expect(parseInfo(QCOW2_INFO)).toEqual({
+      format: "qcow2",
+      virtualSizeBytes: 1073741824,
+      actualSizeBytes: 200704,
+      dirty: false,
+      clusterSizeBytes: 65536,
+    });
+  });
+
+  it("parses raw output", () => {
+    expect(parseInfo(RAW_INFO)).toEqual({ format: "raw", virtualSizeBytes: 2097152, actualSizeBytes: 4096, dirty: false });
+  });
+
+  it("reports output it cannot use as InternalError", () => {
+    expect(() => parseInfo("qemu-img: Could not open 'x'")).toThrow(InternalError);
+    expect(() => parseInfo('{"filename": "x"}')).toThrow(/virtual-size/);
+    expect(() => parseInfo("[]")).toThrow(InternalError);
+  });
+});

@@ -1,0 +1,137 @@
+// qemu-img, the offline image tool: pure argument builders and output parsers,
+// plus thin wrappers that run it through lib/exec.ts (the one door to the host).
+import { InternalError, InvalidArgumentError } from "../lib/errors.js";
+import { run } from "../lib/exec.js";
+
+export const QEMU_IMG = "qemu-img";
+
+export type ImageFormatName = "qcow2" | "raw";
+export type PreallocationName = "off" | "metadata" | "falloc" | "full";
+
+export const IMAGE_FORMATS: readonly ImageFormatName[] = ["qcow2", "raw"];
+export const PREALLOCATIONS: readonly PreallocationName[] = ["off", "metadata", "falloc", "full"];
+
+/** What `qemu-img info --output=json` says about one image. */
+export interface ImageInfo {
+  format: string;
+  virtualSizeBytes: number;
+  /** Bytes the file occupies on the host filesystem. */
+  actualSizeBytes: number;
+  dirty: boolean;
+  clusterSizeBytes?: number;
+  backingFile?: string;
+}
+
+export interface CreateImageSpec {
+  path: string;
+  format: ImageFormatName;
+  sizeBytes: number;
+  preallocation: PreallocationName;
+}
+
+export interface ResizeImageSpec {
+  path: string;
+  format: ImageFormatName;
+  sizeBytes: number;
+  /** Allocation of the added space; qemu-img's default (off) when absent. */
+  preallocation?: PreallocationName;
+}
+
+export interface InfoOptions {
+  /** Never probe: a guest can write a header that makes a raw image look like qcow2. */
+  format: ImageFormatName;
+  /** Read the image even while another process (qemu-storage-daemon) holds its lock. */
+  forceShare?: boolean;
+}
+
+/** Throws unless qemu-img accepts this preallocation for this format. */
+export function checkPreallocation(format: ImageFormatName, preallocation: PreallocationName): void {
+  if (!IMAGE_FORMATS.includes(format)) {
+    throw new InvalidArgumentError(`unknown image format "${format}"`, { hint: `use one of ${IMAGE_FORMATS.join(", ")}` });
+  }
+  if (!PREALLOCATIONS.includes(preallocation)) {
+    throw new InvalidArgumentError(`unknown preallocation "${preallocation}"`, {
+      hint: `use one of ${PREALLOCATIONS.join(", ")}`,
+    });
+  }
+  if (format === "raw" && preallocation === "metadata") {
+    throw new InvalidArgumentError('preallocation "metadata" is not valid for raw images', {
+      hint: 'use "off", "falloc" or "full" for raw, or the qcow2 format',
+    });
+  }
+}
+
+function checkSize(sizeBytes: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
+    throw new InvalidArgumentError(`invalid image size ${sizeBytes}`, { hint: "give a positive number of bytes" });
+  }
+}
+
+function checkPath(path: string): void {
+  // An absolute path can never be read by qemu-img as "protocol:..." or "json:{...}".
+  if (!path.startsWith("/")) throw new InvalidArgumentError(`image path "${path}" is not absolute`);
+}
+
+export function createArgs(spec: CreateImageSpec): string[] {
+  checkPath(spec.path);
+  checkSize(spec.sizeBytes);
+  checkPreallocation(spec.format, spec.preallocation);
+  return ["create", "-q", "-f", spec.format, "-o", `preallocation=${spec.preallocation}`, spec.path, String(spec.sizeBytes)];
+}
+
+export function infoArgs(path: string, opts: InfoOptions): string[] {
+  checkPath(path);
+  return ["info", "--output=json", "-f", opts.format, ...(opts.forceShare ? ["-U"] : []), path];
+}
+
+/** Only grows: qemu-img refuses to shrink without --shrink, which is never passed. */
+export function resizeArgs(spec: ResizeImageSpec): string[] {
+  checkPath(spec.path);
+  checkSize(spec.sizeBytes);
+  const pre = spec.preallocation === undefined ? [] : [`--preallocation=${spec.preallocation}`];
+  if (spec.preallocation !== undefined) checkPreallocation(spec.format, spec.preallocation);
+  return ["resize", "-q", "-f", spec.format, ...pre, spec.path, String(spec.sizeBytes)];
+}
+
+function num(v: unknown): number | undefined {
+  return typeof v === "number" && Number.isFinite(v) ? v : undefined;
+}
+
+/** Parses `qemu-img info --output=json` for a single image. */
+export function parseInfo(stdout: string): ImageInfo {
+  let j: Record<string, unknown>;
+  try {
+    j = JSON.parse(stdout);
+  } catch (err) {
+    throw new InternalError(`qemu-img info printed something that is not JSON: ${stdout.slice(0, 200)}`, { cause: err });
+  }
+  const format = j?.["format"];
+  const virtualSize = num(j?.["virtual-size"]);
+  if (typeof format !== "string" || virtualSize === undefined) {
+    throw new InternalError(`qemu-img info output lacks "format" or "virtual-size": ${stdout.slice(0, 200)}`);
+  }
+  const info: ImageInfo = {
+    format,
+    virtualSizeBytes: virtualSize,
+    actualSizeBytes: num(j["actual-size"]) ?? 0,
+    dirty: j["dirty-flag"] === true,
+  };
+  const cluster = num(j["cluster-size"]);
+  if (cluster !== undefined) info.clusterSizeBytes = cluster;
+  if (typeof j["backing-filename"] === "string") info.backingFile = j["backing-filename"];
+  return info;
+}
+
+export async function createImage(spec: CreateImageSpec, timeoutMs = 10 * 60_000): Promise<void> {
+  // Preallocation "full" writes every byte, so it gets a long timeout.
+  await run(QEMU_IMG, createArgs(spec), { timeoutMs });
+}
+
+export async function imageInfo(path: string, opts: InfoOptions): Promise<ImageInfo> {
+  const r = await run(QEMU_IMG, infoArgs(path, opts), { timeoutMs: 30_000 });
+  return parseInfo(r.stdout);
+}
+
+export async function resizeImage(spec: ResizeImageSpec, timeoutMs = 10 * 60_000): Promise<void> {
+  await run(QEMU_IMG, resizeArgs(spec), { timeoutMs });
+}
