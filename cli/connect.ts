@@ -91,6 +91,8 @@ export class Controllers {
     addresses: string[],
     private readonly security: TransportSecurity,
     private readonly timeoutMs: number,
+    /** Where the addresses came from, for the hint when none answers. */
+    private readonly source = "--controller",
   ) {
     this.order = [...new Set(addresses)];
   }
@@ -135,7 +137,16 @@ export class Controllers {
         last = err;
       }
     }
-    throw last;
+    throw last instanceof UnavailableError ? this.unreachable(last) : last;
+  }
+
+  /** The last error, said for the whole list and with a hint about where the list came from. */
+  private unreachable(last: UnavailableError): UnavailableError {
+    const detail = last.message.replace(/\s*Resolution note:\s*$/, "");
+    return new UnavailableError(`cannot reach a controller at ${this.order.join(", ")}: ${detail}`, {
+      hint: `is the controller running? the addresses came from ${this.source}; ${NO_CONTROLLER_HINT}`,
+      cause: last,
+    });
   }
 
   private async callOn<T>(address: string, call: (ch: Channel) => Promise<T>): Promise<T> {

@@ -71,13 +71,13 @@ export class CliContext {
   /** The controllers to call; resolved on first use so usage errors come first. */
   controllers(): Controllers {
     if (!this.controllersCache) {
-      const { addresses } = resolveControllers({
+      const { addresses, source } = resolveControllers({
         flag: this.globals.controller,
         env: this.deps.env,
         readFile: this.deps.readFile,
         homeDir: homedir(),
       });
-      this.controllersCache = new Controllers(addresses, this.deps.security, this.timeoutMs);
+      this.controllersCache = new Controllers(addresses, this.deps.security, this.timeoutMs, source);
     }
     return this.controllersCache;
   }

@@ -1,7 +1,7 @@
 // The stowctl program: global options, command tree, error reporting and exit codes.
 // run() returns the exit code instead of exiting, so tests can drive it in-process.
 import { Command, CommanderError, Option } from "commander";
-import { errorMessage, InsufficientCapacityError, StowageError } from "../lib/errors.js";
+import { DeadlineError, errorMessage, InsufficientCapacityError, StowageError } from "../lib/errors.js";
 import { registerClusterCommands } from "./commands/cluster.js";
 import { registerNodeCommands } from "./commands/node.js";
 import { registerPoolCommands } from "./commands/pool.js";
@@ -84,7 +84,13 @@ export function reportError(err: unknown, cmd: Command, io: Io): number {
   if (err instanceof InsufficientCapacityError && err.rejections.length > 0) {
     io.err(`rejected nodes:\n${rejectionLines(err.rejections)}`);
   }
-  if (err instanceof StowageError && err.hint) io.err(`hint: ${err.hint}\n`);
+  const hint =
+    err instanceof StowageError && err.hint
+      ? err.hint
+      : err instanceof DeadlineError
+        ? "the controller did not answer in time; retry, or allow longer with --timeout SECONDS"
+        : "";
+  if (hint) io.err(`hint: ${hint}\n`);
   return EXIT_ERROR;
 }
 

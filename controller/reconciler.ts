@@ -5,6 +5,7 @@
 import { ImageFormat, Preallocation } from "../gen/stowage/v1/types.js";
 import type { Etcd3 } from "etcd3";
 import { errorMessage } from "../lib/errors.js";
+import { faultPoint } from "../lib/faults.js";
 import type { Logger } from "../lib/logger.js";
 import type { AgentClients } from "./agents.js";
 import { keys } from "./keys.js";
@@ -151,6 +152,7 @@ export class Reconciler {
         { timeoutMs: 120_000 },
       );
       const r = res.replica!;
+      faultPoint("reconcile:replica-ensured");
       return {
         ...base,
         path: r.path,

@@ -13,6 +13,7 @@ import {
 } from "../lib/errors.js";
 import type { AsyncService } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
+import { faultPoint } from "../lib/faults.js";
 import { formatSize } from "../lib/sizes.js";
 import type { ClusterView } from "./cluster-view.js";
 import { formatFromApi, preallocationFromApi, volumeToApi } from "./convert.js";
@@ -143,6 +144,7 @@ export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceSe
             { key: keys.operation(spec.name), value: operation("create-volume", spec.name) },
           ],
         });
+        faultPoint("create-volume:recorded");
         d.enqueue(spec.name);
         return { volume: volumeToApi(spec, status), placement: result.placement, rejections: result.rejections };
       });
@@ -185,10 +187,6 @@ export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceSe
         const e = existing(req.name);
         const spec = e.value;
         if (spec.deleting) throw new FailedPreconditionError(`volume ${req.name} is being deleted`);
-        const op = d.store.operation(req.name)?.value;
-        if (op && op.kind !== "resize-volume") {
-          throw new FailedPreconditionError(`volume ${req.name} is busy (${op.kind} in progress)`, { hint: "retry when 'stowctl volume get' shows it healthy" });
-        }
         const size = req.sizeBytes;
         if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
           throw new InvalidArgumentError(`invalid size ${size}: it must be a positive multiple of 512 bytes`, { hint: "for example --size 20GiB" });
@@ -199,6 +197,10 @@ export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceSe
           });
         }
         if (size === spec.sizeBytes) return { volume: volumeToApi(spec, d.store.volumeStatus(req.name)?.value) };
+        const op = d.store.operation(req.name)?.value;
+        if (op && op.kind !== "resize-volume") {
+          throw new FailedPreconditionError(`volume ${req.name} is busy (${op.kind} in progress)`, { hint: "retry when 'stowctl volume get' shows it healthy" });
+        }
         const grow = size - spec.sizeBytes;
         const usage = d.view.usage();
         for (const p of spec.placement) {

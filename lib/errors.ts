@@ -143,7 +143,11 @@ export function fromGrpcError(err: ServiceError): StowageError {
   const raw = err.metadata?.get(DETAIL_KEY)?.[0];
   const d = raw instanceof Buffer ? ErrorDetail.decode(raw) : undefined;
   const message = d?.message || err.details || err.message;
-  const fields: ErrorFields = { hint: d?.hint, resource: d?.resource, name: d?.name, cause: err };
+  // Only what the server sent: an absent hint must not blank a class's default hint.
+  const fields: ErrorFields = { cause: err };
+  if (d?.hint) fields.hint = d.hint;
+  if (d?.resource) fields.resource = d.resource;
+  if (d?.name) fields.name = d.name;
   switch (d?.kind) {
     case "NotFoundError":
       return Object.assign(new NotFoundError(d.resource, d.name, fields), { message });

@@ -106,7 +106,8 @@ describe("parseAgentConfig", () => {
 
 describe("parseAgentFlags", () => {
   it("rejects unknown flags and stray arguments", () => {
-    expect(() => parseAgentFlags(["--nmae", "x"])).toThrow(InvalidArgumentError);
+    expect(() => parseAgentFlags(["--nmae", "x"])).toThrow(/^unknown flag --nmae$/);
+    expect(() => parseAgentFlags(["--name"])).toThrow(InvalidArgumentError);
     expect(() => parseAgentFlags(["extra"])).toThrow(/unexpected argument/);
     expect(parseAgentFlags(["--help"]).help).toBe(true);
   });

@@ -89,7 +89,10 @@ export function parseAgentFlags(argv: string[]): AgentFlags {
     const { "data-dir": dataDir, ...rest } = values;
     return dataDir === undefined ? rest : { ...rest, dataDir };
   } catch (err) {
-    throw new InvalidArgumentError(errorMessage(err), { hint: "run 'stowage-agent --help' for the flags" });
+    // parseArgs explains unknown options at length; the flag's name is what matters.
+    const unknown = /^Unknown option '([^']+)'/.exec(errorMessage(err));
+    const message = unknown ? `unknown flag ${unknown[1]}` : errorMessage(err);
+    throw new InvalidArgumentError(message, { hint: "run 'stowage-agent --help' for the flags" });
   }
 }
 

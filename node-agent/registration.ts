@@ -39,6 +39,19 @@ const MAX_REDIRECTS = 3;
 
 type RegistryClient = PromiseClient<typeof AgentRegistryServiceService>;
 
+/** What went wrong in the attempts since the last success or pause. */
+interface Round {
+  unreachable: number;
+  redirects: number;
+  sawFollower: boolean;
+  otherError: boolean;
+  lastError: unknown;
+}
+
+function newRound(): Round {
+  return { unreachable: 0, redirects: 0, sawFollower: false, otherError: false, lastError: undefined };
+}
+
 export class Registration {
   private readonly channels = new Map<string, Channel>();
   private current: string;
@@ -84,45 +97,55 @@ export class Registration {
     this.setState("stopped", "", "registration stopped");
   }
 
+  /**
+   * Calls until a round of attempts fails: every listed controller down, or no
+   * reachable leader. Only then does it pause and set a state, so an outage is one
+   * state (logged once), however the controllers fail within each round.
+   */
   private async loop(): Promise<void> {
-    let unreachable = 0; // controllers in a row that did not answer
-    let redirects = 0;
+    let round = newRound();
     while (!this.stopped) {
       const started = Date.now();
       try {
         await (this.registered ? this.heartbeat() : this.register());
-        unreachable = 0;
-        redirects = 0;
+        round = newRound();
         if (this.registered) await this.sleep(this._heartbeatIntervalMs - (Date.now() - started));
+        continue;
       } catch (err) {
         if (this.stopped) break;
+        round.lastError = err;
         if (err instanceof NotLeaderError) {
-          if (err.leader && err.leader !== this.current && redirects < MAX_REDIRECTS) {
-            redirects++;
+          round.sawFollower = true;
+          if (err.leader && err.leader !== this.current && round.redirects < MAX_REDIRECTS) {
+            round.redirects++;
             this.opts.logger.debug({ from: this.current, to: err.leader }, "following the leader");
             this.current = err.leader;
             continue;
           }
-          redirects = 0;
-          this.setState("no-leader", "", "no controller leader; waiting", { controller: this.current });
-          await this.sleep(this.retryDelayMs);
+          this.nextController();
         } else if (err instanceof UnavailableError || err instanceof DeadlineError) {
           this.opts.logger.debug({ controller: this.current, err: errorMessage(err) }, "controller did not answer");
           this.nextController();
-          if (++unreachable >= this.opts.controllers.length) {
-            unreachable = 0;
-            this.setState("unreachable", "", "no controller reachable; retrying", {
-              controllers: this.opts.controllers,
-              err: errorMessage(err),
-            });
-            await this.sleep(this.retryDelayMs);
-          }
+          if (++round.unreachable < this.opts.controllers.length) continue;
         } else {
-          const e = err as Error;
-          this.setState("failing", e.name, "registration failed", { controller: this.current, err: errorMessage(err) });
-          await this.sleep(this.retryDelayMs);
+          round.otherError = true;
         }
       }
+      this.endFailedRound(round);
+      round = newRound();
+      await this.sleep(this.retryDelayMs);
+    }
+  }
+
+  private endFailedRound(round: Round): void {
+    const err = round.lastError;
+    const fields = { controllers: this.opts.controllers, err: errorMessage(err) };
+    if (round.otherError) {
+      this.setState("failing", (err as Error)?.name ?? "", "registration failed; retrying", { controller: this.current, ...fields });
+    } else if (round.sawFollower) {
+      this.setState("no-leader", "", "no reachable controller leader; retrying", fields);
+    } else {
+      this.setState("unreachable", "", "no controller reachable; retrying", fields);
     }
   }
 
@@ -182,7 +205,7 @@ export class Registration {
     if (key === this.stateKey) return;
     this.stateKey = key;
     const level = state === "registered" || state === "stopped" ? "info" : "warn";
-    this.opts.logger[level]({ node: this.opts.name, ...fields }, msg);
+    this.opts.logger[level](fields, msg);
   }
 
   private sleep(ms: number): Promise<void> {

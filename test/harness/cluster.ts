@@ -57,16 +57,26 @@ export class TestCluster {
     await eventually(async () => (await this.client.get("probe").string(), true), 20_000, "etcd ready");
   }
 
-  async startController(name: string, extra: string[] = []): Promise<string> {
-    const address = `127.0.0.1:${await freePort()}`;
-    const p = Proc.start(name, "node", [join(ROOT, "dist/controller/main.js"), "--listen", address, "--etcd", this.etcdUrl, "--leader-ttl", "1", ...extra]);
+  /** Starts a controller; `faults` arms fault points (see lib/faults.ts). */
+  async startController(name: string, opts: { faults?: string[]; address?: string } = {}): Promise<string> {
+    const address = opts.address ?? `127.0.0.1:${await freePort()}`;
+    const p = Proc.start(name, "node", [join(ROOT, "dist/controller/main.js"), "--listen", address, "--etcd", this.etcdUrl, "--leader-ttl", "1"], {
+      STOWAGE_FAULTS: (opts.faults ?? []).join(","),
+    });
     this.controllers.set(name, p);
     await p.waitFor("serving on");
     return address;
   }
 
+  /** Addresses of the controllers that are running, in start order, without repeats. */
   get controllerAddresses(): string[] {
-    return [...this.controllers.values()].map((p) => /serving on (\S+)/.exec(p.output)?.[1] ?? "").filter(Boolean);
+    const live = [...this.controllers.values()].filter((p) => p.running);
+    return [...new Set(live.map((p) => /serving on (\S+)/.exec(p.output)?.[1] ?? "").filter(Boolean))];
+  }
+
+  /** The address a controller was started on, running or not. */
+  addressOf(name: string): string {
+    return /serving on (\S+)/.exec(this.controllers.get(name)?.output ?? "")?.[1] ?? "";
   }
 
   async startAgent(name: string, ip: string, opts: AgentOptions = {}): Promise<void> {

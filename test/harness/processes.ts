@@ -15,8 +15,8 @@ export class Proc {
     this.exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
   }
 
-  static start(name: string, cmd: string, args: string[]): Proc {
-    return new Proc(name, spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, STOWAGE_LOG_LEVEL: "info" } }));
+  static start(name: string, cmd: string, args: string[], env: Record<string, string> = {}): Proc {
+    return new Proc(name, spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, STOWAGE_LOG_LEVEL: "info", ...env } }));
   }
 
   get running(): boolean {

@@ -1,0 +1,312 @@
+// stowctl against fake controllers served over real gRPC on 127.0.0.1:0.
+import type { Server } from "@grpc/grpc-js";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import {
+  NodeServiceService,
+  PoolServiceService,
+  VolumeServiceService,
+} from "../gen/stowage/v1/controller.js";
+import { ReplicaState, VolumePhase, type Node, type Pool, type Volume, type VolumeSpec } from "../gen/stowage/v1/types.js";
+import { InsufficientCapacityError, NotFoundError, NotLeaderError } from "../lib/errors.js";
+import { addService, createServer, INSECURE, listen, shutdown, type AsyncService } from "../lib/grpc.js";
+import { runCli } from "./testing.js";
+
+type Def = Parameters<typeof addService>[1];
+const GiB = 2 ** 30;
+
+/** Every method of a service answers the same way. */
+function everyMethod<D extends Def>(def: D, fn: () => Promise<never>): AsyncService<D> {
+  return Object.fromEntries(Object.keys(def).map((k) => [k, fn])) as unknown as AsyncService<D>;
+}
+
+async function serve(register: (s: Server) => void): Promise<{ address: string; server: Server }> {
+  const server = createServer();
+  register(server);
+  const port = await listen(server, "127.0.0.1:0", INSECURE);
+  return { address: `127.0.0.1:${port}`, server };
+}
+
+const pool: Pool = {
+  node: "host1", name: "default", type: "dir", path: "/srv/stowage/default",
+  capacityBytes: 100 * GiB, availableBytes: 80 * GiB, allocatedBytes: GiB, provisionedBytes: 20 * GiB,
+  overcommitRatio: 2, replicaCount: 2,
+};
+const host1: Node = {
+  name: "host1", address: "127.0.0.2:7500", labels: { zone: "a", rack: "r1" }, cordoned: false, online: true,
+  lastHeartbeatMs: Date.now(), pools: [pool], agentVersion: "0.1.0",
+};
+
+/** A controller that makes volumes healthy a few polls after each change. */
+class FakeCluster {
+  volumes = new Map<string, { volume: Volume; polls: number }>();
+  nodes = new Map([[host1.name, structuredClone(host1)]]);
+
+  private replicas(spec: VolumeSpec, state: ReplicaState, size: number) {
+    return Array.from({ length: spec.replicas }, (_, i) => ({
+      id: `r${i}`, node: `host${i + 1}`, pool: "default", path: `/srv/stowage/default/${spec.name}.r${i}.qcow2`,
+      state, virtualSizeBytes: size, allocatedBytes: 196608, message: "",
+    }));
+  }
+
+  /** One GetVolume poll moves a busy volume one step. */
+  private advance(name: string): Volume {
+    const entry = this.volumes.get(name);
+    if (!entry) throw new NotFoundError("volume", name);
+    const v = entry.volume;
+    if (++entry.polls < 3 || name.startsWith("slow")) return v;
+    if (v.phase === VolumePhase.VOLUME_PHASE_DELETING) {
+      this.volumes.delete(name);
+      throw new NotFoundError("volume", name);
+    }
+    if (name.startsWith("doomed")) {
+      v.phase = VolumePhase.VOLUME_PHASE_FAILED;
+      v.message = "qemu-img create failed on host2: No space left on device";
+    } else if (v.phase !== VolumePhase.VOLUME_PHASE_FAILED) {
+      v.phase = VolumePhase.VOLUME_PHASE_HEALTHY;
+      v.replicas = this.replicas(v.spec!, ReplicaState.REPLICA_STATE_HEALTHY, v.spec!.sizeBytes);
+    }
+    return v;
+  }
+
+  private change(name: string, phase: VolumePhase): Volume {
+    const entry = this.volumes.get(name);
+    if (!entry) throw new NotFoundError("volume", name);
+    entry.volume.phase = phase;
+    entry.polls = 0;
+    return entry.volume;
+  }
+
+  volumeService(): AsyncService<typeof VolumeServiceService> {
+    return {
+      createVolume: async ({ spec, dryRun }) => {
+        const rejections = [{ node: "host3", reasons: ["cordoned"] }];
+        if (spec!.sizeBytes > 100 * GiB) {
+          throw new InsufficientCapacityError(`no room for ${spec!.replicas} replicas of ${spec!.sizeBytes} bytes`, {
+            rejections: [...rejections, { node: "host1", reasons: ["insufficient storage: 80GiB free"] }],
+            hint: "add a node or a pool, or ask for fewer replicas",
+          });
+        }
+        const placement = [{ node: "host1", pool: "default", score: 0.9 }, { node: "host2", pool: "default", score: 0.7 }];
+        if (dryRun) return { placement, rejections };
+        const volume: Volume = {
+          spec: spec!, phase: VolumePhase.VOLUME_PHASE_CREATING, message: "", createdAtMs: 1, uid: `uid-${spec!.name}`,
+          replicas: this.replicas(spec!, ReplicaState.REPLICA_STATE_CREATING, 0),
+        };
+        this.volumes.set(spec!.name, { volume, polls: 0 });
+        return { volume, placement, rejections: [] };
+      },
+      getVolume: async ({ name }) => ({ volume: this.advance(name) }),
+      listVolumes: async () => ({ volumes: [...this.volumes.values()].map((e) => e.volume) }),
+      deleteVolume: async ({ name }) => ({ volume: this.change(name, VolumePhase.VOLUME_PHASE_DELETING) }),
+      resizeVolume: async ({ name, sizeBytes }) => {
+        const v = this.change(name, VolumePhase.VOLUME_PHASE_RESIZING);
+        v.spec!.sizeBytes = sizeBytes;
+        return { volume: v };
+      },
+    };
+  }
+
+  nodeService(): AsyncService<typeof NodeServiceService> {
+    const get = (name: string) => {
+      const n = this.nodes.get(name);
+      if (!n) throw new NotFoundError("node", name);
+      return n;
+    };
+    return {
+      listNodes: async () => ({ nodes: [...this.nodes.values()] }),
+      getNode: async ({ name }) => ({ node: get(name) }),
+      cordonNode: async ({ name }) => ({ node: Object.assign(get(name), { cordoned: true }) }),
+      uncordonNode: async ({ name }) => ({ node: Object.assign(get(name), { cordoned: false }) }),
+    };
+  }
+
+  poolService(): AsyncService<typeof PoolServiceService> {
+    return {
+      listPools: async ({ node }) => ({ pools: [pool].filter((p) => !node || p.node === node) }),
+      getPool: async ({ node, name }) => {
+        if (node !== pool.node || name !== pool.name) throw new NotFoundError("pool", `${node}/${name}`);
+        return { pool };
+      },
+    };
+  }
+}
+
+let cluster: FakeCluster;
+let leader: Awaited<ReturnType<typeof serve>>;
+let follower: Awaited<ReturnType<typeof serve>>;
+let electing: Awaited<ReturnType<typeof serve>>;
+let dead: string;
+let followerCalls = 0;
+
+beforeAll(async () => {
+  cluster = new FakeCluster();
+  leader = await serve((s) => {
+    addService(s, NodeServiceService, cluster.nodeService());
+    addService(s, PoolServiceService, cluster.poolService());
+    addService(s, VolumeServiceService, cluster.volumeService());
+  });
+  const notLeader = (to: string) => async (): Promise<never> => {
+    if (to) followerCalls++;
+    throw new NotLeaderError(to);
+  };
+  follower = await serve((s) => {
+    for (const def of [NodeServiceService, PoolServiceService, VolumeServiceService] as Def[]) {
+      addService(s, def, everyMethod(def, notLeader(leader.address)));
+    }
+  });
+  electing = await serve((s) => addService(s, NodeServiceService, everyMethod(NodeServiceService, notLeader(""))));
+  const gone = await serve(() => undefined);
+  dead = gone.address;
+  await shutdown(gone.server);
+});
+
+afterAll(async () => {
+  await Promise.all([leader, follower, electing].map((x) => shutdown(x.server)));
+});
+
+beforeEach(() => {
+  cluster.volumes.clear();
+});
+
+const at = (...addresses: string[]) => ["--controller", addresses.join(",")];
+
+describe("finding the leader", () => {
+  it("follows a follower's NotLeaderError to the leader", async () => {
+    const r = await runCli([...at(follower.address), "node", "list"]);
+    expect(r).toMatchObject({ code: 0, err: "" });
+    expect(r.out).toMatch(/^NAME\s+STATUS\s+ADDRESS/);
+    expect(r.out).toMatch(/\nhost1\s+online\s+127\.0\.0\.2:7500\s+a\s+r1\s+1\s/);
+  });
+
+  it("asks the follower once, then polls the leader directly", async () => {
+    const before = followerCalls;
+    const r = await runCli([...at(follower.address), "volume", "create", "vm1", "--size", "1GiB"]);
+    expect(r).toMatchObject({ code: 0, out: "volume vm1 is healthy (2 replicas)\n", err: "" });
+    expect(followerCalls - before).toBe(1);
+  });
+
+  it("passes over an unreachable address and one without a leader", async () => {
+    const r = await runCli([...at(dead, electing.address, leader.address), "node", "get", "host1"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain("Name:            host1\n");
+    expect(r.out).toMatch(/NODE\s+NAME\s+TYPE/);
+  });
+
+  it("reports the last error when no address answers", async () => {
+    const r = await runCli([...at(dead, electing.address), "node", "list"]);
+    expect(r.code).toBe(1);
+    expect(r.err).toBe("error: no controller is leader yet\nhint: retry in a few seconds\n");
+  });
+
+  it("reads the addresses from STOWAGE_CONTROLLER and from the cluster file", async () => {
+    const env = await runCli(["volume", "list"], { env: { STOWAGE_CONTROLLER: `${dead},${follower.address}` } });
+    expect(env).toMatchObject({ code: 0, out: "no volumes found\n" });
+    const file = await runCli(["node", "list", "-o", "json"], {
+      env: { STOWAGE_CONFIG: "/c.json" },
+      files: { "/c.json": JSON.stringify({ controllers: [follower.address] }) },
+    });
+    expect(file.code).toBe(0);
+    expect(JSON.parse(file.out).nodes[0].name).toBe("host1");
+  });
+});
+
+describe("errors from the controller", () => {
+  it("prints error and hint for NotFound and exits 1", async () => {
+    const r = await runCli([...at(follower.address), "volume", "get", "missing"]);
+    expect(r).toEqual({
+      code: 1,
+      out: "",
+      err: `error: volume "missing" not found\nhint: run 'stowctl volume list' to see what exists\n`,
+    });
+  });
+
+  it("prints every rejection of an InsufficientCapacityError", async () => {
+    const r = await runCli([...at(leader.address), "volume", "create", "big", "--size", "1TiB"]);
+    expect(r.code).toBe(1);
+    expect(r.err).toBe(
+      `error: no room for 2 replicas of ${2 ** 40} bytes\n` +
+        "rejected nodes:\n  host3: cordoned\n  host1: insufficient storage: 80GiB free\n" +
+        "hint: add a node or a pool, or ask for fewer replicas\n",
+    );
+  });
+});
+
+describe("volume lifecycle", () => {
+  it("dry run shows placement and rejections and creates nothing", async () => {
+    const r = await runCli([...at(leader.address), "volume", "create", "vm1", "--size", "10GiB", "--dry-run"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/NODE\s+POOL\s+SCORE\nhost1\s+default\s+0\.900\nhost2\s+default\s+0\.700\n/);
+    expect(r.out).toContain("  host3: cordoned\n");
+    expect(cluster.volumes.size).toBe(0);
+  });
+
+  it("create -o json prints the healthy volume; get -o json has phase, spec and replicas", async () => {
+    const args = ["volume", "create", "vm2", "--size", "2GiB", "--replicas", "3", "--format", "raw", "-o", "json"];
+    const created = await runCli([...at(leader.address), ...args]);
+    expect(created.code).toBe(0);
+    expect(JSON.parse(created.out).volume.phase).toBe("healthy");
+    const got = JSON.parse((await runCli([...at(leader.address), "-o", "json", "volume", "get", "vm2"])).out);
+    expect(got.volume.phase).toBe("healthy");
+    expect(got.volume.spec).toEqual({ name: "vm2", sizeBytes: 2 * GiB, replicas: 3, format: "raw", preallocation: "off", pool: "" });
+    expect(got.volume.replicas).toHaveLength(3);
+    expect(got.volume.replicas[0]).toMatchObject({ node: "host1", pool: "default", path: "/srv/stowage/default/vm2.r0.qcow2", state: "healthy" });
+  });
+
+  it("--no-wait returns while the volume is still creating", async () => {
+    const r = await runCli([...at(leader.address), "volume", "create", "vm3", "--size", "1GiB", "--no-wait"]);
+    expect(r.out).toBe("volume vm3 accepted (phase creating); check it with 'stowctl volume get vm3'\n");
+  });
+
+  it("a failed volume exits 1 with the controller's reason", async () => {
+    const r = await runCli([...at(leader.address), "volume", "create", "doomed", "--size", "1GiB"]);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/^error: volume doomed failed: qemu-img create failed on host2: No space left on device\nhint: /);
+  });
+
+  it("gives up after --wait-timeout, saying how to check", async () => {
+    const r = await runCli([...at(leader.address), "volume", "create", "slow1", "--size", "1GiB", "--wait-timeout", "0.3"]);
+    expect(r.code).toBe(1);
+    expect(r.err).toBe(
+      "error: volume slow1 is still creating after 0.3s (phase creating)\n" +
+        "hint: check it with 'stowctl volume get slow1', or wait longer with --wait-timeout SECONDS\n",
+    );
+  });
+
+  it("list, resize, then delete", async () => {
+    await runCli([...at(leader.address), "volume", "create", "vm4", "--size", "10GiB"]);
+    const list = await runCli([...at(leader.address), "volume", "list"]);
+    expect(list.out).toBe("NAME   SIZE    REPLICAS   PHASE     FORMAT\nvm4    10GiB   2/2        healthy   qcow2\n");
+
+    const shrink = await runCli([...at(leader.address), "volume", "resize", "vm4", "--size", "5GiB"]);
+    expect(shrink.code).toBe(1);
+    expect(shrink.err).toContain("cannot shrink to 5GiB");
+
+    const grow = await runCli([...at(leader.address), "volume", "resize", "vm4", "--size", "20GiB"]);
+    expect(grow).toMatchObject({ code: 0, out: "volume vm4 resized to 20GiB (2 replicas)\n" });
+    expect(cluster.volumes.get("vm4")!.volume.replicas.every((r) => r.virtualSizeBytes === 20 * GiB)).toBe(true);
+
+    const del = await runCli([...at(follower.address), "volume", "delete", "vm4"]);
+    expect(del).toMatchObject({ code: 0, out: "volume vm4 deleted\n" });
+    expect(cluster.volumes.has("vm4")).toBe(false);
+  });
+});
+
+describe("nodes and pools", () => {
+  it("cordon and uncordon", async () => {
+    const r = await runCli([...at(follower.address), "node", "cordon", "host1"]);
+    expect(r.out).toBe("node host1 cordoned: no new replicas will be placed on it\n");
+    expect(cluster.nodes.get("host1")!.cordoned).toBe(true);
+    const json = await runCli([...at(leader.address), "node", "uncordon", "host1", "-o", "json"]);
+    expect(JSON.parse(json.out).node.cordoned).toBe(false);
+  });
+
+  it("pool list and get", async () => {
+    const list = await runCli([...at(leader.address), "pool", "list", "--node", "host1"]);
+    expect(list.out).toMatch(/\nhost1\s+default\s+dir\s+100GiB\s+80GiB\s+1GiB\s+20GiB\s+2x\s+2\n$/);
+    const get = await runCli([...at(leader.address), "pool", "get", "host1", "default"]);
+    expect(get.out).toContain("Path:         /srv/stowage/default\n");
+    const missing = await runCli([...at(leader.address), "pool", "get", "host9/default"]);
+    expect(missing.code).toBe(1);
+    expect(missing.err).toContain('error: pool "host9/default" not found\n');
+  });
+});
