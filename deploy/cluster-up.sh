@@ -87,7 +87,7 @@ stowctl finds the controllers through $CONFIG_FILE.
   npx stowctl node list
   npx stowctl volume create vol1 --size 10GiB --replicas 2
   npx stowctl volume get vol1
-  npx stowctl volume create vol2 --size 1TiB --replicas 3 --dry-run
+  npx stowctl volume create vol2 --size 200GiB --replicas 3 --dry-run
   npx stowctl --help
 
 Logs: $STATE/logs/   Stop everything: npm run cluster:down
