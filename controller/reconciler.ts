@@ -11,7 +11,7 @@ import type { AgentClients } from "./agents.js";
 import { keys } from "./keys.js";
 import type { ReplicaPlacement, ReplicaStatusRecord, VolumeSpec, VolumeStatus } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
-import type { ClusterStore } from "./store.js";
+import type { Change, ClusterStore } from "./store.js";
 import { deriveVolumeStatus, statusChanged } from "./volume-status.js";
 import { WorkQueue } from "./work-queue.js";
 
@@ -33,7 +33,7 @@ export class Reconciler {
   private readonly volumes: WorkQueue;
   private readonly nodes: WorkQueue;
   private resyncTimer?: NodeJS.Timeout;
-  private readonly onChange = (k: { kind: string; name: string }) => this.changed(k.kind, k.name);
+  private readonly onChange = (c: Change) => this.changed(c);
 
   constructor(
     private readonly etcd: Etcd3,
@@ -80,9 +80,11 @@ export class Reconciler {
     for (const { value } of this.store.nodeSpecs()) if (this.registry.isOnline(value.name)) this.nodes.add(value.name);
   }
 
-  private changed(kind: string, name: string): void {
-    if (kind === "volume-spec" || kind === "operation") this.volumes.add(name);
-    else if (kind === "node-status") this.enqueueVolumesOn(name);
+  private changed(c: Change): void {
+    if (c.kind === "volume-spec" || c.kind === "operation") this.volumes.add(c.name);
+    // A node going online or offline changes its replicas' state; pool figures
+    // refreshed by heartbeats do not.
+    else if (c.kind === "node-status" && c.transition !== "updated") this.enqueueVolumesOn(c.name);
   }
 
   private enqueueVolumesOn(node: string): void {

@@ -24,7 +24,12 @@ export interface WriteBatch {
   delete?: string[];
 }
 
-export class ClusterStore extends EventEmitter<{ change: [ParsedKey] }> {
+/** A key that changed, and whether it appeared, changed in place, or went away. */
+export interface Change extends ParsedKey {
+  transition: "created" | "updated" | "deleted";
+}
+
+export class ClusterStore extends EventEmitter<{ change: [Change] }> {
   private readonly entries = new Map<string, Entry<unknown>>();
   /** Deleted keys and the revision of their delete, to ignore late watch events. */
   private readonly tombstones = new Map<string, number>();
@@ -40,15 +45,41 @@ export class ClusterStore extends EventEmitter<{ change: [ParsedKey] }> {
     this.setMaxListeners(50);
   }
 
-  /** Loads the whole prefix and starts watching from the revision read. */
+  /**
+   * Loads the whole prefix and starts watching from the revision read. Called
+   * again after a watch failure: keys that vanished meanwhile are dropped.
+   */
   async start(): Promise<void> {
     const res = await this.etcd.getAll().prefix(PREFIX).exec();
-    for (const kv of res.kvs) this.apply(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision));
-    const from = Number(res.header.revision) + 1;
-    this.watcher = await this.etcd.watch().prefix(PREFIX).startRevision(String(from)).create();
-    this.watcher.on("put", (kv: IKeyValue) => this.apply(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision)));
-    this.watcher.on("delete", (kv: IKeyValue) => this.apply(kv.key.toString(), undefined, Number(kv.mod_revision)));
-    this.watcher.on("error", (err) => this.log.error({ err }, "etcd watch failed; state may be stale until restart"));
+    const present = new Set<string>();
+    for (const kv of res.kvs) {
+      const key = kv.key.toString();
+      present.add(key);
+      this.apply(key, kv.value.toString(), Number(kv.mod_revision));
+    }
+    const revision = Number(res.header.revision);
+    for (const key of [...this.entries.keys()]) {
+      if (!present.has(key) && this.entries.get(key)!.modRevision <= revision) this.apply(key, undefined, revision);
+    }
+    const watcher = await this.etcd.watch().prefix(PREFIX).startRevision(String(revision + 1)).create();
+    this.watcher = watcher;
+    watcher.on("put", (kv: IKeyValue) => this.apply(kv.key.toString(), kv.value.toString(), Number(kv.mod_revision)));
+    watcher.on("delete", (kv: IKeyValue) => this.apply(kv.key.toString(), undefined, Number(kv.mod_revision)));
+    watcher.on("error", (err) => {
+      this.log.error({ err: String(err) }, "etcd watch failed; reloading state");
+      void watcher.cancel().catch(() => undefined);
+      if (this.watcher === watcher) this.reloadSoon();
+    });
+  }
+
+  private reloadSoon(): void {
+    this.watcher = undefined;
+    setTimeout(() => {
+      this.start().catch((err) => {
+        this.log.error({ err: String(err) }, "state reload failed; retrying");
+        this.reloadSoon();
+      });
+    }, 1_000).unref();
   }
 
   async stop(): Promise<void> {
@@ -64,9 +95,10 @@ export class ClusterStore extends EventEmitter<{ change: [ParsedKey] }> {
     const cur = this.entries.get(key);
     if (cur && cur.modRevision >= revision) return;
     if (raw === undefined) {
-      this.entries.delete(key);
       this.tombstones.set(key, revision);
       if (this.tombstones.size > 10_000) this.pruneTombstones();
+      if (!cur) return;
+      this.entries.delete(key);
     } else {
       try {
         this.entries.set(key, { value: JSON.parse(raw), modRevision: revision });
@@ -76,7 +108,7 @@ export class ClusterStore extends EventEmitter<{ change: [ParsedKey] }> {
       }
       this.tombstones.delete(key);
     }
-    this.emit("change", parsed);
+    this.emit("change", { ...parsed, transition: raw === undefined ? "deleted" : cur ? "updated" : "created" });
   }
 
   private pruneTombstones(): void {
