@@ -28,7 +28,7 @@ const USAGE = `usage: stowage-controller [options]
   --etcd URL[,URL...]    etcd endpoints (default http://127.0.0.1:2379)
   --instance NAME        instance name in logs (default: the advertised address)
   --leader-ttl SECONDS   leader lease; a standby takes over this long after a crash (default 2)
-  --node-ttl SECONDS     a node is offline this long after its last heartbeat (default 3)
+  --node-ttl SECONDS     a node is offline this long after its last heartbeat (default 5)
   --heartbeat-ms MS      heartbeat interval asked of agents (default 1000)
   --resync SECONDS       full reconcile pass interval (default 30)
   -h, --help             show this help
@@ -42,7 +42,7 @@ async function main(): Promise<void> {
       etcd: { type: "string", default: "http://127.0.0.1:2379" },
       instance: { type: "string" },
       "leader-ttl": { type: "string", default: "2" },
-      "node-ttl": { type: "string", default: "3" },
+      "node-ttl": { type: "string", default: "5" },
       "heartbeat-ms": { type: "string", default: "1000" },
       resync: { type: "string", default: "30" },
       help: { type: "boolean", short: "h" },

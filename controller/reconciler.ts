@@ -154,7 +154,7 @@ export class Reconciler {
         { timeoutMs: 120_000 },
       );
       const r = res.replica!;
-      faultPoint("reconcile:replica-ensured");
+      faultPoint("reconcile:replica-ensured", spec.name);
       return {
         ...base,
         path: r.path,

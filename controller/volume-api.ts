@@ -144,7 +144,7 @@ export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceSe
             { key: keys.operation(spec.name), value: operation("create-volume", spec.name) },
           ],
         });
-        faultPoint("create-volume:recorded");
+        faultPoint("create-volume:recorded", spec.name);
         d.enqueue(spec.name);
         return { volume: volumeToApi(spec, status), placement: result.placement, rejections: result.rejections };
       });

@@ -30,7 +30,7 @@ function imagesOf(volume: string): string[] {
 beforeAll(async () => {
   c = await TestCluster.create();
   // c1 starts first and leads; it dies as soon as it has recorded a create.
-  await c.startController("c1", { faults: ["create-volume:recorded"] });
+  await c.startController("c1", { faults: ["create-volume:recorded@crash1"] });
   await c.leaderApi();
   await c.startController("c2");
   for (const [i, n] of ["n1", "n2", "n3"].entries()) await c.startAgent(n, `127.0.0.${31 + i}`);
@@ -56,10 +56,11 @@ describe("controller crash", () => {
 
   it("a leader killed between two replica creations leaves work the next leader completes", async () => {
     // Agents know two controller addresses; successors reuse them.
-    await c.startController("c3", { faults: ["reconcile:replica-ensured"], address: c.addressOf("c1") });
+    await c.startController("c3", { faults: ["reconcile:replica-ensured@crash2"], address: c.addressOf("c1") });
     await c.controllers.get("c2")!.kill("SIGKILL");
     const api = await c.leaderApi();
     expect(api.address).toBe(c.addressOf("c3"));
+    await c.waitNodesOnline(3);
     await api.volumes.createVolume({ spec: spec("crash2", 3), dryRun: false }).catch(() => undefined);
     await eventually(async () => !c.controllers.get("c3")!.running, 10_000, "c3 killed at its fault point");
     await c.startController("c4", { address: c.addressOf("c2") });
