@@ -2,12 +2,13 @@
 // files named `${volume}.${replicaId}.${qcow2|raw}` (and their temp files) in
 // that directory and nothing else; other files there are left alone.
 import { randomBytes } from "node:crypto";
-import { lstat, open, readdir, rename, statfs, unlink } from "node:fs/promises";
+import { lstat, readdir, rename, statfs } from "node:fs/promises";
 import type { Stats } from "node:fs";
 import { FailedPreconditionError, InsufficientCapacityError, InvalidArgumentError } from "../lib/errors.js";
 import { validateName } from "../lib/names.js";
 import type { Logger } from "../lib/logger.js";
 import type { PoolConfig } from "./config.js";
+import { exists, syncDir, syncFile, unlinkIfExists } from "./file-ops.js";
 import { KeyedMutex } from "./keyed-mutex.js";
 import { mapLimit } from "./map-limit.js";
 import {
@@ -124,6 +125,7 @@ export class DirPool {
         await resizeImage({ path: existing.path, format: spec.format, sizeBytes: spec.sizeBytes, preallocation: spec.preallocation });
         info = await this.freshInfo(existing.path, spec.format);
         resized = true;
+        this.opts.logger?.info({ pool: this.name, replica: spec.id, path: existing.path, sizeBytes: spec.sizeBytes }, "replica image grown");
       }
       const stat = await lstat(existing.path);
       return { replica: this.replica(existing, info, stat), created: false, resized };
@@ -138,8 +140,12 @@ export class DirPool {
       await Promise.all(temps.map((t) => unlinkIfExists(t)));
       const removed = await Promise.all(files.map((f) => unlinkIfExists(f.path)));
       for (const f of files) this.infoCache.delete(f.path);
-      if (removed.some(Boolean)) await syncDir(this.path);
-      return { deleted: removed.some(Boolean) };
+      const deleted = removed.some(Boolean);
+      if (deleted) {
+        await syncDir(this.path);
+        this.opts.logger?.info({ pool: this.name, replica: id, paths: files.map((f) => f.path) }, "replica image deleted");
+      }
+      return { deleted };
     });
   }
 
@@ -261,37 +267,4 @@ export class DirPool {
     }
     return { files, temps };
   }
-}
-
-async function unlinkIfExists(path: string): Promise<boolean> {
-  try {
-    await unlink(path);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
-    throw err;
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function syncFile(path: string): Promise<void> {
-  const fh = await open(path, "r");
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** Makes a rename or unlink in the directory durable. */
-async function syncDir(path: string): Promise<void> {
-  await syncFile(path);
 }

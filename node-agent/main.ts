@@ -1,7 +1,8 @@
 // Entry point of the node agent: `node dist/node-agent/main.js --config FILE [flags]`.
 // Serves AgentService, keeps the node registered, and stops cleanly on SIGTERM/SIGINT.
+import { logVerbosity, setLogVerbosity, type Server } from "@grpc/grpc-js";
 import { errorMessage, StowageError } from "../lib/errors.js";
-import { addService, createServer, listen, shutdown } from "../lib/grpc.js";
+import { addService, createServer, listen, shutdown, type TransportSecurity } from "../lib/grpc.js";
 import { createLogger } from "../lib/logger.js";
 import { AgentServiceService } from "../gen/stowage/v1/agent.js";
 import { parseHostPort, withPort } from "./address.js";
@@ -23,12 +24,7 @@ async function main(argv: string[]): Promise<void> {
 
   const server = createServer();
   addService(server, AgentServiceService, createAgentService(pools));
-  let port: number;
-  try {
-    port = await listen(server, config.listen, config.tls);
-  } catch (err) {
-    throw new StowageError(`cannot listen on ${config.listen}: ${errorMessage(err)}`);
-  }
+  const port = await bind(server, config.listen, config.tls);
   const listening = withPort(config.listen, port);
   // With port 0 the port is known only now; the controllers must get the real one.
   const advertise = parseHostPort(config.advertise, { allowPortZero: true }).port === 0 ? withPort(config.advertise, port) : config.advertise;
@@ -61,6 +57,22 @@ async function main(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+/** Binds, turning grpc-js's own bind error log and long message into one clear error. */
+async function bind(server: Server, address: string, tls: TransportSecurity): Promise<number> {
+  setLogVerbosity(logVerbosity.NONE);
+  try {
+    return await listen(server, address, tls);
+  } catch (err) {
+    // "No address added out of total 1 resolved errors: [listen EADDRINUSE: ...]" -> the part in brackets
+    const inner = /\[(.+)\]\s*$/.exec(errorMessage(err))?.[1];
+    throw new StowageError(`cannot listen on ${address}: ${inner ?? errorMessage(err)}`, {
+      hint: "is another process using that address, and is it an address of this host?",
+    });
+  } finally {
+    setLogVerbosity(logVerbosity.ERROR);
+  }
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
