@@ -528,9 +528,10 @@ async function benchFailover(c: TestCluster): Promise<FailoverResult> {
     // A fresh standby on the dead one's address (the agents know both addresses).
     const name = `c${nextName++}`;
     await c.startController(name, { address: leader });
+    const restarted = c.api(leader);
     await pollUntil(
       async () => {
-        const r = await c.api(leader).cluster.getLeader({}, { timeoutMs: 1_000 }).catch(() => undefined);
+        const r = await restarted.cluster.getLeader({}, { timeoutMs: 1_000 }).catch(() => undefined);
         return r !== undefined && !r.isLeader && r.leader === survivor;
       },
       50,
@@ -702,9 +703,9 @@ interface MemoryResult {
   rssIdleMiB: number;
   rssMiB: number;
   peakRssMiB: number;
+  /** RSS after 5 s without API calls (heartbeats only). */
+  rssAfterIdleMiB: number;
   bytesPerVolume: number;
-  /** RSS projected to TARGET.rssAtVolumes volumes from the measured bytes per volume. */
-  rssProjectedMiB: number;
   createSeconds: number;
   createPerSec: number;
   allHealthySeconds: number;
@@ -787,15 +788,17 @@ async function benchMemory(): Promise<MemoryResult> {
     const mem = memoryOf(pid);
     const cpu = cpuSecondsOf(pid) - cpu0;
     const perVolume = (mem.rss - idle.rss) / n;
-    progress(`  all healthy after ${((tHealthy - t0) / 1000).toFixed(1)} s; controller RSS ${(mem.rss / MiB).toFixed(1)} MiB`);
+    progress(`  all healthy after ${((tHealthy - t0) / 1000).toFixed(1)} s; controller RSS ${(mem.rss / MiB).toFixed(1)} MiB; idling 5 s`);
+    await sleep(5_000);
+    const settled = memoryOf(pid);
     return {
       volumes: n,
       concurrency: CFG.simConcurrency,
       rssIdleMiB: r1(idle.rss / MiB),
       rssMiB: r1(mem.rss / MiB),
       peakRssMiB: r1(mem.hwm / MiB),
+      rssAfterIdleMiB: r1(settled.rss / MiB),
       bytesPerVolume: Math.round(perVolume),
-      rssProjectedMiB: r1((idle.rss + perVolume * TARGET.rssAtVolumes) / MiB),
       createSeconds: r1((tCreated - t0) / 1000),
       createPerSec: r1(n / ((tCreated - t0) / 1000)),
       allHealthySeconds: r1((tHealthy - t0) / 1000),
@@ -823,7 +826,7 @@ interface Row {
   figure: string;
   value: string;
   target: string;
-  verdict: "PASS" | "MISS" | "info";
+  verdict: "PASS" | "MISS" | "n/a" | "info";
 }
 
 function table(rows: Row[]): string {
@@ -927,10 +930,11 @@ async function main(): Promise<void> {
     const atTarget = M.volumes >= TARGET.rssAtVolumes;
     out.push(
       `3. Controller memory, ${M.volumes} volumes (2 replicas each) on 3 simulated agents, ${M.concurrency} creates in flight:`,
-      `   RSS with 0 volumes ${M.rssIdleMiB} MiB; with ${M.volumes} volumes ${M.rssMiB} MiB (peak ${M.peakRssMiB} MiB); ${M.bytesPerVolume} bytes per volume`,
+      `   RSS with 0 volumes ${M.rssIdleMiB} MiB; with ${M.volumes} volumes ${M.rssMiB} MiB (peak ${M.peakRssMiB} MiB, ${M.rssAfterIdleMiB} MiB after 5 s idle); ${M.bytesPerVolume} bytes per volume`,
       atTarget
         ? `   (target < ${TARGET.rssMiB} MiB at ${TARGET.rssAtVolumes} volumes)`
-        : `   projected to ${TARGET.rssAtVolumes} volumes: ${M.rssProjectedMiB} MiB (target < ${TARGET.rssMiB} MiB)`,
+        : `   (target < ${TARGET.rssMiB} MiB at ${TARGET.rssAtVolumes} volumes: not measured in a quick run; bytes per volume` +
+          ` at this size are not a guide, the heap grows in steps early on)`,
       `   create calls: ${M.createSeconds} s, ${M.createPerSec} volumes/s (RPC p50 ${M.createRpcMs.p50} ms, p99 ${M.createRpcMs.p99} ms, max ${M.createRpcMs.max} ms)`,
       `   all healthy after ${M.allHealthySeconds} s: ${M.healthyPerSec} volumes/s; controller CPU ${M.controllerCpuSeconds} s`,
       `   ListVolumes with ${M.volumes} volumes: ${M.listVolumes.ms} ms, ${M.listVolumes.responseMiB} MiB response`,
@@ -938,14 +942,10 @@ async function main(): Promise<void> {
       "",
     );
     rows.push(
+      { figure: "controller RSS with 0 volumes", value: `${M.rssIdleMiB} MiB`, target: "", verdict: "info" },
       atTarget
         ? { figure: `controller RSS @ ${M.volumes} volumes`, value: `${M.rssMiB} MiB`, target: `< ${TARGET.rssMiB} MiB`, verdict: verdict(M.rssMiB < TARGET.rssMiB) }
-        : {
-            figure: `controller RSS @ ${TARGET.rssAtVolumes} (projected from ${M.volumes})`,
-            value: `${M.rssProjectedMiB} MiB`,
-            target: `< ${TARGET.rssMiB} MiB`,
-            verdict: verdict(M.rssProjectedMiB < TARGET.rssMiB),
-          },
+        : { figure: `controller RSS @ ${M.volumes} volumes (quick run)`, value: `${M.rssMiB} MiB`, target: `< ${TARGET.rssMiB} MiB @ ${TARGET.rssAtVolumes}`, verdict: "n/a" },
       { figure: "controller bytes per volume", value: `${M.bytesPerVolume} B`, target: "", verdict: "info" },
       { figure: "volume creation throughput", value: `${M.createPerSec}/s`, target: "", verdict: "info" },
       { figure: "create -> all healthy throughput", value: `${M.healthyPerSec}/s`, target: "", verdict: "info" },
