@@ -2,7 +2,7 @@
 // snapshot the scheduler places against. Pure reads of the store.
 import type { Pool } from "../gen/stowage/v1/types.js";
 import { poolToApi } from "./convert.js";
-import type { PoolRecord } from "./model.js";
+import type { PoolRecord, VolumeSpec } from "./model.js";
 import type { ClusterSnapshot } from "./scheduler.js";
 import type { ClusterStore } from "./store.js";
 
@@ -11,24 +11,45 @@ export interface Usage {
   replicaCount: number;
 }
 
+/**
+ * Keeps provisioned bytes and replica counts per pool and per node up to date
+ * as volume specs change, so placing a volume costs O(nodes), not O(volumes).
+ */
 export class ClusterView {
-  constructor(private readonly store: ClusterStore) {}
+  private readonly counted = new Map<string, VolumeSpec>();
+  private readonly poolUsage = new Map<string, Usage>();
+  private readonly nodeReplicas = new Map<string, number>();
+
+  constructor(private readonly store: ClusterStore) {
+    for (const { value } of store.volumeSpecs()) this.recount(value.name);
+    store.on("change", (c) => {
+      if (c.kind === "volume-spec") this.recount(c.name);
+    });
+  }
+
+  private recount(name: string): void {
+    const old = this.counted.get(name);
+    if (old) this.add(old, -1);
+    const now = this.store.volumeSpec(name)?.value;
+    if (now) this.add(now, 1);
+    if (now) this.counted.set(name, now);
+    else this.counted.delete(name);
+  }
+
+  private add(v: VolumeSpec, sign: 1 | -1): void {
+    for (const p of v.placement) {
+      const key = `${p.node}/${p.pool}`;
+      const u = this.poolUsage.get(key) ?? { provisionedBytes: 0, replicaCount: 0 };
+      u.provisionedBytes += sign * v.sizeBytes;
+      u.replicaCount += sign;
+      this.poolUsage.set(key, u);
+      this.nodeReplicas.set(p.node, (this.nodeReplicas.get(p.node) ?? 0) + sign);
+    }
+  }
 
   /** Provisioned bytes and replica counts keyed by "node/pool" and by node. */
-  usage(): { pools: Map<string, Usage>; nodes: Map<string, number> } {
-    const pools = new Map<string, Usage>();
-    const nodes = new Map<string, number>();
-    for (const { value: v } of this.store.volumeSpecs()) {
-      for (const p of v.placement) {
-        const key = `${p.node}/${p.pool}`;
-        const u = pools.get(key) ?? { provisionedBytes: 0, replicaCount: 0 };
-        u.provisionedBytes += v.sizeBytes;
-        u.replicaCount += 1;
-        pools.set(key, u);
-        nodes.set(p.node, (nodes.get(p.node) ?? 0) + 1);
-      }
-    }
-    return { pools, nodes };
+  usage(): { pools: ReadonlyMap<string, Usage>; nodes: ReadonlyMap<string, number> } {
+    return { pools: this.poolUsage, nodes: this.nodeReplicas };
   }
 
   /** Live pool figures when the node is online, the registered ones otherwise. */

@@ -31,6 +31,8 @@ export interface Change extends ParsedKey {
 
 export class ClusterStore extends EventEmitter<{ change: [Change] }> {
   private readonly entries = new Map<string, Entry<unknown>>();
+  /** The same entries by kind and name, so listing one kind never scans the others. */
+  private readonly byKind = new Map<KeyKind, Map<string, Entry<unknown>>>();
   /** Deleted keys and the revision of their delete, to ignore late watch events. */
   private readonly tombstones = new Map<string, number>();
   private watcher?: Watcher;
@@ -99,9 +101,14 @@ export class ClusterStore extends EventEmitter<{ change: [Change] }> {
       if (this.tombstones.size > 10_000) this.pruneTombstones();
       if (!cur) return;
       this.entries.delete(key);
+      this.byKind.get(parsed.kind)?.delete(parsed.name);
     } else {
       try {
-        this.entries.set(key, { value: JSON.parse(raw), modRevision: revision });
+        const entry = { value: JSON.parse(raw), modRevision: revision };
+        this.entries.set(key, entry);
+        let kind = this.byKind.get(parsed.kind);
+        if (!kind) this.byKind.set(parsed.kind, (kind = new Map()));
+        kind.set(parsed.name, entry);
       } catch (err) {
         this.log.error({ key, err }, "ignoring unparsable value in etcd");
         return;
@@ -146,10 +153,11 @@ export class ClusterStore extends EventEmitter<{ change: [Change] }> {
   }
 
   private all<T>(kind: KeyKind): Entry<T>[] {
-    const prefix = keys.prefixOf(kind);
-    const out: Entry<T>[] = [];
-    for (const [k, e] of this.entries) if (k.startsWith(prefix)) out.push(e as Entry<T>);
-    return out;
+    return [...(this.byKind.get(kind)?.values() ?? [])] as Entry<T>[];
+  }
+
+  count(kind: KeyKind): number {
+    return this.byKind.get(kind)?.size ?? 0;
   }
 
   nodeSpec = (name: string) => this.get<NodeSpec>(keys.nodeSpec(name));

@@ -62,6 +62,8 @@ export type AsyncService<D extends ServiceDef> = {
 };
 
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  // Listing tens of thousands of volumes exceeds the 4 MiB default.
+  "grpc.max_receive_message_length": 256 * 1024 * 1024,
   "grpc.keepalive_time_ms": 10_000,
   "grpc.keepalive_timeout_ms": 5_000,
   "grpc.initial_reconnect_backoff_ms": 100,

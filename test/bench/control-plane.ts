@@ -178,26 +178,6 @@ for (const sig of ["SIGINT", "SIGTERM"] as const) {
   });
 }
 
-/**
- * The harness resolves its repository root as `new URL("../../", import.meta.url)`, which
- * is the repository under vitest but `dist/` once compiled, so the compiled harness spawns
- * `dist/dist/controller/main.js`. Until that is fixed there, map such paths back.
- */
-{
-  const start = Proc.start.bind(Proc);
-  const doubled = `${sep}dist${sep}dist${sep}`;
-  Proc.start = (name, cmd, args, env) =>
-    start(
-      name,
-      cmd,
-      args.map((a) => {
-        if (!a.includes(doubled) || existsSync(a)) return a;
-        const fixed = a.replace(doubled, `${sep}dist${sep}`);
-        return existsSync(fixed) ? fixed : a;
-      }),
-      env,
-    );
-}
 
 /** Clusters running now, so a failure can show what their processes printed last. */
 const liveClusters = new Set<TestCluster>();
@@ -336,9 +316,9 @@ interface LatencyResult {
 async function realCluster(): Promise<{ c: TestCluster; stop: () => Promise<void> }> {
   const { c, stop } = await newCluster("real");
   try {
-    await c.startController("c1");
+    await c.startController("c1", { leaderTtlSec: 1 });
     await c.leaderApi(); // c1 leads
-    await c.startController("c2");
+    await c.startController("c2", { leaderTtlSec: 1 });
     for (const i of [1, 2, 3]) await c.startAgent(`n${i}`, `127.0.0.4${i}`, { zone: `z${i}` });
     await c.waitNodesOnline(3);
     return { c, stop };
@@ -527,7 +507,7 @@ async function benchFailover(c: TestCluster): Promise<FailoverResult> {
 
     // A fresh standby on the dead one's address (the agents know both addresses).
     const name = `c${nextName++}`;
-    await c.startController(name, { address: leader });
+    await c.startController(name, { address: leader, leaderTtlSec: 1 });
     const restarted = c.api(leader);
     await pollUntil(
       async () => {

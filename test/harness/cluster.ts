@@ -3,7 +3,9 @@
 // its own data directory and pool.
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Etcd3 } from "etcd3";
 import { execa } from "execa";
 import { ClusterServiceService, NodeServiceService, PoolServiceService, VolumeServiceService } from "../../gen/stowage/v1/controller.js";
@@ -11,7 +13,12 @@ import { Channel, INSECURE } from "../../lib/grpc.js";
 import { freePort } from "./ports.js";
 import { eventually, Proc } from "./processes.js";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
+/** The repository root, whether this file runs from source or from dist/. */
+const ROOT = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, "package.json")) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+})();
 
 export interface AgentOptions {
   zone?: string;
@@ -58,9 +65,11 @@ export class TestCluster {
   }
 
   /** Starts a controller; `faults` arms fault points (see lib/faults.ts). */
-  async startController(name: string, opts: { faults?: string[]; address?: string } = {}): Promise<string> {
+  async startController(name: string, opts: { faults?: string[]; address?: string; leaderTtlSec?: number } = {}): Promise<string> {
     const address = opts.address ?? `127.0.0.1:${await freePort()}`;
-    const p = Proc.start(name, "node", [join(ROOT, "dist/controller/main.js"), "--listen", address, "--etcd", this.etcdUrl, "--leader-ttl", "1"], {
+    // TTL 2 by default: under CI load a 1 s lease can lapse without any crash.
+    const ttl = String(opts.leaderTtlSec ?? 2);
+    const p = Proc.start(name, "node", [join(ROOT, "dist/controller/main.js"), "--listen", address, "--etcd", this.etcdUrl, "--leader-ttl", ttl], {
       STOWAGE_FAULTS: (opts.faults ?? []).join(","),
     });
     this.controllers.set(name, p);
