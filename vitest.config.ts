@@ -1,4 +1,4 @@
-import { defineConfig } from "vitest/config";
+import { configDefaults, defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
@@ -6,14 +6,15 @@ export default defineConfig({
       {
         test: {
           name: "unit",
-          include: ["controller/**/*.test.ts", "node-agent/**/*.test.ts", "cli/**/*.test.ts", "lib/**/*.test.ts", "test/unit/**/*.test.ts"],
+          include: ["controller/**/*.test.ts", "node-agent/**/*.test.ts", "cli/**/*.test.ts", "lib/**/*.test.ts", "test/unit/**/*.test.ts", "test/guest/**/*-parse.test.ts"],
           testTimeout: 10_000,
         },
       },
       {
         test: {
           name: "integration",
-          include: ["test/integration/**/*.test.ts"],
+          include: ["test/integration/**/*.test.ts", "test/guest/**/*.test.ts"],
+          exclude: [...configDefaults.exclude, "test/guest/**/*-parse.test.ts"],
           testTimeout: 120_000,
           hookTimeout: 120_000,
           fileParallelism: false,

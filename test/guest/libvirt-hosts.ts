@@ -1,0 +1,277 @@
+// Two libvirt "hosts" on this one machine, so tests can live-migrate between them.
+//
+// libvirt refuses to migrate a domain to the daemon it runs on, so each host is
+// its own `libvirtd --listen`, started under `unshare -m --propagation private`
+// with its own directories bind-mounted over /etc/libvirt, /run/libvirt,
+// /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt (see
+// shared/DESIGN.md). BOTH hosts are namespaced this way: neither is the system's
+// default daemon, so the tests never touch (or depend on) a libvirtd the machine
+// may run, and the two are symmetric. Each has a generated libvirtd.conf
+// (own host_uuid, listen_tcp on 127.0.0.1:PORT, auth_tcp = "none") and
+// qemu.conf (own migration port range, cgroup_controllers = [],
+// stdio_handler = "file", dynamic_ownership = 0: libvirt does not chown the
+// shared kernel/initrd/serial log, which two daemons would fight over).
+// Everything lives under one temp dir; the bind mounts exist only inside the
+// daemons' private mount namespaces and vanish when the daemon (and the QEMU
+// processes it started) exit. stop() destroys the domains, stops the daemons,
+// and removes the dir, on success and on failure.
+//
+// Files the guests use (NBD sockets, serial logs, images) must live OUTSIDE the
+// bind-mounted dirs (both hosts then see the same path) and be usable by the
+// user QEMU runs as under libvirt (libvirt-qemu): world-readable dirs, a
+// world-writable serial log and NBD socket.
+import { spawnSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { chmod, chown, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { randomUUID } from "node:crypto";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { execa } from "execa";
+import { freePort } from "../harness/ports.js";
+import { Proc, sleep } from "../harness/processes.js";
+import { killOnExit, onExit } from "./reaper.js";
+
+/** Persistent cache of libvirt's QEMU capabilities (probing takes ~15 s under TCG load; libvirt re-probes when stale). */
+export const CAPS_CACHE_DIR = process.env.STOWAGE_LIBVIRT_CAPS_CACHE ?? "/var/tmp/stowage-libvirt-caps";
+
+const BIND_DIRS = { etc: "/etc/libvirt", run: "/run/libvirt", lib: "/var/lib/libvirt", cache: "/var/cache/libvirt", log: "/var/log/libvirt" } as const;
+
+export interface LibvirtHost {
+  name: string;
+  dir: string;
+  port: number;
+  /** qemu+tcp://127.0.0.1:PORT/system */
+  uri: string;
+  hostUuid: string;
+  migrationPorts: [number, number];
+  proc: Proc;
+  /** The daemon's log (errors and warnings). */
+  log(): Promise<string>;
+  /** Pids of the QEMU processes this daemon started (from its pid files). */
+  qemuPids(): Promise<number[]>;
+  stop(): Promise<void>;
+}
+
+export interface TwoHosts {
+  uri1: string;
+  uri2: string;
+  hosts: [LibvirtHost, LibvirtHost];
+  dir: string;
+  stop(): Promise<void>;
+}
+
+/** Runs virsh against `uri`; resolves with stdout, rejects with virsh's error text. */
+export async function virsh(uri: string, args: string[], timeoutMs = 60_000): Promise<string> {
+  const r = await execa("virsh", ["-c", uri, ...args], { timeout: timeoutMs, reject: false });
+  if (r.exitCode !== 0 || r.failed) {
+    throw new Error(`virsh -c ${uri} ${args.join(" ")} failed (${r.exitCode ?? r.signal}): ${(r.stderr || r.stdout).trim()}`);
+  }
+  return r.stdout;
+}
+
+function portsFree(from: number, count: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    let i = 0;
+    const next = () => {
+      if (i === count) return resolve(true);
+      const s = createServer();
+      s.once("error", () => resolve(false));
+      s.listen(from + i, "127.0.0.1", () => s.close(() => (i++, next())));
+    };
+    next();
+  });
+}
+
+/** A run of `count` free loopback ports. */
+async function freePortRange(count: number, avoid: number[] = []): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 20_000);
+    if (avoid.some((a) => a >= base && a < base + count)) continue;
+    if (await portsFree(base, count)) return base;
+  }
+  throw new Error("no free port range");
+}
+
+async function ownerOf(path: string, fallbackUser: string): Promise<{ uid: number; gid: number }> {
+  if (existsSync(path)) {
+    const s = await stat(path);
+    return { uid: s.uid, gid: s.gid };
+  }
+  const id = (flag: string) => Number(spawnSync("id", [flag, fallbackUser], { encoding: "utf8" }).stdout.trim());
+  return { uid: id("-u"), gid: id("-g") };
+}
+
+async function seedCaps(dir: string): Promise<void> {
+  const target = join(dir, "cache", "qemu", "capabilities");
+  await mkdir(target, { recursive: true });
+  if (!existsSync(CAPS_CACHE_DIR)) return;
+  for (const f of await readdir(CAPS_CACHE_DIR)) if (f.endsWith(".xml")) await copyFile(join(CAPS_CACHE_DIR, f), join(target, f));
+}
+
+async function saveCaps(dir: string): Promise<void> {
+  const src = join(dir, "cache", "qemu", "capabilities");
+  if (!existsSync(src)) return;
+  await mkdir(CAPS_CACHE_DIR, { recursive: true });
+  for (const f of await readdir(src)) if (f.endsWith(".xml")) await copyFile(join(src, f), join(CAPS_CACHE_DIR, f)).catch(() => undefined);
+}
+
+export interface HostOptions {
+  name: string;
+  dir: string;
+  port?: number;
+  migrationPortMin?: number;
+  readyTimeoutMs?: number;
+}
+
+/** Starts one namespaced libvirtd listening on qemu+tcp://127.0.0.1:PORT/system. */
+export async function startLibvirtHost(o: HostOptions): Promise<LibvirtHost> {
+  const dir = o.dir;
+  const port = o.port ?? (await freePort());
+  const migMin = o.migrationPortMin ?? (await freePortRange(16, [port]));
+  const migrationPorts: [number, number] = [migMin, migMin + 15];
+  const hostUuid = randomUUID();
+  const uri = `qemu+tcp://127.0.0.1:${port}/system`;
+
+  for (const d of Object.keys(BIND_DIRS)) await mkdir(join(dir, d), { recursive: true });
+  await mkdir(join(dir, "lib", "qemu"), { recursive: true });
+  const q = await ownerOf("/var/lib/libvirt/qemu", "libvirt-qemu");
+  await chown(join(dir, "lib", "qemu"), q.uid, q.gid);
+  await chmod(join(dir, "lib", "qemu"), 0o750);
+  await writeFile(
+    join(dir, "etc", "libvirtd.conf"),
+    [
+      "listen_tls = 0",
+      "listen_tcp = 1",
+      'listen_addr = "127.0.0.1"',
+      `tcp_port = "${port}"`,
+      'auth_tcp = "none"',
+      `host_uuid = "${hostUuid}"`,
+      'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
+      "",
+    ].join("\n"),
+  );
+  await writeFile(
+    join(dir, "etc", "qemu.conf"),
+    [
+      `migration_port_min = ${migrationPorts[0]}`,
+      `migration_port_max = ${migrationPorts[1]}`,
+      "cgroup_controllers = [ ]",
+      'stdio_handler = "file"',
+      "dynamic_ownership = 0",
+      "remember_owner = 0",
+      "",
+    ].join("\n"),
+  );
+  await seedCaps(dir);
+
+  const pidFile = join(dir, "libvirtd.pid");
+  const mounts = Object.entries(BIND_DIRS)
+    .map(([d, target]) => `mkdir -p ${target} && mount --bind '${join(dir, d)}' ${target}`)
+    .join(" && ");
+  // unshare execs sh, which execs libvirtd: the child's pid is the daemon's.
+  const proc = Proc.start(`libvirtd ${o.name}`, "unshare", ["-m", "--propagation", "private", "sh", "-c", `${mounts} && exec libvirtd --listen -p '${pidFile}'`]);
+
+  const host: LibvirtHost = {
+    name: o.name,
+    dir,
+    port,
+    uri,
+    hostUuid,
+    migrationPorts,
+    proc,
+    log: () => readFile(join(dir, "log", "libvirtd.log"), "utf8").catch(() => ""),
+    qemuPids: async () => {
+      const qdir = join(dir, "run", "qemu");
+      if (!existsSync(qdir)) return [];
+      const pids: number[] = [];
+      for (const f of await readdir(qdir)) {
+        if (!f.endsWith(".pid") || f === "driver.pid") continue; // driver.pid is libvirtd's own
+        const pid = Number((await readFile(join(qdir, f), "utf8").catch(() => "")).trim());
+        if (pid > 0) pids.push(pid);
+      }
+      return pids;
+    },
+    stop: async () => {
+      if (proc.running) {
+        const names = (await virsh(uri, ["list", "--name"], 10_000).catch(() => "")).split("\n").map((s) => s.trim()).filter(Boolean);
+        for (const n of names) await virsh(uri, ["destroy", n], 20_000).catch(() => undefined);
+      }
+      // QEMU processes the daemon could not destroy: killed by pid, if the pid is still a QEMU.
+      for (const pid of await host.qemuPids()) {
+        const cmd = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+        if (cmd.includes("qemu-system")) {
+          try {
+            process.kill(pid, "SIGKILL");
+          } catch {
+            // gone
+          }
+        }
+      }
+      await proc.kill("SIGTERM", 10_000);
+      cancelExitHook();
+    },
+  };
+  killOnExit(proc.child);
+  // Its QEMU processes are not our children: kill them by pid file too.
+  const cancelExitHook = onExit(() => {
+    const qdir = join(dir, "run", "qemu");
+    for (const f of existsSync(qdir) ? readdirSync(qdir) : []) {
+      if (!f.endsWith(".pid") || f === "driver.pid") continue;
+      try {
+        const pid = Number(readFileSync(join(qdir, f), "utf8").trim());
+        if (pid > 0 && readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("qemu-system")) process.kill(pid, "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+  });
+
+  // Ready when virsh gets an answer (the first start probes QEMU's capabilities: slow).
+  const deadline = Date.now() + (o.readyTimeoutMs ?? 90_000);
+  for (;;) {
+    if (!proc.running) {
+      throw new Error(`libvirtd ${o.name} exited:\n${proc.output.slice(-2000)}\n${(await host.log()).slice(-2000)}`);
+    }
+    const r = await execa("virsh", ["-c", uri, "version"], { reject: false, timeout: 20_000 });
+    if (r.exitCode === 0 && /Running hypervisor: QEMU/.test(r.stdout)) break;
+    if (Date.now() > deadline) {
+      await host.stop();
+      throw new Error(`libvirtd ${o.name} not ready within ${o.readyTimeoutMs ?? 90_000} ms: ${r.stderr}\n${(await host.log()).slice(-2000)}`);
+    }
+    await sleep(100);
+  }
+  await saveCaps(dir);
+  return host;
+}
+
+/**
+ * Starts two namespaced libvirt hosts (host 1, then host 2 reusing the QEMU
+ * capabilities host 1 probed). `baseDir` (default: a new temp dir) is removed by stop().
+ */
+export async function startTwoHosts(opts: { baseDir?: string } = {}): Promise<TwoHosts> {
+  const dir = opts.baseDir ?? (await mkdtemp(join(tmpdir(), "stowage-libvirt-")));
+  await mkdir(dir, { recursive: true });
+  await chmod(dir, 0o755);
+  const hosts: LibvirtHost[] = [];
+  const cancelRm = onExit(() => rmSync(dir, { recursive: true, force: true }), true);
+  const stop = async () => {
+    for (const h of hosts.splice(0).reverse()) await h.stop().catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+    cancelRm();
+  };
+  try {
+    hosts.push(await startLibvirtHost({ name: "host1", dir: join(dir, "host1") }));
+    const [m1, m2] = hosts[0]!.migrationPorts;
+    const used = [hosts[0]!.port, ...Array.from({ length: m2 - m1 + 1 }, (_, i) => m1 + i)];
+    let port2 = await freePort();
+    while (used.includes(port2)) port2 = await freePort();
+    const mig2 = await freePortRange(16, [...used, port2]);
+    hosts.push(await startLibvirtHost({ name: "host2", dir: join(dir, "host2"), port: port2, migrationPortMin: mig2 }));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const [h1, h2] = hosts as [LibvirtHost, LibvirtHost];
+  return { uri1: h1.uri, uri2: h2.uri, hosts: [h1, h2], dir, stop };
+}
