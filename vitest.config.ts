@@ -6,7 +6,7 @@ export default defineConfig({
       {
         test: {
           name: "unit",
-          include: ["controller/**/*.test.ts", "node-agent/**/*.test.ts", "cli/**/*.test.ts", "lib/**/*.test.ts", "test/unit/**/*.test.ts", "test/guest/**/*-parse.test.ts"],
+          include: ["controller/**/*.test.ts", "node-agent/**/*.test.ts", "cli/**/*.test.ts", "frontend/**/*.test.ts", "lib/**/*.test.ts", "test/unit/**/*.test.ts", "test/guest/**/*-parse.test.ts"],
           testTimeout: 10_000,
         },
       },

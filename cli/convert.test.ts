@@ -48,6 +48,7 @@ describe("toJson", () => {
         ],
         message: "",
         createdAtMs: 1700000000000,
+        attachments: [],
         uid: "u-1",
       },
     }).finish(),
@@ -72,6 +73,7 @@ describe("toJson", () => {
         ],
         message: "",
         createdAtMs: 1700000000000,
+        attachments: [],
         uid: "u-1",
       },
     });

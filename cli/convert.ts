@@ -1,6 +1,6 @@
 // The one mapping between API enums and the words operators type and read
 // ("qcow2", "healthy"), and the one converter from API messages to JSON output.
-import { ImageFormat, Preallocation, ReplicaState, VolumePhase } from "../gen/stowage/v1/types.js";
+import { AttachmentState, ImageFormat, Preallocation, ReplicaState, VolumePhase } from "../gen/stowage/v1/types.js";
 
 /** A ts-proto numeric enum (with its reverse mapping) and the prefix its value names share. */
 export interface EnumInfo {
@@ -12,6 +12,7 @@ export const IMAGE_FORMAT: EnumInfo = { values: ImageFormat, prefix: "IMAGE_FORM
 export const PREALLOCATION: EnumInfo = { values: Preallocation, prefix: "PREALLOCATION_" };
 export const REPLICA_STATE: EnumInfo = { values: ReplicaState, prefix: "REPLICA_STATE_" };
 export const VOLUME_PHASE: EnumInfo = { values: VolumePhase, prefix: "VOLUME_PHASE_" };
+export const ATTACHMENT_STATE: EnumInfo = { values: AttachmentState, prefix: "ATTACHMENT_STATE_" };
 
 /** "VOLUME_PHASE_HEALTHY" (2) -> "healthy"; a value newer than this client -> "unknown-7". */
 export function enumLabel(e: EnumInfo, value: number): string {
@@ -42,20 +43,24 @@ const ENUM_FIELDS: Record<string, EnumInfo> = {
   preallocation: PREALLOCATION,
   state: REPLICA_STATE,
 };
+// Inside an Attachment, `state` is an AttachmentState.
+const ATTACHMENT_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, state: ATTACHMENT_STATE };
+const SCOPES: Record<string, Record<string, EnumInfo>> = { attachment: ATTACHMENT_FIELDS, attachments: ATTACHMENT_FIELDS };
 
 /**
  * Turns a decoded API message into plain JSON: every field kept (defaults too, so
  * the shape never changes), enums as lower-case labels, sizes as numbers of bytes.
  */
-export function toJson(value: unknown, field?: string): unknown {
-  if (field !== undefined && typeof value === "number" && ENUM_FIELDS[field]) {
-    return enumLabel(ENUM_FIELDS[field], value);
+export function toJson(value: unknown, field?: string, enums: Record<string, EnumInfo> = ENUM_FIELDS): unknown {
+  if (field !== undefined && typeof value === "number" && enums[field]) {
+    return enumLabel(enums[field], value);
   }
-  if (Array.isArray(value)) return value.map((item) => toJson(item, field));
+  if (Array.isArray(value)) return value.map((item) => toJson(item, field, enums));
   if (value !== null && typeof value === "object") {
+    const inner = (field !== undefined && SCOPES[field]) || ENUM_FIELDS;
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(value)) {
-      if (v !== undefined) out[k] = toJson(v, k);
+      if (v !== undefined) out[k] = toJson(v, k, inner);
     }
     return out;
   }

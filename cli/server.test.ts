@@ -89,7 +89,7 @@ class FakeCluster {
         const placement = [{ node: "host1", pool: "default", score: 0.9 }, { node: "host2", pool: "default", score: 0.7 }];
         if (dryRun) return { placement, rejections };
         const volume: Volume = {
-          spec: spec!, phase: VolumePhase.VOLUME_PHASE_CREATING, message: "", createdAtMs: 1, uid: `uid-${spec!.name}`,
+          spec: spec!, phase: VolumePhase.VOLUME_PHASE_CREATING, message: "", createdAtMs: 1, uid: `uid-${spec!.name}`, attachments: [],
           replicas: this.replicas(spec!, ReplicaState.REPLICA_STATE_CREATING, 0),
         };
         this.volumes.set(spec!.name, { volume, polls: 0 });

@@ -70,6 +70,7 @@ describe("views", () => {
     ],
     message: "1 of 2 replicas unreachable",
     createdAtMs: 0,
+    attachments: [],
     uid: "u1",
   };
 

@@ -2,7 +2,7 @@
 import type { CreateVolumeResponse } from "../gen/stowage/v1/controller.js";
 import { ReplicaState, type Node, type NodeRejection, type Pool, type Volume } from "../gen/stowage/v1/types.js";
 import { formatSize } from "../lib/sizes.js";
-import { enumLabel, IMAGE_FORMAT, PREALLOCATION, REPLICA_STATE, VOLUME_PHASE } from "./convert.js";
+import { ATTACHMENT_STATE, enumLabel, IMAGE_FORMAT, PREALLOCATION, REPLICA_STATE, VOLUME_PHASE } from "./convert.js";
 import { formatAge, formatFields, formatTable } from "./output.js";
 
 function nodeStatus(n: Node): string {
@@ -94,6 +94,9 @@ export function volumesTable(volumes: Volume[]): string {
 
 export function volumeDetail(v: Volume): string {
   const s = v.spec;
+  const attached = v.attachments.map((a) =>
+    `${a.node} (${enumLabel(ATTACHMENT_STATE, a.state)}) ${a.nbdUri}${a.message ? ` - ${a.message}` : ""}`.replace(/\s+$/, ""),
+  );
   const head = formatFields([
     ["Name", s?.name ?? "?"],
     ["UID", v.uid || "-"],
@@ -105,6 +108,7 @@ export function volumeDetail(v: Volume): string {
     ["Pool", s?.pool || "(any)"],
     ["Created", v.createdAtMs ? new Date(v.createdAtMs).toISOString() : "-"],
     ...(v.message ? ([["Message", v.message]] as Array<[string, string]>) : []),
+    ...(attached.length > 0 ? ([["Attached", attached.join("; ")]] as Array<[string, string]>) : []),
   ]);
   if (v.replicas.length === 0) return `${head}\nno replicas yet\n`;
   const table = formatTable(

@@ -46,6 +46,7 @@ function vol(phase: VolumePhase, sizes: number[]): Volume {
     replicas: sizes.map((s, i) => ({ id: `r${i}`, node: "n", pool: "p", path: "", state: 2, virtualSizeBytes: s, allocatedBytes: 0, message: "" })),
     message: "",
     createdAtMs: 0,
+    attachments: [],
     uid: "",
   };
 }

@@ -1,5 +1,6 @@
 // Conversion between etcd records and API messages, in one place.
 import {
+  AttachmentState,
   ImageFormat,
   Preallocation,
   ReplicaState,
@@ -10,6 +11,7 @@ import {
   type VolumeSpec as ApiVolumeSpec,
 } from "../gen/stowage/v1/types.js";
 import type {
+  AttachmentStateName,
   ImageFormatName,
   NodeSpec,
   NodeStatus,
@@ -48,6 +50,13 @@ const phaseToApi: Record<VolumePhaseName, VolumePhase> = {
   failed: VolumePhase.VOLUME_PHASE_FAILED,
   deleting: VolumePhase.VOLUME_PHASE_DELETING,
   resizing: VolumePhase.VOLUME_PHASE_RESIZING,
+};
+
+const attachmentStateToApi: Record<AttachmentStateName, AttachmentState> = {
+  attaching: AttachmentState.ATTACHMENT_STATE_ATTACHING,
+  attached: AttachmentState.ATTACHMENT_STATE_ATTACHED,
+  detaching: AttachmentState.ATTACHMENT_STATE_DETACHING,
+  failed: AttachmentState.ATTACHMENT_STATE_FAILED,
 };
 
 export function formatFromApi(f: ImageFormat): ImageFormatName | undefined {
@@ -101,7 +110,15 @@ export function volumeSpecToApi(spec: VolumeSpec): ApiVolumeSpec {
 
 export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined): Volume {
   const observed = new Map((status?.replicas ?? []).map((r) => [r.id, r]));
+  const frontends = new Map((status?.frontends ?? []).map((f) => [f.node, f]));
+  const wanted = new Set((spec.attachments ?? []).map((a) => a.node));
+  // Desired attachments first (attaching until a frontend reports), then frontends still being removed.
+  const attachments = [
+    ...(spec.attachments ?? []).map((a) => frontends.get(a.node) ?? { node: a.node, socketPath: "", nbdUri: "", state: "attaching" as const, message: "" }),
+    ...[...frontends.values()].filter((f) => !wanted.has(f.node)).map((f) => ({ ...f, state: "detaching" as const })),
+  ].map((f) => ({ node: f.node, socketPath: f.socketPath, nbdUri: f.nbdUri, state: attachmentStateToApi[f.state], message: f.message }));
   return {
+    attachments,
     spec: volumeSpecToApi(spec),
     phase: phaseToApi[spec.deleting ? "deleting" : (status?.phase ?? "creating")],
     message: status?.message ?? "",

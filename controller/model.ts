@@ -59,6 +59,23 @@ export interface VolumeSpec {
   deleting: boolean;
   /** Decided by the scheduler when the volume was created. */
   placement: ReplicaPlacement[];
+  /** Nodes that should run a frontend for the volume (absent in older records). */
+  attachments?: AttachmentSpec[];
+}
+
+export interface AttachmentSpec {
+  node: string;
+  sinceMs: number;
+}
+
+export type AttachmentStateName = "attaching" | "attached" | "detaching" | "failed";
+
+export interface FrontendStatus {
+  node: string;
+  socketPath: string;
+  nbdUri: string;
+  state: AttachmentStateName;
+  message: string;
 }
 
 export type ReplicaStateName = "creating" | "healthy" | "unreachable" | "failed" | "deleting";
@@ -75,12 +92,16 @@ export interface ReplicaStatusRecord {
   message: string;
   /** The node's registeredAtMs when the agent last confirmed this replica. */
   nodeEpoch: number;
+  /** NBD URI of the replica's export, when it is exported. */
+  exportUri?: string;
 }
 
 export interface VolumeStatus {
   phase: VolumePhaseName;
   message: string;
   replicas: ReplicaStatusRecord[];
+  /** Frontends running (or being started or stopped) on nodes. */
+  frontends?: FrontendStatus[];
   updatedAtMs: number;
 }
 

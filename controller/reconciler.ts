@@ -9,7 +9,7 @@ import { faultPoint } from "../lib/faults.js";
 import type { Logger } from "../lib/logger.js";
 import type { AgentClients } from "./agents.js";
 import { keys } from "./keys.js";
-import type { ReplicaPlacement, ReplicaStatusRecord, VolumeSpec, VolumeStatus } from "./model.js";
+import type { FrontendStatus, ReplicaPlacement, ReplicaStatusRecord, VolumeSpec, VolumeStatus } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
 import type { Change, ClusterStore } from "./store.js";
 import { deriveVolumeStatus, statusChanged } from "./volume-status.js";
@@ -107,8 +107,11 @@ export class Reconciler {
     if (spec.deleting) return this.reconcileDelete(spec, specE.modRevision, statusE?.value);
 
     const previous = new Map((statusE?.value.replicas ?? []).map((r) => [r.id, r]));
-    const replicas = await Promise.all(spec.placement.map((p) => this.ensureReplica(spec, p, previous.get(p.id))));
-    const { status, operationDone } = deriveVolumeStatus(spec, replicas, opE?.value);
+    // Replicas are exported over NBD only while the volume is attached somewhere.
+    const exported = (spec.attachments ?? []).length > 0;
+    const replicas = await Promise.all(spec.placement.map((p) => this.ensureReplica(spec, p, previous.get(p.id), exported)));
+    const frontends = await this.ensureFrontends(spec, replicas, statusE?.value.frontends ?? []);
+    const { status, operationDone } = deriveVolumeStatus(spec, replicas, opE?.value, frontends);
     if (statusChanged(statusE?.value, status) || operationDone) {
       const value: VolumeStatus = { ...status, updatedAtMs: Date.now() };
       await this.store.write({
@@ -118,10 +121,60 @@ export class Reconciler {
       });
       if (statusE?.value.phase !== status.phase) this.log.info({ volume: name, phase: status.phase }, "volume phase changed");
     }
-    if (status.phase !== "healthy") return 2_000;
+    if (status.phase !== "healthy" || frontends.some((f) => f.state !== "attached")) return 2_000;
   }
 
-  private async ensureReplica(spec: VolumeSpec, p: ReplicaPlacement, prev: ReplicaStatusRecord | undefined): Promise<ReplicaStatusRecord> {
+  /**
+   * Starts frontends on the nodes the volume is attached to and stops those on
+   * nodes it was detached from. Returns the frontends' new status.
+   */
+  private async ensureFrontends(spec: VolumeSpec, replicas: ReplicaStatusRecord[], prev: FrontendStatus[]): Promise<FrontendStatus[]> {
+    const out: FrontendStatus[] = [];
+    const wanted = new Set((spec.attachments ?? []).map((a) => a.node));
+    const before = new Map(prev.map((f) => [f.node, f]));
+    for (const node of wanted) {
+      const base: FrontendStatus = before.get(node) ?? { node, socketPath: "", nbdUri: "", state: "attaching", message: "" };
+      if (!this.registry.isOnline(node)) {
+        out.push({ ...base, message: `node ${node} is offline` });
+        continue;
+      }
+      // Read preference: the attached node's own replica first.
+      const backends = replicas
+        .filter((r) => r.state === "healthy" && r.exportUri)
+        .sort((a, b) => Number(b.node === node) - Number(a.node === node))
+        .map((r) => ({ replicaId: r.id, node: r.node, nbdUri: r.exportUri! }));
+      if (backends.length === 0) {
+        out.push({ ...base, state: "attaching", message: "waiting for a healthy exported replica" });
+        continue;
+      }
+      try {
+        const res = await this.agents.for(node).ensureFrontend({ volume: spec.name, backends }, { timeoutMs: 30_000 });
+        out.push({ node, socketPath: res.frontend!.socketPath, nbdUri: res.frontend!.nbdUri, state: "attached", message: "" });
+      } catch (err) {
+        out.push({ ...base, state: "failed", message: errorMessage(err) });
+      }
+    }
+    for (const f of prev) {
+      if (wanted.has(f.node)) continue;
+      if (!this.registry.isOnline(f.node)) {
+        out.push({ ...f, state: "detaching", message: `node ${f.node} is offline` });
+        continue;
+      }
+      try {
+        await this.agents.for(f.node).removeFrontend({ volume: spec.name }, { timeoutMs: 30_000 });
+      } catch (err) {
+        out.push({ ...f, state: "detaching", message: errorMessage(err) });
+      }
+    }
+    return out;
+  }
+
+  private async ensureReplica(
+    spec: VolumeSpec,
+    p: ReplicaPlacement,
+    prev: ReplicaStatusRecord | undefined,
+    exported: boolean,
+  ): Promise<ReplicaStatusRecord> {
     const base: ReplicaStatusRecord = prev ?? {
       id: p.id,
       node: p.node,
@@ -138,7 +191,13 @@ export class Reconciler {
       return { ...base, state: "unreachable", message: `node ${p.node} is offline` };
     }
     // Already confirmed by this incarnation of the agent at the right size: nothing to do.
-    if (prev && prev.state === "healthy" && prev.nodeEpoch === node.registeredAtMs && prev.virtualSizeBytes >= spec.sizeBytes) {
+    if (
+      prev &&
+      prev.state === "healthy" &&
+      prev.nodeEpoch === node.registeredAtMs &&
+      prev.virtualSizeBytes >= spec.sizeBytes &&
+      Boolean(prev.exportUri) === exported
+    ) {
       return prev;
     }
     try {
@@ -150,6 +209,7 @@ export class Reconciler {
           sizeBytes: spec.sizeBytes,
           format: FORMATS[spec.format],
           preallocation: PREALLOCATIONS[spec.preallocation],
+          exported,
         },
         { timeoutMs: 120_000 },
       );
@@ -163,6 +223,7 @@ export class Reconciler {
         allocatedBytes: r.allocatedBytes,
         message: "",
         nodeEpoch: node.registeredAtMs,
+        exportUri: r.export?.nbdUri || undefined,
       };
     } catch (err) {
       return { ...base, state: base.state === "healthy" ? "failed" : base.state === "creating" ? "creating" : "failed", message: errorMessage(err) };
@@ -171,6 +232,16 @@ export class Reconciler {
 
   private async reconcileDelete(spec: VolumeSpec, specRevision: number, status: VolumeStatus | undefined): Promise<number | void> {
     let waiting = false;
+    // Frontends still stopping after a detach go first: they hold the replicas' exports open.
+    for (const f of status?.frontends ?? []) {
+      if (!this.registry.isOnline(f.node)) continue;
+      try {
+        await this.agents.for(f.node).removeFrontend({ volume: spec.name }, { timeoutMs: 30_000 });
+      } catch (err) {
+        waiting = true;
+        this.log.warn({ volume: spec.name, node: f.node, err: errorMessage(err) }, "frontend stop failed; will retry");
+      }
+    }
     for (const p of spec.placement) {
       // An offline node keeps its image until it returns; the node sweep removes it then.
       if (!this.registry.isOnline(p.node)) continue;
@@ -204,6 +275,13 @@ export class Reconciler {
       if (raw && (JSON.parse(raw) as VolumeSpec).placement.some((p) => p.id === r.id)) continue;
       await this.agents.for(node).deleteReplica({ id: r.id, pool: r.pool }, { timeoutMs: 60_000 });
       this.log.info({ node, replica: r.id, volume: r.volume, path: r.path }, "deleted orphaned replica");
+    }
+    for (const f of inventory.frontends) {
+      const spec = this.store.volumeSpec(f.volume)?.value;
+      if (spec?.attachments?.some((a) => a.node === node)) continue;
+      if (this.store.volumeStatus(f.volume)?.value.frontends?.some((x) => x.node === node)) continue; // the volume's own pass removes it
+      await this.agents.for(node).removeFrontend({ volume: f.volume }, { timeoutMs: 30_000 });
+      this.log.info({ node, volume: f.volume }, "stopped orphaned frontend");
     }
   }
 }

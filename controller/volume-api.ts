@@ -169,6 +169,12 @@ export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceSe
       await d.ensureLeader();
       const e = existing(req.name);
       if (e.value.deleting) return { volume: volumeToApi(e.value, d.store.volumeStatus(req.name)?.value) };
+      const attached = (e.value.attachments ?? []).map((a) => a.node);
+      if (attached.length > 0) {
+        throw new FailedPreconditionError(`volume ${req.name} is attached to ${attached.join(", ")}`, {
+          hint: `detach it first: stowctl volume detach ${req.name} --node ${attached[0]}`,
+        });
+      }
       const spec: VolumeSpec = { ...e.value, deleting: true };
       await d.store.write({
         unchanged: [[keys.volumeSpec(req.name), e.modRevision]],
@@ -179,6 +185,47 @@ export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceSe
       });
       d.enqueue(req.name);
       return { volume: volumeToApi(spec, d.store.volumeStatus(req.name)?.value) };
+    },
+
+    async attachVolume(req) {
+      await d.ensureLeader();
+      const e = existing(req.name);
+      const node = d.store.nodeSpec(req.node)?.value;
+      if (!node) {
+        validateName("node", req.node);
+        throw new NotFoundError("node", req.node);
+      }
+      const spec = e.value;
+      if (spec.deleting) throw new FailedPreconditionError(`volume ${req.name} is being deleted`);
+      const attachments = spec.attachments ?? [];
+      if (!attachments.some((a) => a.node === req.node)) {
+        if (attachments.length > 0) {
+          throw new FailedPreconditionError(`volume ${req.name} is already attached to ${attachments.map((a) => a.node).join(", ")}`, {
+            hint: `a volume is attached to one node at a time; detach it there first (stowctl volume detach ${req.name} --node ${attachments[0]!.node})`,
+          });
+        }
+        if (!d.store.nodeStatus(req.node)) {
+          throw new FailedPreconditionError(`node ${req.node} is offline`, { hint: "attach the volume on an online node; see stowctl node list" });
+        }
+        const next: VolumeSpec = { ...spec, attachments: [...attachments, { node: req.node, sinceMs: Date.now() }] };
+        await d.store.write({ unchanged: [[keys.volumeSpec(req.name), e.modRevision]], put: [{ key: keys.volumeSpec(req.name), value: next }] });
+        d.enqueue(req.name);
+      }
+      const volume = volumeToApi(d.store.volumeSpec(req.name)!.value, d.store.volumeStatus(req.name)?.value);
+      return { volume, attachment: volume.attachments.find((a) => a.node === req.node) };
+    },
+
+    async detachVolume(req) {
+      await d.ensureLeader();
+      const e = existing(req.name);
+      validateName("node", req.node);
+      const attachments = e.value.attachments ?? [];
+      if (attachments.some((a) => a.node === req.node)) {
+        const next: VolumeSpec = { ...e.value, attachments: attachments.filter((a) => a.node !== req.node) };
+        await d.store.write({ unchanged: [[keys.volumeSpec(req.name), e.modRevision]], put: [{ key: keys.volumeSpec(req.name), value: next }] });
+        d.enqueue(req.name);
+      }
+      return { volume: volumeToApi(d.store.volumeSpec(req.name)!.value, d.store.volumeStatus(req.name)?.value) };
     },
 
     async resizeVolume(req) {
@@ -197,6 +244,12 @@ export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceSe
           });
         }
         if (size === spec.sizeBytes) return { volume: volumeToApi(spec, d.store.volumeStatus(req.name)?.value) };
+        if ((spec.attachments ?? []).length > 0) {
+          // A running export holds the image; growing it live needs the data path's support first.
+          throw new FailedPreconditionError(`volume ${req.name} is attached; resizing an attached volume is not supported yet`, {
+            hint: `detach it (stowctl volume detach ${req.name} --node ${spec.attachments![0]!.node}), resize, then attach again`,
+          });
+        }
         const op = d.store.operation(req.name)?.value;
         if (op && op.kind !== "resize-volume") {
           throw new FailedPreconditionError(`volume ${req.name} is busy (${op.kind} in progress)`, { hint: "retry when 'stowctl volume get' shows it healthy" });

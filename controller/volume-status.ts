@@ -1,6 +1,6 @@
 // Pure derivation of a volume's phase from its spec, the replicas observed and
 // the operation in flight. No I/O: the reconciler feeds it and writes the result.
-import type { OperationRecord, ReplicaStatusRecord, VolumePhaseName, VolumeSpec, VolumeStatus } from "./model.js";
+import type { FrontendStatus, OperationRecord, ReplicaStatusRecord, VolumePhaseName, VolumeSpec, VolumeStatus } from "./model.js";
 
 export interface Derived {
   status: Omit<VolumeStatus, "updatedAtMs">;
@@ -12,9 +12,10 @@ export function deriveVolumeStatus(
   spec: VolumeSpec,
   replicas: ReplicaStatusRecord[],
   op: OperationRecord | undefined,
+  frontends: FrontendStatus[] = [],
 ): Derived {
   if (spec.deleting) {
-    return { status: { phase: "deleting", message: "", replicas }, operationDone: false };
+    return { status: { phase: "deleting", message: "", replicas, frontends }, operationDone: false };
   }
   const current = replicas.filter((r) => r.state === "healthy" && r.virtualSizeBytes >= spec.sizeBytes);
   const problems = replicas
@@ -35,11 +36,16 @@ export function deriveVolumeStatus(
   } else {
     phase = "failed";
   }
-  return { status: { phase, message, replicas }, operationDone };
+  return { status: { phase, message, replicas, frontends }, operationDone };
 }
 
 /** True when two statuses differ in anything but their timestamp. */
 export function statusChanged(a: Omit<VolumeStatus, "updatedAtMs"> | undefined, b: Omit<VolumeStatus, "updatedAtMs">): boolean {
   if (!a) return true;
-  return a.phase !== b.phase || a.message !== b.message || JSON.stringify(a.replicas) !== JSON.stringify(b.replicas);
+  return (
+    a.phase !== b.phase ||
+    a.message !== b.message ||
+    JSON.stringify(a.replicas) !== JSON.stringify(b.replicas) ||
+    JSON.stringify(a.frontends ?? []) !== JSON.stringify(b.frontends ?? [])
+  );
 }

@@ -20,6 +20,21 @@ stop_one() {
 # Agents and controllers first, etcd last.
 for f in "$STATE"/pids/agent-* "$STATE"/pids/controller*; do [ -f "$f" ] && stop_one "$f"; done
 [ -f "$STATE/pids/etcd" ] && stop_one "$STATE/pids/etcd"
+# Frontends and storage daemons outlive their agents on purpose; stop them too.
+for f in "$STATE"/node*/frontends/*.json; do
+  [ -f "$f" ] || continue
+  pid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$f")
+  if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+    # Let it flush to the replicas before their daemon goes away.
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    echo "stopped frontend $(basename "$f" .json)"
+  fi
+  rm -f "$f"
+done
+for f in "$STATE"/node*/qsd/qsd.pid; do
+  [ -f "$f" ] || continue
+  kill -TERM "$(cat "$f")" 2>/dev/null && echo "stopped qemu-storage-daemon of $(basename "$(dirname "$(dirname "$f")")")"
+done
 if [ "${1:-}" = "--purge" ]; then
   rm -rf "$STATE"
   echo "removed $STATE"

@@ -62,7 +62,9 @@ for i in "${!NODES[@]}"; do
   "controllers": ["${CONTROLLERS[0]}", "${CONTROLLERS[1]}"],
   "labels": { "zone": "${zones[$i]}", "rack": "rack-1" },
   "dataDir": "$STATE/$n",
-  "pools": [{ "name": "default", "type": "dir", "path": "$STATE/$n/pools/default", "overcommitRatio": 4 }]
+  "pools": [{ "name": "default", "type": "dir", "path": "$STATE/$n/pools/default", "overcommitRatio": 4 }],
+  "frontendDir": "$STATE/$n/run",
+  "nbd": { "type": "tcp", "host": "$ip", "port": 10809 }
 }
 JSON
   echo "==> starting agent $n on $ip:7500"
@@ -87,6 +89,7 @@ stowctl finds the controllers through $CONFIG_FILE.
   npx stowctl node list
   npx stowctl volume create vol1 --size 10GiB --replicas 2
   npx stowctl volume get vol1
+  npx stowctl volume attach vol1 --node node1      # prints an nbd+unix:// URI for qemu-img, qemu-io, fio, QEMU
   npx stowctl volume create vol2 --size 200GiB --replicas 3 --dry-run
   npx stowctl --help
 

@@ -11,12 +11,18 @@ import { ImageFormat, Preallocation } from "../gen/stowage/v1/types.js";
 import { AgentPools } from "./agent-pools.js";
 import { createAgentService } from "./agent-service.js";
 import { loadAgentConfig } from "./config.js";
+import { FrontendManager } from "./frontends.js";
+import { QsdSupervisor } from "./qsd/supervisor.js";
+import { pino } from "pino";
+import { execa } from "execa";
 
 const MiB = 2 ** 20;
 let root: string;
 let server: Server;
 let channel: Channel;
 let agent: PromiseClient<typeof AgentServiceService>;
+let qsd: QsdSupervisor;
+const silent = pino({ level: "silent" });
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "agent-service-"));
@@ -27,8 +33,11 @@ beforeAll(async () => {
     dataDir: join(root, "data"),
     pool: [`default=${join(root, "pools/default")}`, `fast=${join(root, "pools/fast")}`],
   });
+  qsd = new QsdSupervisor({ dataDir: config.dataDir, nbd: { type: "unix" }, logger: silent });
+  await qsd.ensureRunning([]);
+  const frontends = new FrontendManager(config.dataDir, join(root, "run"), silent);
   server = createServer();
-  addService(server, AgentServiceService, createAgentService(AgentPools.fromConfig(config)));
+  addService(server, AgentServiceService, createAgentService(AgentPools.fromConfig(config), qsd, frontends));
   const port = await listen(server, "127.0.0.1:0", INSECURE);
   channel = new Channel(`127.0.0.1:${port}`, INSECURE);
   agent = channel.service(AgentServiceService);
@@ -37,6 +46,7 @@ beforeAll(async () => {
 afterAll(async () => {
   channel?.close();
   if (server) await shutdown(server);
+  await qsd?.stop();
   await rm(root, { recursive: true, force: true });
 });
 
@@ -100,5 +110,21 @@ describe("AgentService over gRPC", () => {
     expect(await agent.deleteReplica({ id: "r-00000001", pool: "default" })).toEqual({ deleted: true });
     expect(await agent.deleteReplica({ id: "r-00000001", pool: "default" })).toEqual({ deleted: false });
     expect((await agent.getInventory({})).replicas.map((r) => r.id)).toEqual(["r-00000002"]);
+  });
+
+  it("exports a replica over NBD on request and unexports it", async () => {
+    const req = { id: "r-0000e001", volume: "exp1", pool: "default", sizeBytes: MiB, format: ImageFormat.IMAGE_FORMAT_QCOW2, preallocation: Preallocation.PREALLOCATION_OFF };
+    const res = await agent.ensureReplica({ ...req, exported: true });
+    const uri = res.replica!.export!.nbdUri;
+    expect(uri).toMatch(/^nbd\+unix:\/\/\/r-0000e001\?socket=/);
+    const io = await execa("qemu-io", ["-f", "raw", "-c", "write -P 0x42 0 64k", "-c", "read -P 0x42 0 64k", uri]);
+    expect(io.stdout).not.toMatch(/fail/i);
+    const inv = await agent.getInventory({});
+    expect(inv.replicas.find((r) => r.id === "r-0000e001")!.export!.nbdUri).toBe(uri);
+    const off = await agent.ensureReplica({ ...req, sizeBytes: MiB, exported: false });
+    expect(off.replica!.export).toBeUndefined();
+    expect((await agent.getInventory({})).replicas.find((r) => r.id === "r-0000e001")!.export).toBeUndefined();
+    await agent.ensureReplica({ ...req, sizeBytes: MiB, exported: true });
+    expect(await agent.deleteReplica({ id: "r-0000e001", pool: "default" })).toEqual({ deleted: true });
   });
 });

@@ -1,19 +1,40 @@
 // The AgentService the controllers call: inventory, and idempotent ensure/delete
-// of replica images. Every call may be repeated; the answer describes the disk.
+// of replica images, their NBD exports and volume frontends. Every call may be
+// repeated; the answer describes what is on the node.
+import type { AgentServiceService, ReplicaExport } from "../gen/stowage/v1/agent.js";
 import type { AsyncService } from "../lib/grpc.js";
-import type { AgentServiceService } from "../gen/stowage/v1/agent.js";
 import type { AgentPools } from "./agent-pools.js";
+import type { FrontendManager, RunningFrontend } from "./frontends.js";
 import { formatFromProto, preallocationFromProto, replicaToProto } from "./proto-mapping.js";
+import type { QsdSupervisor } from "./qsd/supervisor.js";
 
-export function createAgentService(pools: AgentPools): AsyncService<typeof AgentServiceService> {
+function frontendToProto(f: RunningFrontend) {
+  return { volume: f.volume, socketPath: f.socketPath, nbdUri: f.nbdUri, pid: f.pid };
+}
+
+export function createAgentService(pools: AgentPools, qsd: QsdSupervisor, frontends: FrontendManager): AsyncService<typeof AgentServiceService> {
+  const exportsById = async () => new Map((await qsd.exports.listExports()).map((e) => [e.replicaId, e]));
+
   return {
     getInventory: async () => {
-      const [reports, lists] = await Promise.all([pools.report(), Promise.all(pools.all().map((p) => p.list()))]);
-      return { node: pools.node, pools: reports, replicas: lists.flat().map(replicaToProto) };
+      const [reports, lists, exported, running] = await Promise.all([
+        pools.report(),
+        Promise.all(pools.all().map((p) => p.list())),
+        exportsById(),
+        frontends.list(),
+      ]);
+      const replicas = lists.flat().map((r) => {
+        const e = exported.get(r.id);
+        return { ...replicaToProto(r), export: e ? { exportName: e.exportName, nbdUri: e.nbdUri } : undefined };
+      });
+      return { node: pools.node, pools: reports, replicas, frontends: running.map(frontendToProto) };
     },
 
     ensureReplica: async (req) => {
       const pool = pools.get(req.pool);
+      const exported = (await exportsById()).get(req.id);
+      // An exported image is locked by the daemon: it grows through QMP, not qemu-img.
+      if (exported) await qsd.exports.resizeExport(req.id, req.sizeBytes);
       const r = await pool.ensureReplica({
         id: req.id,
         volume: req.volume,
@@ -21,11 +42,31 @@ export function createAgentService(pools: AgentPools): AsyncService<typeof Agent
         format: formatFromProto(req.format),
         preallocation: preallocationFromProto(req.preallocation),
       });
-      return { replica: replicaToProto(r.replica), created: r.created, resized: r.resized };
+      let exp: ReplicaExport | undefined;
+      if (req.exported) {
+        const d = await qsd.exports.ensureExport({ replicaId: req.id, path: r.replica.path, format: r.replica.format, writable: true });
+        exp = { exportName: d.exportName, nbdUri: d.nbdUri };
+      } else if (exported) {
+        await qsd.exports.removeExport(req.id);
+      }
+      return { replica: { ...replicaToProto(r.replica), export: exp }, created: r.created, resized: r.resized };
     },
 
     deleteReplica: async (req) => {
-      return pools.get(req.pool).deleteReplica(req.id);
+      const pool = pools.get(req.pool);
+      // Never unlink an image the daemon still writes to.
+      if ((await exportsById()).has(req.id)) await qsd.exports.removeExport(req.id, { force: true });
+      return pool.deleteReplica(req.id);
     },
+
+    ensureFrontend: async (req) => {
+      const r = await frontends.ensure(
+        req.volume,
+        req.backends.map((b) => ({ replicaId: b.replicaId, nbdUri: b.nbdUri })),
+      );
+      return { frontend: frontendToProto(r.frontend), started: r.started };
+    },
+
+    removeFrontend: async (req) => ({ removed: await frontends.remove(req.volume) }),
   };
 }

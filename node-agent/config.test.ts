@@ -36,7 +36,19 @@ describe("parseAgentConfig", () => {
       dataDir: "/var/lib/stowage/node1",
       pools: [{ name: "default", type: "dir", path: "/var/lib/stowage/node1/pools/default", overcommitRatio: 2 }],
       tls: {},
+      frontendDir: "/run/stowage/volumes",
+      nbd: { type: "tcp", host: "127.0.0.11", port: 10809 },
     });
+  });
+
+  it("takes the frontend dir and NBD transport from the file, and checks them", () => {
+    const c = parseAgentConfig({ ...GOOD, frontendDir: "/srv/vols", nbd: { type: "tcp", port: 10900 } });
+    expect(c.frontendDir).toBe("/srv/vols");
+    expect(c.nbd).toEqual({ type: "tcp", host: "127.0.0.11", port: 10900 });
+    expect(parseAgentConfig({ ...GOOD, nbd: { type: "unix" } }).nbd).toEqual({ type: "unix" });
+    expect(() => parseAgentConfig({ ...GOOD, nbd: { type: "rdma" } })).toThrow(/nbd.type/);
+    expect(() => parseAgentConfig({ ...GOOD, nbd: { port: 0 } })).toThrow(/nbd.port/);
+    expect(() => parseAgentConfig({ ...GOOD, frontendDir: "run/vols" })).toThrow(/absolute/);
   });
 
   it("fills defaults: a default pool under dataDir, ratio 1, empty labels", () => {

@@ -28,7 +28,14 @@ export interface AgentConfig {
   dataDir: string;
   pools: PoolConfig[];
   tls: TransportSecurity;
+  /** Where volume frontends put their unix sockets: the same path on every node. */
+  frontendDir: string;
+  /** How this node's qemu-storage-daemon serves replica exports to frontends. */
+  nbd: { type: "unix" } | { type: "tcp"; host: string; port: number };
 }
+
+export const DEFAULT_FRONTEND_DIR = "/run/stowage/volumes";
+export const DEFAULT_NBD_PORT = 10809;
 
 /** Command-line flags; every one overrides the matching config file field. */
 export interface AgentFlags {
@@ -62,7 +69,7 @@ flags (each overrides the config file):
 `;
 
 const DEFAULT_OVERCOMMIT_RATIO = 1.0;
-const CONFIG_KEYS = ["name", "listen", "advertise", "controllers", "labels", "dataDir", "pools", "tls"];
+const CONFIG_KEYS = ["name", "listen", "advertise", "controllers", "labels", "dataDir", "pools", "tls", "frontendDir", "nbd"];
 const POOL_KEYS = ["name", "type", "path", "overcommitRatio"];
 
 /** Parses argv (without node and script); unknown flags are an InvalidArgumentError. */
@@ -230,7 +237,22 @@ export function parseAgentConfig(json: unknown, flags: AgentFlags = {}): AgentCo
     }
   }
 
-  return { name, listen, advertise, controllers, labels: { zone, rack }, dataDir, pools, tls: parseTls(file["tls"]) };
+  const frontendDir = absolutePath(str(file["frontendDir"], "frontendDir") ?? DEFAULT_FRONTEND_DIR, "frontendDir");
+  const nbd = parseNbd(file["nbd"], parseHostPort(advertise, { allowPortZero: true }).host);
+  return { name, listen, advertise, controllers, labels: { zone, rack }, dataDir, pools, tls: parseTls(file["tls"]), frontendDir, nbd };
+}
+
+/** Replica exports: TCP on the advertised host by default, so frontends on other nodes reach them. */
+function parseNbd(raw: unknown, advertiseHost: string): AgentConfig["nbd"] {
+  if (raw === undefined) return { type: "tcp", host: advertiseHost, port: DEFAULT_NBD_PORT };
+  const n = object(raw, "nbd");
+  noUnknownKeys(n, ["type", "host", "port"], "nbd");
+  if (n["type"] === "unix") return { type: "unix" };
+  if (n["type"] !== undefined && n["type"] !== "tcp") fail(`nbd.type must be "tcp" or "unix", got ${JSON.stringify(n["type"])}`);
+  const host = str(n["host"], "nbd.host") ?? advertiseHost;
+  const port = n["port"] ?? DEFAULT_NBD_PORT;
+  if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) fail(`nbd.port must be 1-65535, got ${JSON.stringify(port)}`);
+  return { type: "tcp", host, port };
 }
 
 /** Reads the config file named by --config (if any), validates, and creates the directories. */

@@ -9,6 +9,8 @@ import { parseHostPort, withPort } from "./address.js";
 import { AgentPools } from "./agent-pools.js";
 import { createAgentService } from "./agent-service.js";
 import { AGENT_USAGE, loadAgentConfig, parseAgentFlags } from "./config.js";
+import { FrontendManager } from "./frontends.js";
+import { QsdSupervisor } from "./qsd/supervisor.js";
 import { Registration } from "./registration.js";
 import { agentVersion } from "./version.js";
 
@@ -22,8 +24,23 @@ async function main(argv: string[]): Promise<void> {
   const logger = createLogger("node-agent", { node: config.name });
   const pools = AgentPools.fromConfig(config, logger);
 
+  // The host's qemu-storage-daemon: adopted if it survived an agent restart, else started.
+  const qsd: QsdSupervisor = new QsdSupervisor({
+    dataDir: config.dataDir,
+    nbd: config.nbd,
+    logger: logger.child({ part: "qsd" }),
+    onLost: (reason) => {
+      logger.error({ err: reason?.message }, "qemu-storage-daemon lost; starting a new one");
+      // Re-registering makes the controller re-apply every replica and export of this node.
+      void qsd.ensureRunning([]).then(() => registration.reregister(), (err) => logger.error({ err: errorMessage(err) }, "cannot restart qemu-storage-daemon"));
+    },
+  });
+  const qsdStatus = await qsd.ensureRunning([]);
+  logger.info({ pid: qsdStatus.pid, adopted: qsdStatus.adopted }, qsdStatus.adopted ? "adopted qemu-storage-daemon" : "started qemu-storage-daemon");
+  const frontends = new FrontendManager(config.dataDir, config.frontendDir, logger.child({ part: "frontends" }));
+
   const server = createServer();
-  addService(server, AgentServiceService, createAgentService(pools));
+  addService(server, AgentServiceService, createAgentService(pools, qsd, frontends));
   const port = await bind(server, config.listen, config.tls);
   const listening = withPort(config.listen, port);
   // With port 0 the port is known only now; the controllers must get the real one.
@@ -53,6 +70,8 @@ async function main(argv: string[]): Promise<void> {
     logger.info({ signal }, "stopping");
     await registration.stop();
     await shutdown(server);
+    // Leave the daemon and the frontends running: VMs keep their I/O across an agent restart.
+    await qsd.detach();
     process.exit(0);
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));

@@ -87,6 +87,16 @@ export class Registration {
     this.loopDone = this.loop();
   }
 
+  /**
+   * Registers again at the next turn of the loop: a new registration epoch makes
+   * the controller re-apply every replica, export and frontend of this node
+   * (used after the storage daemon was lost and restarted empty).
+   */
+  reregister(): void {
+    this.registered = false;
+    this.wake?.();
+  }
+
   /** Ends the loop (waiting for a call in flight) and closes the channels. */
   async stop(): Promise<void> {
     this.stopped = true;

@@ -1,4 +1,4 @@
-// stowctl volume create | list | get | delete | resize
+// stowctl volume create | list | get | delete | resize (attach, detach, disk-xml: volume-attach.ts)
 import type { Command } from "commander";
 import { VolumeServiceService } from "../../gen/stowage/v1/controller.js";
 import { InvalidArgumentError } from "../../lib/errors.js";
@@ -11,6 +11,7 @@ import { plural } from "../output.js";
 import { createVolumeRequest, DEFAULT_FORMAT, DEFAULT_PREALLOCATION, DEFAULT_REPLICAS, resizeVolumeRequest, type CreateVolumeFlags } from "../requests.js";
 import { placementView, volumeDetail, volumesTable } from "../views.js";
 import { DEFAULT_WAIT_MS } from "../wait.js";
+import { registerAttachCommands } from "./volume-attach.js";
 import { waitCreated, waitDeleted, waitResized } from "./volume-wait.js";
 
 interface WaitFlags {
@@ -137,4 +138,6 @@ export function registerVolumeCommands(program: Command, session: Session): void
       const replicas = done.volume?.replicas.length ?? 0;
       ctx.print(done, () => `volume ${name} resized to ${size} (${plural(replicas, "replica")})\n`);
     });
+
+  registerAttachCommands(volume, session);
 }

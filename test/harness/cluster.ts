@@ -3,7 +3,7 @@
 // its own data directory and pool.
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Etcd3 } from "etcd3";
@@ -19,6 +19,30 @@ const ROOT = (() => {
   while (!existsSync(join(dir, "package.json")) && dirname(dir) !== dir) dir = dirname(dir);
   return dir;
 })();
+
+/** SIGKILLs an agent's qemu-storage-daemon and frontends (found through their pid files). */
+export function killDetached(dataDir: string): void {
+  const pids: number[] = [];
+  try {
+    pids.push(Number(readFileSync(join(dataDir, "qsd", "qsd.pid"), "utf8").trim()));
+  } catch {
+    // no daemon
+  }
+  try {
+    for (const f of readdirSync(join(dataDir, "frontends")).filter((n) => n.endsWith(".json"))) {
+      pids.push(Number(JSON.parse(readFileSync(join(dataDir, "frontends", f), "utf8")).pid));
+    }
+  } catch {
+    // no frontends
+  }
+  for (const pid of pids.filter((p) => p > 0)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+}
 
 export interface AgentOptions {
   zone?: string;
@@ -101,6 +125,9 @@ export class TestCluster {
       labels: { zone: opts.zone ?? "", rack: opts.rack ?? "" },
       dataDir,
       pools: [{ name: "default", type: "dir", path: poolPath, overcommitRatio: opts.overcommitRatio ?? 4 }],
+      // One machine plays several hosts: each gets its own frontend socket dir and NBD address.
+      frontendDir: join(dataDir, "run"),
+      nbd: { type: "tcp", host: ip, port: 10809 },
     };
     const file = join(dataDir, "agent.json");
     await writeFile(file, JSON.stringify(config));
@@ -164,6 +191,8 @@ export class TestCluster {
   async stop(): Promise<void> {
     for (const ch of this.channels) ch.close();
     await Promise.all([...this.agents.values()].map((p) => p.kill()));
+    // Storage daemons and frontends outlive their agent by design: end them here.
+    for (const dir of this.agentDirs.values()) killDetached(dir);
     await Promise.all([...this.controllers.values()].map((p) => p.kill()));
     this.client?.close();
     await this.etcd?.kill();

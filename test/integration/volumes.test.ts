@@ -27,9 +27,9 @@ beforeAll(async () => {
   c = await TestCluster.create();
   await c.startController("c1");
   await c.startController("c2");
-  await c.startAgent("n1", "127.0.0.11", { zone: "a" });
-  await c.startAgent("n2", "127.0.0.12", { zone: "b" });
-  await c.startAgent("n3", "127.0.0.13", { zone: "c" });
+  await c.startAgent("n1", "127.0.0.51", { zone: "a" });
+  await c.startAgent("n2", "127.0.0.52", { zone: "b" });
+  await c.startAgent("n3", "127.0.0.53", { zone: "c" });
   await c.waitNodesOnline(3);
 });
 

@@ -44,12 +44,22 @@ export interface AgentReplica {
   format: ImageFormat;
   virtualSizeBytes: number;
   allocatedBytes: number;
+  /** Set when the replica is exported by the node's qemu-storage-daemon. */
+  export?: ReplicaExport | undefined;
+}
+
+/** An NBD export of a replica. */
+export interface ReplicaExport {
+  exportName: string;
+  /** nbd+unix:///NAME?socket=PATH or nbd://HOST:PORT/NAME */
+  nbdUri: string;
 }
 
 export interface GetInventoryResponse {
   node: string;
   pools: Pool[];
   replicas: AgentReplica[];
+  frontends: FrontendInfo[];
 }
 
 export interface EnsureReplicaRequest {
@@ -59,6 +69,8 @@ export interface EnsureReplicaRequest {
   sizeBytes: number;
   format: ImageFormat;
   preallocation: Preallocation;
+  /** Also export the replica over NBD through the node's qemu-storage-daemon. */
+  exported: boolean;
 }
 
 export interface EnsureReplicaResponse {
@@ -79,6 +91,45 @@ export interface DeleteReplicaRequest {
 export interface DeleteReplicaResponse {
   /** False when there was nothing to delete. */
   deleted: boolean;
+}
+
+/** One replica a frontend forwards to. */
+export interface FrontendBackend {
+  replicaId: string;
+  node: string;
+  nbdUri: string;
+}
+
+export interface EnsureFrontendRequest {
+  volume: string;
+  /** Replicas in read preference order (the local one first). */
+  backends: FrontendBackend[];
+}
+
+/** A running frontend: an NBD server on a unix socket at a fixed per-volume path. */
+export interface FrontendInfo {
+  volume: string;
+  socketPath: string;
+  /** nbd+unix:///VOLUME?socket=PATH */
+  nbdUri: string;
+  pid: number;
+}
+
+export interface EnsureFrontendResponse {
+  frontend?:
+    | FrontendInfo
+    | undefined;
+  /** True when this call started the process. */
+  started: boolean;
+}
+
+export interface RemoveFrontendRequest {
+  volume: string;
+}
+
+export interface RemoveFrontendResponse {
+  /** False when no frontend was running. */
+  removed: boolean;
 }
 
 function createBaseGetInventoryRequest(): GetInventoryRequest {
@@ -134,7 +185,16 @@ export const GetInventoryRequest: MessageFns<GetInventoryRequest> = {
 };
 
 function createBaseAgentReplica(): AgentReplica {
-  return { id: "", volume: "", pool: "", path: "", format: 0, virtualSizeBytes: 0, allocatedBytes: 0 };
+  return {
+    id: "",
+    volume: "",
+    pool: "",
+    path: "",
+    format: 0,
+    virtualSizeBytes: 0,
+    allocatedBytes: 0,
+    export: undefined,
+  };
 }
 
 export const AgentReplica: MessageFns<AgentReplica> = {
@@ -159,6 +219,9 @@ export const AgentReplica: MessageFns<AgentReplica> = {
     }
     if (message.allocatedBytes !== 0) {
       writer.uint32(56).uint64(message.allocatedBytes);
+    }
+    if (message.export !== undefined) {
+      ReplicaExport.encode(message.export, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -232,6 +295,14 @@ export const AgentReplica: MessageFns<AgentReplica> = {
             message.allocatedBytes = longToNumber(reader.uint64());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.export = ReplicaExport.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -261,6 +332,7 @@ export const AgentReplica: MessageFns<AgentReplica> = {
         : isSet(object.allocated_bytes)
         ? globalThis.Number(object.allocated_bytes)
         : 0,
+      export: isSet(object.export) ? ReplicaExport.fromJSON(object.export) : undefined,
     };
   },
 
@@ -287,6 +359,9 @@ export const AgentReplica: MessageFns<AgentReplica> = {
     if (message.allocatedBytes !== 0) {
       obj.allocatedBytes = Math.round(message.allocatedBytes);
     }
+    if (message.export !== undefined) {
+      obj.export = ReplicaExport.toJSON(message.export);
+    }
     return obj;
   },
 
@@ -302,12 +377,108 @@ export const AgentReplica: MessageFns<AgentReplica> = {
     message.format = object.format ?? 0;
     message.virtualSizeBytes = object.virtualSizeBytes ?? 0;
     message.allocatedBytes = object.allocatedBytes ?? 0;
+    message.export = (object.export !== undefined && object.export !== null)
+      ? ReplicaExport.fromPartial(object.export)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseReplicaExport(): ReplicaExport {
+  return { exportName: "", nbdUri: "" };
+}
+
+export const ReplicaExport: MessageFns<ReplicaExport> = {
+  encode(message: ReplicaExport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.exportName !== "") {
+      writer.uint32(10).string(message.exportName);
+    }
+    if (message.nbdUri !== "") {
+      writer.uint32(18).string(message.nbdUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicaExport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicaExport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.exportName = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplicaExport {
+    return {
+      exportName: isSet(object.exportName)
+        ? globalThis.String(object.exportName)
+        : isSet(object.export_name)
+        ? globalThis.String(object.export_name)
+        : "",
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: ReplicaExport): unknown {
+    const obj: any = {};
+    if (message.exportName !== "") {
+      obj.exportName = message.exportName;
+    }
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplicaExport>, I>>(base?: I): ReplicaExport {
+    return ReplicaExport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplicaExport>, I>>(object: I): ReplicaExport {
+    const message = createBaseReplicaExport();
+    message.exportName = object.exportName ?? "";
+    message.nbdUri = object.nbdUri ?? "";
     return message;
   },
 };
 
 function createBaseGetInventoryResponse(): GetInventoryResponse {
-  return { node: "", pools: [], replicas: [] };
+  return { node: "", pools: [], replicas: [], frontends: [] };
 }
 
 export const GetInventoryResponse: MessageFns<GetInventoryResponse> = {
@@ -320,6 +491,9 @@ export const GetInventoryResponse: MessageFns<GetInventoryResponse> = {
     }
     for (const v of message.replicas) {
       AgentReplica.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.frontends) {
+      FrontendInfo.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -361,6 +535,14 @@ export const GetInventoryResponse: MessageFns<GetInventoryResponse> = {
             message.replicas.push(AgentReplica.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.frontends.push(FrontendInfo.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -380,6 +562,9 @@ export const GetInventoryResponse: MessageFns<GetInventoryResponse> = {
       replicas: globalThis.Array.isArray(object?.replicas)
         ? object.replicas.map((e: any) => AgentReplica.fromJSON(e))
         : [],
+      frontends: globalThis.Array.isArray(object?.frontends)
+        ? object.frontends.map((e: any) => FrontendInfo.fromJSON(e))
+        : [],
     };
   },
 
@@ -394,6 +579,9 @@ export const GetInventoryResponse: MessageFns<GetInventoryResponse> = {
     if (message.replicas?.length) {
       obj.replicas = message.replicas.map((e) => AgentReplica.toJSON(e));
     }
+    if (message.frontends?.length) {
+      obj.frontends = message.frontends.map((e) => FrontendInfo.toJSON(e));
+    }
     return obj;
   },
 
@@ -405,12 +593,13 @@ export const GetInventoryResponse: MessageFns<GetInventoryResponse> = {
     message.node = object.node ?? "";
     message.pools = object.pools?.map((e) => Pool.fromPartial(e)) || [];
     message.replicas = object.replicas?.map((e) => AgentReplica.fromPartial(e)) || [];
+    message.frontends = object.frontends?.map((e) => FrontendInfo.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseEnsureReplicaRequest(): EnsureReplicaRequest {
-  return { id: "", volume: "", pool: "", sizeBytes: 0, format: 0, preallocation: 0 };
+  return { id: "", volume: "", pool: "", sizeBytes: 0, format: 0, preallocation: 0, exported: false };
 }
 
 export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
@@ -432,6 +621,9 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
     }
     if (message.preallocation !== 0) {
       writer.uint32(48).int32(message.preallocation);
+    }
+    if (message.exported !== false) {
+      writer.uint32(56).bool(message.exported);
     }
     return writer;
   },
@@ -497,6 +689,14 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
             message.preallocation = reader.int32() as any;
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.exported = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -521,6 +721,7 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
         : 0,
       format: isSet(object.format) ? imageFormatFromJSON(object.format) : 0,
       preallocation: isSet(object.preallocation) ? preallocationFromJSON(object.preallocation) : 0,
+      exported: isSet(object.exported) ? globalThis.Boolean(object.exported) : false,
     };
   },
 
@@ -544,6 +745,9 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
     if (message.preallocation !== 0) {
       obj.preallocation = preallocationToJSON(message.preallocation);
     }
+    if (message.exported !== false) {
+      obj.exported = message.exported;
+    }
     return obj;
   },
 
@@ -558,6 +762,7 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
     message.sizeBytes = object.sizeBytes ?? 0;
     message.format = object.format ?? 0;
     message.preallocation = object.preallocation ?? 0;
+    message.exported = object.exported ?? false;
     return message;
   },
 };
@@ -817,6 +1022,548 @@ export const DeleteReplicaResponse: MessageFns<DeleteReplicaResponse> = {
   },
 };
 
+function createBaseFrontendBackend(): FrontendBackend {
+  return { replicaId: "", node: "", nbdUri: "" };
+}
+
+export const FrontendBackend: MessageFns<FrontendBackend> = {
+  encode(message: FrontendBackend, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    if (message.nbdUri !== "") {
+      writer.uint32(26).string(message.nbdUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FrontendBackend {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFrontendBackend();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FrontendBackend {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: FrontendBackend): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FrontendBackend>, I>>(base?: I): FrontendBackend {
+    return FrontendBackend.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FrontendBackend>, I>>(object: I): FrontendBackend {
+    const message = createBaseFrontendBackend();
+    message.replicaId = object.replicaId ?? "";
+    message.node = object.node ?? "";
+    message.nbdUri = object.nbdUri ?? "";
+    return message;
+  },
+};
+
+function createBaseEnsureFrontendRequest(): EnsureFrontendRequest {
+  return { volume: "", backends: [] };
+}
+
+export const EnsureFrontendRequest: MessageFns<EnsureFrontendRequest> = {
+  encode(message: EnsureFrontendRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    for (const v of message.backends) {
+      FrontendBackend.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnsureFrontendRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnsureFrontendRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.backends.push(FrontendBackend.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnsureFrontendRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      backends: globalThis.Array.isArray(object?.backends)
+        ? object.backends.map((e: any) => FrontendBackend.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: EnsureFrontendRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.backends?.length) {
+      obj.backends = message.backends.map((e) => FrontendBackend.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnsureFrontendRequest>, I>>(base?: I): EnsureFrontendRequest {
+    return EnsureFrontendRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnsureFrontendRequest>, I>>(object: I): EnsureFrontendRequest {
+    const message = createBaseEnsureFrontendRequest();
+    message.volume = object.volume ?? "";
+    message.backends = object.backends?.map((e) => FrontendBackend.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseFrontendInfo(): FrontendInfo {
+  return { volume: "", socketPath: "", nbdUri: "", pid: 0 };
+}
+
+export const FrontendInfo: MessageFns<FrontendInfo> = {
+  encode(message: FrontendInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.socketPath !== "") {
+      writer.uint32(18).string(message.socketPath);
+    }
+    if (message.nbdUri !== "") {
+      writer.uint32(26).string(message.nbdUri);
+    }
+    if (message.pid !== 0) {
+      writer.uint32(32).int32(message.pid);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FrontendInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFrontendInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.socketPath = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.pid = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FrontendInfo {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      socketPath: isSet(object.socketPath)
+        ? globalThis.String(object.socketPath)
+        : isSet(object.socket_path)
+        ? globalThis.String(object.socket_path)
+        : "",
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+      pid: isSet(object.pid) ? globalThis.Number(object.pid) : 0,
+    };
+  },
+
+  toJSON(message: FrontendInfo): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.socketPath !== "") {
+      obj.socketPath = message.socketPath;
+    }
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    if (message.pid !== 0) {
+      obj.pid = Math.round(message.pid);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FrontendInfo>, I>>(base?: I): FrontendInfo {
+    return FrontendInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FrontendInfo>, I>>(object: I): FrontendInfo {
+    const message = createBaseFrontendInfo();
+    message.volume = object.volume ?? "";
+    message.socketPath = object.socketPath ?? "";
+    message.nbdUri = object.nbdUri ?? "";
+    message.pid = object.pid ?? 0;
+    return message;
+  },
+};
+
+function createBaseEnsureFrontendResponse(): EnsureFrontendResponse {
+  return { frontend: undefined, started: false };
+}
+
+export const EnsureFrontendResponse: MessageFns<EnsureFrontendResponse> = {
+  encode(message: EnsureFrontendResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.frontend !== undefined) {
+      FrontendInfo.encode(message.frontend, writer.uint32(10).fork()).join();
+    }
+    if (message.started !== false) {
+      writer.uint32(16).bool(message.started);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnsureFrontendResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnsureFrontendResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.frontend = FrontendInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.started = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnsureFrontendResponse {
+    return {
+      frontend: isSet(object.frontend) ? FrontendInfo.fromJSON(object.frontend) : undefined,
+      started: isSet(object.started) ? globalThis.Boolean(object.started) : false,
+    };
+  },
+
+  toJSON(message: EnsureFrontendResponse): unknown {
+    const obj: any = {};
+    if (message.frontend !== undefined) {
+      obj.frontend = FrontendInfo.toJSON(message.frontend);
+    }
+    if (message.started !== false) {
+      obj.started = message.started;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnsureFrontendResponse>, I>>(base?: I): EnsureFrontendResponse {
+    return EnsureFrontendResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnsureFrontendResponse>, I>>(object: I): EnsureFrontendResponse {
+    const message = createBaseEnsureFrontendResponse();
+    message.frontend = (object.frontend !== undefined && object.frontend !== null)
+      ? FrontendInfo.fromPartial(object.frontend)
+      : undefined;
+    message.started = object.started ?? false;
+    return message;
+  },
+};
+
+function createBaseRemoveFrontendRequest(): RemoveFrontendRequest {
+  return { volume: "" };
+}
+
+export const RemoveFrontendRequest: MessageFns<RemoveFrontendRequest> = {
+  encode(message: RemoveFrontendRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoveFrontendRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoveFrontendRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemoveFrontendRequest {
+    return { volume: isSet(object.volume) ? globalThis.String(object.volume) : "" };
+  },
+
+  toJSON(message: RemoveFrontendRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemoveFrontendRequest>, I>>(base?: I): RemoveFrontendRequest {
+    return RemoveFrontendRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemoveFrontendRequest>, I>>(object: I): RemoveFrontendRequest {
+    const message = createBaseRemoveFrontendRequest();
+    message.volume = object.volume ?? "";
+    return message;
+  },
+};
+
+function createBaseRemoveFrontendResponse(): RemoveFrontendResponse {
+  return { removed: false };
+}
+
+export const RemoveFrontendResponse: MessageFns<RemoveFrontendResponse> = {
+  encode(message: RemoveFrontendResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.removed !== false) {
+      writer.uint32(8).bool(message.removed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoveFrontendResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoveFrontendResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.removed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemoveFrontendResponse {
+    return { removed: isSet(object.removed) ? globalThis.Boolean(object.removed) : false };
+  },
+
+  toJSON(message: RemoveFrontendResponse): unknown {
+    const obj: any = {};
+    if (message.removed !== false) {
+      obj.removed = message.removed;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemoveFrontendResponse>, I>>(base?: I): RemoveFrontendResponse {
+    return RemoveFrontendResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemoveFrontendResponse>, I>>(object: I): RemoveFrontendResponse {
+    const message = createBaseRemoveFrontendResponse();
+    message.removed = object.removed ?? false;
+    return message;
+  },
+};
+
 /** Served by each node agent; called by the controller. Every call is idempotent. */
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
@@ -850,12 +1597,40 @@ export const AgentServiceService = {
       Buffer.from(DeleteReplicaResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteReplicaResponse => DeleteReplicaResponse.decode(value),
   },
+  /** Starts (or confirms) the frontend of a volume on this node. */
+  ensureFrontend: {
+    path: "/stowage.v1.AgentService/EnsureFrontend" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: EnsureFrontendRequest): Buffer =>
+      Buffer.from(EnsureFrontendRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): EnsureFrontendRequest => EnsureFrontendRequest.decode(value),
+    responseSerialize: (value: EnsureFrontendResponse): Buffer =>
+      Buffer.from(EnsureFrontendResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EnsureFrontendResponse => EnsureFrontendResponse.decode(value),
+  },
+  /** Stops the frontend of a volume on this node. */
+  removeFrontend: {
+    path: "/stowage.v1.AgentService/RemoveFrontend" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RemoveFrontendRequest): Buffer =>
+      Buffer.from(RemoveFrontendRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RemoveFrontendRequest => RemoveFrontendRequest.decode(value),
+    responseSerialize: (value: RemoveFrontendResponse): Buffer =>
+      Buffer.from(RemoveFrontendResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RemoveFrontendResponse => RemoveFrontendResponse.decode(value),
+  },
 } as const;
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
   getInventory: handleUnaryCall<GetInventoryRequest, GetInventoryResponse>;
   ensureReplica: handleUnaryCall<EnsureReplicaRequest, EnsureReplicaResponse>;
   deleteReplica: handleUnaryCall<DeleteReplicaRequest, DeleteReplicaResponse>;
+  /** Starts (or confirms) the frontend of a volume on this node. */
+  ensureFrontend: handleUnaryCall<EnsureFrontendRequest, EnsureFrontendResponse>;
+  /** Stops the frontend of a volume on this node. */
+  removeFrontend: handleUnaryCall<RemoveFrontendRequest, RemoveFrontendResponse>;
 }
 
 export interface AgentServiceClient extends Client {
@@ -903,6 +1678,38 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteReplicaResponse) => void,
+  ): ClientUnaryCall;
+  /** Starts (or confirms) the frontend of a volume on this node. */
+  ensureFrontend(
+    request: EnsureFrontendRequest,
+    callback: (error: ServiceError | null, response: EnsureFrontendResponse) => void,
+  ): ClientUnaryCall;
+  ensureFrontend(
+    request: EnsureFrontendRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: EnsureFrontendResponse) => void,
+  ): ClientUnaryCall;
+  ensureFrontend(
+    request: EnsureFrontendRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EnsureFrontendResponse) => void,
+  ): ClientUnaryCall;
+  /** Stops the frontend of a volume on this node. */
+  removeFrontend(
+    request: RemoveFrontendRequest,
+    callback: (error: ServiceError | null, response: RemoveFrontendResponse) => void,
+  ): ClientUnaryCall;
+  removeFrontend(
+    request: RemoveFrontendRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RemoveFrontendResponse) => void,
+  ): ClientUnaryCall;
+  removeFrontend(
+    request: RemoveFrontendRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RemoveFrontendResponse) => void,
   ): ClientUnaryCall;
 }
 

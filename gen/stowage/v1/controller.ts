@@ -18,7 +18,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { Node, NodeLabels, NodeRejection, PlacementItem, Pool, Volume, VolumeSpec } from "./types.js";
+import { Attachment, Node, NodeLabels, NodeRejection, PlacementItem, Pool, Volume, VolumeSpec } from "./types.js";
 
 export const protobufPackage = "stowage.v1";
 
@@ -71,6 +71,25 @@ export interface GetPoolRequest {
 
 export interface GetPoolResponse {
   pool?: Pool | undefined;
+}
+
+export interface AttachVolumeRequest {
+  name: string;
+  node: string;
+}
+
+export interface AttachVolumeResponse {
+  volume?: Volume | undefined;
+  attachment?: Attachment | undefined;
+}
+
+export interface DetachVolumeRequest {
+  name: string;
+  node: string;
+}
+
+export interface DetachVolumeResponse {
+  volume?: Volume | undefined;
 }
 
 export interface CreateVolumeRequest {
@@ -962,6 +981,334 @@ export const GetPoolResponse: MessageFns<GetPoolResponse> = {
   fromPartial<I extends Exact<DeepPartial<GetPoolResponse>, I>>(object: I): GetPoolResponse {
     const message = createBaseGetPoolResponse();
     message.pool = (object.pool !== undefined && object.pool !== null) ? Pool.fromPartial(object.pool) : undefined;
+    return message;
+  },
+};
+
+function createBaseAttachVolumeRequest(): AttachVolumeRequest {
+  return { name: "", node: "" };
+}
+
+export const AttachVolumeRequest: MessageFns<AttachVolumeRequest> = {
+  encode(message: AttachVolumeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachVolumeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachVolumeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachVolumeRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+    };
+  },
+
+  toJSON(message: AttachVolumeRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachVolumeRequest>, I>>(base?: I): AttachVolumeRequest {
+    return AttachVolumeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachVolumeRequest>, I>>(object: I): AttachVolumeRequest {
+    const message = createBaseAttachVolumeRequest();
+    message.name = object.name ?? "";
+    message.node = object.node ?? "";
+    return message;
+  },
+};
+
+function createBaseAttachVolumeResponse(): AttachVolumeResponse {
+  return { volume: undefined, attachment: undefined };
+}
+
+export const AttachVolumeResponse: MessageFns<AttachVolumeResponse> = {
+  encode(message: AttachVolumeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== undefined) {
+      Volume.encode(message.volume, writer.uint32(10).fork()).join();
+    }
+    if (message.attachment !== undefined) {
+      Attachment.encode(message.attachment, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachVolumeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachVolumeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = Volume.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.attachment = Attachment.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachVolumeResponse {
+    return {
+      volume: isSet(object.volume) ? Volume.fromJSON(object.volume) : undefined,
+      attachment: isSet(object.attachment) ? Attachment.fromJSON(object.attachment) : undefined,
+    };
+  },
+
+  toJSON(message: AttachVolumeResponse): unknown {
+    const obj: any = {};
+    if (message.volume !== undefined) {
+      obj.volume = Volume.toJSON(message.volume);
+    }
+    if (message.attachment !== undefined) {
+      obj.attachment = Attachment.toJSON(message.attachment);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachVolumeResponse>, I>>(base?: I): AttachVolumeResponse {
+    return AttachVolumeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachVolumeResponse>, I>>(object: I): AttachVolumeResponse {
+    const message = createBaseAttachVolumeResponse();
+    message.volume = (object.volume !== undefined && object.volume !== null)
+      ? Volume.fromPartial(object.volume)
+      : undefined;
+    message.attachment = (object.attachment !== undefined && object.attachment !== null)
+      ? Attachment.fromPartial(object.attachment)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDetachVolumeRequest(): DetachVolumeRequest {
+  return { name: "", node: "" };
+}
+
+export const DetachVolumeRequest: MessageFns<DetachVolumeRequest> = {
+  encode(message: DetachVolumeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachVolumeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachVolumeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetachVolumeRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+    };
+  },
+
+  toJSON(message: DetachVolumeRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachVolumeRequest>, I>>(base?: I): DetachVolumeRequest {
+    return DetachVolumeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachVolumeRequest>, I>>(object: I): DetachVolumeRequest {
+    const message = createBaseDetachVolumeRequest();
+    message.name = object.name ?? "";
+    message.node = object.node ?? "";
+    return message;
+  },
+};
+
+function createBaseDetachVolumeResponse(): DetachVolumeResponse {
+  return { volume: undefined };
+}
+
+export const DetachVolumeResponse: MessageFns<DetachVolumeResponse> = {
+  encode(message: DetachVolumeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== undefined) {
+      Volume.encode(message.volume, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachVolumeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachVolumeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = Volume.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetachVolumeResponse {
+    return { volume: isSet(object.volume) ? Volume.fromJSON(object.volume) : undefined };
+  },
+
+  toJSON(message: DetachVolumeResponse): unknown {
+    const obj: any = {};
+    if (message.volume !== undefined) {
+      obj.volume = Volume.toJSON(message.volume);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachVolumeResponse>, I>>(base?: I): DetachVolumeResponse {
+    return DetachVolumeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachVolumeResponse>, I>>(object: I): DetachVolumeResponse {
+    const message = createBaseDetachVolumeResponse();
+    message.volume = (object.volume !== undefined && object.volume !== null)
+      ? Volume.fromPartial(object.volume)
+      : undefined;
     return message;
   },
 };
@@ -2475,6 +2822,27 @@ export const VolumeServiceService = {
       Buffer.from(ResizeVolumeResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResizeVolumeResponse => ResizeVolumeResponse.decode(value),
   },
+  /** Starts a frontend for the volume on a node: an NBD endpoint VMs there can use. */
+  attachVolume: {
+    path: "/stowage.v1.VolumeService/AttachVolume" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AttachVolumeRequest): Buffer => Buffer.from(AttachVolumeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AttachVolumeRequest => AttachVolumeRequest.decode(value),
+    responseSerialize: (value: AttachVolumeResponse): Buffer =>
+      Buffer.from(AttachVolumeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AttachVolumeResponse => AttachVolumeResponse.decode(value),
+  },
+  detachVolume: {
+    path: "/stowage.v1.VolumeService/DetachVolume" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DetachVolumeRequest): Buffer => Buffer.from(DetachVolumeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DetachVolumeRequest => DetachVolumeRequest.decode(value),
+    responseSerialize: (value: DetachVolumeResponse): Buffer =>
+      Buffer.from(DetachVolumeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DetachVolumeResponse => DetachVolumeResponse.decode(value),
+  },
 } as const;
 
 export interface VolumeServiceServer extends UntypedServiceImplementation {
@@ -2483,6 +2851,9 @@ export interface VolumeServiceServer extends UntypedServiceImplementation {
   listVolumes: handleUnaryCall<ListVolumesRequest, ListVolumesResponse>;
   deleteVolume: handleUnaryCall<DeleteVolumeRequest, DeleteVolumeResponse>;
   resizeVolume: handleUnaryCall<ResizeVolumeRequest, ResizeVolumeResponse>;
+  /** Starts a frontend for the volume on a node: an NBD endpoint VMs there can use. */
+  attachVolume: handleUnaryCall<AttachVolumeRequest, AttachVolumeResponse>;
+  detachVolume: handleUnaryCall<DetachVolumeRequest, DetachVolumeResponse>;
 }
 
 export interface VolumeServiceClient extends Client {
@@ -2560,6 +2931,37 @@ export interface VolumeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResizeVolumeResponse) => void,
+  ): ClientUnaryCall;
+  /** Starts a frontend for the volume on a node: an NBD endpoint VMs there can use. */
+  attachVolume(
+    request: AttachVolumeRequest,
+    callback: (error: ServiceError | null, response: AttachVolumeResponse) => void,
+  ): ClientUnaryCall;
+  attachVolume(
+    request: AttachVolumeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AttachVolumeResponse) => void,
+  ): ClientUnaryCall;
+  attachVolume(
+    request: AttachVolumeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AttachVolumeResponse) => void,
+  ): ClientUnaryCall;
+  detachVolume(
+    request: DetachVolumeRequest,
+    callback: (error: ServiceError | null, response: DetachVolumeResponse) => void,
+  ): ClientUnaryCall;
+  detachVolume(
+    request: DetachVolumeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DetachVolumeResponse) => void,
+  ): ClientUnaryCall;
+  detachVolume(
+    request: DetachVolumeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DetachVolumeResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -224,6 +224,57 @@ export function volumePhaseToJSON(object: VolumePhase): string {
   }
 }
 
+export enum AttachmentState {
+  ATTACHMENT_STATE_UNSPECIFIED = 0,
+  ATTACHMENT_STATE_ATTACHING = 1,
+  ATTACHMENT_STATE_ATTACHED = 2,
+  ATTACHMENT_STATE_DETACHING = 3,
+  ATTACHMENT_STATE_FAILED = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function attachmentStateFromJSON(object: any): AttachmentState {
+  switch (object) {
+    case 0:
+    case "ATTACHMENT_STATE_UNSPECIFIED":
+      return AttachmentState.ATTACHMENT_STATE_UNSPECIFIED;
+    case 1:
+    case "ATTACHMENT_STATE_ATTACHING":
+      return AttachmentState.ATTACHMENT_STATE_ATTACHING;
+    case 2:
+    case "ATTACHMENT_STATE_ATTACHED":
+      return AttachmentState.ATTACHMENT_STATE_ATTACHED;
+    case 3:
+    case "ATTACHMENT_STATE_DETACHING":
+      return AttachmentState.ATTACHMENT_STATE_DETACHING;
+    case 4:
+    case "ATTACHMENT_STATE_FAILED":
+      return AttachmentState.ATTACHMENT_STATE_FAILED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return AttachmentState.UNRECOGNIZED;
+  }
+}
+
+export function attachmentStateToJSON(object: AttachmentState): string {
+  switch (object) {
+    case AttachmentState.ATTACHMENT_STATE_UNSPECIFIED:
+      return "ATTACHMENT_STATE_UNSPECIFIED";
+    case AttachmentState.ATTACHMENT_STATE_ATTACHING:
+      return "ATTACHMENT_STATE_ATTACHING";
+    case AttachmentState.ATTACHMENT_STATE_ATTACHED:
+      return "ATTACHMENT_STATE_ATTACHED";
+    case AttachmentState.ATTACHMENT_STATE_DETACHING:
+      return "ATTACHMENT_STATE_DETACHING";
+    case AttachmentState.ATTACHMENT_STATE_FAILED:
+      return "ATTACHMENT_STATE_FAILED";
+    case AttachmentState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A pool of storage on one node. */
 export interface Pool {
   node: string;
@@ -291,6 +342,18 @@ export interface Volume {
   message: string;
   createdAtMs: number;
   uid: string;
+  attachments: Attachment[];
+}
+
+/** A volume's frontend on one node. */
+export interface Attachment {
+  node: string;
+  /** The frontend's unix socket (the same path on every node). */
+  socketPath: string;
+  /** nbd+unix:///VOLUME?socket=PATH, for QEMU, qemu-img or fio on that node. */
+  nbdUri: string;
+  state: AttachmentState;
+  message: string;
 }
 
 /** Where the scheduler put (or would put) one replica. */
@@ -1200,7 +1263,7 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
 };
 
 function createBaseVolume(): Volume {
-  return { spec: undefined, phase: 0, replicas: [], message: "", createdAtMs: 0, uid: "" };
+  return { spec: undefined, phase: 0, replicas: [], message: "", createdAtMs: 0, uid: "", attachments: [] };
 }
 
 export const Volume: MessageFns<Volume> = {
@@ -1222,6 +1285,9 @@ export const Volume: MessageFns<Volume> = {
     }
     if (message.uid !== "") {
       writer.uint32(50).string(message.uid);
+    }
+    for (const v of message.attachments) {
+      Attachment.encode(v!, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -1287,6 +1353,14 @@ export const Volume: MessageFns<Volume> = {
             message.uid = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.attachments.push(Attachment.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1313,6 +1387,9 @@ export const Volume: MessageFns<Volume> = {
         ? globalThis.Number(object.created_at_ms)
         : 0,
       uid: isSet(object.uid) ? globalThis.String(object.uid) : "",
+      attachments: globalThis.Array.isArray(object?.attachments)
+        ? object.attachments.map((e: any) => Attachment.fromJSON(e))
+        : [],
     };
   },
 
@@ -1336,6 +1413,9 @@ export const Volume: MessageFns<Volume> = {
     if (message.uid !== "") {
       obj.uid = message.uid;
     }
+    if (message.attachments?.length) {
+      obj.attachments = message.attachments.map((e) => Attachment.toJSON(e));
+    }
     return obj;
   },
 
@@ -1352,6 +1432,148 @@ export const Volume: MessageFns<Volume> = {
     message.message = object.message ?? "";
     message.createdAtMs = object.createdAtMs ?? 0;
     message.uid = object.uid ?? "";
+    message.attachments = object.attachments?.map((e) => Attachment.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAttachment(): Attachment {
+  return { node: "", socketPath: "", nbdUri: "", state: 0, message: "" };
+}
+
+export const Attachment: MessageFns<Attachment> = {
+  encode(message: Attachment, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.socketPath !== "") {
+      writer.uint32(18).string(message.socketPath);
+    }
+    if (message.nbdUri !== "") {
+      writer.uint32(26).string(message.nbdUri);
+    }
+    if (message.state !== 0) {
+      writer.uint32(32).int32(message.state);
+    }
+    if (message.message !== "") {
+      writer.uint32(42).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Attachment {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachment();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.socketPath = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Attachment {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      socketPath: isSet(object.socketPath)
+        ? globalThis.String(object.socketPath)
+        : isSet(object.socket_path)
+        ? globalThis.String(object.socket_path)
+        : "",
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+      state: isSet(object.state) ? attachmentStateFromJSON(object.state) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: Attachment): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.socketPath !== "") {
+      obj.socketPath = message.socketPath;
+    }
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    if (message.state !== 0) {
+      obj.state = attachmentStateToJSON(message.state);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Attachment>, I>>(base?: I): Attachment {
+    return Attachment.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Attachment>, I>>(object: I): Attachment {
+    const message = createBaseAttachment();
+    message.node = object.node ?? "";
+    message.socketPath = object.socketPath ?? "";
+    message.nbdUri = object.nbdUri ?? "";
+    message.state = object.state ?? 0;
+    message.message = object.message ?? "";
     return message;
   },
 };

@@ -3,7 +3,7 @@ import type { Server } from "@grpc/grpc-js";
 import { AgentServiceService, type AgentReplica } from "../../../gen/stowage/v1/agent.js";
 import { AgentRegistryServiceService } from "../../../gen/stowage/v1/controller.js";
 import type { Pool } from "../../../gen/stowage/v1/types.js";
-import { DeadlineError, NotFoundError, NotLeaderError, UnavailableError } from "../../../lib/errors.js";
+import { DeadlineError, FailedPreconditionError, NotFoundError, NotLeaderError, UnavailableError } from "../../../lib/errors.js";
 import { addService, Channel, createServer, INSECURE, listen, shutdown, type PromiseClient } from "../../../lib/grpc.js";
 
 const PiB = 2 ** 50;
@@ -26,7 +26,7 @@ export class SimAgent {
     const server = createServer();
     const self = new SimAgent(name, server);
     addService(server, AgentServiceService, {
-      getInventory: async () => ({ node: name, pools: self.pools(), replicas: [...self.replicas.values()] }),
+      getInventory: async () => ({ node: name, pools: self.pools(), replicas: [...self.replicas.values()], frontends: [] }),
       ensureReplica: async (req) => {
         let replica = self.replicas.get(req.id);
         let created = false;
@@ -50,6 +50,11 @@ export class SimAgent {
         return { replica, created, resized };
       },
       deleteReplica: async (req) => ({ deleted: self.replicas.delete(req.id) }),
+      // The memory benchmark never attaches volumes.
+      ensureFrontend: async () => {
+        throw new FailedPreconditionError("simulated agents run no frontends");
+      },
+      removeFrontend: async () => ({ removed: false }),
     });
     const port = await listen(server, "127.0.0.1:0", INSECURE);
     self.address = `127.0.0.1:${port}`;

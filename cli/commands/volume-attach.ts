@@ -1,0 +1,117 @@
+// stowctl volume attach | detach | disk-xml: a volume's frontend on a node.
+import type { Command } from "commander";
+import { VolumeServiceService } from "../../gen/stowage/v1/controller.js";
+import { AttachmentState, type Attachment, type Volume } from "../../gen/stowage/v1/types.js";
+import { DeadlineError, FailedPreconditionError, StowageError } from "../../lib/errors.js";
+import { validateName } from "../../lib/names.js";
+import type { CliContext, Session } from "../context.js";
+import { parseSecondsFlag } from "../flags.js";
+import { examples } from "../help.js";
+import { DEFAULT_WAIT_MS, pollUntil } from "../wait.js";
+
+interface AttachFlags {
+  node: string;
+  wait: boolean;
+  waitTimeout?: string;
+}
+
+function attachmentOn(v: Volume | undefined, node: string): Attachment | undefined {
+  return v?.attachments.find((a) => a.node === node);
+}
+
+/** Polls until the attachment on `node` satisfies `done`; returns the volume. */
+async function waitAttachment(ctx: CliContext, name: string, node: string, waitMs: number, done: (a: Attachment | undefined) => boolean) {
+  const volumes = ctx.controllers().service(VolumeServiceService);
+  let last: Attachment | undefined;
+  return pollUntil(
+    async () => {
+      const v = (await volumes.getVolume({ name })).volume;
+      last = attachmentOn(v, node);
+      if (last?.state === AttachmentState.ATTACHMENT_STATE_FAILED && !done(last)) {
+        throw new StowageError(`attaching volume ${name} on ${node} failed: ${last.message || "no reason given"}`, {
+          hint: `see 'stowctl volume get ${name}'; detach with 'stowctl volume detach ${name} --node ${node}'`,
+        });
+      }
+      return done(last) ? v : undefined;
+    },
+    {
+      timeoutMs: waitMs,
+      now: ctx.deps.now,
+      sleep: ctx.deps.sleep,
+      onTimeout: () =>
+        new DeadlineError(`volume ${name} on ${node} is not done after ${waitMs / 1000}s${last?.message ? `: ${last.message}` : ""}`, {
+          hint: `check it with 'stowctl volume get ${name}', or wait longer with --wait-timeout SECONDS`,
+        }),
+    },
+  );
+}
+
+/** The <disk> element for a libvirt domain, NBD over the frontend's unix socket. */
+export function diskXml(volume: string, socketPath: string, target: string): string {
+  return [
+    `<disk type='network' device='disk'>`,
+    `  <driver name='qemu' type='raw' cache='none' io='native' discard='unmap'/>`,
+    `  <source protocol='nbd' name='${volume}'>`,
+    `    <host transport='unix' socket='${socketPath}'/>`,
+    `  </source>`,
+    `  <target dev='${target}' bus='virtio'/>`,
+    `</disk>`,
+    ``,
+  ].join("\n");
+}
+
+export function registerAttachCommands(volume: Command, session: Session): void {
+  volume
+    .command("attach")
+    .description("start the volume's frontend on a node and print its NBD address (nbdUri) for QEMU, qemu-img or fio there")
+    .argument("<name>", "volume name")
+    .requiredOption("--node <node>", "required: the node where the volume is used")
+    .option("--no-wait", "return once the controller accepted the request, without waiting")
+    .option("--wait-timeout <seconds>", `wait at most this long (default: ${DEFAULT_WAIT_MS / 1000})`)
+    .addHelpText("after", examples(["stowctl volume attach vm1 --node node1", "stowctl volume attach vm1 --node node1 -o json"]))
+    .action(async (name: string, opts: AttachFlags, cmd: Command) => {
+      validateName("node", opts.node);
+      const wait = opts.waitTimeout === undefined ? DEFAULT_WAIT_MS : parseSecondsFlag("--wait-timeout", opts.waitTimeout);
+      const ctx = session.context(cmd);
+      const res = await ctx.controllers().service(VolumeServiceService).attachVolume({ name, node: opts.node });
+      if (!opts.wait) return ctx.print(res, () => `volume ${name} is attaching on ${opts.node}\n`);
+      const v = await waitAttachment(ctx, name, opts.node, wait, (a) => a?.state === AttachmentState.ATTACHMENT_STATE_ATTACHED);
+      const a = attachmentOn(v, opts.node)!;
+      ctx.print({ volume: v, attachment: a, nbdUri: a.nbdUri, socketPath: a.socketPath }, () => `volume ${name} attached on ${opts.node}: ${a.nbdUri}\n`);
+    });
+
+  volume
+    .command("detach")
+    .description("stop the volume's frontend on a node")
+    .argument("<name>", "volume name")
+    .requiredOption("--node <node>", "required: the node to detach from")
+    .option("--no-wait", "return once the controller accepted the request, without waiting")
+    .option("--wait-timeout <seconds>", `wait at most this long (default: ${DEFAULT_WAIT_MS / 1000})`)
+    .addHelpText("after", examples(["stowctl volume detach vm1 --node node1"]))
+    .action(async (name: string, opts: AttachFlags, cmd: Command) => {
+      validateName("node", opts.node);
+      const wait = opts.waitTimeout === undefined ? DEFAULT_WAIT_MS : parseSecondsFlag("--wait-timeout", opts.waitTimeout);
+      const ctx = session.context(cmd);
+      const res = await ctx.controllers().service(VolumeServiceService).detachVolume({ name, node: opts.node });
+      if (!opts.wait) return ctx.print(res, () => `volume ${name} is detaching from ${opts.node}\n`);
+      const v = await waitAttachment(ctx, name, opts.node, wait, (a) => a === undefined);
+      ctx.print({ volume: v }, () => `volume ${name} detached from ${opts.node}\n`);
+    });
+
+  volume
+    .command("disk-xml")
+    .description("print the libvirt <disk> element that connects a domain to the volume's frontend")
+    .argument("<name>", "volume name")
+    .option("--target <dev>", "guest device name", "vdb")
+    .addHelpText("after", examples(["stowctl volume disk-xml vm1 --target vdb > disk.xml && virsh attach-device DOMAIN disk.xml --live"]))
+    .action(async (name: string, opts: { target: string }, cmd: Command) => {
+      const ctx = session.context(cmd);
+      const v = (await ctx.controllers().service(VolumeServiceService).getVolume({ name })).volume;
+      const a = v?.attachments.find((x) => x.socketPath);
+      if (!a) {
+        throw new FailedPreconditionError(`volume ${name} is not attached anywhere yet`, { hint: `attach it first: stowctl volume attach ${name} --node NODE` });
+      }
+      const xml = diskXml(name, a.socketPath, opts.target);
+      ctx.print({ xml, socketPath: a.socketPath }, () => xml);
+    });
+}

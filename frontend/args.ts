@@ -1,0 +1,97 @@
+// Command line of the frontend process, parsed purely (no process access) so
+// it is unit-tested:
+//   --socket PATH --export NAME --backend unix:PATH:EXPORT[,tcp:HOST:PORT:EXPORT...] [--connections N]
+import { parseArgs } from "node:util";
+
+export interface ReplicaAddress {
+  /** As given on the command line, for logs. */
+  spec: string;
+  socketPath?: string;
+  host?: string;
+  port?: number;
+  exportName: string;
+}
+
+export interface FrontendArgs {
+  socketPath: string;
+  exportName: string;
+  replicas: ReplicaAddress[];
+  /** NBD connections per replica. */
+  connections: number;
+  /** Mode of the listening socket (libvirt's QEMU runs as another user). */
+  socketMode: number;
+}
+
+export const USAGE = `usage: node dist/frontend/main.js --socket PATH --export NAME --backend SPEC[,SPEC...] [--connections N]
+
+  --socket PATH       unix socket to serve NBD on (created with mode 0666)
+  --export NAME       export name clients ask for (the empty name works too)
+  --backend SPECS     replicas, comma-separated (or repeat the flag):
+                        unix:SOCKET_PATH:EXPORT
+                        tcp:HOST:PORT:EXPORT      (IPv6 host in brackets: tcp:[::1]:10809:vol)
+  --connections N     NBD connections to each replica (default 2, at most 16)
+  --socket-mode MODE  octal mode of the socket file (default 0666)
+`;
+
+export class ArgsError extends Error {
+  override readonly name = "ArgsError";
+}
+
+export function parseReplicaSpec(spec: string): ReplicaAddress {
+  const last = spec.lastIndexOf(":");
+  const exportName = last >= 0 ? spec.slice(last + 1) : "";
+  const rest = last >= 0 ? spec.slice(0, last) : spec;
+  if (!exportName) throw new ArgsError(`backend "${spec}" has no export name (…:EXPORT)`);
+  if (rest.startsWith("unix:")) {
+    const socketPath = rest.slice("unix:".length);
+    if (!socketPath) throw new ArgsError(`backend "${spec}" has no socket path`);
+    return { spec, socketPath, exportName };
+  }
+  if (rest.startsWith("tcp:")) {
+    const hostPort = rest.slice("tcp:".length);
+    const colon = hostPort.lastIndexOf(":");
+    const rawHost = colon >= 0 ? hostPort.slice(0, colon) : "";
+    const portText = colon >= 0 ? hostPort.slice(colon + 1) : "";
+    const port = Number(portText);
+    if (!/^\d+$/.test(portText) || port < 1 || port > 65535) throw new ArgsError(`backend "${spec}" has no valid port`);
+    const host = rawHost.startsWith("[") && rawHost.endsWith("]") ? rawHost.slice(1, -1) : rawHost;
+    if (!host) throw new ArgsError(`backend "${spec}" has no host`);
+    return { spec, host, port, exportName };
+  }
+  throw new ArgsError(`backend "${spec}" must start with unix: or tcp:`);
+}
+
+export function parseFrontendArgs(argv: string[]): FrontendArgs {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        socket: { type: "string" },
+        export: { type: "string" },
+        backend: { type: "string", multiple: true },
+        connections: { type: "string" },
+        "socket-mode": { type: "string" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    throw new ArgsError(err instanceof Error ? err.message : String(err));
+  }
+  if (!values.socket) throw new ArgsError("--socket is required");
+  if (values.export === undefined) throw new ArgsError("--export is required");
+  const specs = (values.backend ?? []).flatMap((b) => b.split(",")).map((s) => s.trim()).filter(Boolean);
+  if (specs.length === 0) throw new ArgsError("--backend is required");
+  const connections = values.connections === undefined ? 2 : Number(values.connections);
+  if (!Number.isInteger(connections) || connections < 1 || connections > 16) throw new ArgsError("--connections takes an integer from 1 to 16");
+  const modeText = values["socket-mode"] ?? "0666";
+  if (!/^0?[0-7]{3}$/.test(modeText)) throw new ArgsError("--socket-mode takes an octal mode such as 0660");
+  return {
+    socketPath: values.socket,
+    exportName: values.export,
+    replicas: specs.map(parseReplicaSpec),
+    connections,
+    socketMode: parseInt(modeText, 8),
+  };
+}

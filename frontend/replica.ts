@@ -1,0 +1,128 @@
+// One replica as the frontend sees it: several NBD connections to the same
+// export (QEMU 7.2's NBD server works on at most 16 requests at once per
+// connection). Requests go to the least-loaded connection, which spread 4k
+// reads better than round-robin did; a FLUSH goes to every connection, since
+// the backend does not promise that one connection's flush covers the others.
+import { EventEmitter } from "node:events";
+import type { Logger } from "pino";
+import type { NbdCompletion } from "../lib/nbd/client.js";
+import { NbdClient, type ExportInfo } from "../lib/nbd/client.js";
+import { Cmd, Errno } from "../lib/nbd/protocol.js";
+import type { ReplicaAddress } from "./args.js";
+
+export interface ReplicaEvents {
+  /** The last usable connection went away. */
+  unhealthy: [];
+  /** Number of congested connections changed from 0 (true) or to 0 (false). */
+  congestion: [congested: boolean];
+}
+
+/** Completes `target` once `count` sub-requests completed; the first error wins. */
+export class Gather implements NbdCompletion {
+  private error = 0;
+  private header: Buffer | undefined;
+
+  constructor(
+    private pending: number,
+    private readonly target: NbdCompletion,
+  ) {}
+
+  nbdDone(error: number, _data: Buffer[] | undefined, replyHeader: Buffer | undefined): void {
+    if (error !== 0 && this.error === 0) this.error = error;
+    this.header ??= replyHeader;
+    if (--this.pending === 0) this.target.nbdDone(this.error, undefined, this.header);
+  }
+}
+
+export class Replica extends EventEmitter<ReplicaEvents> {
+  private congestedCount = 0;
+
+  private constructor(
+    readonly address: ReplicaAddress,
+    readonly conns: NbdClient[],
+    private readonly log: Logger | undefined,
+  ) {
+    super();
+    for (const c of conns) {
+      c.on("close", (err) => this.onConnectionClosed(c, err));
+      c.on("congestion", (on) => {
+        const before = this.congestedCount;
+        this.congestedCount += on ? 1 : -1;
+        if ((before === 0) !== (this.congestedCount === 0)) this.emit("congestion", this.congestedCount > 0);
+      });
+    }
+  }
+
+  /** Opens `connections` connections to the replica's export; all must succeed. */
+  static async open(address: ReplicaAddress, connections: number, log?: Logger): Promise<Replica> {
+    const opened = await Promise.allSettled(
+      Array.from({ length: connections }, () =>
+        NbdClient.connect({ socketPath: address.socketPath, host: address.host, port: address.port, exportName: address.exportName }),
+      ),
+    );
+    const conns = opened.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    const failed = opened.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) {
+      for (const c of conns) c.destroy();
+      throw failed.reason;
+    }
+    const sizes = new Set(conns.map((c) => c.size));
+    if (sizes.size !== 1) throw new Error(`replica ${address.spec} reported different sizes on different connections`);
+    return new Replica(address, conns, log);
+  }
+
+  get info(): ExportInfo {
+    return this.conns[0]!.info;
+  }
+
+  get healthy(): boolean {
+    return this.conns.some((c) => c.usable);
+  }
+
+  /** The usable connection with the fewest requests in flight (the first on ties). */
+  pick(): NbdClient | undefined {
+    let best: NbdClient | undefined;
+    let bestLoad = Infinity;
+    const cs = this.conns;
+    for (let i = 0; i < cs.length; i++) {
+      const c = cs[i]!;
+      if (c.usable && c.inFlight < bestLoad) {
+        best = c;
+        bestLoad = c.inFlight;
+      }
+    }
+    return best;
+  }
+
+  /** Usable connections (for a FLUSH to each). */
+  usableConnections(): NbdClient[] {
+    return this.conns.filter((c) => c.usable);
+  }
+
+  /** FLUSH on every usable connection; `done` gets the first error. */
+  flushAll(flags: number, done: NbdCompletion): void {
+    const cs = this.usableConnections();
+    if (cs.length === 0) return done.nbdDone(Errno.EIO, undefined, undefined);
+    const g = new Gather(cs.length, done);
+    for (const c of cs) c.submit(Cmd.FLUSH, flags, 0, 0, undefined, g);
+  }
+
+  /** Flushes and soft-disconnects every connection. */
+  async close(): Promise<void> {
+    await Promise.all(
+      this.conns.map(async (c) => {
+        if (c.usable) await c.flush().catch((err) => this.log?.warn({ err, replica: this.address.spec }, "flush before disconnect failed"));
+        await c.close();
+      }),
+    );
+  }
+
+  private onConnectionClosed(c: NbdClient, err: Error | undefined): void {
+    if (c.congested) {
+      this.congestedCount--;
+      if (this.congestedCount === 0) this.emit("congestion", false);
+    }
+    if (err) this.log?.warn({ err: err.message, replica: this.address.spec }, "replica connection lost");
+    if (!this.healthy) this.emit("unhealthy");
+  }
+}

@@ -1,0 +1,149 @@
+// The frontends running on this node: one process per attached volume (an NBD
+// server on a unix socket at a fixed per-volume path, forwarding to the
+// volume's replicas). They are started detached, so they outlive an agent
+// restart; the agent finds them again through a state file per volume.
+import { spawn } from "node:child_process";
+import { existsSync, openSync, closeSync, readFileSync } from "node:fs";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { frontendArgv, frontendEnv } from "../frontend/launch.js";
+import { InvalidArgumentError, UnavailableError } from "../lib/errors.js";
+import type { Logger } from "../lib/logger.js";
+import { validateName } from "../lib/names.js";
+import { formatNbdUri, parseNbdUri } from "../lib/nbd-uri.js";
+import { KeyedMutex } from "./keyed-mutex.js";
+
+const FRONTEND_MAIN = fileURLToPath(new URL("../frontend/main.js", import.meta.url));
+
+export interface FrontendBackendSpec {
+  replicaId: string;
+  nbdUri: string;
+}
+
+export interface RunningFrontend {
+  volume: string;
+  socketPath: string;
+  nbdUri: string;
+  pid: number;
+  backends: FrontendBackendSpec[];
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  // A reused pid is not ours unless it runs the frontend.
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("frontend/main.js");
+  } catch {
+    return false;
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class FrontendManager {
+  private readonly lock = new KeyedMutex();
+  private readonly stateDir: string;
+
+  constructor(
+    dataDir: string,
+    /** Where the per-volume sockets live: the same path on every node. */
+    private readonly socketDir: string,
+    private readonly log: Logger,
+  ) {
+    this.stateDir = join(dataDir, "frontends");
+  }
+
+  socketPath(volume: string): string {
+    return join(this.socketDir, `${volume}.sock`);
+  }
+
+  private statePath(volume: string): string {
+    return join(this.stateDir, `${volume}.json`);
+  }
+
+  private async read(volume: string): Promise<RunningFrontend | undefined> {
+    try {
+      const f = JSON.parse(await readFile(this.statePath(volume), "utf8")) as RunningFrontend;
+      return alive(f.pid) ? f : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Starts the volume's frontend unless it runs already. */
+  ensure(volume: string, backends: FrontendBackendSpec[]): Promise<{ frontend: RunningFrontend; started: boolean }> {
+    validateName("volume", volume);
+    if (backends.length === 0) throw new InvalidArgumentError(`volume ${volume}: a frontend needs at least one replica`);
+    const replicas = backends.map((b) => parseNbdUri(b.nbdUri));
+    return this.lock.run(volume, async () => {
+      const running = await this.read(volume);
+      if (running) {
+        if (JSON.stringify(running.backends) !== JSON.stringify(backends)) {
+          // Changing replicas under a live frontend is the replication work's job; never cut I/O here.
+          this.log.warn({ volume, running: running.backends, wanted: backends }, "frontend keeps its current replicas");
+        }
+        return { frontend: running, started: false };
+      }
+      await mkdir(this.stateDir, { recursive: true });
+      await mkdir(this.socketDir, { recursive: true, mode: 0o755 });
+      const socketPath = this.socketPath(volume);
+      const logPath = join(this.stateDir, `${volume}.log`);
+      const out = openSync(logPath, "w");
+      const argv = frontendArgv({ socketPath, exportName: volume, replicas });
+      const child = spawn(process.execPath, [FRONTEND_MAIN, ...argv], { detached: true, stdio: ["ignore", out, out], env: frontendEnv() });
+      closeSync(out);
+      child.unref();
+      const pid = child.pid!;
+      await this.waitServing(pid, logPath, socketPath);
+      const frontend: RunningFrontend = { volume, socketPath, nbdUri: formatNbdUri({ exportName: volume, socketPath }), pid, backends };
+      await writeFile(this.statePath(volume), JSON.stringify(frontend));
+      this.log.info({ volume, pid, socketPath, backends: backends.map((b) => b.nbdUri) }, "frontend started");
+      return { frontend, started: true };
+    });
+  }
+
+  private async waitServing(pid: number, logPath: string, socketPath: string): Promise<void> {
+    const deadline = Date.now() + 15_000;
+    while (Date.now() < deadline) {
+      const text = existsSync(logPath) ? readFileSync(logPath, "utf8") : "";
+      if (text.includes("frontend serving on") && existsSync(socketPath)) return;
+      if (!alive(pid)) {
+        throw new UnavailableError(`the frontend exited at start: ${text.trim().split("\n").slice(-3).join(" | ") || "no output"}`, {
+          hint: "are the volume's replicas exported and reachable from this node?",
+        });
+      }
+      await sleep(20);
+    }
+    process.kill(pid, "SIGKILL");
+    throw new UnavailableError(`the frontend did not start within 15 s (log: ${logPath})`);
+  }
+
+  /** Stops the volume's frontend (flushing its replicas); false if none ran. */
+  remove(volume: string): Promise<boolean> {
+    validateName("volume", volume);
+    return this.lock.run(volume, async () => {
+      const running = await this.read(volume);
+      if (running) {
+        process.kill(running.pid, "SIGTERM");
+        const deadline = Date.now() + 10_000;
+        while (alive(running.pid) && Date.now() < deadline) await sleep(20);
+        if (alive(running.pid)) process.kill(running.pid, "SIGKILL");
+        this.log.info({ volume, pid: running.pid }, "frontend stopped");
+      }
+      await rm(this.statePath(volume), { force: true });
+      await rm(this.socketPath(volume), { force: true });
+      return running !== undefined;
+    });
+  }
+
+  async list(): Promise<RunningFrontend[]> {
+    const names = await readdir(this.stateDir).catch(() => [] as string[]);
+    const all = await Promise.all(names.filter((n) => n.endsWith(".json")).map((n) => this.read(n.slice(0, -5))));
+    return all.filter((f): f is RunningFrontend => f !== undefined);
+  }
+}
