@@ -32,7 +32,13 @@ async function main(argv: string[]): Promise<void> {
     onLost: (reason) => {
       logger.error({ err: reason?.message }, "qemu-storage-daemon lost; starting a new one");
       // Re-registering makes the controller re-apply every replica and export of this node.
-      void qsd.ensureRunning([]).then(() => registration.reregister(), (err) => logger.error({ err: errorMessage(err) }, "cannot restart qemu-storage-daemon"));
+      // A pause between attempts, so a daemon that keeps dying is not restarted in a tight loop.
+      setTimeout(() => {
+        void qsd.ensureRunning([]).then(
+          () => registration.reregister(),
+          (err) => logger.error({ err: errorMessage(err) }, "cannot restart qemu-storage-daemon"),
+        );
+      }, 1_000);
     },
   });
   const qsdStatus = await qsd.ensureRunning([]);

@@ -166,8 +166,10 @@ describe("QsdSupervisor and QsdExports with a real qemu-storage-daemon", () => {
     process.kill(pid, "SIGKILL");
     await expect.poll(() => lost.length).toBe(1);
     await expect(a.exports.listExports()).rejects.toThrow(UnavailableError);
-    const st = await a.ensureRunning([spec(Q, "qcow2"), spec(R, "raw")]);
+    const missing = { ...spec("r-0000cccc", "raw"), path: join(root, "missing.raw") };
+    const st = await a.ensureRunning([spec(Q, "qcow2"), missing, spec(R, "raw")]);
     expect(st).toMatchObject({ started: true, adopted: false });
+    expect(st.failed.map((f) => [f.replicaId, f.error.message])).toEqual([["r-0000cccc", expect.stringMatching(/No such file/)]]);
     expect(st.pid).not.toBe(pid);
     pids.add(st.pid);
     expect(st.exports.map((e) => e.replicaId)).toEqual([Q, R]);

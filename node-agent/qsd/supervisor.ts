@@ -89,13 +89,23 @@ export class QsdSupervisor {
   /**
    * start(), then ensureExport() for every desired export: after the daemon was
    * restarted the exports are gone, and this puts them back. Exports that are
-   * not in `desired` are left alone.
+   * not in `desired` are left alone. One export that fails (say, a missing
+   * image) does not hold up the others: it is logged and returned in `failed`.
    */
-  async ensureRunning(desired: ExportSpec[] = []): Promise<QsdStatus & { exports: ExportDescriptor[] }> {
+  async ensureRunning(desired: ExportSpec[] = []): Promise<QsdStatus & { exports: ExportDescriptor[]; failed: { replicaId: string; error: Error }[] }> {
     const status = await this.start();
     const exports: ExportDescriptor[] = [];
-    for (const spec of desired) exports.push(await this.exports.ensureExport(spec));
-    return { ...status, exports };
+    const failed: { replicaId: string; error: Error }[] = [];
+    for (const spec of desired) {
+      try {
+        exports.push(await this.exports.ensureExport(spec));
+      } catch (err) {
+        const error = err instanceof Error ? err : new Error(String(err));
+        failed.push({ replicaId: spec.replicaId, error });
+        this.opts.logger?.warn({ replica: spec.replicaId, path: spec.path, err: error.message }, "cannot export replica");
+      }
+    }
+    return { ...status, exports, failed };
   }
 
   /** Closes the QMP connection and leaves the daemon (and its exports) running: an agent stop or restart. */
