@@ -107,10 +107,13 @@ export class Reconciler {
     if (spec.deleting) return this.reconcileDelete(spec, specE.modRevision, statusE?.value);
 
     const previous = new Map((statusE?.value.replicas ?? []).map((r) => [r.id, r]));
+    const prevFrontends = statusE?.value.frontends ?? [];
+    // Frontends of detached nodes stop first: they hold the exports open.
+    const stopping = await this.stopFrontends(spec, prevFrontends);
     // Replicas are exported over NBD only while the volume is attached somewhere.
-    const exported = (spec.attachments ?? []).length > 0;
+    const exported = (spec.attachments ?? []).length > 0 || stopping.length > 0;
     const replicas = await Promise.all(spec.placement.map((p) => this.ensureReplica(spec, p, previous.get(p.id), exported)));
-    const frontends = await this.ensureFrontends(spec, replicas, statusE?.value.frontends ?? []);
+    const frontends = [...(await this.startFrontends(spec, replicas, prevFrontends)), ...stopping];
     const { status, operationDone } = deriveVolumeStatus(spec, replicas, opE?.value, frontends);
     if (statusChanged(statusE?.value, status) || operationDone) {
       const value: VolumeStatus = { ...status, updatedAtMs: Date.now() };
@@ -124,15 +127,11 @@ export class Reconciler {
     if (status.phase !== "healthy" || frontends.some((f) => f.state !== "attached")) return 2_000;
   }
 
-  /**
-   * Starts frontends on the nodes the volume is attached to and stops those on
-   * nodes it was detached from. Returns the frontends' new status.
-   */
-  private async ensureFrontends(spec: VolumeSpec, replicas: ReplicaStatusRecord[], prev: FrontendStatus[]): Promise<FrontendStatus[]> {
+  /** Starts (or confirms) frontends on the nodes the volume is attached to. */
+  private async startFrontends(spec: VolumeSpec, replicas: ReplicaStatusRecord[], prev: FrontendStatus[]): Promise<FrontendStatus[]> {
     const out: FrontendStatus[] = [];
-    const wanted = new Set((spec.attachments ?? []).map((a) => a.node));
     const before = new Map(prev.map((f) => [f.node, f]));
-    for (const node of wanted) {
+    for (const { node } of spec.attachments ?? []) {
       const base: FrontendStatus = before.get(node) ?? { node, socketPath: "", nbdUri: "", state: "attaching", message: "" };
       if (!this.registry.isOnline(node)) {
         out.push({ ...base, message: `node ${node} is offline` });
@@ -154,19 +153,26 @@ export class Reconciler {
         out.push({ ...base, state: "failed", message: errorMessage(err) });
       }
     }
+    return out;
+  }
+
+  /** Stops frontends on nodes the volume was detached from; returns those not stopped yet. */
+  private async stopFrontends(spec: VolumeSpec, prev: FrontendStatus[]): Promise<FrontendStatus[]> {
+    const wanted = new Set((spec.attachments ?? []).map((a) => a.node));
+    const left: FrontendStatus[] = [];
     for (const f of prev) {
       if (wanted.has(f.node)) continue;
       if (!this.registry.isOnline(f.node)) {
-        out.push({ ...f, state: "detaching", message: `node ${f.node} is offline` });
+        left.push({ ...f, state: "detaching", message: `node ${f.node} is offline` });
         continue;
       }
       try {
         await this.agents.for(f.node).removeFrontend({ volume: spec.name }, { timeoutMs: 30_000 });
       } catch (err) {
-        out.push({ ...f, state: "detaching", message: errorMessage(err) });
+        left.push({ ...f, state: "detaching", message: errorMessage(err) });
       }
     }
-    return out;
+    return left;
   }
 
   private async ensureReplica(

@@ -98,6 +98,10 @@ describe("attach", () => {
     const det = await c.stowctl(["volume", "detach", "att1", "--node", node]);
     expect(det.code, det.stderr).toBe(0);
     expect(existsSync(join(c.agentDirs.get(node)!, "run", "att1.sock"))).toBe(false);
+    // The frontend went first, so unexporting the replicas did not fail on the way.
+    const after = await volume("att1");
+    expect(after.phase).toBe(VolumePhase.VOLUME_PHASE_HEALTHY);
+    expect(after.message).toBe("");
     const paths = (await volume("att1")).replicas.map((r) => r.path);
     const gone = await c.stowctl(["volume", "delete", "att1"]);
     expect(gone.code, gone.stderr).toBe(0);
