@@ -275,7 +275,7 @@ describe("volume lifecycle", () => {
   it("list, resize, then delete", async () => {
     await runCli([...at(leader.address), "volume", "create", "vm4", "--size", "10GiB"]);
     const list = await runCli([...at(leader.address), "volume", "list"]);
-    expect(list.out).toBe("NAME   SIZE    REPLICAS   PHASE     FORMAT\nvm4    10GiB   2/2        healthy   qcow2\n");
+    expect(list.out).toBe("NAME   SIZE    REPLICAS   PHASE     FORMAT   ATTACHED\nvm4    10GiB   2/2        healthy   qcow2    -\n");
 
     const shrink = await runCli([...at(leader.address), "volume", "resize", "vm4", "--size", "5GiB"]);
     expect(shrink.code).toBe(1);

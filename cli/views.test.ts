@@ -75,7 +75,11 @@ describe("views", () => {
   };
 
   it("volume list: name, size, healthy/desired replicas, phase", () => {
-    expect(volumesTable([volume])).toBe("NAME   SIZE    REPLICAS   PHASE      FORMAT\nvm1    10GiB   1/2        degraded   qcow2\n");
+    expect(volumesTable([volume])).toBe(
+      "NAME   SIZE    REPLICAS   PHASE      FORMAT   ATTACHED\nvm1    10GiB   1/2        degraded   qcow2    -\n",
+    );
+    const attached = { ...volume, attachments: [{ node: "n2", socketPath: "/s", nbdUri: "nbd+unix:///vm1?socket=/s", state: 2, message: "" }] };
+    expect(volumesTable([attached])).toContain("qcow2    n2\n");
     expect(volumesTable([])).toBe("no volumes found\n");
   });
 

@@ -81,13 +81,14 @@ function replicaCount(v: Volume): string {
 export function volumesTable(volumes: Volume[]): string {
   if (volumes.length === 0) return "no volumes found\n";
   return formatTable(
-    ["name", "size", "replicas", "phase", "format"],
+    ["name", "size", "replicas", "phase", "format", "attached"],
     volumes.map((v) => [
       v.spec?.name ?? "?",
       formatSize(v.spec?.sizeBytes ?? 0),
       replicaCount(v),
       enumLabel(VOLUME_PHASE, v.phase),
       enumLabel(IMAGE_FORMAT, v.spec?.format ?? 0),
+      v.attachments.map((a) => a.node).join(",") || "-",
     ]),
   );
 }
