@@ -11,7 +11,7 @@ import { run } from "../lib/exec.js";
 import { NbdClient } from "../lib/nbd/client.js";
 import { frontendArgv } from "./launch.js";
 import { FrontendProcess, bundleFrontend } from "./testing/frontend-process.js";
-import { Qsd } from "./testing/qsd.js";
+import { Qsd } from "../test/harness/qsd.js";
 
 const MiB = 1 << 20;
 const SIZE = 256 * MiB;
@@ -26,7 +26,7 @@ let frontSock: string;
 const uri = (sock: string) => `nbd+unix:///vol?socket=${sock}`;
 
 async function startFrontend(socket: string, connections = 2): Promise<FrontendProcess> {
-  return FrontendProcess.start(script, frontendArgv({ socketPath: socket, exportName: "vol", replicas: [{ socketPath: qsd.opts.socketPath, exportName: "vol" }], connections }));
+  return FrontendProcess.start(script, frontendArgv({ socketPath: socket, exportName: "vol", replicas: [{ socketPath: qsd.socket, exportName: "vol" }], connections }));
 }
 
 describe.skipIf(!has("qemu-storage-daemon"))("frontend in front of qemu-storage-daemon", () => {
@@ -36,7 +36,7 @@ describe.skipIf(!has("qemu-storage-daemon"))("frontend in front of qemu-storage-
     await writeFile(image, "");
     await truncate(image, SIZE);
     [qsd, script] = await Promise.all([
-      Qsd.start({ image, format: "raw", socketPath: join(dir, "qsd.sock"), exportName: "vol" }),
+      Qsd.start({ dir, image, format: "raw", socket: join(dir, "qsd.sock"), exportName: "vol" }),
       bundleFrontend(),
     ]);
     frontSock = join(dir, "front.sock");
@@ -149,7 +149,7 @@ describe.skipIf(!has("qemu-storage-daemon"))("frontend in front of qemu-storage-
       if (o === "ok") expect(img.subarray(220 * MiB + i * MiB, 221 * MiB + i * MiB).equals(data)).toBe(true);
     });
     // The replica still serves (the frontend disconnected softly) and so does the first frontend.
-    await NbdClient.list({ socketPath: qsd.opts.socketPath });
+    await NbdClient.list({ socketPath: qsd.socket });
     const { stdout } = await run("qemu-io", ["-f", "raw", "-c", "read -P 0x42 8k 4k", uri(frontSock)]);
     expect(stdout).toContain("read 4096/4096 bytes");
   }, 30_000);

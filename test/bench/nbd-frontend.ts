@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { run } from "../../lib/exec.js";
 import { frontendArgv } from "../../frontend/launch.js";
 import { FrontendProcess } from "../../frontend/testing/frontend-process.js";
-import { Qsd } from "../../frontend/testing/qsd.js";
+import { Qsd } from "../harness/qsd.js";
 
 const USAGE = `usage: node dist/test/bench/nbd-frontend.js [--quick] [--json] [--connections N] [--runtime S]
 
@@ -121,14 +121,14 @@ async function main(): Promise<void> {
   const image = join(dir, "vol.raw");
   await writeFile(image, "");
   await truncate(image, IMAGE_SIZE);
-  const qsd = await Qsd.start({ image, format: "raw", socketPath: join(dir, "qsd.sock"), exportName: "vol" });
+  const qsd = await Qsd.start({ dir, image, format: "raw", socket: join(dir, "qsd.sock"), exportName: "vol" });
   cleanups.push(() => qsd.stop());
   const frontSock = join(dir, "front.sock");
-  const feArgs = frontendArgv({ socketPath: frontSock, exportName: "vol", replicas: [{ socketPath: qsd.opts.socketPath, exportName: "vol" }], connections: opts.connections });
+  const feArgs = frontendArgv({ socketPath: frontSock, exportName: "vol", replicas: [{ socketPath: qsd.socket, exportName: "vol" }], connections: opts.connections });
   // Started exactly as the agent starts it (frontend/launch.ts), environment included.
   const fe = await FrontendProcess.start(join(ROOT, "dist/frontend/main.js"), feArgs);
   cleanups.push(() => fe.stop());
-  const direct = "nbd+unix:///vol?socket=" + qsd.opts.socketPath;
+  const direct = "nbd+unix:///vol?socket=" + qsd.socket;
   const front = "nbd+unix:///vol?socket=" + frontSock;
   const out = join(dir, "fio.json");
 

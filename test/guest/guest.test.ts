@@ -9,13 +9,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BLOCK_SIZE, buildGuest, countBoots, parseSerial, verifyDisk, type GuestImages } from "./guest.js";
 import { freePort } from "../harness/ports.js";
 import { migrateQmp, QemuGuest } from "./qemu-guest.js";
-import { startQsd, type QsdExport } from "./qsd.js";
+import { Qsd } from "../harness/qsd.js";
 
 const BLOCKS = 128; // small, so 200+ writes wrap around the slots
 
 let images: GuestImages;
 let dir: string;
-let qsd: QsdExport | undefined;
+let qsd: Qsd | undefined;
 let guest: QemuGuest | undefined;
 let target: QemuGuest | undefined;
 
@@ -33,7 +33,7 @@ afterAll(async () => {
 
 describe("test guest on a qemu-storage-daemon NBD export", () => {
   it("keeps every acknowledged write across a SIGKILL of QEMU", async () => {
-    qsd = await startQsd({ dir, format: "qcow2", sizeMiB: 64 });
+    qsd = await Qsd.start({ dir, format: "qcow2", sizeMiB: 64 });
     guest = await QemuGuest.start({ images, dir, name: "g1", disk: { nbdSocket: qsd.socket, exportName: qsd.exportName }, blocks: BLOCKS });
     const boot = await guest.waitForBoot(30_000);
     const t0 = Date.now();
@@ -75,7 +75,7 @@ describe("test guest on a qemu-storage-daemon NBD export", () => {
 
   it("live-migrates between two plain QEMU processes over QMP without losing an acknowledged write", async () => {
     await qsd?.stop();
-    qsd = await startQsd({ dir: join(dir, "qmp"), format: "raw", sizeMiB: 16 });
+    qsd = await Qsd.start({ dir: join(dir, "qmp"), format: "raw", sizeMiB: 16 });
     const disk = { nbdSocket: qsd.socket, exportName: qsd.exportName };
     const serialLog = join(dir, "qmp", "serial.log");
     guest = await QemuGuest.start({ images, dir: join(dir, "qmp"), name: "src", disk, blocks: BLOCKS, serialLog });

@@ -10,11 +10,11 @@ import { buildGuest } from "./guest.js";
 import { startTwoHosts, virsh, type TwoHosts } from "./libvirt-hosts.js";
 import { createGuestDomain } from "./libvirt-guest.js";
 import { waitForSerial } from "./qemu-guest.js";
-import { startQsd, type QsdExport } from "./qsd.js";
+import { Qsd } from "../harness/qsd.js";
 
 let dir: string | undefined;
 let hosts: TwoHosts | undefined;
-let qsd: QsdExport | undefined;
+let qsd: Qsd | undefined;
 
 afterAll(async () => {
   await hosts?.stop();
@@ -45,7 +45,7 @@ it("stop() kills the domains, stops the daemons and removes the dirs, even after
 
   const shared = join(dir, "shared");
   await mkdir(shared, { mode: 0o755 });
-  qsd = await startQsd({ dir: shared });
+  qsd = await Qsd.start({ dir: shared, worldConnectable: true });
   const serialLog = join(shared, "serial.log");
   await createGuestDomain(hosts.uri2, { name: "stowage-cleanup", images, nbd: { socket: qsd.socket, exportName: qsd.exportName }, serialLog });
   await waitForSerial(serialLog, (r) => (r.last?.lastAck ?? 0) > 5, "ACKs", 30_000);

@@ -10,13 +10,13 @@ import { buildGuest, countBoots, parseSerial, verifyDisk, type GuestImages } fro
 import { startTwoHosts, virsh, type TwoHosts } from "./libvirt-hosts.js";
 import { createGuestDomain, migrate, parseDomJobInfo, runningDomains } from "./libvirt-guest.js";
 import { waitForSerial } from "./qemu-guest.js";
-import { startQsd, type QsdExport } from "./qsd.js";
+import { Qsd } from "../harness/qsd.js";
 
 const BLOCKS = 256;
 let images: GuestImages;
 let dir: string;
 let hosts: TwoHosts | undefined;
-let qsd: QsdExport | undefined;
+let qsd: Qsd | undefined;
 let hostsStartMs = 0;
 
 beforeAll(async () => {
@@ -39,7 +39,7 @@ describe("live migration between two libvirt hosts", () => {
     const h = hosts!;
     const shared = join(dir, "shared"); // outside every bind-mounted libvirt dir: same path on both hosts
     await mkdir(shared, { mode: 0o755 });
-    qsd = await startQsd({ dir: shared, format: "qcow2", sizeMiB: 64 });
+    qsd = await Qsd.start({ dir: shared, format: "qcow2", sizeMiB: 64, worldConnectable: true });
     const serialLog = join(shared, "serial.log");
     const name = `stowage-guest-${randomBytes(3).toString("hex")}`;
     const serial = (pred: Parameters<typeof waitForSerial>[1], what: string, ms = 60_000) => waitForSerial(serialLog, pred, what, ms);

@@ -3,9 +3,9 @@
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { QmpClient } from "../../node-agent/qsd/qmp-client.js";
 import { Proc, sleep } from "../harness/processes.js";
 import { guestCmdline, parseSerial, type Boot, type GuestImages, type GuestOptions, type SerialReport } from "./guest.js";
-import { Qmp } from "./qmp.js";
 import { killOnExit } from "./reaper.js";
 
 export type GuestDisk =
@@ -89,8 +89,17 @@ export class QemuGuest {
     return parseSerial(await this.serial());
   }
 
-  qmp(timeoutMs = 10_000): Promise<Qmp> {
-    return Qmp.connect(this.qmpSocket, timeoutMs);
+  /** Connects to the monitor (one client at a time), retrying until QEMU listens on it; close it when done. */
+  async qmp(timeoutMs = 10_000): Promise<QmpClient> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        return await QmpClient.connect({ path: this.qmpSocket, connectTimeoutMs: Math.max(1, deadline - Date.now()) });
+      } catch (err) {
+        if (Date.now() > deadline || !this.running) throw err;
+        await sleep(50);
+      }
+    }
   }
 
   /** Polls the serial log until `pred` holds; fails early on FATAL lines or when QEMU exits. */
@@ -126,7 +135,7 @@ export class QemuGuest {
     try {
       const q = await this.qmp(2_000);
       await q.execute("quit").catch(() => undefined);
-      q.close();
+      await q.close();
       const deadline = Date.now() + 5_000;
       while (this.running && Date.now() < deadline) await sleep(20);
     } catch {
@@ -179,8 +188,8 @@ export interface QmpMigrationResult {
 export async function migrateQmp(src: QemuGuest, dst: QemuGuest, uri: string, timeoutMs = 60_000): Promise<QmpMigrationResult> {
   // The target listens once its monitor answers.
   const qd = await dst.qmp();
-  const st = await qd.execute<{ status: string }>("query-status");
-  qd.close();
+  const st = (await qd.execute("query-status")) as { status: string };
+  await qd.close();
   if (st.status !== "inmigrate") throw new Error(`migration target is ${st.status}, not inmigrate (start it with incoming)`);
   const q = await src.qmp();
   try {
@@ -188,7 +197,7 @@ export async function migrateQmp(src: QemuGuest, dst: QemuGuest, uri: string, ti
     await q.execute("migrate", { uri });
     const deadline = t0 + timeoutMs;
     for (;;) {
-      const info = await q.execute<{ status?: string; "total-time"?: number; downtime?: number; "error-desc"?: string }>("query-migrate");
+      const info = (await q.execute("query-migrate")) as { status?: string; "total-time"?: number; downtime?: number; "error-desc"?: string };
       if (info.status === "completed") return { wallMs: Date.now() - t0, totalTimeMs: info["total-time"], downtimeMs: info.downtime };
       if (info.status === "failed" || info.status === "cancelled") throw new Error(`migration ${info.status}: ${info["error-desc"] ?? ""}`);
       if (Date.now() > deadline) throw new Error(`migration not completed within ${timeoutMs} ms (status ${info.status})`);
@@ -196,6 +205,6 @@ export async function migrateQmp(src: QemuGuest, dst: QemuGuest, uri: string, ti
       await sleep(20);
     }
   } finally {
-    q.close();
+    await q.close();
   }
 }
