@@ -14,6 +14,7 @@ import {
 import type { AsyncService } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
 import { faultPoint } from "../lib/faults.js";
+import { KeyedMutex } from "../lib/keyed-mutex.js";
 import { formatSize } from "../lib/sizes.js";
 import type { ClusterView } from "./cluster-view.js";
 import { formatFromApi, preallocationFromApi, volumeToApi } from "./convert.js";
@@ -67,21 +68,10 @@ function sameRequest(a: Requested, b: VolumeSpec): boolean {
   return a.sizeBytes === b.sizeBytes && a.replicas === b.replicas && a.format === b.format && a.preallocation === b.preallocation && a.pool === b.pool;
 }
 
-/** Serializes placement decisions so two creates never count the same free space. */
-class Mutex {
-  private tail = Promise.resolve();
-  run<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.tail.then(fn, fn);
-    this.tail = next.then(
-      () => undefined,
-      () => undefined,
-    );
-    return next;
-  }
-}
-
 export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceService> {
-  const placing = new Mutex();
+  // Placement decisions run one at a time, so two creates never count the same free space.
+  const lock = new KeyedMutex();
+  const placing = { run: <T>(fn: () => Promise<T>) => lock.run("placement", fn) };
 
   const operation = (kind: OperationRecord["kind"], volume: string): OperationRecord => ({
     id: randomUUID(),

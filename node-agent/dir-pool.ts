@@ -9,8 +9,8 @@ import { validateName } from "../lib/names.js";
 import type { Logger } from "../lib/logger.js";
 import type { PoolConfig } from "./config.js";
 import { exists, syncDir, syncFile, unlinkIfExists } from "./file-ops.js";
-import { KeyedMutex } from "./keyed-mutex.js";
-import { mapLimit } from "./map-limit.js";
+import { KeyedMutex } from "../lib/keyed-mutex.js";
+import { mapLimit } from "../lib/map-limit.js";
 import {
   checkPreallocation,
   createImage,

@@ -12,7 +12,7 @@ import { InvalidArgumentError, UnavailableError } from "../lib/errors.js";
 import type { Logger } from "../lib/logger.js";
 import { validateName } from "../lib/names.js";
 import { formatNbdUri, parseNbdUri } from "../lib/nbd-uri.js";
-import { KeyedMutex } from "./keyed-mutex.js";
+import { KeyedMutex } from "../lib/keyed-mutex.js";
 
 const FRONTEND_MAIN = fileURLToPath(new URL("../frontend/main.js", import.meta.url));
 

@@ -6,7 +6,7 @@
 import { createHash } from "node:crypto";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
-import { KeyedMutex } from "../keyed-mutex.js";
+import { KeyedMutex } from "../../lib/keyed-mutex.js";
 import { validateReplicaId } from "../replica-file-name.js";
 import type { QmpClient } from "./qmp-client.js";
 import type { AioMode, BlockDeviceInfo, BlockExportInfo } from "./qmp-commands.js";

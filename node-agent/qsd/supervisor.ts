@@ -7,7 +7,7 @@ import { mkdir, readFile, rm } from "node:fs/promises";
 import { errorMessage, UnavailableError } from "../../lib/errors.js";
 import { run } from "../../lib/exec.js";
 import type { Logger } from "../../lib/logger.js";
-import { KeyedMutex } from "../keyed-mutex.js";
+import { KeyedMutex } from "../../lib/keyed-mutex.js";
 import { QsdExports, type ExportDescriptor, type ExportSpec, type FileBackend } from "./exports.js";
 import { QmpClient } from "./qmp-client.js";
 import { nbdEndpointOf, parseQsdArgv, QSD_BINARY, qsdArgs, qsdPaths, type NbdEndpoint, type NbdServerConfig, type QsdPaths } from "./qsd-args.js";

@@ -1,5 +1,5 @@
-// Serializes async work per key (for example per replica id) inside one process,
-// so that two calls for the same replica never interleave their steps.
+// Serializes async work per key (a replica id, a volume, "placement") inside one process,
+// so that two calls for the same key never interleave their steps.
 
 export class KeyedMutex {
   private readonly tails = new Map<string, Promise<void>>();
