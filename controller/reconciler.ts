@@ -2,12 +2,12 @@
 // only enqueue names; each pass re-reads spec and status from the store and
 // converges: creates or grows missing replicas, deletes the replicas of deleted
 // volumes, removes orphaned images from nodes, and writes the derived status.
-import { ImageFormat, Preallocation } from "../gen/stowage/v1/types.js";
 import type { Etcd3 } from "etcd3";
 import { errorMessage } from "../lib/errors.js";
 import { faultPoint } from "../lib/faults.js";
 import type { Logger } from "../lib/logger.js";
 import type { AgentClients } from "./agents.js";
+import { formatToApi, preallocationToApi } from "./convert.js";
 import { keys } from "./keys.js";
 import type { FrontendStatus, ReplicaPlacement, ReplicaStatusRecord, VolumeSpec, VolumeStatus } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
@@ -15,13 +15,6 @@ import type { Change, ClusterStore } from "./store.js";
 import { deriveVolumeStatus, statusChanged } from "./volume-status.js";
 import { WorkQueue } from "./work-queue.js";
 
-const FORMATS = { qcow2: ImageFormat.IMAGE_FORMAT_QCOW2, raw: ImageFormat.IMAGE_FORMAT_RAW } as const;
-const PREALLOCATIONS = {
-  off: Preallocation.PREALLOCATION_OFF,
-  metadata: Preallocation.PREALLOCATION_METADATA,
-  falloc: Preallocation.PREALLOCATION_FALLOC,
-  full: Preallocation.PREALLOCATION_FULL,
-} as const;
 
 export interface ReconcilerOptions {
   /** Seconds between full passes over every volume and node. */
@@ -213,8 +206,8 @@ export class Reconciler {
           volume: spec.name,
           pool: p.pool,
           sizeBytes: spec.sizeBytes,
-          format: FORMATS[spec.format],
-          preallocation: PREALLOCATIONS[spec.preallocation],
+          format: formatToApi[spec.format],
+          preallocation: preallocationToApi[spec.preallocation],
           exported,
         },
         { timeoutMs: 120_000 },

@@ -131,9 +131,10 @@ export class ClusterStore extends EventEmitter<{ change: [Change] }> {
       : this.etcd.if(keys.election, "Create", "!=", -1);
     for (const k of batch.absent ?? []) txn = txn.and(k, "Create", "==", 0);
     for (const [k, rev] of batch.unchanged ?? []) txn = txn.and(k, "Mod", "==", rev);
+    const puts = (batch.put ?? []).map((p) => ({ ...p, json: JSON.stringify(p.value) }));
     const ops = [
-      ...(batch.put ?? []).map((p) => {
-        const op = this.etcd.put(p.key).value(JSON.stringify(p.value));
+      ...puts.map((p) => {
+        const op = this.etcd.put(p.key).value(p.json);
         return p.lease ? op.lease(p.lease) : op;
       }),
       ...(batch.delete ?? []).map((k) => this.etcd.delete().key(k)),
@@ -143,7 +144,7 @@ export class ClusterStore extends EventEmitter<{ change: [Change] }> {
       throw new ConflictError("the object changed while it was being updated", { hint: "retry the command" });
     }
     const revision = Number(res.header.revision);
-    for (const p of batch.put ?? []) this.apply(p.key, JSON.stringify(p.value), revision);
+    for (const p of puts) this.apply(p.key, p.json, revision);
     for (const k of batch.delete ?? []) this.apply(k, undefined, revision);
     return revision;
   }

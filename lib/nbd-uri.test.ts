@@ -18,3 +18,14 @@ describe("NBD URIs", () => {
     it(`rejects "${bad}"`, () => expect(() => parseNbdUri(bad)).toThrow(InvalidArgumentError));
   }
 });
+
+describe("NBD URIs with TLS", () => {
+  it("uses the nbds schemes and keeps the flag through a round trip", () => {
+    const tcp = { exportName: "r-1", host: "10.0.0.5", port: 10809, tls: true };
+    expect(formatNbdUri(tcp)).toBe("nbds://10.0.0.5:10809/r-1");
+    expect(parseNbdUri(formatNbdUri(tcp))).toEqual(tcp);
+    const unix = { exportName: "r-1", socketPath: "/run/a b/nbd.sock", tls: true };
+    expect(formatNbdUri(unix)).toBe("nbds+unix:///r-1?socket=/run/a%20b/nbd.sock");
+    expect(parseNbdUri(formatNbdUri(unix))).toEqual(unix);
+  });
+});

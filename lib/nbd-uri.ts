@@ -1,5 +1,6 @@
-// NBD URIs (the form QEMU, qemu-img, nbdinfo and fio accept) to and from the
-// address parts: nbd+unix:///EXPORT?socket=PATH and nbd://HOST:PORT/EXPORT.
+// NBD URIs (the libnbd form QEMU, qemu-img, nbdinfo and fio accept) to and from
+// the address parts: nbd+unix:///EXPORT?socket=PATH and nbd://HOST:PORT/EXPORT,
+// with "nbds" instead of "nbd" when the server requires TLS.
 import { InvalidArgumentError } from "./errors.js";
 
 export interface NbdAddress {
@@ -7,13 +8,15 @@ export interface NbdAddress {
   socketPath?: string;
   host?: string;
   port?: number;
+  tls?: boolean;
 }
 
 export function formatNbdUri(a: NbdAddress): string {
   const name = encodeURIComponent(a.exportName);
-  if (a.socketPath) return `nbd+unix:///${name}?socket=${a.socketPath}`;
+  const scheme = a.tls ? "nbds" : "nbd";
+  if (a.socketPath) return `${scheme}+unix:///${name}?socket=${encodeURIComponent(a.socketPath).replaceAll("%2F", "/")}`;
   const host = a.host?.includes(":") ? `[${a.host}]` : a.host;
-  return `nbd://${host}:${a.port ?? 10809}/${name}`;
+  return `${scheme}://${host}:${a.port ?? 10809}/${name}`;
 }
 
 export function parseNbdUri(uri: string): NbdAddress {
@@ -26,14 +29,16 @@ export function parseNbdUri(uri: string): NbdAddress {
   }
   const exportName = decodeURIComponent(u.pathname.replace(/^\//, ""));
   if (!exportName) throw bad();
-  if (u.protocol === "nbd+unix:") {
+  const tls = u.protocol.startsWith("nbds");
+  const extra = tls ? { tls } : {};
+  if (u.protocol === "nbd+unix:" || u.protocol === "nbds+unix:") {
     const socketPath = u.searchParams.get("socket");
     if (!socketPath || u.host) throw bad();
-    return { exportName, socketPath };
+    return { exportName, socketPath, ...extra };
   }
-  if (u.protocol === "nbd:") {
+  if (u.protocol === "nbd:" || u.protocol === "nbds:") {
     if (!u.hostname) throw bad();
-    return { exportName, host: u.hostname.replace(/^\[|\]$/g, ""), port: u.port ? Number(u.port) : 10809 };
+    return { exportName, host: u.hostname.replace(/^\[|\]$/g, ""), port: u.port ? Number(u.port) : 10809, ...extra };
   }
   throw bad();
 }

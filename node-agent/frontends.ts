@@ -11,6 +11,7 @@ import { frontendArgv, frontendEnv } from "../frontend/launch.js";
 import { InvalidArgumentError, UnavailableError } from "../lib/errors.js";
 import type { Logger } from "../lib/logger.js";
 import { validateName } from "../lib/names.js";
+import { readArgv, waitForExit } from "../lib/proc.js";
 import { formatNbdUri, parseNbdUri } from "../lib/nbd-uri.js";
 import { KeyedMutex } from "../lib/keyed-mutex.js";
 
@@ -29,18 +30,9 @@ export interface RunningFrontend {
   backends: FrontendBackendSpec[];
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  // A reused pid is not ours unless it runs the frontend.
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("frontend/main.js");
-  } catch {
-    return false;
-  }
+/** True while `pid` runs the frontend (a reused pid of another program is not ours). */
+async function alive(pid: number): Promise<boolean> {
+  return (await readArgv(pid))?.some((a) => a.endsWith("frontend/main.js")) ?? false;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -69,7 +61,7 @@ export class FrontendManager {
   private async read(volume: string): Promise<RunningFrontend | undefined> {
     try {
       const f = JSON.parse(await readFile(this.statePath(volume), "utf8")) as RunningFrontend;
-      return alive(f.pid) ? f : undefined;
+      return (await alive(f.pid)) ? f : undefined;
     } catch {
       return undefined;
     }
@@ -112,7 +104,7 @@ export class FrontendManager {
     while (Date.now() < deadline) {
       const text = existsSync(logPath) ? readFileSync(logPath, "utf8") : "";
       if (text.includes("frontend serving on") && existsSync(socketPath)) return;
-      if (!alive(pid)) {
+      if (!(await alive(pid))) {
         throw new UnavailableError(`the frontend exited at start: ${text.trim().split("\n").slice(-3).join(" | ") || "no output"}`, {
           hint: "are the volume's replicas exported and reachable from this node?",
         });
@@ -130,9 +122,8 @@ export class FrontendManager {
       const running = await this.read(volume);
       if (running) {
         process.kill(running.pid, "SIGTERM");
-        const deadline = Date.now() + 10_000;
-        while (alive(running.pid) && Date.now() < deadline) await sleep(20);
-        if (alive(running.pid)) process.kill(running.pid, "SIGKILL");
+        // It drains and flushes its replicas first; past 10 s it is killed.
+        if (!(await waitForExit(running.pid, 10_000))) process.kill(running.pid, "SIGKILL");
         this.log.info({ volume, pid: running.pid }, "frontend stopped");
       }
       await rm(this.statePath(volume), { force: true });

@@ -2,48 +2,33 @@
 import type { Command } from "commander";
 import { VolumeServiceService } from "../../gen/stowage/v1/controller.js";
 import { AttachmentState, type Attachment, type Volume } from "../../gen/stowage/v1/types.js";
-import { DeadlineError, FailedPreconditionError, StowageError } from "../../lib/errors.js";
+import { FailedPreconditionError, StowageError } from "../../lib/errors.js";
 import { validateName } from "../../lib/names.js";
-import type { CliContext, Session } from "../context.js";
-import { parseSecondsFlag } from "../flags.js";
+import type { Session } from "../context.js";
 import { examples } from "../help.js";
-import { DEFAULT_WAIT_MS, pollUntil } from "../wait.js";
+import type { Progress } from "../wait.js";
+import { NO_WAIT_HELP, WAIT_HELP, waitForVolume, waitMs, type WaitFlags } from "./volume-wait.js";
 
-interface AttachFlags {
+interface AttachFlags extends WaitFlags {
   node: string;
-  wait: boolean;
-  waitTimeout?: string;
 }
 
 function attachmentOn(v: Volume | undefined, node: string): Attachment | undefined {
   return v?.attachments.find((a) => a.node === node);
 }
 
-/** Polls until the attachment on `node` satisfies `done`; returns the volume. */
-async function waitAttachment(ctx: CliContext, name: string, node: string, waitMs: number, done: (a: Attachment | undefined) => boolean) {
-  const volumes = ctx.controllers().service(VolumeServiceService);
-  let last: Attachment | undefined;
-  return pollUntil(
-    async () => {
-      const v = (await volumes.getVolume({ name })).volume;
-      last = attachmentOn(v, node);
-      if (last?.state === AttachmentState.ATTACHMENT_STATE_FAILED && !done(last)) {
-        throw new StowageError(`attaching volume ${name} on ${node} failed: ${last.message || "no reason given"}`, {
-          hint: `see 'stowctl volume get ${name}'; detach with 'stowctl volume detach ${name} --node ${node}'`,
-        });
-      }
-      return done(last) ? v : undefined;
-    },
-    {
-      timeoutMs: waitMs,
-      now: ctx.deps.now,
-      sleep: ctx.deps.sleep,
-      onTimeout: () =>
-        new DeadlineError(`volume ${name} on ${node} is not done after ${waitMs / 1000}s${last?.message ? `: ${last.message}` : ""}`, {
-          hint: `check it with 'stowctl volume get ${name}', or wait longer with --wait-timeout SECONDS`,
-        }),
-    },
-  );
+/** Attached: done; failed: stop with the frontend's reason; else keep waiting. */
+function attachProgress(name: string, node: string) {
+  return (v: Volume): Progress => {
+    const a = attachmentOn(v, node);
+    if (a?.state === AttachmentState.ATTACHMENT_STATE_ATTACHED) return "done";
+    if (a?.state === AttachmentState.ATTACHMENT_STATE_FAILED) {
+      throw new StowageError(`attaching volume ${name} on ${node} failed: ${a.message || "no reason given"}`, {
+        hint: `see 'stowctl volume get ${name}'; detach with 'stowctl volume detach ${name} --node ${node}'`,
+      });
+    }
+    return "pending";
+  };
 }
 
 /** The <disk> element for a libvirt domain, NBD over the frontend's unix socket. */
@@ -66,16 +51,16 @@ export function registerAttachCommands(volume: Command, session: Session): void 
     .description("start the volume's frontend on a node and print its NBD address (nbdUri) for QEMU, qemu-img or fio there")
     .argument("<name>", "volume name")
     .requiredOption("--node <node>", "required: the node where the volume is used")
-    .option("--no-wait", "return once the controller accepted the request, without waiting")
-    .option("--wait-timeout <seconds>", `wait at most this long (default: ${DEFAULT_WAIT_MS / 1000})`)
+    .option("--no-wait", NO_WAIT_HELP)
+    .option("--wait-timeout <seconds>", WAIT_HELP)
     .addHelpText("after", examples(["stowctl volume attach vm1 --node node1", "stowctl volume attach vm1 --node node1 -o json"]))
     .action(async (name: string, opts: AttachFlags, cmd: Command) => {
       validateName("node", opts.node);
-      const wait = opts.waitTimeout === undefined ? DEFAULT_WAIT_MS : parseSecondsFlag("--wait-timeout", opts.waitTimeout);
+      const wait = waitMs(opts);
       const ctx = session.context(cmd);
       const res = await ctx.controllers().service(VolumeServiceService).attachVolume({ name, node: opts.node });
       if (!opts.wait) return ctx.print(res, () => `volume ${name} is attaching on ${opts.node}\n`);
-      const v = await waitAttachment(ctx, name, opts.node, wait, (a) => a?.state === AttachmentState.ATTACHMENT_STATE_ATTACHED);
+      const v = (await waitForVolume(ctx, name, `attaching on ${opts.node}`, wait, attachProgress(name, opts.node))).volume;
       const a = attachmentOn(v, opts.node)!;
       ctx.print({ volume: v, attachment: a, nbdUri: a.nbdUri, socketPath: a.socketPath }, () => `volume ${name} attached on ${opts.node}: ${a.nbdUri}\n`);
     });
@@ -85,16 +70,17 @@ export function registerAttachCommands(volume: Command, session: Session): void 
     .description("stop the volume's frontend on a node")
     .argument("<name>", "volume name")
     .requiredOption("--node <node>", "required: the node to detach from")
-    .option("--no-wait", "return once the controller accepted the request, without waiting")
-    .option("--wait-timeout <seconds>", `wait at most this long (default: ${DEFAULT_WAIT_MS / 1000})`)
+    .option("--no-wait", NO_WAIT_HELP)
+    .option("--wait-timeout <seconds>", WAIT_HELP)
     .addHelpText("after", examples(["stowctl volume detach vm1 --node node1"]))
     .action(async (name: string, opts: AttachFlags, cmd: Command) => {
       validateName("node", opts.node);
-      const wait = opts.waitTimeout === undefined ? DEFAULT_WAIT_MS : parseSecondsFlag("--wait-timeout", opts.waitTimeout);
+      const wait = waitMs(opts);
       const ctx = session.context(cmd);
       const res = await ctx.controllers().service(VolumeServiceService).detachVolume({ name, node: opts.node });
       if (!opts.wait) return ctx.print(res, () => `volume ${name} is detaching from ${opts.node}\n`);
-      const v = await waitAttachment(ctx, name, opts.node, wait, (a) => a === undefined);
+      const detached = (v: Volume): Progress => (attachmentOn(v, opts.node) ? "pending" : "done");
+      const v = (await waitForVolume(ctx, name, `detaching from ${opts.node}`, wait, detached)).volume;
       ctx.print({ volume: v }, () => `volume ${name} detached from ${opts.node}\n`);
     });
 

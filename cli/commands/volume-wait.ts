@@ -4,7 +4,8 @@ import type { Volume } from "../../gen/stowage/v1/types.js";
 import { DeadlineError, NotFoundError, StowageError } from "../../lib/errors.js";
 import type { CliContext } from "../context.js";
 import { enumLabel, VOLUME_PHASE } from "../convert.js";
-import { createProgress, pollUntil, resizeProgress, type Progress } from "../wait.js";
+import { parseSecondsFlag } from "../flags.js";
+import { createProgress, DEFAULT_WAIT_MS, pollUntil, resizeProgress, type Progress } from "../wait.js";
 
 function failed(name: string, v: Volume): StowageError {
   return new StowageError(`volume ${name} failed: ${v.message || "no reason given"}`, {
@@ -19,8 +20,24 @@ function stillBusy(name: string, doing: string, last: Volume | undefined, waitMs
   });
 }
 
-/** Polls until `progress` says done; returns the last GetVolume response. */
-async function waitForVolume(
+export const WAIT_HELP = `wait at most this long (default: ${DEFAULT_WAIT_MS / 1000})`;
+export const NO_WAIT_HELP = "return once the controller accepted the request, without waiting";
+
+export interface WaitFlags {
+  wait: boolean;
+  waitTimeout?: string;
+}
+
+/** The --wait-timeout flag in milliseconds (the default when absent). */
+export function waitMs(flags: WaitFlags): number {
+  return flags.waitTimeout === undefined ? DEFAULT_WAIT_MS : parseSecondsFlag("--wait-timeout", flags.waitTimeout);
+}
+
+/**
+ * Polls until `progress` says done; returns the last GetVolume response.
+ * `progress` may throw its own error to stop early.
+ */
+export async function waitForVolume(
   ctx: CliContext,
   name: string,
   doing: string,

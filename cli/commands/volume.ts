@@ -5,26 +5,12 @@ import { InvalidArgumentError } from "../../lib/errors.js";
 import { formatSize } from "../../lib/sizes.js";
 import type { Session } from "../context.js";
 import { enumChoices, enumLabel, IMAGE_FORMAT, PREALLOCATION, VOLUME_PHASE } from "../convert.js";
-import { parseSecondsFlag } from "../flags.js";
 import { examples } from "../help.js";
 import { plural } from "../output.js";
 import { createVolumeRequest, DEFAULT_FORMAT, DEFAULT_PREALLOCATION, DEFAULT_REPLICAS, resizeVolumeRequest, type CreateVolumeFlags } from "../requests.js";
 import { placementView, volumeDetail, volumesTable } from "../views.js";
-import { DEFAULT_WAIT_MS } from "../wait.js";
 import { registerAttachCommands } from "./volume-attach.js";
-import { waitCreated, waitDeleted, waitResized } from "./volume-wait.js";
-
-interface WaitFlags {
-  wait: boolean;
-  waitTimeout?: string;
-}
-
-const WAIT_HELP = `wait at most this long (default: ${DEFAULT_WAIT_MS / 1000})`;
-const NO_WAIT_HELP = "return once the controller accepted the request, without waiting";
-
-function waitMs(flags: WaitFlags): number {
-  return flags.waitTimeout === undefined ? DEFAULT_WAIT_MS : parseSecondsFlag("--wait-timeout", flags.waitTimeout);
-}
+import { NO_WAIT_HELP, WAIT_HELP, waitCreated, waitDeleted, waitMs, waitResized, type WaitFlags } from "./volume-wait.js";
 
 export function registerVolumeCommands(program: Command, session: Session): void {
   const volume = program

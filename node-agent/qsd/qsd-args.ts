@@ -1,6 +1,7 @@
 // Pure parts of running qemu-storage-daemon: the state-dir layout, the command
 // line the supervisor starts it with, and the reverse: what an already running
 // daemon (found through its pidfile) was started with, read from its argv.
+import { formatNbdUri } from "../../lib/nbd-uri.js";
 import { join } from "node:path";
 import { InvalidArgumentError } from "../../lib/errors.js";
 
@@ -149,8 +150,7 @@ export function parseQsdArgv(argv: string[]): RunningQsd | undefined {
 
 /** The NBD URI of one export, for qemu-img, qemu-io, nbdinfo and fio (libnbd syntax). */
 export function nbdUri(endpoint: NbdEndpoint, exportName: string): string {
-  const name = encodeURIComponent(exportName);
-  if (endpoint.unixSocket) return `nbd${endpoint.tlsCredsId ? "s" : ""}+unix:///${name}?socket=${encodeURIComponent(endpoint.unixSocket).replaceAll("%2F", "/")}`;
-  const { host, port } = endpoint.tcp!;
-  return `nbd${endpoint.tlsCredsId ? "s" : ""}://${host.includes(":") ? `[${host}]` : host}:${port}/${name}`;
+  const tls = Boolean(endpoint.tlsCredsId);
+  if (endpoint.unixSocket) return formatNbdUri({ exportName, socketPath: endpoint.unixSocket, tls });
+  return formatNbdUri({ exportName, host: endpoint.tcp!.host, port: endpoint.tcp!.port, tls });
 }

@@ -8,6 +8,7 @@ import { errorMessage, UnavailableError } from "../../lib/errors.js";
 import { run } from "../../lib/exec.js";
 import type { Logger } from "../../lib/logger.js";
 import { KeyedMutex } from "../../lib/keyed-mutex.js";
+import { readArgv, waitForExit } from "../../lib/proc.js";
 import { QsdExports, type ExportDescriptor, type ExportSpec, type FileBackend } from "./exports.js";
 import { QmpClient } from "./qmp-client.js";
 import { nbdEndpointOf, parseQsdArgv, QSD_BINARY, qsdArgs, qsdPaths, type NbdEndpoint, type NbdServerConfig, type QsdPaths } from "./qsd-args.js";
@@ -219,25 +220,5 @@ export class QsdSupervisor {
     const argv = await readArgv(pid);
     const parsed = argv && parseQsdArgv(argv);
     return parsed?.qmpSocket === this.paths.qmpSocket ? parsed : undefined;
-  }
-}
-
-/** argv of a live process; undefined for a process that is gone or a zombie (its cmdline is empty). */
-async function readArgv(pid: number): Promise<string[] | undefined> {
-  try {
-    const raw = await readFile(`/proc/${pid}/cmdline`, "utf8");
-    return raw ? raw.replace(/\0$/, "").split("\0") : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Polls until the process is gone (or a zombie: not our child, so we cannot reap it). */
-async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if ((await readArgv(pid)) === undefined) return true;
-    if (Date.now() >= deadline) return false;
-    await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -30,7 +30,7 @@ import { join } from "node:path";
 import { execa } from "execa";
 import { freePort } from "../harness/ports.js";
 import { Proc, sleep } from "../harness/processes.js";
-import { killOnExit, onExit } from "./reaper.js";
+import { killOnExit, onExit } from "../harness/reaper.js";
 
 /** Persistent cache of libvirt's QEMU capabilities (probing takes ~15 s under TCG load; libvirt re-probes when stale). */
 export const CAPS_CACHE_DIR = process.env.STOWAGE_LIBVIRT_CAPS_CACHE ?? "/var/tmp/stowage-libvirt-caps";

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { QmpClient } from "../../node-agent/qsd/qmp-client.js";
 import { Proc, sleep } from "../harness/processes.js";
 import { guestCmdline, parseSerial, type Boot, type GuestImages, type GuestOptions, type SerialReport } from "./guest.js";
-import { killOnExit } from "./reaper.js";
+import { killOnExit } from "../harness/reaper.js";
 
 export type GuestDisk =
   | { file: string; format?: "qcow2" | "raw" }

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { execa } from "execa";
 import { NbdClient } from "../../lib/nbd/client.js";
 import { QmpClient } from "../../node-agent/qsd/qmp-client.js";
-import { killOnExit } from "../guest/reaper.js";
+import { killOnExit } from "./reaper.js";
 import { Proc, sleep } from "./processes.js";
 
 export interface QsdOptions {
