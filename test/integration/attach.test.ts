@@ -98,7 +98,7 @@ describe("attach", () => {
     const det = await c.stowctl(["volume", "detach", "att1", "--node", node]);
     expect(det.code, det.stderr).toBe(0);
     expect(existsSync(join(c.agentDirs.get(node)!, "run", "att1.sock"))).toBe(false);
-    // The frontend went first, so unexporting the replicas did not fail on the way.
+    // After the detach the volume is healthy with no replica message (unexporting did not fail).
     const after = await volume("att1");
     expect(after.phase).toBe(VolumePhase.VOLUME_PHASE_HEALTHY);
     expect(after.message).toBe("");
