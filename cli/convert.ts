@@ -1,6 +1,6 @@
 // The one mapping between API enums and the words operators type and read
 // ("qcow2", "healthy"), and the one converter from API messages to JSON output.
-import { AttachmentState, ImageFormat, Preallocation, ReplicaState, VolumePhase } from "../gen/stowage/v1/types.js";
+import { AttachmentState, ImageFormat, MigrationPhase, Preallocation, ReplicaState, VolumePhase } from "../gen/stowage/v1/types.js";
 
 /** A ts-proto numeric enum (with its reverse mapping) and the prefix its value names share. */
 export interface EnumInfo {
@@ -13,6 +13,7 @@ export const PREALLOCATION: EnumInfo = { values: Preallocation, prefix: "PREALLO
 export const REPLICA_STATE: EnumInfo = { values: ReplicaState, prefix: "REPLICA_STATE_" };
 export const VOLUME_PHASE: EnumInfo = { values: VolumePhase, prefix: "VOLUME_PHASE_" };
 export const ATTACHMENT_STATE: EnumInfo = { values: AttachmentState, prefix: "ATTACHMENT_STATE_" };
+export const MIGRATION_PHASE: EnumInfo = { values: MigrationPhase, prefix: "MIGRATION_PHASE_" };
 
 /** "VOLUME_PHASE_HEALTHY" (2) -> "healthy"; a value newer than this client -> "unknown-7". */
 export function enumLabel(e: EnumInfo, value: number): string {
@@ -45,7 +46,9 @@ const ENUM_FIELDS: Record<string, EnumInfo> = {
 };
 // Inside an Attachment, `state` is an AttachmentState.
 const ATTACHMENT_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, state: ATTACHMENT_STATE };
-const SCOPES: Record<string, Record<string, EnumInfo>> = { attachment: ATTACHMENT_FIELDS, attachments: ATTACHMENT_FIELDS };
+// Inside a Migration, `phase` is a MigrationPhase.
+const MIGRATION_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, phase: MIGRATION_PHASE };
+const SCOPES: Record<string, Record<string, EnumInfo>> = { attachment: ATTACHMENT_FIELDS, attachments: ATTACHMENT_FIELDS, migration: MIGRATION_FIELDS };
 
 /**
  * Turns a decoded API message into plain JSON: every field kept (defaults too, so

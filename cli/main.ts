@@ -5,6 +5,7 @@ import { DeadlineError, errorMessage, InsufficientCapacityError, StowageError } 
 import { registerClusterCommands } from "./commands/cluster.js";
 import { registerNodeCommands } from "./commands/node.js";
 import { registerPoolCommands } from "./commands/pool.js";
+import { registerVmCommands } from "./commands/vm.js";
 import { registerVolumeCommands } from "./commands/volume.js";
 import { NO_CONTROLLER_HINT } from "./connect.js";
 import { DEFAULT_TIMEOUT_SECONDS, processDeps, Session, type CliDeps, type Io } from "./context.js";
@@ -44,6 +45,7 @@ export function buildProgram(session: Session): Command {
   registerNodeCommands(program, session);
   registerPoolCommands(program, session);
   registerVolumeCommands(program, session);
+  registerVmCommands(program, session);
   registerClusterCommands(program, session);
   configureTree(program, session.deps.io);
   return program;

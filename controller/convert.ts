@@ -2,9 +2,11 @@
 import {
   AttachmentState,
   ImageFormat,
+  MigrationPhase,
   Preallocation,
   ReplicaState,
   VolumePhase,
+  type Migration,
   type Node,
   type Pool,
   type Volume,
@@ -13,6 +15,8 @@ import {
 import type {
   AttachmentStateName,
   ImageFormatName,
+  MigrationPhaseName,
+  MigrationRecord,
   NodeSpec,
   NodeStatus,
   PoolRecord,
@@ -94,6 +98,7 @@ export function nodeToApi(spec: NodeSpec, status: NodeStatus | undefined, pools:
     lastHeartbeatMs: status?.lastHeartbeatMs ?? 0,
     pools,
     agentVersion: spec.agentVersion,
+    libvirtUri: spec.libvirt?.uri ?? "",
   };
 }
 
@@ -111,12 +116,19 @@ export function volumeSpecToApi(spec: VolumeSpec): ApiVolumeSpec {
 export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined): Volume {
   const observed = new Map((status?.replicas ?? []).map((r) => [r.id, r]));
   const frontends = new Map((status?.frontends ?? []).map((f) => [f.node, f]));
-  const wanted = new Set((spec.attachments ?? []).map((a) => a.node));
+  const wanted = new Map((spec.attachments ?? []).map((a) => [a.node, a]));
   // Desired attachments first (attaching until a frontend reports), then frontends still being removed.
   const attachments = [
     ...(spec.attachments ?? []).map((a) => frontends.get(a.node) ?? { node: a.node, socketPath: "", nbdUri: "", state: "attaching" as const, message: "" }),
     ...[...frontends.values()].filter((f) => !wanted.has(f.node)).map((f) => ({ ...f, state: "detaching" as const })),
-  ].map((f) => ({ node: f.node, socketPath: f.socketPath, nbdUri: f.nbdUri, state: attachmentStateToApi[f.state], message: f.message }));
+  ].map((f) => ({
+    node: f.node,
+    socketPath: f.socketPath,
+    nbdUri: f.nbdUri,
+    state: attachmentStateToApi[f.state],
+    message: f.message,
+    migration: wanted.get(f.node)?.migration ?? "",
+  }));
   return {
     attachments,
     spec: volumeSpecToApi(spec),
@@ -137,5 +149,32 @@ export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined):
         message: r?.message ?? "",
       };
     }),
+  };
+}
+
+const migrationPhaseToApi: Record<MigrationPhaseName, MigrationPhase> = {
+  preparing: MigrationPhase.MIGRATION_PHASE_PREPARING,
+  migrating: MigrationPhase.MIGRATION_PHASE_MIGRATING,
+  finishing: MigrationPhase.MIGRATION_PHASE_FINISHING,
+  "rolling-back": MigrationPhase.MIGRATION_PHASE_ROLLING_BACK,
+  succeeded: MigrationPhase.MIGRATION_PHASE_SUCCEEDED,
+  failed: MigrationPhase.MIGRATION_PHASE_FAILED,
+};
+
+export function migrationToApi(m: MigrationRecord): Migration {
+  return {
+    id: m.id,
+    domain: m.domain,
+    fromNode: m.from,
+    toNode: m.to,
+    volumes: m.volumes,
+    phase: migrationPhaseToApi[m.phase],
+    message: m.message,
+    startedAtMs: m.startedAtMs,
+    finishedAtMs: m.finishedAtMs,
+    memoryTotalBytes: m.memoryTotalBytes,
+    memoryProcessedBytes: m.memoryProcessedBytes,
+    memoryRemainingBytes: m.memoryRemainingBytes,
+    downtimeMs: m.downtimeMs,
   };
 }

@@ -3,7 +3,7 @@
 
 export const PREFIX = "/stowage/v1/";
 
-export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation";
+export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration";
 
 const SEGMENTS: Record<KeyKind, string> = {
   "node-spec": "nodes/spec/",
@@ -11,6 +11,7 @@ const SEGMENTS: Record<KeyKind, string> = {
   "volume-spec": "volumes/spec/",
   "volume-status": "volumes/status/",
   operation: "operations/",
+  migration: "migrations/",
 };
 
 export const keys = {
@@ -20,6 +21,8 @@ export const keys = {
   volumeStatus: (name: string) => PREFIX + SEGMENTS["volume-status"] + name,
   /** One operation at a time per volume. */
   operation: (volume: string) => PREFIX + SEGMENTS.operation + volume,
+  /** The running or last live migration of a domain. */
+  migration: (domain: string) => PREFIX + SEGMENTS.migration + domain,
   prefixOf: (kind: KeyKind) => PREFIX + SEGMENTS[kind],
   /** Election keys live under this prefix (etcd3 adds its own suffix). */
   election: PREFIX + "leader",

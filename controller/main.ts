@@ -7,6 +7,7 @@ import {
   ClusterServiceService,
   NodeServiceService,
   PoolServiceService,
+  VmServiceService,
   VolumeServiceService,
 } from "../gen/stowage/v1/controller.js";
 import { errorMessage, NotLeaderError } from "../lib/errors.js";
@@ -15,10 +16,12 @@ import { createLogger } from "../lib/logger.js";
 import { AgentClients } from "./agents.js";
 import { ClusterView } from "./cluster-view.js";
 import { LeaderElection } from "./leader.js";
+import { Migrator } from "./migrator.js";
 import { nodeApis } from "./node-api.js";
 import { NodeRegistry } from "./nodes.js";
 import { Reconciler } from "./reconciler.js";
 import { ClusterStore } from "./store.js";
+import { vmApi } from "./vm-api.js";
 import { volumeApi } from "./volume-api.js";
 
 const USAGE = `usage: stowage-controller [options]
@@ -75,6 +78,7 @@ async function main(): Promise<void> {
   const election = new LeaderElection(etcd, advertise, leaderTtl, log.child({ part: "election" }));
   const agents = new AgentClients(store, INSECURE);
   let reconciler: Reconciler | undefined;
+  let migrator: Migrator | undefined;
   const registry = new NodeRegistry(etcd, store, { heartbeatIntervalMs, nodeTtlSec: nodeTtl }, log.child({ part: "nodes" }), (n) =>
     reconciler?.nodeRegistered(n),
   );
@@ -96,14 +100,20 @@ async function main(): Promise<void> {
   addService(server, PoolServiceService, apis.pools);
   addService(server, ClusterServiceService, apis.cluster);
   addService(server, AgentRegistryServiceService, apis.registry);
-  addService(server, VolumeServiceService, volumeApi({ store, view, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) }));
+  const volumes = volumeApi({ store, view, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) });
+  addService(server, VolumeServiceService, volumes);
+  addService(server, VmServiceService, vmApi({ store, agents, registry, instance, ensureLeader, volumes, migrator: () => migrator }));
 
   election.on("elected", (fenceKey) => {
     store.fenceKey = fenceKey;
     reconciler = new Reconciler(etcd, store, agents, registry, { resyncSec, concurrency: 16 }, log.child({ part: "reconciler" }));
     reconciler.start();
+    migrator = new Migrator({ store, agents, registry }, (v) => reconciler?.enqueueVolume(v), log.child({ part: "migrator" }));
+    migrator.start();
   });
   election.on("lost", () => {
+    migrator?.stop();
+    migrator = undefined;
     reconciler?.stop();
     reconciler = undefined;
     registry.stop();
@@ -118,6 +128,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, "stopping");
+    migrator?.stop();
     reconciler?.stop();
     registry.stop();
     await election.stop();

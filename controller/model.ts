@@ -31,6 +31,8 @@ export interface NodeSpec {
   agentVersion: string;
   /** Pools as reported at registration, shown while the node is offline. */
   pools: PoolRecord[];
+  /** How other nodes reach the node's libvirtd (absent: no VM support). */
+  libvirt?: { uri: string; migrationHost: string };
 }
 
 /** Kept under a lease that the leader refreshes on each heartbeat: gone means offline. */
@@ -66,12 +68,15 @@ export interface VolumeSpec {
 export interface AttachmentSpec {
   node: string;
   sinceMs: number;
+  /** Set on the destination's attachment while a live migration of this domain runs. */
+  migration?: string;
 }
 
 export type AttachmentStateName = "attaching" | "attached" | "detaching" | "failed";
 
 export interface FrontendStatus {
   node: string;
+  migration?: string;
   socketPath: string;
   nbdUri: string;
   state: AttachmentStateName;
@@ -113,4 +118,24 @@ export interface OperationRecord {
   startedAtMs: number;
   /** Leader instance that started it. */
   startedBy: string;
+}
+
+export type MigrationPhaseName = "preparing" | "migrating" | "finishing" | "rolling-back" | "succeeded" | "failed";
+
+/** A live migration of one domain, recorded before anything is started; the last one stays until the next. */
+export interface MigrationRecord {
+  id: string;
+  domain: string;
+  from: string;
+  to: string;
+  volumes: string[];
+  phase: MigrationPhaseName;
+  message: string;
+  startedAtMs: number;
+  finishedAtMs: number;
+  startedBy: string;
+  memoryTotalBytes: number;
+  memoryProcessedBytes: number;
+  memoryRemainingBytes: number;
+  downtimeMs: number;
 }

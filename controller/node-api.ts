@@ -88,7 +88,7 @@ export function nodeApis(d: NodeApiDeps) {
   const registry: AsyncService<typeof AgentRegistryServiceService> = {
     async registerNode(req) {
       await d.ensureLeader();
-      await d.registry.register(req.name, req.address, req.labels, req.pools, req.agentVersion);
+      await d.registry.register(req.name, req.address, req.labels, req.pools, req.agentVersion, req.libvirt);
       return { heartbeatIntervalMs: d.heartbeatIntervalMs };
     },
     async heartbeat(req) {

@@ -44,7 +44,14 @@ export class NodeRegistry {
     return this.store.nodeStatus(node) !== undefined;
   }
 
-  async register(name: string, address: string, labels: NodeLabels | undefined, pools: Pool[], agentVersion: string): Promise<void> {
+  async register(
+    name: string,
+    address: string,
+    labels: NodeLabels | undefined,
+    pools: Pool[],
+    agentVersion: string,
+    libvirt?: { uri: string; migrationHost: string },
+  ): Promise<void> {
     validateName("node", name);
     if (!/^[^\s/]+:\d+$/.test(address)) {
       throw new InvalidArgumentError(`invalid agent address "${address}"`, { hint: "use HOST:PORT" });
@@ -58,6 +65,7 @@ export class NodeRegistry {
       registeredAtMs: Date.now(),
       agentVersion,
       pools: poolRecords(pools),
+      ...(libvirt?.uri ? { libvirt: { uri: libvirt.uri, migrationHost: libvirt.migrationHost } } : {}),
     };
     const lease = await this.freshLease(name);
     const status: NodeStatus = { lastHeartbeatMs: Date.now(), pools: poolRecords(pools) };

@@ -11,7 +11,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
 } from "../lib/errors.js";
-import type { AsyncService } from "../lib/grpc.js";
+import type { RequestHandlers } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
 import { faultPoint } from "../lib/faults.js";
 import { KeyedMutex } from "../lib/keyed-mutex.js";
@@ -68,7 +68,7 @@ function sameRequest(a: Requested, b: VolumeSpec): boolean {
   return a.sizeBytes === b.sizeBytes && a.replicas === b.replicas && a.format === b.format && a.preallocation === b.preallocation && a.pool === b.pool;
 }
 
-export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceService> {
+export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServiceService> {
   // Placement decisions run one at a time, so two creates never count the same free space.
   const lock = new KeyedMutex();
   const placing = { run: <T>(fn: () => Promise<T>) => lock.run("placement", fn) };
@@ -210,6 +210,12 @@ export function volumeApi(d: VolumeApiDeps): AsyncService<typeof VolumeServiceSe
       const e = existing(req.name);
       validateName("node", req.node);
       const attachments = e.value.attachments ?? [];
+      const migrating = attachments.find((a) => a.migration);
+      if (migrating && attachments.some((a) => a.node === req.node)) {
+        throw new FailedPreconditionError(`volume ${req.name} is part of the live migration of domain ${migrating.migration}`, {
+          hint: `wait for the migration to end: stowctl vm migration ${migrating.migration}`,
+        });
+      }
       if (attachments.some((a) => a.node === req.node)) {
         const next: VolumeSpec = { ...e.value, attachments: attachments.filter((a) => a.node !== req.node) };
         await d.store.write({ unchanged: [[keys.volumeSpec(req.name), e.modRevision]], put: [{ key: keys.volumeSpec(req.name), value: next }] });

@@ -57,6 +57,11 @@ export type PromiseClient<D extends ServiceDef> = {
 };
 
 /** A server implementation: one async function per method. */
+/** Handlers that ignore the call object: callable in-process as well as served. */
+export type RequestHandlers<D extends ServiceDef> = {
+  [K in keyof D]: (request: Req<D[K]>) => Promise<Res<D[K]>>;
+};
+
 export type AsyncService<D extends ServiceDef> = {
   [K in keyof D]: (request: Req<D[K]>, call: grpc.ServerUnaryCall<Req<D[K]>, Res<D[K]>>) => Promise<Res<D[K]>>;
 };

@@ -2,9 +2,11 @@
 // of replica images, their NBD exports and volume frontends. Every call may be
 // repeated; the answer describes what is on the node.
 import type { AgentServiceService, ReplicaExport } from "../gen/stowage/v1/agent.js";
+import { FailedPreconditionError } from "../lib/errors.js";
 import type { AsyncService } from "../lib/grpc.js";
 import type { AgentPools } from "./agent-pools.js";
 import type { FrontendManager, RunningFrontend } from "./frontends.js";
+import type { DomainManager } from "./libvirt/domains.js";
 import { formatFromProto, preallocationFromProto, replicaToProto } from "./proto-mapping.js";
 import type { QsdSupervisor } from "./qsd/supervisor.js";
 
@@ -12,7 +14,16 @@ function frontendToProto(f: RunningFrontend) {
   return { volume: f.volume, socketPath: f.socketPath, nbdUri: f.nbdUri, pid: f.pid };
 }
 
-export function createAgentService(pools: AgentPools, qsd: QsdSupervisor, frontends: FrontendManager): AsyncService<typeof AgentServiceService> {
+export function createAgentService(
+  pools: AgentPools,
+  qsd: QsdSupervisor,
+  frontends: FrontendManager,
+  domains?: DomainManager,
+): AsyncService<typeof AgentServiceService> {
+  const vms = (): DomainManager => {
+    if (!domains) throw new FailedPreconditionError(`node ${pools.node} has VM support turned off ("libvirt": false in its agent config)`);
+    return domains;
+  };
   const exportsById = async () => new Map((await qsd.exports.listExports()).map((e) => [e.replicaId, e]));
 
   return {
@@ -68,5 +79,18 @@ export function createAgentService(pools: AgentPools, qsd: QsdSupervisor, fronte
     },
 
     removeFrontend: async (req) => ({ removed: await frontends.remove(req.volume) }),
+
+    getDomain: async (req) => {
+      const domain = await vms().get(req.name);
+      return { found: domain !== undefined, domain };
+    },
+
+    attachDisk: async (req) => vms().attachDisk(req),
+
+    detachDisk: async (req) => ({ detached: await vms().detachDisk(req) }),
+
+    migrateDomain: async (req) => ({ job: await vms().migrate(req) }),
+
+    getDomainJob: async (req) => vms().job(req.domain),
   };
 }

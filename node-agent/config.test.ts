@@ -38,7 +38,17 @@ describe("parseAgentConfig", () => {
       tls: {},
       frontendDir: "/run/stowage/volumes",
       nbd: { type: "tcp", host: "127.0.0.11", port: 10809 },
+      libvirt: { uri: "qemu:///system", peerUri: "qemu+tcp://127.0.0.11/system", migrationHost: "127.0.0.11" },
     });
+  });
+
+  it("takes the libvirt endpoints from the file, can turn VM support off, and checks them", () => {
+    const c = parseAgentConfig({ ...GOOD, libvirt: { uri: "qemu+tcp://127.0.0.1:16509/system", migrationHost: "10.0.0.1" } });
+    expect(c.libvirt).toEqual({ uri: "qemu+tcp://127.0.0.1:16509/system", peerUri: "qemu+tcp://127.0.0.11/system", migrationHost: "10.0.0.1" });
+    expect(parseAgentConfig({ ...GOOD, libvirt: false }).libvirt).toBeUndefined();
+    expect(() => parseAgentConfig({ ...GOOD, libvirt: { uri: "system" } })).toThrow(/libvirt.uri must be a libvirt URI/);
+    expect(() => parseAgentConfig({ ...GOOD, libvirt: { migrationHost: "a b" } })).toThrow(/migrationHost/);
+    expect(() => parseAgentConfig({ ...GOOD, libvirt: { url: "x" } })).toThrow(/unknown key "url" in libvirt/);
   });
 
   it("takes the frontend dir and NBD transport from the file, and checks them", () => {

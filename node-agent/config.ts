@@ -32,6 +32,17 @@ export interface AgentConfig {
   frontendDir: string;
   /** How this node's qemu-storage-daemon serves replica exports to frontends. */
   nbd: { type: "unix" } | { type: "tcp"; host: string; port: number };
+  /** This node's libvirtd, for VM commands; undefined when VM support is off ("libvirt": false). */
+  libvirt?: LibvirtConfig;
+}
+
+export interface LibvirtConfig {
+  /** How the agent connects to its own libvirtd. */
+  uri: string;
+  /** How other nodes' agents reach it as a live-migration destination. */
+  peerUri: string;
+  /** Address this node's QEMU listens on for incoming migration streams. */
+  migrationHost: string;
 }
 
 export const DEFAULT_FRONTEND_DIR = "/run/stowage/volumes";
@@ -69,7 +80,7 @@ flags (each overrides the config file):
 `;
 
 const DEFAULT_OVERCOMMIT_RATIO = 1.0;
-const CONFIG_KEYS = ["name", "listen", "advertise", "controllers", "labels", "dataDir", "pools", "tls", "frontendDir", "nbd"];
+const CONFIG_KEYS = ["name", "listen", "advertise", "controllers", "labels", "dataDir", "pools", "tls", "frontendDir", "nbd", "libvirt"];
 const POOL_KEYS = ["name", "type", "path", "overcommitRatio"];
 
 /** Parses argv (without node and script); unknown flags are an InvalidArgumentError. */
@@ -238,8 +249,26 @@ export function parseAgentConfig(json: unknown, flags: AgentFlags = {}): AgentCo
   }
 
   const frontendDir = absolutePath(str(file["frontendDir"], "frontendDir") ?? DEFAULT_FRONTEND_DIR, "frontendDir");
-  const nbd = parseNbd(file["nbd"], parseHostPort(advertise, { allowPortZero: true }).host);
-  return { name, listen, advertise, controllers, labels: { zone, rack }, dataDir, pools, tls: parseTls(file["tls"]), frontendDir, nbd };
+  const advertiseHost = parseHostPort(advertise, { allowPortZero: true }).host;
+  const nbd = parseNbd(file["nbd"], advertiseHost);
+  const libvirt = parseLibvirt(file["libvirt"], advertiseHost);
+  return { name, listen, advertise, controllers, labels: { zone, rack }, dataDir, pools, tls: parseTls(file["tls"]), frontendDir, nbd, ...(libvirt ? { libvirt } : {}) };
+}
+
+/** libvirt: the system daemon by default, reached by other nodes over TCP on the advertised host. */
+function parseLibvirt(raw: unknown, advertiseHost: string): LibvirtConfig | undefined {
+  if (raw === false) return undefined;
+  const host = advertiseHost.includes(":") ? `[${advertiseHost}]` : advertiseHost;
+  const l = raw === undefined ? {} : object(raw, "libvirt");
+  noUnknownKeys(l, ["uri", "peerUri", "migrationHost"], "libvirt");
+  const uri = str(l["uri"], "libvirt.uri") ?? "qemu:///system";
+  const peerUri = str(l["peerUri"], "libvirt.peerUri") ?? `qemu+tcp://${host}/system`;
+  const migrationHost = str(l["migrationHost"], "libvirt.migrationHost") ?? advertiseHost;
+  for (const [k, v] of [["uri", uri], ["peerUri", peerUri]] as const) {
+    if (!/^[a-z0-9+]+:\/\/[^\s]*$/.test(v)) fail(`libvirt.${k} must be a libvirt URI such as qemu:///system, got ${JSON.stringify(v)}`);
+  }
+  if (!migrationHost || /\s|\//.test(migrationHost)) fail(`libvirt.migrationHost must be a host name or address, got ${JSON.stringify(migrationHost)}`);
+  return { uri, peerUri, migrationHost };
 }
 
 /** Replica exports: TCP on the advertised host by default, so frontends on other nodes reach them. */

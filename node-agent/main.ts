@@ -10,6 +10,8 @@ import { AgentPools } from "./agent-pools.js";
 import { createAgentService } from "./agent-service.js";
 import { AGENT_USAGE, loadAgentConfig, parseAgentFlags } from "./config.js";
 import { FrontendManager } from "./frontends.js";
+import { DomainManager } from "./libvirt/domains.js";
+import { Virsh } from "./libvirt/virsh.js";
 import { QsdSupervisor } from "./qsd/supervisor.js";
 import { Registration } from "./registration.js";
 import { agentVersion } from "./version.js";
@@ -46,7 +48,8 @@ async function main(argv: string[]): Promise<void> {
   const frontends = new FrontendManager(config.dataDir, config.frontendDir, logger.child({ part: "frontends" }));
 
   const server = createServer();
-  addService(server, AgentServiceService, createAgentService(pools, qsd, frontends));
+  const domains = config.libvirt && new DomainManager(new Virsh(config.libvirt.uri), logger.child({ part: "libvirt" }));
+  addService(server, AgentServiceService, createAgentService(pools, qsd, frontends, domains));
   const port = await bind(server, config.listen, config.tls);
   const listening = withPort(config.listen, port);
   // With port 0 the port is known only now; the controllers must get the real one.
@@ -60,6 +63,7 @@ async function main(argv: string[]): Promise<void> {
     controllers: config.controllers,
     agentVersion: version,
     pools: () => pools.report(),
+    libvirt: config.libvirt && { uri: config.libvirt.peerUri, migrationHost: config.libvirt.migrationHost },
     logger,
     security: config.tls,
   });

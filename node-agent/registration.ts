@@ -21,6 +21,8 @@ export interface RegistrationOptions {
   labels: { zone: string; rack: string };
   controllers: string[];
   agentVersion: string;
+  /** How other nodes reach this node's libvirtd (absent: no VM support). */
+  libvirt?: { uri: string; migrationHost: string };
   /** Fresh pool reports; called before every RegisterNode and Heartbeat. */
   pools: () => Promise<Pool[]>;
   logger: Logger;
@@ -162,7 +164,7 @@ export class Registration {
   private async register(): Promise<void> {
     const o = this.opts;
     const res = await this.client().registerNode(
-      { name: o.name, address: o.address, labels: o.labels, pools: await o.pools(), agentVersion: o.agentVersion },
+      { name: o.name, address: o.address, labels: o.labels, pools: await o.pools(), agentVersion: o.agentVersion, libvirt: o.libvirt },
       { timeoutMs: this.callTimeoutMs },
     );
     this._heartbeatIntervalMs = res.heartbeatIntervalMs > 0 ? res.heartbeatIntervalMs : DEFAULT_HEARTBEAT_MS;

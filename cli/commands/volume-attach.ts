@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { VolumeServiceService } from "../../gen/stowage/v1/controller.js";
 import { AttachmentState, type Attachment, type Volume } from "../../gen/stowage/v1/types.js";
 import { FailedPreconditionError, StowageError } from "../../lib/errors.js";
+import { diskXml } from "../../lib/libvirt-xml.js";
 import { validateName } from "../../lib/names.js";
 import type { Session } from "../context.js";
 import { examples } from "../help.js";
@@ -29,20 +30,6 @@ function attachProgress(name: string, node: string) {
     }
     return "pending";
   };
-}
-
-/** The <disk> element for a libvirt domain, NBD over the frontend's unix socket. */
-export function diskXml(volume: string, socketPath: string, target: string): string {
-  return [
-    `<disk type='network' device='disk'>`,
-    `  <driver name='qemu' type='raw' cache='none' io='native' discard='unmap'/>`,
-    `  <source protocol='nbd' name='${volume}'>`,
-    `    <host transport='unix' socket='${socketPath}'/>`,
-    `  </source>`,
-    `  <target dev='${target}' bus='virtio'/>`,
-    `</disk>`,
-    ``,
-  ].join("\n");
 }
 
 export function registerAttachCommands(volume: Command, session: Session): void {
@@ -97,7 +84,7 @@ export function registerAttachCommands(volume: Command, session: Session): void 
       if (!a) {
         throw new FailedPreconditionError(`volume ${name} is not attached anywhere yet`, { hint: `attach it first: stowctl volume attach ${name} --node NODE` });
       }
-      const xml = diskXml(name, a.socketPath, opts.target);
+      const xml = diskXml({ volume: name, socketPath: a.socketPath, target: opts.target });
       ctx.print({ xml, socketPath: a.socketPath }, () => xml);
     });
 }

@@ -9,14 +9,25 @@ import { virsh } from "./libvirt-hosts.js";
 export interface LibvirtGuestSpec extends GuestOptions {
   name: string;
   images: GuestImages;
-  /** The NBD export the disk connects to (a unix socket libvirt-qemu can open, outside the hosts' bind-mounted dirs). */
-  nbd: { socket: string; exportName: string };
+  /** The NBD export the disk connects to (a unix socket libvirt-qemu can open); none: boot without a disk (hot-plug one later). */
+  nbd?: { socket: string; exportName: string };
   /** Serial console file (appended to, so the log survives migrations); must be writable by libvirt-qemu. */
   serialLog: string;
   memMiB?: number;
 }
 
 const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/'/g, "&apos;").replace(/"/g, "&quot;");
+
+function nbdDisk(nbd: { socket: string; exportName: string }): string {
+  return `    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source protocol='nbd' name='${esc(nbd.exportName)}'>
+        <host transport='unix' socket='${esc(nbd.socket)}'/>
+      </source>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+`;
+}
 
 /** Domain XML: TCG, kernel + initrd boot, raw NBD disk with cache=none, serial console to a file. */
 export function guestDomainXml(s: LibvirtGuestSpec): string {
@@ -36,14 +47,7 @@ export function guestDomainXml(s: LibvirtGuestSpec): string {
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='network' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source protocol='nbd' name='${esc(s.nbd.exportName)}'>
-        <host transport='unix' socket='${esc(s.nbd.socket)}'/>
-      </source>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <serial type='file'>
+${s.nbd ? nbdDisk(s.nbd) : ""}    <serial type='file'>
       <source path='${esc(s.serialLog)}' append='on'/>
       <target port='0'/>
     </serial>

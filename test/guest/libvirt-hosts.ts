@@ -35,7 +35,15 @@ import { killOnExit, onExit } from "../harness/reaper.js";
 /** Persistent cache of libvirt's QEMU capabilities (probing takes ~15 s under TCG load; libvirt re-probes when stale). */
 export const CAPS_CACHE_DIR = process.env.STOWAGE_LIBVIRT_CAPS_CACHE ?? "/var/tmp/stowage-libvirt-caps";
 
-const BIND_DIRS = { etc: "/etc/libvirt", run: "/run/libvirt", lib: "/var/lib/libvirt", cache: "/var/cache/libvirt", log: "/var/log/libvirt" } as const;
+// run-stowage: each host has its own /run/stowage (volume frontend sockets live at the same path on every host).
+const BIND_DIRS = {
+  etc: "/etc/libvirt",
+  run: "/run/libvirt",
+  lib: "/var/lib/libvirt",
+  cache: "/var/cache/libvirt",
+  log: "/var/log/libvirt",
+  "run-stowage": "/run/stowage",
+} as const;
 
 export interface LibvirtHost {
   name: string;
@@ -48,6 +56,8 @@ export interface LibvirtHost {
   proc: Proc;
   /** The daemon's log (errors and warnings). */
   log(): Promise<string>;
+  /** libvirtd's pid: enter its mount namespace to see this host's /run/stowage. */
+  pid: number;
   /** Pids of the QEMU processes this daemon started (from its pid files). */
   qemuPids(): Promise<number[]>;
   stop(): Promise<void>;
@@ -180,6 +190,7 @@ export async function startLibvirtHost(o: HostOptions): Promise<LibvirtHost> {
     hostUuid,
     migrationPorts,
     proc,
+    pid: proc.child.pid!,
     log: () => readFile(join(dir, "log", "libvirtd.log"), "utf8").catch(() => ""),
     qemuPids: async () => {
       const qdir = join(dir, "run", "qemu");

@@ -8,7 +8,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Etcd3 } from "etcd3";
 import { execa } from "execa";
-import { ClusterServiceService, NodeServiceService, PoolServiceService, VolumeServiceService } from "../../gen/stowage/v1/controller.js";
+import { ClusterServiceService, NodeServiceService, PoolServiceService, VmServiceService, VolumeServiceService } from "../../gen/stowage/v1/controller.js";
 import { Channel, INSECURE } from "../../lib/grpc.js";
 import { freePort } from "./ports.js";
 import { eventually, Proc } from "./processes.js";
@@ -50,6 +50,12 @@ export interface AgentOptions {
   overcommitRatio?: number;
   /** Pool directory (default: inside the agent's data dir). */
   poolPath?: string;
+  /** The node's libvirtd (default: VM support off). */
+  libvirt?: { uri: string; peerUri: string; migrationHost: string };
+  /** Frontend socket dir (default: inside the agent's data dir). */
+  frontendDir?: string;
+  /** Run the agent in this process's mount namespace (a test libvirt host's, so it sees that host's /run/stowage). */
+  mountNamespaceOf?: number;
 }
 
 export class TestCluster {
@@ -126,12 +132,17 @@ export class TestCluster {
       dataDir,
       pools: [{ name: "default", type: "dir", path: poolPath, overcommitRatio: opts.overcommitRatio ?? 4 }],
       // One machine plays several hosts: each gets its own frontend socket dir and NBD address.
-      frontendDir: join(dataDir, "run"),
+      frontendDir: opts.frontendDir ?? join(dataDir, "run"),
       nbd: { type: "tcp", host: ip, port: 10809 },
+      libvirt: opts.libvirt ?? false,
     };
     const file = join(dataDir, "agent.json");
     await writeFile(file, JSON.stringify(config));
-    const p = Proc.start(name, "node", [join(ROOT, "dist/node-agent/main.js"), "--config", file]);
+    const argv = [join(ROOT, "dist/node-agent/main.js"), "--config", file];
+    // nsenter execs node: the process (and its pid) is the agent's.
+    const p = opts.mountNamespaceOf
+      ? Proc.start(name, "nsenter", [`--mount=/proc/${opts.mountNamespaceOf}/ns/mnt`, "--", "node", ...argv])
+      : Proc.start(name, "node", argv);
     this.agents.set(name, p);
     await p.waitFor(/serving|listening/i);
   }
@@ -148,6 +159,7 @@ export class TestCluster {
       nodes: ch.service(NodeServiceService),
       pools: ch.service(PoolServiceService),
       volumes: ch.service(VolumeServiceService),
+      vms: ch.service(VmServiceService),
       cluster: ch.service(ClusterServiceService),
     };
   }

@@ -132,6 +132,108 @@ export interface RemoveFrontendResponse {
   removed: boolean;
 }
 
+/** One <disk> of a domain, as libvirt describes it. */
+export interface DomainDisk {
+  /** Guest device name, for example "vda". */
+  target: string;
+  /** "disk", "cdrom", ... */
+  device: string;
+  /** "network", "file", "block", ... */
+  type: string;
+  /** For network disks: "nbd", "rbd", ... */
+  protocol: string;
+  /** NBD export name (network disks). */
+  exportName: string;
+  /** Unix socket of an NBD disk. */
+  socketPath: string;
+  /** Human-readable source: a file, a device or host:port. */
+  source: string;
+}
+
+export interface Domain {
+  name: string;
+  uuid: string;
+  /** "running", "paused", "shut off", ... (virsh domstate) */
+  state: string;
+  persistent: boolean;
+  disks: DomainDisk[];
+}
+
+export interface GetDomainRequest {
+  name: string;
+}
+
+export interface GetDomainResponse {
+  found: boolean;
+  domain?: Domain | undefined;
+}
+
+export interface AttachDiskRequest {
+  domain: string;
+  volume: string;
+  /** The volume frontend's unix socket on this node. */
+  socketPath: string;
+  /** Guest device name; empty: the first free vdX. */
+  target: string;
+}
+
+export interface AttachDiskResponse {
+  target: string;
+  /** False when the disk was attached already. */
+  attached: boolean;
+}
+
+export interface DetachDiskRequest {
+  domain: string;
+  volume: string;
+}
+
+export interface DetachDiskResponse {
+  /** False when no disk of the domain used the volume. */
+  detached: boolean;
+}
+
+export interface MigrateDomainRequest {
+  domain: string;
+  /** libvirt URI of the destination daemon, for example qemu+tcp://10.0.0.2/system. */
+  destinationUri: string;
+  /** Address the destination QEMU listens on for the migration stream. */
+  destinationHost: string;
+}
+
+/** A libvirt job: live progress, or the statistics of the completed one. */
+export interface DomainJob {
+  /** True while the job runs. */
+  active: boolean;
+  /** "Outgoing migration", ... */
+  operation: string;
+  elapsedMs: number;
+  memoryTotalBytes: number;
+  memoryProcessedBytes: number;
+  memoryRemainingBytes: number;
+  /** For a completed migration: how long the guest was paused. */
+  downtimeMs: number;
+  /** "completed", "failed", "cancelled", "none" or "active". */
+  result: string;
+}
+
+export interface MigrateDomainResponse {
+  /** The completed job as the destination saw it. */
+  job?: DomainJob | undefined;
+}
+
+export interface GetDomainJobRequest {
+  domain: string;
+}
+
+export interface GetDomainJobResponse {
+  job?:
+    | DomainJob
+    | undefined;
+  /** True while this agent runs a MigrateDomain for the domain. */
+  migrating: boolean;
+}
+
 function createBaseGetInventoryRequest(): GetInventoryRequest {
   return {};
 }
@@ -1564,6 +1666,1362 @@ export const RemoveFrontendResponse: MessageFns<RemoveFrontendResponse> = {
   },
 };
 
+function createBaseDomainDisk(): DomainDisk {
+  return { target: "", device: "", type: "", protocol: "", exportName: "", socketPath: "", source: "" };
+}
+
+export const DomainDisk: MessageFns<DomainDisk> = {
+  encode(message: DomainDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.target !== "") {
+      writer.uint32(10).string(message.target);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    if (message.type !== "") {
+      writer.uint32(26).string(message.type);
+    }
+    if (message.protocol !== "") {
+      writer.uint32(34).string(message.protocol);
+    }
+    if (message.exportName !== "") {
+      writer.uint32(42).string(message.exportName);
+    }
+    if (message.socketPath !== "") {
+      writer.uint32(50).string(message.socketPath);
+    }
+    if (message.source !== "") {
+      writer.uint32(58).string(message.source);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DomainDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDomainDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.protocol = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.exportName = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.socketPath = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DomainDisk {
+    return {
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      protocol: isSet(object.protocol) ? globalThis.String(object.protocol) : "",
+      exportName: isSet(object.exportName)
+        ? globalThis.String(object.exportName)
+        : isSet(object.export_name)
+        ? globalThis.String(object.export_name)
+        : "",
+      socketPath: isSet(object.socketPath)
+        ? globalThis.String(object.socketPath)
+        : isSet(object.socket_path)
+        ? globalThis.String(object.socket_path)
+        : "",
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+    };
+  },
+
+  toJSON(message: DomainDisk): unknown {
+    const obj: any = {};
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.protocol !== "") {
+      obj.protocol = message.protocol;
+    }
+    if (message.exportName !== "") {
+      obj.exportName = message.exportName;
+    }
+    if (message.socketPath !== "") {
+      obj.socketPath = message.socketPath;
+    }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DomainDisk>, I>>(base?: I): DomainDisk {
+    return DomainDisk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DomainDisk>, I>>(object: I): DomainDisk {
+    const message = createBaseDomainDisk();
+    message.target = object.target ?? "";
+    message.device = object.device ?? "";
+    message.type = object.type ?? "";
+    message.protocol = object.protocol ?? "";
+    message.exportName = object.exportName ?? "";
+    message.socketPath = object.socketPath ?? "";
+    message.source = object.source ?? "";
+    return message;
+  },
+};
+
+function createBaseDomain(): Domain {
+  return { name: "", uuid: "", state: "", persistent: false, disks: [] };
+}
+
+export const Domain: MessageFns<Domain> = {
+  encode(message: Domain, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.uuid !== "") {
+      writer.uint32(18).string(message.uuid);
+    }
+    if (message.state !== "") {
+      writer.uint32(26).string(message.state);
+    }
+    if (message.persistent !== false) {
+      writer.uint32(32).bool(message.persistent);
+    }
+    for (const v of message.disks) {
+      DomainDisk.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Domain {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDomain();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.uuid = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.persistent = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.disks.push(DomainDisk.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Domain {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      uuid: isSet(object.uuid) ? globalThis.String(object.uuid) : "",
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      persistent: isSet(object.persistent) ? globalThis.Boolean(object.persistent) : false,
+      disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => DomainDisk.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: Domain): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.uuid !== "") {
+      obj.uuid = message.uuid;
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.persistent !== false) {
+      obj.persistent = message.persistent;
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => DomainDisk.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Domain>, I>>(base?: I): Domain {
+    return Domain.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Domain>, I>>(object: I): Domain {
+    const message = createBaseDomain();
+    message.name = object.name ?? "";
+    message.uuid = object.uuid ?? "";
+    message.state = object.state ?? "";
+    message.persistent = object.persistent ?? false;
+    message.disks = object.disks?.map((e) => DomainDisk.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetDomainRequest(): GetDomainRequest {
+  return { name: "" };
+}
+
+export const GetDomainRequest: MessageFns<GetDomainRequest> = {
+  encode(message: GetDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainRequest>, I>>(base?: I): GetDomainRequest {
+    return GetDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainRequest>, I>>(object: I): GetDomainRequest {
+    const message = createBaseGetDomainRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainResponse(): GetDomainResponse {
+  return { found: false, domain: undefined };
+}
+
+export const GetDomainResponse: MessageFns<GetDomainResponse> = {
+  encode(message: GetDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.found !== false) {
+      writer.uint32(8).bool(message.found);
+    }
+    if (message.domain !== undefined) {
+      Domain.encode(message.domain, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.found = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.domain = Domain.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainResponse {
+    return {
+      found: isSet(object.found) ? globalThis.Boolean(object.found) : false,
+      domain: isSet(object.domain) ? Domain.fromJSON(object.domain) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainResponse): unknown {
+    const obj: any = {};
+    if (message.found !== false) {
+      obj.found = message.found;
+    }
+    if (message.domain !== undefined) {
+      obj.domain = Domain.toJSON(message.domain);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainResponse>, I>>(base?: I): GetDomainResponse {
+    return GetDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainResponse>, I>>(object: I): GetDomainResponse {
+    const message = createBaseGetDomainResponse();
+    message.found = object.found ?? false;
+    message.domain = (object.domain !== undefined && object.domain !== null)
+      ? Domain.fromPartial(object.domain)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAttachDiskRequest(): AttachDiskRequest {
+  return { domain: "", volume: "", socketPath: "", target: "" };
+}
+
+export const AttachDiskRequest: MessageFns<AttachDiskRequest> = {
+  encode(message: AttachDiskRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.volume !== "") {
+      writer.uint32(18).string(message.volume);
+    }
+    if (message.socketPath !== "") {
+      writer.uint32(26).string(message.socketPath);
+    }
+    if (message.target !== "") {
+      writer.uint32(34).string(message.target);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachDiskRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachDiskRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.socketPath = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachDiskRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      socketPath: isSet(object.socketPath)
+        ? globalThis.String(object.socketPath)
+        : isSet(object.socket_path)
+        ? globalThis.String(object.socket_path)
+        : "",
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+    };
+  },
+
+  toJSON(message: AttachDiskRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.socketPath !== "") {
+      obj.socketPath = message.socketPath;
+    }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachDiskRequest>, I>>(base?: I): AttachDiskRequest {
+    return AttachDiskRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachDiskRequest>, I>>(object: I): AttachDiskRequest {
+    const message = createBaseAttachDiskRequest();
+    message.domain = object.domain ?? "";
+    message.volume = object.volume ?? "";
+    message.socketPath = object.socketPath ?? "";
+    message.target = object.target ?? "";
+    return message;
+  },
+};
+
+function createBaseAttachDiskResponse(): AttachDiskResponse {
+  return { target: "", attached: false };
+}
+
+export const AttachDiskResponse: MessageFns<AttachDiskResponse> = {
+  encode(message: AttachDiskResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.target !== "") {
+      writer.uint32(10).string(message.target);
+    }
+    if (message.attached !== false) {
+      writer.uint32(16).bool(message.attached);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachDiskResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachDiskResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attached = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachDiskResponse {
+    return {
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      attached: isSet(object.attached) ? globalThis.Boolean(object.attached) : false,
+    };
+  },
+
+  toJSON(message: AttachDiskResponse): unknown {
+    const obj: any = {};
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    if (message.attached !== false) {
+      obj.attached = message.attached;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachDiskResponse>, I>>(base?: I): AttachDiskResponse {
+    return AttachDiskResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachDiskResponse>, I>>(object: I): AttachDiskResponse {
+    const message = createBaseAttachDiskResponse();
+    message.target = object.target ?? "";
+    message.attached = object.attached ?? false;
+    return message;
+  },
+};
+
+function createBaseDetachDiskRequest(): DetachDiskRequest {
+  return { domain: "", volume: "" };
+}
+
+export const DetachDiskRequest: MessageFns<DetachDiskRequest> = {
+  encode(message: DetachDiskRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.volume !== "") {
+      writer.uint32(18).string(message.volume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachDiskRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachDiskRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetachDiskRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+    };
+  },
+
+  toJSON(message: DetachDiskRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachDiskRequest>, I>>(base?: I): DetachDiskRequest {
+    return DetachDiskRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachDiskRequest>, I>>(object: I): DetachDiskRequest {
+    const message = createBaseDetachDiskRequest();
+    message.domain = object.domain ?? "";
+    message.volume = object.volume ?? "";
+    return message;
+  },
+};
+
+function createBaseDetachDiskResponse(): DetachDiskResponse {
+  return { detached: false };
+}
+
+export const DetachDiskResponse: MessageFns<DetachDiskResponse> = {
+  encode(message: DetachDiskResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.detached !== false) {
+      writer.uint32(8).bool(message.detached);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachDiskResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachDiskResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.detached = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetachDiskResponse {
+    return { detached: isSet(object.detached) ? globalThis.Boolean(object.detached) : false };
+  },
+
+  toJSON(message: DetachDiskResponse): unknown {
+    const obj: any = {};
+    if (message.detached !== false) {
+      obj.detached = message.detached;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachDiskResponse>, I>>(base?: I): DetachDiskResponse {
+    return DetachDiskResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachDiskResponse>, I>>(object: I): DetachDiskResponse {
+    const message = createBaseDetachDiskResponse();
+    message.detached = object.detached ?? false;
+    return message;
+  },
+};
+
+function createBaseMigrateDomainRequest(): MigrateDomainRequest {
+  return { domain: "", destinationUri: "", destinationHost: "" };
+}
+
+export const MigrateDomainRequest: MessageFns<MigrateDomainRequest> = {
+  encode(message: MigrateDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.destinationUri !== "") {
+      writer.uint32(18).string(message.destinationUri);
+    }
+    if (message.destinationHost !== "") {
+      writer.uint32(26).string(message.destinationHost);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrateDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrateDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.destinationUri = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.destinationHost = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrateDomainRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      destinationUri: isSet(object.destinationUri)
+        ? globalThis.String(object.destinationUri)
+        : isSet(object.destination_uri)
+        ? globalThis.String(object.destination_uri)
+        : "",
+      destinationHost: isSet(object.destinationHost)
+        ? globalThis.String(object.destinationHost)
+        : isSet(object.destination_host)
+        ? globalThis.String(object.destination_host)
+        : "",
+    };
+  },
+
+  toJSON(message: MigrateDomainRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.destinationUri !== "") {
+      obj.destinationUri = message.destinationUri;
+    }
+    if (message.destinationHost !== "") {
+      obj.destinationHost = message.destinationHost;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrateDomainRequest>, I>>(base?: I): MigrateDomainRequest {
+    return MigrateDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrateDomainRequest>, I>>(object: I): MigrateDomainRequest {
+    const message = createBaseMigrateDomainRequest();
+    message.domain = object.domain ?? "";
+    message.destinationUri = object.destinationUri ?? "";
+    message.destinationHost = object.destinationHost ?? "";
+    return message;
+  },
+};
+
+function createBaseDomainJob(): DomainJob {
+  return {
+    active: false,
+    operation: "",
+    elapsedMs: 0,
+    memoryTotalBytes: 0,
+    memoryProcessedBytes: 0,
+    memoryRemainingBytes: 0,
+    downtimeMs: 0,
+    result: "",
+  };
+}
+
+export const DomainJob: MessageFns<DomainJob> = {
+  encode(message: DomainJob, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.active !== false) {
+      writer.uint32(8).bool(message.active);
+    }
+    if (message.operation !== "") {
+      writer.uint32(18).string(message.operation);
+    }
+    if (message.elapsedMs !== 0) {
+      writer.uint32(24).int64(message.elapsedMs);
+    }
+    if (message.memoryTotalBytes !== 0) {
+      writer.uint32(32).uint64(message.memoryTotalBytes);
+    }
+    if (message.memoryProcessedBytes !== 0) {
+      writer.uint32(40).uint64(message.memoryProcessedBytes);
+    }
+    if (message.memoryRemainingBytes !== 0) {
+      writer.uint32(48).uint64(message.memoryRemainingBytes);
+    }
+    if (message.downtimeMs !== 0) {
+      writer.uint32(56).int64(message.downtimeMs);
+    }
+    if (message.result !== "") {
+      writer.uint32(66).string(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DomainJob {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDomainJob();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.active = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operation = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.elapsedMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.memoryTotalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.memoryProcessedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.memoryRemainingBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.downtimeMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.result = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DomainJob {
+    return {
+      active: isSet(object.active) ? globalThis.Boolean(object.active) : false,
+      operation: isSet(object.operation) ? globalThis.String(object.operation) : "",
+      elapsedMs: isSet(object.elapsedMs)
+        ? globalThis.Number(object.elapsedMs)
+        : isSet(object.elapsed_ms)
+        ? globalThis.Number(object.elapsed_ms)
+        : 0,
+      memoryTotalBytes: isSet(object.memoryTotalBytes)
+        ? globalThis.Number(object.memoryTotalBytes)
+        : isSet(object.memory_total_bytes)
+        ? globalThis.Number(object.memory_total_bytes)
+        : 0,
+      memoryProcessedBytes: isSet(object.memoryProcessedBytes)
+        ? globalThis.Number(object.memoryProcessedBytes)
+        : isSet(object.memory_processed_bytes)
+        ? globalThis.Number(object.memory_processed_bytes)
+        : 0,
+      memoryRemainingBytes: isSet(object.memoryRemainingBytes)
+        ? globalThis.Number(object.memoryRemainingBytes)
+        : isSet(object.memory_remaining_bytes)
+        ? globalThis.Number(object.memory_remaining_bytes)
+        : 0,
+      downtimeMs: isSet(object.downtimeMs)
+        ? globalThis.Number(object.downtimeMs)
+        : isSet(object.downtime_ms)
+        ? globalThis.Number(object.downtime_ms)
+        : 0,
+      result: isSet(object.result) ? globalThis.String(object.result) : "",
+    };
+  },
+
+  toJSON(message: DomainJob): unknown {
+    const obj: any = {};
+    if (message.active !== false) {
+      obj.active = message.active;
+    }
+    if (message.operation !== "") {
+      obj.operation = message.operation;
+    }
+    if (message.elapsedMs !== 0) {
+      obj.elapsedMs = Math.round(message.elapsedMs);
+    }
+    if (message.memoryTotalBytes !== 0) {
+      obj.memoryTotalBytes = Math.round(message.memoryTotalBytes);
+    }
+    if (message.memoryProcessedBytes !== 0) {
+      obj.memoryProcessedBytes = Math.round(message.memoryProcessedBytes);
+    }
+    if (message.memoryRemainingBytes !== 0) {
+      obj.memoryRemainingBytes = Math.round(message.memoryRemainingBytes);
+    }
+    if (message.downtimeMs !== 0) {
+      obj.downtimeMs = Math.round(message.downtimeMs);
+    }
+    if (message.result !== "") {
+      obj.result = message.result;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DomainJob>, I>>(base?: I): DomainJob {
+    return DomainJob.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DomainJob>, I>>(object: I): DomainJob {
+    const message = createBaseDomainJob();
+    message.active = object.active ?? false;
+    message.operation = object.operation ?? "";
+    message.elapsedMs = object.elapsedMs ?? 0;
+    message.memoryTotalBytes = object.memoryTotalBytes ?? 0;
+    message.memoryProcessedBytes = object.memoryProcessedBytes ?? 0;
+    message.memoryRemainingBytes = object.memoryRemainingBytes ?? 0;
+    message.downtimeMs = object.downtimeMs ?? 0;
+    message.result = object.result ?? "";
+    return message;
+  },
+};
+
+function createBaseMigrateDomainResponse(): MigrateDomainResponse {
+  return { job: undefined };
+}
+
+export const MigrateDomainResponse: MessageFns<MigrateDomainResponse> = {
+  encode(message: MigrateDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.job !== undefined) {
+      DomainJob.encode(message.job, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrateDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrateDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.job = DomainJob.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrateDomainResponse {
+    return { job: isSet(object.job) ? DomainJob.fromJSON(object.job) : undefined };
+  },
+
+  toJSON(message: MigrateDomainResponse): unknown {
+    const obj: any = {};
+    if (message.job !== undefined) {
+      obj.job = DomainJob.toJSON(message.job);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrateDomainResponse>, I>>(base?: I): MigrateDomainResponse {
+    return MigrateDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrateDomainResponse>, I>>(object: I): MigrateDomainResponse {
+    const message = createBaseMigrateDomainResponse();
+    message.job = (object.job !== undefined && object.job !== null) ? DomainJob.fromPartial(object.job) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainJobRequest(): GetDomainJobRequest {
+  return { domain: "" };
+}
+
+export const GetDomainJobRequest: MessageFns<GetDomainJobRequest> = {
+  encode(message: GetDomainJobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainJobRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainJobRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainJobRequest {
+    return { domain: isSet(object.domain) ? globalThis.String(object.domain) : "" };
+  },
+
+  toJSON(message: GetDomainJobRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainJobRequest>, I>>(base?: I): GetDomainJobRequest {
+    return GetDomainJobRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainJobRequest>, I>>(object: I): GetDomainJobRequest {
+    const message = createBaseGetDomainJobRequest();
+    message.domain = object.domain ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainJobResponse(): GetDomainJobResponse {
+  return { job: undefined, migrating: false };
+}
+
+export const GetDomainJobResponse: MessageFns<GetDomainJobResponse> = {
+  encode(message: GetDomainJobResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.job !== undefined) {
+      DomainJob.encode(message.job, writer.uint32(10).fork()).join();
+    }
+    if (message.migrating !== false) {
+      writer.uint32(16).bool(message.migrating);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainJobResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainJobResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.job = DomainJob.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.migrating = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainJobResponse {
+    return {
+      job: isSet(object.job) ? DomainJob.fromJSON(object.job) : undefined,
+      migrating: isSet(object.migrating) ? globalThis.Boolean(object.migrating) : false,
+    };
+  },
+
+  toJSON(message: GetDomainJobResponse): unknown {
+    const obj: any = {};
+    if (message.job !== undefined) {
+      obj.job = DomainJob.toJSON(message.job);
+    }
+    if (message.migrating !== false) {
+      obj.migrating = message.migrating;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainJobResponse>, I>>(base?: I): GetDomainJobResponse {
+    return GetDomainJobResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainJobResponse>, I>>(object: I): GetDomainJobResponse {
+    const message = createBaseGetDomainJobResponse();
+    message.job = (object.job !== undefined && object.job !== null) ? DomainJob.fromPartial(object.job) : undefined;
+    message.migrating = object.migrating ?? false;
+    return message;
+  },
+};
+
 /** Served by each node agent; called by the controller. Every call is idempotent. */
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
@@ -1621,6 +3079,61 @@ export const AgentServiceService = {
       Buffer.from(RemoveFrontendResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RemoveFrontendResponse => RemoveFrontendResponse.decode(value),
   },
+  /** A libvirt domain on this node's libvirtd (found = false when there is none). */
+  getDomain: {
+    path: "/stowage.v1.AgentService/GetDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainRequest): Buffer => Buffer.from(GetDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainRequest => GetDomainRequest.decode(value),
+    responseSerialize: (value: GetDomainResponse): Buffer => Buffer.from(GetDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainResponse => GetDomainResponse.decode(value),
+  },
+  /** Hot-plugs a volume's frontend socket into a running domain as a disk. */
+  attachDisk: {
+    path: "/stowage.v1.AgentService/AttachDisk" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AttachDiskRequest): Buffer => Buffer.from(AttachDiskRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AttachDiskRequest => AttachDiskRequest.decode(value),
+    responseSerialize: (value: AttachDiskResponse): Buffer => Buffer.from(AttachDiskResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AttachDiskResponse => AttachDiskResponse.decode(value),
+  },
+  /** Hot-unplugs the disk backed by a volume from a domain. */
+  detachDisk: {
+    path: "/stowage.v1.AgentService/DetachDisk" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DetachDiskRequest): Buffer => Buffer.from(DetachDiskRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DetachDiskRequest => DetachDiskRequest.decode(value),
+    responseSerialize: (value: DetachDiskResponse): Buffer => Buffer.from(DetachDiskResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DetachDiskResponse => DetachDiskResponse.decode(value),
+  },
+  /**
+   * Live-migrates a domain to another node's libvirtd; answers when it has
+   * finished or failed. A second call while one runs waits for the same one.
+   */
+  migrateDomain: {
+    path: "/stowage.v1.AgentService/MigrateDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MigrateDomainRequest): Buffer => Buffer.from(MigrateDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MigrateDomainRequest => MigrateDomainRequest.decode(value),
+    responseSerialize: (value: MigrateDomainResponse): Buffer =>
+      Buffer.from(MigrateDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MigrateDomainResponse => MigrateDomainResponse.decode(value),
+  },
+  /** The domain's current (or last completed) libvirt job, for progress. */
+  getDomainJob: {
+    path: "/stowage.v1.AgentService/GetDomainJob" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainJobRequest): Buffer => Buffer.from(GetDomainJobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainJobRequest => GetDomainJobRequest.decode(value),
+    responseSerialize: (value: GetDomainJobResponse): Buffer =>
+      Buffer.from(GetDomainJobResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainJobResponse => GetDomainJobResponse.decode(value),
+  },
 } as const;
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
@@ -1631,6 +3144,19 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   ensureFrontend: handleUnaryCall<EnsureFrontendRequest, EnsureFrontendResponse>;
   /** Stops the frontend of a volume on this node. */
   removeFrontend: handleUnaryCall<RemoveFrontendRequest, RemoveFrontendResponse>;
+  /** A libvirt domain on this node's libvirtd (found = false when there is none). */
+  getDomain: handleUnaryCall<GetDomainRequest, GetDomainResponse>;
+  /** Hot-plugs a volume's frontend socket into a running domain as a disk. */
+  attachDisk: handleUnaryCall<AttachDiskRequest, AttachDiskResponse>;
+  /** Hot-unplugs the disk backed by a volume from a domain. */
+  detachDisk: handleUnaryCall<DetachDiskRequest, DetachDiskResponse>;
+  /**
+   * Live-migrates a domain to another node's libvirtd; answers when it has
+   * finished or failed. A second call while one runs waits for the same one.
+   */
+  migrateDomain: handleUnaryCall<MigrateDomainRequest, MigrateDomainResponse>;
+  /** The domain's current (or last completed) libvirt job, for progress. */
+  getDomainJob: handleUnaryCall<GetDomainJobRequest, GetDomainJobResponse>;
 }
 
 export interface AgentServiceClient extends Client {
@@ -1710,6 +3236,89 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RemoveFrontendResponse) => void,
+  ): ClientUnaryCall;
+  /** A libvirt domain on this node's libvirtd (found = false when there is none). */
+  getDomain(
+    request: GetDomainRequest,
+    callback: (error: ServiceError | null, response: GetDomainResponse) => void,
+  ): ClientUnaryCall;
+  getDomain(
+    request: GetDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainResponse) => void,
+  ): ClientUnaryCall;
+  getDomain(
+    request: GetDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainResponse) => void,
+  ): ClientUnaryCall;
+  /** Hot-plugs a volume's frontend socket into a running domain as a disk. */
+  attachDisk(
+    request: AttachDiskRequest,
+    callback: (error: ServiceError | null, response: AttachDiskResponse) => void,
+  ): ClientUnaryCall;
+  attachDisk(
+    request: AttachDiskRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AttachDiskResponse) => void,
+  ): ClientUnaryCall;
+  attachDisk(
+    request: AttachDiskRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AttachDiskResponse) => void,
+  ): ClientUnaryCall;
+  /** Hot-unplugs the disk backed by a volume from a domain. */
+  detachDisk(
+    request: DetachDiskRequest,
+    callback: (error: ServiceError | null, response: DetachDiskResponse) => void,
+  ): ClientUnaryCall;
+  detachDisk(
+    request: DetachDiskRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DetachDiskResponse) => void,
+  ): ClientUnaryCall;
+  detachDisk(
+    request: DetachDiskRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DetachDiskResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Live-migrates a domain to another node's libvirtd; answers when it has
+   * finished or failed. A second call while one runs waits for the same one.
+   */
+  migrateDomain(
+    request: MigrateDomainRequest,
+    callback: (error: ServiceError | null, response: MigrateDomainResponse) => void,
+  ): ClientUnaryCall;
+  migrateDomain(
+    request: MigrateDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MigrateDomainResponse) => void,
+  ): ClientUnaryCall;
+  migrateDomain(
+    request: MigrateDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MigrateDomainResponse) => void,
+  ): ClientUnaryCall;
+  /** The domain's current (or last completed) libvirt job, for progress. */
+  getDomainJob(
+    request: GetDomainJobRequest,
+    callback: (error: ServiceError | null, response: GetDomainJobResponse) => void,
+  ): ClientUnaryCall;
+  getDomainJob(
+    request: GetDomainJobRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainJobResponse) => void,
+  ): ClientUnaryCall;
+  getDomainJob(
+    request: GetDomainJobRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainJobResponse) => void,
   ): ClientUnaryCall;
 }
 

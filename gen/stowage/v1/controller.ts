@@ -18,7 +18,19 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { Attachment, Node, NodeLabels, NodeRejection, PlacementItem, Pool, Volume, VolumeSpec } from "./types.js";
+import {
+  Attachment,
+  LibvirtEndpoint,
+  Migration,
+  Node,
+  NodeLabels,
+  NodeRejection,
+  PlacementItem,
+  Pool,
+  Vm,
+  Volume,
+  VolumeSpec,
+} from "./types.js";
 
 export const protobufPackage = "stowage.v1";
 
@@ -151,6 +163,56 @@ export interface GetLeaderResponse {
   instance: string;
 }
 
+export interface GetVmRequest {
+  name: string;
+}
+
+export interface GetVmResponse {
+  vm?: Vm | undefined;
+}
+
+export interface AttachVmDiskRequest {
+  domain: string;
+  volume: string;
+  /** Node the domain runs on; empty: found by asking every node. */
+  node: string;
+  /** Guest device name (for example vdb); empty: the first free one. */
+  target: string;
+}
+
+export interface AttachVmDiskResponse {
+  vm?: Vm | undefined;
+  target: string;
+}
+
+export interface DetachVmDiskRequest {
+  domain: string;
+  volume: string;
+  node: string;
+}
+
+export interface DetachVmDiskResponse {
+  vm?: Vm | undefined;
+}
+
+export interface MigrateVmRequest {
+  domain: string;
+  /** Destination node. */
+  toNode: string;
+}
+
+export interface MigrateVmResponse {
+  migration?: Migration | undefined;
+}
+
+export interface GetMigrationRequest {
+  domain: string;
+}
+
+export interface GetMigrationResponse {
+  migration?: Migration | undefined;
+}
+
 export interface RegisterNodeRequest {
   name: string;
   /** Address where the controller reaches the agent. */
@@ -158,6 +220,8 @@ export interface RegisterNodeRequest {
   labels?: NodeLabels | undefined;
   pools: Pool[];
   agentVersion: string;
+  /** How other nodes reach this node's libvirtd (absent: no VM support). */
+  libvirt?: LibvirtEndpoint | undefined;
 }
 
 export interface RegisterNodeResponse {
@@ -2219,8 +2283,806 @@ export const GetLeaderResponse: MessageFns<GetLeaderResponse> = {
   },
 };
 
+function createBaseGetVmRequest(): GetVmRequest {
+  return { name: "" };
+}
+
+export const GetVmRequest: MessageFns<GetVmRequest> = {
+  encode(message: GetVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetVmRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetVmRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetVmRequest>, I>>(base?: I): GetVmRequest {
+    return GetVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetVmRequest>, I>>(object: I): GetVmRequest {
+    const message = createBaseGetVmRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetVmResponse(): GetVmResponse {
+  return { vm: undefined };
+}
+
+export const GetVmResponse: MessageFns<GetVmResponse> = {
+  encode(message: GetVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      Vm.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = Vm.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetVmResponse {
+    return { vm: isSet(object.vm) ? Vm.fromJSON(object.vm) : undefined };
+  },
+
+  toJSON(message: GetVmResponse): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = Vm.toJSON(message.vm);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetVmResponse>, I>>(base?: I): GetVmResponse {
+    return GetVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetVmResponse>, I>>(object: I): GetVmResponse {
+    const message = createBaseGetVmResponse();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? Vm.fromPartial(object.vm) : undefined;
+    return message;
+  },
+};
+
+function createBaseAttachVmDiskRequest(): AttachVmDiskRequest {
+  return { domain: "", volume: "", node: "", target: "" };
+}
+
+export const AttachVmDiskRequest: MessageFns<AttachVmDiskRequest> = {
+  encode(message: AttachVmDiskRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.volume !== "") {
+      writer.uint32(18).string(message.volume);
+    }
+    if (message.node !== "") {
+      writer.uint32(26).string(message.node);
+    }
+    if (message.target !== "") {
+      writer.uint32(34).string(message.target);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachVmDiskRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachVmDiskRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachVmDiskRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+    };
+  },
+
+  toJSON(message: AttachVmDiskRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachVmDiskRequest>, I>>(base?: I): AttachVmDiskRequest {
+    return AttachVmDiskRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachVmDiskRequest>, I>>(object: I): AttachVmDiskRequest {
+    const message = createBaseAttachVmDiskRequest();
+    message.domain = object.domain ?? "";
+    message.volume = object.volume ?? "";
+    message.node = object.node ?? "";
+    message.target = object.target ?? "";
+    return message;
+  },
+};
+
+function createBaseAttachVmDiskResponse(): AttachVmDiskResponse {
+  return { vm: undefined, target: "" };
+}
+
+export const AttachVmDiskResponse: MessageFns<AttachVmDiskResponse> = {
+  encode(message: AttachVmDiskResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      Vm.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    if (message.target !== "") {
+      writer.uint32(18).string(message.target);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachVmDiskResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachVmDiskResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = Vm.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachVmDiskResponse {
+    return {
+      vm: isSet(object.vm) ? Vm.fromJSON(object.vm) : undefined,
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+    };
+  },
+
+  toJSON(message: AttachVmDiskResponse): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = Vm.toJSON(message.vm);
+    }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachVmDiskResponse>, I>>(base?: I): AttachVmDiskResponse {
+    return AttachVmDiskResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachVmDiskResponse>, I>>(object: I): AttachVmDiskResponse {
+    const message = createBaseAttachVmDiskResponse();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? Vm.fromPartial(object.vm) : undefined;
+    message.target = object.target ?? "";
+    return message;
+  },
+};
+
+function createBaseDetachVmDiskRequest(): DetachVmDiskRequest {
+  return { domain: "", volume: "", node: "" };
+}
+
+export const DetachVmDiskRequest: MessageFns<DetachVmDiskRequest> = {
+  encode(message: DetachVmDiskRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.volume !== "") {
+      writer.uint32(18).string(message.volume);
+    }
+    if (message.node !== "") {
+      writer.uint32(26).string(message.node);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachVmDiskRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachVmDiskRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetachVmDiskRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+    };
+  },
+
+  toJSON(message: DetachVmDiskRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachVmDiskRequest>, I>>(base?: I): DetachVmDiskRequest {
+    return DetachVmDiskRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachVmDiskRequest>, I>>(object: I): DetachVmDiskRequest {
+    const message = createBaseDetachVmDiskRequest();
+    message.domain = object.domain ?? "";
+    message.volume = object.volume ?? "";
+    message.node = object.node ?? "";
+    return message;
+  },
+};
+
+function createBaseDetachVmDiskResponse(): DetachVmDiskResponse {
+  return { vm: undefined };
+}
+
+export const DetachVmDiskResponse: MessageFns<DetachVmDiskResponse> = {
+  encode(message: DetachVmDiskResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      Vm.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachVmDiskResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachVmDiskResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = Vm.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetachVmDiskResponse {
+    return { vm: isSet(object.vm) ? Vm.fromJSON(object.vm) : undefined };
+  },
+
+  toJSON(message: DetachVmDiskResponse): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = Vm.toJSON(message.vm);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachVmDiskResponse>, I>>(base?: I): DetachVmDiskResponse {
+    return DetachVmDiskResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachVmDiskResponse>, I>>(object: I): DetachVmDiskResponse {
+    const message = createBaseDetachVmDiskResponse();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? Vm.fromPartial(object.vm) : undefined;
+    return message;
+  },
+};
+
+function createBaseMigrateVmRequest(): MigrateVmRequest {
+  return { domain: "", toNode: "" };
+}
+
+export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
+  encode(message: MigrateVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.toNode !== "") {
+      writer.uint32(18).string(message.toNode);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrateVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrateVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.toNode = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrateVmRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      toNode: isSet(object.toNode)
+        ? globalThis.String(object.toNode)
+        : isSet(object.to_node)
+        ? globalThis.String(object.to_node)
+        : "",
+    };
+  },
+
+  toJSON(message: MigrateVmRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.toNode !== "") {
+      obj.toNode = message.toNode;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrateVmRequest>, I>>(base?: I): MigrateVmRequest {
+    return MigrateVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrateVmRequest>, I>>(object: I): MigrateVmRequest {
+    const message = createBaseMigrateVmRequest();
+    message.domain = object.domain ?? "";
+    message.toNode = object.toNode ?? "";
+    return message;
+  },
+};
+
+function createBaseMigrateVmResponse(): MigrateVmResponse {
+  return { migration: undefined };
+}
+
+export const MigrateVmResponse: MessageFns<MigrateVmResponse> = {
+  encode(message: MigrateVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.migration !== undefined) {
+      Migration.encode(message.migration, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrateVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrateVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.migration = Migration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrateVmResponse {
+    return { migration: isSet(object.migration) ? Migration.fromJSON(object.migration) : undefined };
+  },
+
+  toJSON(message: MigrateVmResponse): unknown {
+    const obj: any = {};
+    if (message.migration !== undefined) {
+      obj.migration = Migration.toJSON(message.migration);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrateVmResponse>, I>>(base?: I): MigrateVmResponse {
+    return MigrateVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrateVmResponse>, I>>(object: I): MigrateVmResponse {
+    const message = createBaseMigrateVmResponse();
+    message.migration = (object.migration !== undefined && object.migration !== null)
+      ? Migration.fromPartial(object.migration)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetMigrationRequest(): GetMigrationRequest {
+  return { domain: "" };
+}
+
+export const GetMigrationRequest: MessageFns<GetMigrationRequest> = {
+  encode(message: GetMigrationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetMigrationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetMigrationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetMigrationRequest {
+    return { domain: isSet(object.domain) ? globalThis.String(object.domain) : "" };
+  },
+
+  toJSON(message: GetMigrationRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetMigrationRequest>, I>>(base?: I): GetMigrationRequest {
+    return GetMigrationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetMigrationRequest>, I>>(object: I): GetMigrationRequest {
+    const message = createBaseGetMigrationRequest();
+    message.domain = object.domain ?? "";
+    return message;
+  },
+};
+
+function createBaseGetMigrationResponse(): GetMigrationResponse {
+  return { migration: undefined };
+}
+
+export const GetMigrationResponse: MessageFns<GetMigrationResponse> = {
+  encode(message: GetMigrationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.migration !== undefined) {
+      Migration.encode(message.migration, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetMigrationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetMigrationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.migration = Migration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetMigrationResponse {
+    return { migration: isSet(object.migration) ? Migration.fromJSON(object.migration) : undefined };
+  },
+
+  toJSON(message: GetMigrationResponse): unknown {
+    const obj: any = {};
+    if (message.migration !== undefined) {
+      obj.migration = Migration.toJSON(message.migration);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetMigrationResponse>, I>>(base?: I): GetMigrationResponse {
+    return GetMigrationResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetMigrationResponse>, I>>(object: I): GetMigrationResponse {
+    const message = createBaseGetMigrationResponse();
+    message.migration = (object.migration !== undefined && object.migration !== null)
+      ? Migration.fromPartial(object.migration)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseRegisterNodeRequest(): RegisterNodeRequest {
-  return { name: "", address: "", labels: undefined, pools: [], agentVersion: "" };
+  return { name: "", address: "", labels: undefined, pools: [], agentVersion: "", libvirt: undefined };
 }
 
 export const RegisterNodeRequest: MessageFns<RegisterNodeRequest> = {
@@ -2239,6 +3101,9 @@ export const RegisterNodeRequest: MessageFns<RegisterNodeRequest> = {
     }
     if (message.agentVersion !== "") {
       writer.uint32(42).string(message.agentVersion);
+    }
+    if (message.libvirt !== undefined) {
+      LibvirtEndpoint.encode(message.libvirt, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -2296,6 +3161,14 @@ export const RegisterNodeRequest: MessageFns<RegisterNodeRequest> = {
             message.agentVersion = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.libvirt = LibvirtEndpoint.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2319,6 +3192,7 @@ export const RegisterNodeRequest: MessageFns<RegisterNodeRequest> = {
         : isSet(object.agent_version)
         ? globalThis.String(object.agent_version)
         : "",
+      libvirt: isSet(object.libvirt) ? LibvirtEndpoint.fromJSON(object.libvirt) : undefined,
     };
   },
 
@@ -2339,6 +3213,9 @@ export const RegisterNodeRequest: MessageFns<RegisterNodeRequest> = {
     if (message.agentVersion !== "") {
       obj.agentVersion = message.agentVersion;
     }
+    if (message.libvirt !== undefined) {
+      obj.libvirt = LibvirtEndpoint.toJSON(message.libvirt);
+    }
     return obj;
   },
 
@@ -2354,6 +3231,9 @@ export const RegisterNodeRequest: MessageFns<RegisterNodeRequest> = {
       : undefined;
     message.pools = object.pools?.map((e) => Pool.fromPartial(e)) || [];
     message.agentVersion = object.agentVersion ?? "";
+    message.libvirt = (object.libvirt !== undefined && object.libvirt !== null)
+      ? LibvirtEndpoint.fromPartial(object.libvirt)
+      : undefined;
     return message;
   },
 };
@@ -3016,6 +3896,166 @@ export const ClusterServiceClient = makeGenericClientConstructor(
 ) as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): ClusterServiceClient;
   service: typeof ClusterServiceService;
+  serviceName: string;
+};
+
+/** Libvirt domains (VMs) whose disks are Stowage volumes. */
+export type VmServiceService = typeof VmServiceService;
+export const VmServiceService = {
+  /** Where a domain runs and which of its disks are Stowage volumes. */
+  getVm: {
+    path: "/stowage.v1.VmService/GetVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetVmRequest): Buffer => Buffer.from(GetVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetVmRequest => GetVmRequest.decode(value),
+    responseSerialize: (value: GetVmResponse): Buffer => Buffer.from(GetVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetVmResponse => GetVmResponse.decode(value),
+  },
+  /** Attaches a volume on the domain's node and hot-plugs it into the domain. */
+  attachVmDisk: {
+    path: "/stowage.v1.VmService/AttachVmDisk" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AttachVmDiskRequest): Buffer => Buffer.from(AttachVmDiskRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AttachVmDiskRequest => AttachVmDiskRequest.decode(value),
+    responseSerialize: (value: AttachVmDiskResponse): Buffer =>
+      Buffer.from(AttachVmDiskResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AttachVmDiskResponse => AttachVmDiskResponse.decode(value),
+  },
+  /** Hot-unplugs a volume's disk from a domain and detaches the volume there. */
+  detachVmDisk: {
+    path: "/stowage.v1.VmService/DetachVmDisk" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DetachVmDiskRequest): Buffer => Buffer.from(DetachVmDiskRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DetachVmDiskRequest => DetachVmDiskRequest.decode(value),
+    responseSerialize: (value: DetachVmDiskResponse): Buffer =>
+      Buffer.from(DetachVmDiskResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DetachVmDiskResponse => DetachVmDiskResponse.decode(value),
+  },
+  /** Starts a live migration; poll GetMigration for progress and the result. */
+  migrateVm: {
+    path: "/stowage.v1.VmService/MigrateVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MigrateVmRequest): Buffer => Buffer.from(MigrateVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MigrateVmRequest => MigrateVmRequest.decode(value),
+    responseSerialize: (value: MigrateVmResponse): Buffer => Buffer.from(MigrateVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MigrateVmResponse => MigrateVmResponse.decode(value),
+  },
+  /** The running or last migration of a domain. */
+  getMigration: {
+    path: "/stowage.v1.VmService/GetMigration" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetMigrationRequest): Buffer => Buffer.from(GetMigrationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetMigrationRequest => GetMigrationRequest.decode(value),
+    responseSerialize: (value: GetMigrationResponse): Buffer =>
+      Buffer.from(GetMigrationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetMigrationResponse => GetMigrationResponse.decode(value),
+  },
+} as const;
+
+export interface VmServiceServer extends UntypedServiceImplementation {
+  /** Where a domain runs and which of its disks are Stowage volumes. */
+  getVm: handleUnaryCall<GetVmRequest, GetVmResponse>;
+  /** Attaches a volume on the domain's node and hot-plugs it into the domain. */
+  attachVmDisk: handleUnaryCall<AttachVmDiskRequest, AttachVmDiskResponse>;
+  /** Hot-unplugs a volume's disk from a domain and detaches the volume there. */
+  detachVmDisk: handleUnaryCall<DetachVmDiskRequest, DetachVmDiskResponse>;
+  /** Starts a live migration; poll GetMigration for progress and the result. */
+  migrateVm: handleUnaryCall<MigrateVmRequest, MigrateVmResponse>;
+  /** The running or last migration of a domain. */
+  getMigration: handleUnaryCall<GetMigrationRequest, GetMigrationResponse>;
+}
+
+export interface VmServiceClient extends Client {
+  /** Where a domain runs and which of its disks are Stowage volumes. */
+  getVm(
+    request: GetVmRequest,
+    callback: (error: ServiceError | null, response: GetVmResponse) => void,
+  ): ClientUnaryCall;
+  getVm(
+    request: GetVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetVmResponse) => void,
+  ): ClientUnaryCall;
+  getVm(
+    request: GetVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetVmResponse) => void,
+  ): ClientUnaryCall;
+  /** Attaches a volume on the domain's node and hot-plugs it into the domain. */
+  attachVmDisk(
+    request: AttachVmDiskRequest,
+    callback: (error: ServiceError | null, response: AttachVmDiskResponse) => void,
+  ): ClientUnaryCall;
+  attachVmDisk(
+    request: AttachVmDiskRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AttachVmDiskResponse) => void,
+  ): ClientUnaryCall;
+  attachVmDisk(
+    request: AttachVmDiskRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AttachVmDiskResponse) => void,
+  ): ClientUnaryCall;
+  /** Hot-unplugs a volume's disk from a domain and detaches the volume there. */
+  detachVmDisk(
+    request: DetachVmDiskRequest,
+    callback: (error: ServiceError | null, response: DetachVmDiskResponse) => void,
+  ): ClientUnaryCall;
+  detachVmDisk(
+    request: DetachVmDiskRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DetachVmDiskResponse) => void,
+  ): ClientUnaryCall;
+  detachVmDisk(
+    request: DetachVmDiskRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DetachVmDiskResponse) => void,
+  ): ClientUnaryCall;
+  /** Starts a live migration; poll GetMigration for progress and the result. */
+  migrateVm(
+    request: MigrateVmRequest,
+    callback: (error: ServiceError | null, response: MigrateVmResponse) => void,
+  ): ClientUnaryCall;
+  migrateVm(
+    request: MigrateVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MigrateVmResponse) => void,
+  ): ClientUnaryCall;
+  migrateVm(
+    request: MigrateVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MigrateVmResponse) => void,
+  ): ClientUnaryCall;
+  /** The running or last migration of a domain. */
+  getMigration(
+    request: GetMigrationRequest,
+    callback: (error: ServiceError | null, response: GetMigrationResponse) => void,
+  ): ClientUnaryCall;
+  getMigration(
+    request: GetMigrationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetMigrationResponse) => void,
+  ): ClientUnaryCall;
+  getMigration(
+    request: GetMigrationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetMigrationResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const VmServiceClient = makeGenericClientConstructor(VmServiceService, "stowage.v1.VmService") as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): VmServiceClient;
+  service: typeof VmServiceService;
   serviceName: string;
 };
 

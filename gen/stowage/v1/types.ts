@@ -275,6 +275,73 @@ export function attachmentStateToJSON(object: AttachmentState): string {
   }
 }
 
+export enum MigrationPhase {
+  MIGRATION_PHASE_UNSPECIFIED = 0,
+  /** MIGRATION_PHASE_PREPARING - Starting frontends on the destination (dual attach recorded). */
+  MIGRATION_PHASE_PREPARING = 1,
+  /** MIGRATION_PHASE_MIGRATING - libvirt is moving the domain. */
+  MIGRATION_PHASE_MIGRATING = 2,
+  /** MIGRATION_PHASE_FINISHING - The domain runs on the destination; stopping the source frontends. */
+  MIGRATION_PHASE_FINISHING = 3,
+  /** MIGRATION_PHASE_ROLLING_BACK - Failed; stopping the destination frontends. */
+  MIGRATION_PHASE_ROLLING_BACK = 4,
+  MIGRATION_PHASE_SUCCEEDED = 5,
+  MIGRATION_PHASE_FAILED = 6,
+  UNRECOGNIZED = -1,
+}
+
+export function migrationPhaseFromJSON(object: any): MigrationPhase {
+  switch (object) {
+    case 0:
+    case "MIGRATION_PHASE_UNSPECIFIED":
+      return MigrationPhase.MIGRATION_PHASE_UNSPECIFIED;
+    case 1:
+    case "MIGRATION_PHASE_PREPARING":
+      return MigrationPhase.MIGRATION_PHASE_PREPARING;
+    case 2:
+    case "MIGRATION_PHASE_MIGRATING":
+      return MigrationPhase.MIGRATION_PHASE_MIGRATING;
+    case 3:
+    case "MIGRATION_PHASE_FINISHING":
+      return MigrationPhase.MIGRATION_PHASE_FINISHING;
+    case 4:
+    case "MIGRATION_PHASE_ROLLING_BACK":
+      return MigrationPhase.MIGRATION_PHASE_ROLLING_BACK;
+    case 5:
+    case "MIGRATION_PHASE_SUCCEEDED":
+      return MigrationPhase.MIGRATION_PHASE_SUCCEEDED;
+    case 6:
+    case "MIGRATION_PHASE_FAILED":
+      return MigrationPhase.MIGRATION_PHASE_FAILED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MigrationPhase.UNRECOGNIZED;
+  }
+}
+
+export function migrationPhaseToJSON(object: MigrationPhase): string {
+  switch (object) {
+    case MigrationPhase.MIGRATION_PHASE_UNSPECIFIED:
+      return "MIGRATION_PHASE_UNSPECIFIED";
+    case MigrationPhase.MIGRATION_PHASE_PREPARING:
+      return "MIGRATION_PHASE_PREPARING";
+    case MigrationPhase.MIGRATION_PHASE_MIGRATING:
+      return "MIGRATION_PHASE_MIGRATING";
+    case MigrationPhase.MIGRATION_PHASE_FINISHING:
+      return "MIGRATION_PHASE_FINISHING";
+    case MigrationPhase.MIGRATION_PHASE_ROLLING_BACK:
+      return "MIGRATION_PHASE_ROLLING_BACK";
+    case MigrationPhase.MIGRATION_PHASE_SUCCEEDED:
+      return "MIGRATION_PHASE_SUCCEEDED";
+    case MigrationPhase.MIGRATION_PHASE_FAILED:
+      return "MIGRATION_PHASE_FAILED";
+    case MigrationPhase.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A pool of storage on one node. */
 export interface Pool {
   node: string;
@@ -311,6 +378,16 @@ export interface Node {
   lastHeartbeatMs: number;
   pools: Pool[];
   agentVersion: string;
+  /** libvirt URI other nodes use to reach this node's libvirtd (empty: no VM support). */
+  libvirtUri: string;
+}
+
+/** How other nodes reach a node's libvirtd. */
+export interface LibvirtEndpoint {
+  /** For example qemu+tcp://10.0.0.1/system. */
+  uri: string;
+  /** Address the node's QEMU listens on for incoming migration streams. */
+  migrationHost: string;
 }
 
 export interface VolumeSpec {
@@ -354,6 +431,43 @@ export interface Attachment {
   nbdUri: string;
   state: AttachmentState;
   message: string;
+  /** Set while the attachment is the target side of a live migration of this domain. */
+  migration: string;
+}
+
+/** A libvirt domain as Stowage sees it. */
+export interface Vm {
+  name: string;
+  /** Node whose libvirtd runs it. */
+  node: string;
+  state: string;
+  disks: VmDisk[];
+}
+
+export interface VmDisk {
+  target: string;
+  /** The Stowage volume behind the disk; empty when it is not one. */
+  volume: string;
+  /** The disk's source as libvirt has it. */
+  source: string;
+}
+
+export interface Migration {
+  id: string;
+  domain: string;
+  fromNode: string;
+  toNode: string;
+  volumes: string[];
+  phase: MigrationPhase;
+  message: string;
+  startedAtMs: number;
+  finishedAtMs: number;
+  /** Guest RAM copied so far and still to copy (during MIGRATING). */
+  memoryTotalBytes: number;
+  memoryProcessedBytes: number;
+  memoryRemainingBytes: number;
+  /** For a finished migration: how long the guest was paused. */
+  downtimeMs: number;
 }
 
 /** Where the scheduler put (or would put) one replica. */
@@ -730,6 +844,7 @@ function createBaseNode(): Node {
     lastHeartbeatMs: 0,
     pools: [],
     agentVersion: "",
+    libvirtUri: "",
   };
 }
 
@@ -758,6 +873,9 @@ export const Node: MessageFns<Node> = {
     }
     if (message.agentVersion !== "") {
       writer.uint32(66).string(message.agentVersion);
+    }
+    if (message.libvirtUri !== "") {
+      writer.uint32(74).string(message.libvirtUri);
     }
     return writer;
   },
@@ -839,6 +957,14 @@ export const Node: MessageFns<Node> = {
             message.agentVersion = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.libvirtUri = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -869,6 +995,11 @@ export const Node: MessageFns<Node> = {
         : isSet(object.agent_version)
         ? globalThis.String(object.agent_version)
         : "",
+      libvirtUri: isSet(object.libvirtUri)
+        ? globalThis.String(object.libvirtUri)
+        : isSet(object.libvirt_uri)
+        ? globalThis.String(object.libvirt_uri)
+        : "",
     };
   },
 
@@ -898,6 +1029,9 @@ export const Node: MessageFns<Node> = {
     if (message.agentVersion !== "") {
       obj.agentVersion = message.agentVersion;
     }
+    if (message.libvirtUri !== "") {
+      obj.libvirtUri = message.libvirtUri;
+    }
     return obj;
   },
 
@@ -916,6 +1050,96 @@ export const Node: MessageFns<Node> = {
     message.lastHeartbeatMs = object.lastHeartbeatMs ?? 0;
     message.pools = object.pools?.map((e) => Pool.fromPartial(e)) || [];
     message.agentVersion = object.agentVersion ?? "";
+    message.libvirtUri = object.libvirtUri ?? "";
+    return message;
+  },
+};
+
+function createBaseLibvirtEndpoint(): LibvirtEndpoint {
+  return { uri: "", migrationHost: "" };
+}
+
+export const LibvirtEndpoint: MessageFns<LibvirtEndpoint> = {
+  encode(message: LibvirtEndpoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.uri !== "") {
+      writer.uint32(10).string(message.uri);
+    }
+    if (message.migrationHost !== "") {
+      writer.uint32(18).string(message.migrationHost);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LibvirtEndpoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLibvirtEndpoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.uri = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.migrationHost = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LibvirtEndpoint {
+    return {
+      uri: isSet(object.uri) ? globalThis.String(object.uri) : "",
+      migrationHost: isSet(object.migrationHost)
+        ? globalThis.String(object.migrationHost)
+        : isSet(object.migration_host)
+        ? globalThis.String(object.migration_host)
+        : "",
+    };
+  },
+
+  toJSON(message: LibvirtEndpoint): unknown {
+    const obj: any = {};
+    if (message.uri !== "") {
+      obj.uri = message.uri;
+    }
+    if (message.migrationHost !== "") {
+      obj.migrationHost = message.migrationHost;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LibvirtEndpoint>, I>>(base?: I): LibvirtEndpoint {
+    return LibvirtEndpoint.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LibvirtEndpoint>, I>>(object: I): LibvirtEndpoint {
+    const message = createBaseLibvirtEndpoint();
+    message.uri = object.uri ?? "";
+    message.migrationHost = object.migrationHost ?? "";
     return message;
   },
 };
@@ -1438,7 +1662,7 @@ export const Volume: MessageFns<Volume> = {
 };
 
 function createBaseAttachment(): Attachment {
-  return { node: "", socketPath: "", nbdUri: "", state: 0, message: "" };
+  return { node: "", socketPath: "", nbdUri: "", state: 0, message: "", migration: "" };
 }
 
 export const Attachment: MessageFns<Attachment> = {
@@ -1457,6 +1681,9 @@ export const Attachment: MessageFns<Attachment> = {
     }
     if (message.message !== "") {
       writer.uint32(42).string(message.message);
+    }
+    if (message.migration !== "") {
+      writer.uint32(50).string(message.migration);
     }
     return writer;
   },
@@ -1514,6 +1741,14 @@ export const Attachment: MessageFns<Attachment> = {
             message.message = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.migration = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1541,6 +1776,7 @@ export const Attachment: MessageFns<Attachment> = {
         : "",
       state: isSet(object.state) ? attachmentStateFromJSON(object.state) : 0,
       message: isSet(object.message) ? globalThis.String(object.message) : "",
+      migration: isSet(object.migration) ? globalThis.String(object.migration) : "",
     };
   },
 
@@ -1561,6 +1797,9 @@ export const Attachment: MessageFns<Attachment> = {
     if (message.message !== "") {
       obj.message = message.message;
     }
+    if (message.migration !== "") {
+      obj.migration = message.migration;
+    }
     return obj;
   },
 
@@ -1574,6 +1813,532 @@ export const Attachment: MessageFns<Attachment> = {
     message.nbdUri = object.nbdUri ?? "";
     message.state = object.state ?? 0;
     message.message = object.message ?? "";
+    message.migration = object.migration ?? "";
+    return message;
+  },
+};
+
+function createBaseVm(): Vm {
+  return { name: "", node: "", state: "", disks: [] };
+}
+
+export const Vm: MessageFns<Vm> = {
+  encode(message: Vm, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    if (message.state !== "") {
+      writer.uint32(26).string(message.state);
+    }
+    for (const v of message.disks) {
+      VmDisk.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Vm {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVm();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.disks.push(VmDisk.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Vm {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => VmDisk.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: Vm): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => VmDisk.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Vm>, I>>(base?: I): Vm {
+    return Vm.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Vm>, I>>(object: I): Vm {
+    const message = createBaseVm();
+    message.name = object.name ?? "";
+    message.node = object.node ?? "";
+    message.state = object.state ?? "";
+    message.disks = object.disks?.map((e) => VmDisk.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseVmDisk(): VmDisk {
+  return { target: "", volume: "", source: "" };
+}
+
+export const VmDisk: MessageFns<VmDisk> = {
+  encode(message: VmDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.target !== "") {
+      writer.uint32(10).string(message.target);
+    }
+    if (message.volume !== "") {
+      writer.uint32(18).string(message.volume);
+    }
+    if (message.source !== "") {
+      writer.uint32(26).string(message.source);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VmDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVmDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VmDisk {
+    return {
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+    };
+  },
+
+  toJSON(message: VmDisk): unknown {
+    const obj: any = {};
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VmDisk>, I>>(base?: I): VmDisk {
+    return VmDisk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VmDisk>, I>>(object: I): VmDisk {
+    const message = createBaseVmDisk();
+    message.target = object.target ?? "";
+    message.volume = object.volume ?? "";
+    message.source = object.source ?? "";
+    return message;
+  },
+};
+
+function createBaseMigration(): Migration {
+  return {
+    id: "",
+    domain: "",
+    fromNode: "",
+    toNode: "",
+    volumes: [],
+    phase: 0,
+    message: "",
+    startedAtMs: 0,
+    finishedAtMs: 0,
+    memoryTotalBytes: 0,
+    memoryProcessedBytes: 0,
+    memoryRemainingBytes: 0,
+    downtimeMs: 0,
+  };
+}
+
+export const Migration: MessageFns<Migration> = {
+  encode(message: Migration, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.domain !== "") {
+      writer.uint32(18).string(message.domain);
+    }
+    if (message.fromNode !== "") {
+      writer.uint32(26).string(message.fromNode);
+    }
+    if (message.toNode !== "") {
+      writer.uint32(34).string(message.toNode);
+    }
+    for (const v of message.volumes) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.phase !== 0) {
+      writer.uint32(48).int32(message.phase);
+    }
+    if (message.message !== "") {
+      writer.uint32(58).string(message.message);
+    }
+    if (message.startedAtMs !== 0) {
+      writer.uint32(64).int64(message.startedAtMs);
+    }
+    if (message.finishedAtMs !== 0) {
+      writer.uint32(72).int64(message.finishedAtMs);
+    }
+    if (message.memoryTotalBytes !== 0) {
+      writer.uint32(80).uint64(message.memoryTotalBytes);
+    }
+    if (message.memoryProcessedBytes !== 0) {
+      writer.uint32(88).uint64(message.memoryProcessedBytes);
+    }
+    if (message.memoryRemainingBytes !== 0) {
+      writer.uint32(96).uint64(message.memoryRemainingBytes);
+    }
+    if (message.downtimeMs !== 0) {
+      writer.uint32(104).int64(message.downtimeMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Migration {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigration();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.fromNode = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.toNode = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.volumes.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.phase = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.startedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.finishedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.memoryTotalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.memoryProcessedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.memoryRemainingBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.downtimeMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Migration {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      fromNode: isSet(object.fromNode)
+        ? globalThis.String(object.fromNode)
+        : isSet(object.from_node)
+        ? globalThis.String(object.from_node)
+        : "",
+      toNode: isSet(object.toNode)
+        ? globalThis.String(object.toNode)
+        : isSet(object.to_node)
+        ? globalThis.String(object.to_node)
+        : "",
+      volumes: globalThis.Array.isArray(object?.volumes) ? object.volumes.map((e: any) => globalThis.String(e)) : [],
+      phase: isSet(object.phase) ? migrationPhaseFromJSON(object.phase) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      startedAtMs: isSet(object.startedAtMs)
+        ? globalThis.Number(object.startedAtMs)
+        : isSet(object.started_at_ms)
+        ? globalThis.Number(object.started_at_ms)
+        : 0,
+      finishedAtMs: isSet(object.finishedAtMs)
+        ? globalThis.Number(object.finishedAtMs)
+        : isSet(object.finished_at_ms)
+        ? globalThis.Number(object.finished_at_ms)
+        : 0,
+      memoryTotalBytes: isSet(object.memoryTotalBytes)
+        ? globalThis.Number(object.memoryTotalBytes)
+        : isSet(object.memory_total_bytes)
+        ? globalThis.Number(object.memory_total_bytes)
+        : 0,
+      memoryProcessedBytes: isSet(object.memoryProcessedBytes)
+        ? globalThis.Number(object.memoryProcessedBytes)
+        : isSet(object.memory_processed_bytes)
+        ? globalThis.Number(object.memory_processed_bytes)
+        : 0,
+      memoryRemainingBytes: isSet(object.memoryRemainingBytes)
+        ? globalThis.Number(object.memoryRemainingBytes)
+        : isSet(object.memory_remaining_bytes)
+        ? globalThis.Number(object.memory_remaining_bytes)
+        : 0,
+      downtimeMs: isSet(object.downtimeMs)
+        ? globalThis.Number(object.downtimeMs)
+        : isSet(object.downtime_ms)
+        ? globalThis.Number(object.downtime_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: Migration): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.fromNode !== "") {
+      obj.fromNode = message.fromNode;
+    }
+    if (message.toNode !== "") {
+      obj.toNode = message.toNode;
+    }
+    if (message.volumes?.length) {
+      obj.volumes = message.volumes;
+    }
+    if (message.phase !== 0) {
+      obj.phase = migrationPhaseToJSON(message.phase);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.startedAtMs !== 0) {
+      obj.startedAtMs = Math.round(message.startedAtMs);
+    }
+    if (message.finishedAtMs !== 0) {
+      obj.finishedAtMs = Math.round(message.finishedAtMs);
+    }
+    if (message.memoryTotalBytes !== 0) {
+      obj.memoryTotalBytes = Math.round(message.memoryTotalBytes);
+    }
+    if (message.memoryProcessedBytes !== 0) {
+      obj.memoryProcessedBytes = Math.round(message.memoryProcessedBytes);
+    }
+    if (message.memoryRemainingBytes !== 0) {
+      obj.memoryRemainingBytes = Math.round(message.memoryRemainingBytes);
+    }
+    if (message.downtimeMs !== 0) {
+      obj.downtimeMs = Math.round(message.downtimeMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Migration>, I>>(base?: I): Migration {
+    return Migration.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Migration>, I>>(object: I): Migration {
+    const message = createBaseMigration();
+    message.id = object.id ?? "";
+    message.domain = object.domain ?? "";
+    message.fromNode = object.fromNode ?? "";
+    message.toNode = object.toNode ?? "";
+    message.volumes = object.volumes?.map((e) => e) || [];
+    message.phase = object.phase ?? 0;
+    message.message = object.message ?? "";
+    message.startedAtMs = object.startedAtMs ?? 0;
+    message.finishedAtMs = object.finishedAtMs ?? 0;
+    message.memoryTotalBytes = object.memoryTotalBytes ?? 0;
+    message.memoryProcessedBytes = object.memoryProcessedBytes ?? 0;
+    message.memoryRemainingBytes = object.memoryRemainingBytes ?? 0;
+    message.downtimeMs = object.downtimeMs ?? 0;
     return message;
   },
 };

@@ -9,6 +9,11 @@ import { addService, Channel, createServer, INSECURE, listen, shutdown, type Pro
 const PiB = 2 ** 50;
 
 /** An in-process agent: AgentService backed by a Map, registered and heartbeating like node-agent. */
+const noVms = async (): Promise<never> => {
+  throw new FailedPreconditionError("simulated agents have no libvirt");
+};
+const NO_VMS = { getDomain: noVms, attachDisk: noVms, detachDisk: noVms, migrateDomain: noVms, getDomainJob: noVms };
+
 export class SimAgent {
   private readonly replicas = new Map<string, AgentReplica>();
   private address = "";
@@ -26,6 +31,7 @@ export class SimAgent {
     const server = createServer();
     const self = new SimAgent(name, server);
     addService(server, AgentServiceService, {
+      ...NO_VMS,
       getInventory: async () => ({ node: name, pools: self.pools(), replicas: [...self.replicas.values()], frontends: [] }),
       ensureReplica: async (req) => {
         let replica = self.replicas.get(req.id);

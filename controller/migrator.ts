@@ -1,0 +1,242 @@
+// Drives live migrations on the leader. A migration is recorded in etcd (with
+// the destination's attachments: the dual-attach window) before anything runs,
+// and every phase change is written before the next step, so a new leader
+// picks up where a crashed one stopped:
+//
+//   preparing    destination frontends starting; wait until they serve
+//   migrating    the source agent runs libvirt's live migration; progress polled
+//   finishing    the domain runs on the destination: drop the source attachments
+//   rolling-back it failed: drop the destination attachments
+//   succeeded / failed  (the record stays until the domain's next migration)
+//
+// Which way a migration that was interrupted went is decided by asking libvirt
+// where the domain runs, never assumed.
+import { errorMessage, ConflictError } from "../lib/errors.js";
+import { faultPoint } from "../lib/faults.js";
+import type { Logger } from "../lib/logger.js";
+import { keys } from "./keys.js";
+import type { MigrationPhaseName, MigrationRecord, VolumeSpec } from "./model.js";
+import type { WriteBatch } from "./store.js";
+import type { VmDeps } from "./vms.js";
+
+export interface MigratorOptions {
+  /** How long destination frontends may take to start (default 60 s). */
+  prepareTimeoutMs?: number;
+  /** Progress poll interval (default 500 ms). */
+  pollMs?: number;
+  /** The longest a migration may run (default 1 h). */
+  migrateTimeoutMs?: number;
+}
+
+const TERMINAL: MigrationPhaseName[] = ["succeeded", "failed"];
+
+export function isTerminal(m: MigrationRecord): boolean {
+  return TERMINAL.includes(m.phase);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class Migrator {
+  private readonly running = new Map<string, Promise<void>>();
+  private stopped = false;
+
+  constructor(
+    private readonly d: VmDeps,
+    private readonly enqueueVolume: (name: string) => void,
+    private readonly log: Logger,
+    private readonly opts: MigratorOptions = {},
+  ) {}
+
+  /** Resumes every unfinished migration (called when this controller becomes leader). */
+  start(): void {
+    for (const { value } of this.d.store.migrations()) if (!isTerminal(value)) this.drive(value.domain);
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** Runs the domain's migration to its end unless a driver already does. */
+  drive(domain: string): void {
+    if (this.running.has(domain) || this.stopped) return;
+    const p = this.run(domain)
+      .catch((err) => this.log.error({ domain, err: errorMessage(err) }, "migration driver stopped; the next leader resumes it"))
+      .finally(() => this.running.delete(domain));
+    this.running.set(domain, p);
+  }
+
+  /** Waits for running drivers (tests). */
+  async idle(): Promise<void> {
+    await Promise.all(this.running.values());
+  }
+
+  private current(domain: string) {
+    const e = this.d.store.migration(domain);
+    if (!e) throw new Error(`migration record of ${domain} vanished`);
+    return e;
+  }
+
+  /** Writes fields of the record (and any extra batch) if the record has not changed meanwhile. */
+  private async update(domain: string, fields: Partial<MigrationRecord>, extra: (m: MigrationRecord) => WriteBatch = () => ({})): Promise<MigrationRecord> {
+    const e = this.current(domain);
+    const next = { ...e.value, ...fields };
+    const b = extra(next);
+    await this.d.store.write({
+      unchanged: [[keys.migration(domain), e.modRevision], ...(b.unchanged ?? [])],
+      put: [{ key: keys.migration(domain), value: next }, ...(b.put ?? [])],
+    });
+    return next;
+  }
+
+  private async run(domain: string): Promise<void> {
+    for (;;) {
+      if (this.stopped) return;
+      const m = this.current(domain).value;
+      try {
+        switch (m.phase) {
+          case "preparing":
+            await this.prepare(m);
+            break;
+          case "migrating":
+            await this.migrate(m);
+            break;
+          case "finishing":
+            await this.settle(m, "succeeded");
+            break;
+          case "rolling-back":
+            await this.settle(m, "failed");
+            break;
+          default:
+            return;
+        }
+      } catch (err) {
+        // The record or a volume changed underneath (a progress write, an attach): read again.
+        if (!(err instanceof ConflictError)) throw err;
+      }
+    }
+  }
+
+  private frontendsReady(m: MigrationRecord): { ready: boolean; problem: string } {
+    for (const v of m.volumes) {
+      const f = this.d.store.volumeStatus(v)?.value.frontends?.find((x) => x.node === m.to);
+      if (f?.state !== "attached") return { ready: false, problem: f?.message ? `volume ${v} on ${m.to}: ${f.message}` : "" };
+    }
+    return { ready: true, problem: "" };
+  }
+
+  private async prepare(m: MigrationRecord): Promise<void> {
+    const deadline = Date.now() + (this.opts.prepareTimeoutMs ?? 60_000);
+    for (const v of m.volumes) this.enqueueVolume(v);
+    for (;;) {
+      if (this.stopped) return;
+      const { ready, problem } = this.frontendsReady(m);
+      if (ready) break;
+      if (Date.now() > deadline) {
+        await this.update(m.domain, { phase: "rolling-back", message: `frontends on ${m.to} did not start${problem ? `: ${problem}` : ""}` });
+        return;
+      }
+      await sleep(100);
+    }
+    await this.update(m.domain, { phase: "migrating", message: "" });
+    faultPoint("migrate:prepared", m.domain);
+  }
+
+  /** Where the domain runs now: "from", "to", or "unknown" (neither answered running). */
+  private async whereIs(m: MigrationRecord): Promise<"from" | "to" | "unknown"> {
+    const ask = async (node: string) => {
+      try {
+        const r = await this.d.agents.for(node).getDomain({ name: m.domain }, { timeoutMs: 15_000 });
+        return r.found ? (r.domain?.state ?? "") : "absent";
+      } catch {
+        return "unreachable";
+      }
+    };
+    const [src, dst] = await Promise.all([ask(m.from), ask(m.to)]);
+    if (dst === "running" && src !== "running") return "to";
+    if (src === "running" || src === "paused") return "from";
+    return "unknown";
+  }
+
+  private async migrate(m: MigrationRecord): Promise<void> {
+    const target = this.d.store.nodeSpec(m.to)?.value.libvirt;
+    if (!target) {
+      await this.update(m.domain, { phase: "rolling-back", message: `node ${m.to} has no libvirt endpoint` });
+      return;
+    }
+    // Already there (a previous leader's migration finished while no one watched)?
+    if ((await this.whereIs(m)) === "to") {
+      await this.update(m.domain, { phase: "finishing", message: "" });
+      return;
+    }
+    const source = this.d.agents.for(m.from);
+    let done = false;
+    let lastWrite = 0;
+    const progress = (async () => {
+      while (!done && !this.stopped) {
+        await sleep(this.opts.pollMs ?? 500);
+        if (done) break;
+        try {
+          const { job } = await source.getDomainJob({ domain: m.domain }, { timeoutMs: 5_000 });
+          if (!job?.active || done || Date.now() - lastWrite < 900) continue;
+          lastWrite = Date.now();
+          await this.update(m.domain, {
+            memoryTotalBytes: job.memoryTotalBytes,
+            memoryProcessedBytes: job.memoryProcessedBytes,
+            memoryRemainingBytes: job.memoryRemainingBytes,
+          });
+        } catch (err) {
+          if (err instanceof ConflictError) continue;
+          this.log.debug({ domain: m.domain, err: errorMessage(err) }, "migration progress poll failed");
+        }
+      }
+    })();
+    let failure = "";
+    let downtimeMs = 0;
+    try {
+      const res = await source.migrateDomain(
+        { domain: m.domain, destinationUri: target.uri, destinationHost: target.migrationHost },
+        { timeoutMs: this.opts.migrateTimeoutMs ?? 60 * 60_000 },
+      );
+      downtimeMs = res.job?.downtimeMs ?? 0;
+    } catch (err) {
+      failure = errorMessage(err);
+    } finally {
+      done = true;
+      await progress;
+    }
+    if (this.stopped) return;
+    faultPoint("migrate:migrated", m.domain);
+    // libvirt's answer is not the last word (a lost reply, an error after the handover): ask where it runs.
+    const where = await this.whereIs(m);
+    if (where === "to") {
+      await this.update(m.domain, { phase: "finishing", message: "", downtimeMs, memoryRemainingBytes: 0 });
+    } else if (where === "from") {
+      await this.update(m.domain, { phase: "rolling-back", message: failure || "the domain is still running on the source" });
+    } else {
+      // Neither side runs it (both unreachable, or the guest stopped): keep both frontends and look again.
+      this.log.warn({ domain: m.domain, failure }, "cannot tell where the domain runs; retrying");
+      await sleep(2_000);
+    }
+  }
+
+  /** Drops one side's attachments and ends the migration. */
+  private async settle(m: MigrationRecord, outcome: "succeeded" | "failed"): Promise<void> {
+    const drop = outcome === "succeeded" ? m.from : m.to;
+    await this.update(m.domain, { phase: outcome, finishedAtMs: Date.now() }, () => {
+      const b: WriteBatch = { unchanged: [], put: [] };
+      for (const v of m.volumes) {
+        const e = this.d.store.volumeSpec(v);
+        if (!e) continue;
+        const attachments = (e.value.attachments ?? [])
+          .filter((a) => !(a.node === drop && (outcome === "succeeded" || a.migration === m.domain)))
+          .map((a) => (a.migration === m.domain ? { node: a.node, sinceMs: a.sinceMs } : a));
+        const next: VolumeSpec = { ...e.value, attachments };
+        b.unchanged!.push([keys.volumeSpec(v), e.modRevision]);
+        b.put!.push({ key: keys.volumeSpec(v), value: next });
+      }
+      return b;
+    });
+    for (const v of m.volumes) this.enqueueVolume(v);
+    this.log.info({ domain: m.domain, from: m.from, to: m.to, outcome, message: m.message }, outcome === "succeeded" ? "migration succeeded" : "migration rolled back");
+  }
+}

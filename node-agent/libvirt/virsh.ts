@@ -1,0 +1,142 @@
+// This node's libvirtd, driven through virsh (the binding Stowage would use has
+// no migration call; see node-agent/libvirt/README.md). Every call goes through
+// lib/exec.ts, with virsh's own error text kept in the thrown error.
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { tmpdir } from "node:os";
+import { NotFoundError, StowageError } from "../../lib/errors.js";
+import { ExecError, run } from "../../lib/exec.js";
+import { parseDomainDisks, type ParsedDisk } from "../../lib/libvirt-xml.js";
+
+export interface DomainState {
+  name: string;
+  uuid: string;
+  state: string;
+  persistent: boolean;
+  disks: ParsedDisk[];
+}
+
+export interface JobInfo {
+  /** "None", "Unbounded", "Completed", "Failed", "Cancelled", ... */
+  type: string;
+  operation: string;
+  elapsedMs: number;
+  memoryTotalBytes: number;
+  memoryProcessedBytes: number;
+  memoryRemainingBytes: number;
+  downtimeMs: number;
+}
+
+const UNITS: Record<string, number> = { B: 1, KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30, TiB: 2 ** 40 };
+
+/** Parses `virsh domjobinfo` output ("Memory processed: 50.000 MiB", "Time elapsed: 12 ms"). */
+export function parseJobInfo(text: string): JobInfo {
+  const f = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const m = /^([^:]+):\s+(.*?)\s*$/.exec(line);
+    if (m) f.set(m[1]!.trim(), m[2]!);
+  }
+  const ms = (k: string) => Number(/^(\d+)\s*ms$/.exec(f.get(k) ?? "")?.[1] ?? 0);
+  const bytes = (k: string) => {
+    const m = /^([\d.]+)\s*(B|KiB|MiB|GiB|TiB)$/.exec(f.get(k) ?? "");
+    return m ? Math.round(Number(m[1]) * UNITS[m[2]!]!) : 0;
+  };
+  return {
+    type: f.get("Job type") ?? "None",
+    operation: f.get("Operation") ?? "",
+    elapsedMs: ms("Time elapsed"),
+    memoryTotalBytes: bytes("Memory total"),
+    memoryProcessedBytes: bytes("Memory processed"),
+    memoryRemainingBytes: bytes("Memory remaining"),
+    downtimeMs: ms("Total downtime"),
+  };
+}
+
+/** Fields of `virsh dominfo`. */
+export function parseDomInfo(text: string): { uuid: string; state: string; persistent: boolean } {
+  const f = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const m = /^([^:]+):\s+(.*?)\s*$/.exec(line);
+    if (m) f.set(m[1]!.trim(), m[2]!);
+  }
+  return { uuid: f.get("UUID") ?? "", state: f.get("State") ?? "", persistent: f.get("Persistent") === "yes" };
+}
+
+const NOT_FOUND = /Domain not found|failed to get domain/;
+
+export class Virsh {
+  constructor(readonly uri: string) {}
+
+  private async virsh(domain: string, args: string[], timeoutMs = 60_000): Promise<string> {
+    try {
+      return (await run("virsh", ["-q", "-c", this.uri, ...args], { timeoutMs })).stdout;
+    } catch (err) {
+      if (err instanceof ExecError) {
+        const text = err.stderr.replace(/^error: /gm, "").trim().split("\n").filter(Boolean).join("; ");
+        if (NOT_FOUND.test(err.stderr)) throw new NotFoundError("domain", domain, { hint: `'virsh -c ${this.uri} list --all' shows the domains of this node`, cause: err });
+        throw new StowageError(`libvirt (${this.uri}): ${text || err.message}`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  /** The domain, or undefined when this libvirtd has none of that name. */
+  async domain(name: string): Promise<DomainState | undefined> {
+    try {
+      const info = parseDomInfo(await this.virsh(name, ["dominfo", name]));
+      const xml = await this.virsh(name, ["dumpxml", name]);
+      return { name, ...info, disks: parseDomainDisks(xml) };
+    } catch (err) {
+      if (err instanceof NotFoundError) return undefined;
+      throw err;
+    }
+  }
+
+  private async withFile<T>(content: string, fn: (file: string) => Promise<T>): Promise<T> {
+    const dir = await mkdtemp(join(tmpdir(), "stowage-virsh-"));
+    try {
+      const file = join(dir, "device.xml");
+      await writeFile(file, content);
+      return await fn(file);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Hot-plugs a device; a persistent domain also keeps it in its definition. */
+  async attachDevice(domain: string, xml: string, persistent: boolean): Promise<void> {
+    await this.withFile(xml, (file) => this.virsh(domain, ["attach-device", domain, file, persistent ? "--persistent" : "--live"]));
+  }
+
+  /** Asks the guest to release a disk (the guest must acknowledge the unplug). */
+  async detachDisk(domain: string, target: string, persistent: boolean): Promise<void> {
+    await this.virsh(domain, ["detach-disk", domain, target, persistent ? "--persistent" : "--live"]);
+  }
+
+  async jobInfo(domain: string, completed = false): Promise<JobInfo> {
+    return parseJobInfo(await this.virsh(domain, ["domjobinfo", domain, ...(completed ? ["--completed"] : [])], 10_000));
+  }
+
+  /**
+   * Live-migrates `domain` to the libvirtd at `destUri`; the destination QEMU
+   * listens for the stream on `destHost`. A persistent domain's definition moves along.
+   */
+  async migrate(domain: string, destUri: string, destHost: string, persistent: boolean, timeoutMs: number): Promise<void> {
+    const host = destHost.includes(":") ? `[${destHost}]` : destHost;
+    await this.virsh(
+      domain,
+      [
+        "migrate",
+        "--live",
+        ...(persistent ? ["--persistent", "--undefinesource"] : []),
+        domain,
+        destUri,
+        "--migrateuri",
+        `tcp://${host}`,
+        "--listen-address",
+        destHost,
+      ],
+      timeoutMs,
+    );
+  }
+}

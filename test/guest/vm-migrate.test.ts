@@ -1,0 +1,165 @@
+// End-to-end through stowctl: a writing guest under libvirt gets its Stowage
+// disk with `stowctl vm attach`, is live-migrated node1 -> node2 (with the
+// controller killed mid-migration; the standby finishes it) -> node1 with
+// `stowctl vm migrate`, and a migration to a node whose libvirtd is down fails
+// cleanly. Afterwards every acknowledged write is on both replicas, the guest
+// never rebooted, and no frontend is left behind.
+//
+// Each test "host" is a libvirtd in its own mount namespace (test/guest/libvirt-hosts.ts);
+// the node agent runs in the same namespace, so /run/stowage/volumes/VOL.sock is
+// the same path on both hosts, yet two different sockets, as on real machines.
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildGuest, countBoots, parseSerial, verifyDisk, type GuestImages } from "./guest.js";
+import { startTwoHosts, virsh, type TwoHosts } from "./libvirt-hosts.js";
+import { createGuestDomain, runningDomains } from "./libvirt-guest.js";
+import { waitForSerial } from "./qemu-guest.js";
+import { TestCluster } from "../harness/cluster.js";
+import { eventually } from "../harness/processes.js";
+
+const BLOCKS = 256;
+const FRONTEND_DIR = "/run/stowage/volumes";
+let images: GuestImages;
+let dir: string;
+let hosts: TwoHosts | undefined;
+let cluster: TestCluster | undefined;
+
+beforeAll(async () => {
+  images = await buildGuest();
+  dir = await mkdtemp(join(tmpdir(), "stowage-vm-"));
+  await chmod(dir, 0o755); // libvirt-qemu must reach the serial log
+  hosts = await startTwoHosts({ baseDir: join(dir, "hosts") });
+  cluster = await TestCluster.create();
+  await cluster.startController("c1", { faults: ["migrate:prepared"] });
+  await cluster.startController("c2");
+  const [h1, h2] = hosts.hosts;
+  for (const [name, ip, h] of [["node1", "127.0.0.71", h1], ["node2", "127.0.0.72", h2]] as const) {
+    await cluster.startAgent(name, ip, {
+      frontendDir: FRONTEND_DIR,
+      mountNamespaceOf: h.pid,
+      libvirt: { uri: h.uri, peerUri: h.uri, migrationHost: "127.0.0.1" },
+    });
+  }
+  await cluster.waitNodesOnline(2);
+}, 180_000);
+
+afterAll(async () => {
+  await hosts?.stop();
+  await cluster?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("stowctl vm attach / migrate with a writing guest", () => {
+  it("keeps every acknowledged write across node1 -> node2 -> node1 and a failed migration", async () => {
+    const c = cluster!;
+    const [h1, h2] = hosts!.hosts;
+    const ok = async (args: string[]) => {
+      const r = await c.stowctl(args);
+      if (r.code !== 0) throw new Error(`stowctl ${args.join(" ")} exited ${r.code}:\n${r.stderr}${r.stdout}`);
+      return r;
+    };
+    const json = async (args: string[]) => JSON.parse((await ok([...args, "-o", "json"])).stdout);
+    const vol = "g1";
+    const name = `stowage-vm-${randomBytes(3).toString("hex")}`;
+    const serialLog = join(dir, "serial.log");
+    const serial = (pred: Parameters<typeof waitForSerial>[1], what: string, ms = 60_000) => waitForSerial(serialLog, pred, what, ms);
+    const acked = async () => (await serial(() => true, "log")).last?.lastAck ?? 0;
+    const moreAcks = async (n: number, where: string) => {
+      const from = await acked();
+      await serial((r) => (r.last?.lastAck ?? 0) >= from + n, `${n} ACKs ${where} (after ${from})`, 60_000);
+    };
+    const frontendsOn = async (node: string) => {
+      const v = await json(["volume", "get", vol]);
+      return (v.volume.attachments as { node: string }[]).filter((a) => a.node === node).length;
+    };
+
+    await ok(["volume", "create", vol, "--size", "64MiB", "--replicas", "2"]);
+    // The guest boots without a disk; its writer waits for /dev/vda, which `vm attach` hot-plugs.
+    await createGuestDomain(h1.uri, { name, images, serialLog, blocks: BLOCKS });
+    const attached = await json(["vm", "attach", name, vol]);
+    expect(attached.target).toBe("vda");
+    expect(attached.vm.node).toBe("node1");
+    expect(attached.vm.disks).toEqual([{ target: "vda", volume: vol, source: `${FRONTEND_DIR}/${vol}.sock (${vol})` }]);
+    const booted = await serial((r) => !!r.last, "BOOT", 60_000);
+    await moreAcks(30, "on node1");
+
+    // A domain whose disk is a plain file is refused, and nothing is recorded.
+    const other = `stowage-file-${randomBytes(3).toString("hex")}`;
+    const img = join(dir, "plain.raw");
+    await writeFile(img, Buffer.alloc(1 << 20));
+    await chmod(img, 0o666);
+    const xml = join(dir, "plain.xml");
+    await writeFile(
+      xml,
+      `<domain type='qemu'><name>${other}</name><memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type></os>` +
+        `<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${img}'/><target dev='vda' bus='virtio'/></disk>` +
+        `<controller type='usb' model='none'/><memballoon model='none'/></devices></domain>`,
+    );
+    await virsh(h1.uri, ["create", xml, "--paused"]);
+    const refused = await c.stowctl(["vm", "migrate", other, "--to", "node2"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(new RegExp(`disk vda of domain ${other} is not a Stowage volume \\(file/? ?${img.replace(/[.]/g, "\\.")}`));
+    expect(await c.stowctl(["vm", "migration", other])).toMatchObject({ code: 1 });
+    await virsh(h1.uri, ["destroy", other]);
+
+    // node1 -> node2; the leader (c1) dies right after the destination frontends start; c2 finishes.
+    const there = await c.stowctl(["vm", "migrate", name, "--to", "node2", "--wait-timeout", "120"]);
+    expect(there.code, there.stderr).toBe(0);
+    expect(c.controllers.get("c1")!.running).toBe(false);
+    expect(there.stderr).toMatch(/preparing/); // progress lines
+    expect(await runningDomains(h2.uri)).toContain(name);
+    expect(await runningDomains(h1.uri)).not.toContain(name);
+    await eventually(async () => (await frontendsOn("node1")) === 0, 30_000, "node1 frontend stopped");
+    await moreAcks(30, "on node2");
+
+    // node2 -> node1, with progress and the result as JSON.
+    const back = await json(["vm", "migrate", name, "--to", "node1"]);
+    expect(back.migration).toMatchObject({ domain: name, fromNode: "node2", toNode: "node1", phase: "succeeded", volumes: [vol] });
+    expect(back.migration.downtimeMs).toBeGreaterThan(0);
+    expect(await runningDomains(h1.uri)).toContain(name);
+    await eventually(async () => (await frontendsOn("node2")) === 0, 30_000, "node2 frontend stopped");
+    await moreAcks(30, "back on node1");
+
+    // node2's libvirtd is down: the migration fails, the guest keeps writing on node1, node2's frontend goes away.
+    await h2.proc.kill("SIGKILL");
+    const failed = await c.stowctl(["vm", "migrate", name, "--to", "node2", "--wait-timeout", "120"]);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toMatch(/migration of .* to node2 failed: .*the domain keeps running on node1/);
+    const m = await json(["vm", "migration", name]);
+    expect(m.migration.phase).toBe("failed");
+    expect(await runningDomains(h1.uri)).toContain(name);
+    await eventually(async () => (await frontendsOn("node2")) === 0, 30_000, "node2 frontend stopped after the failure");
+    const inv = await eventually(async () => {
+      const r = await c.stowctl(["volume", "get", vol, "-o", "json"]);
+      const v = JSON.parse(r.stdout).volume;
+      return v.attachments.length === 1 ? v : undefined;
+    }, 30_000, "one attachment");
+    expect(inv.attachments[0].node).toBe("node1");
+    await moreAcks(30, "on node1 after the failed migration");
+
+    // Pull the plug, then check the disk: every replica holds every acknowledged write.
+    await virsh(h1.uri, ["destroy", name]);
+    const log = await readFile(serialLog, "utf8");
+    const report = parseSerial(log);
+    expect(countBoots(log)).toBe(1);
+    expect(report.last!.id).toBe(booted.last!.id);
+    expect(report.failures).toEqual([]);
+    expect(report.last!.writeErrors).toEqual([]);
+    expect(report.last!.ackGaps).toEqual([]);
+    const v = await json(["volume", "get", vol]);
+    expect(v.volume.replicas).toHaveLength(2);
+    for (const r of v.volume.replicas as { path: string; node: string }[]) {
+      const check = await verifyDisk(r.path, report.last!);
+      expect(check.errors, `replica on ${r.node}`).toEqual([]);
+      expect(check.ok).toBe(true);
+    }
+    console.log(
+      `[vm-migrate] ${report.last!.lastAck} acked writes verified on 2 replicas; ` +
+        `node1->node2 (controller killed mid-way) and node2->node1 (downtime ${back.migration.downtimeMs} ms, ` +
+        `${back.migration.finishedAtMs - back.migration.startedAtMs} ms total)`,
+    );
+  });
+});
