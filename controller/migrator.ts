@@ -22,7 +22,7 @@ import type { VmDeps } from "./vms.js";
 export interface MigratorOptions {
   /** How long destination frontends may take to start (default 60 s). */
   prepareTimeoutMs?: number;
-  /** Progress poll interval (default 500 ms). */
+  /** Progress poll interval (default 250 ms). */
   pollMs?: number;
   /** The longest a migration may run (default 1 h). */
   migrateTimeoutMs?: number;
@@ -170,14 +170,17 @@ export class Migrator {
     }
     const source = this.d.agents.for(m.from);
     let done = false;
-    let lastWrite = 0;
+    let wake: () => void = () => undefined;
+    const finished = new Promise<void>((r) => (wake = r));
     const progress = (async () => {
+      let lastWrite = 0;
       while (!done && !this.stopped) {
-        await sleep(this.opts.pollMs ?? 500);
+        await Promise.race([sleep(this.opts.pollMs ?? 250), finished]);
         if (done) break;
         try {
           const { job } = await source.getDomainJob({ domain: m.domain }, { timeoutMs: 5_000 });
-          if (!job?.active || done || Date.now() - lastWrite < 900) continue;
+          // Before libvirt starts copying RAM the totals are 0: nothing worth showing.
+          if (!job?.active || !job.memoryTotalBytes || done || Date.now() - lastWrite < 400) continue;
           lastWrite = Date.now();
           await this.update(m.domain, {
             memoryTotalBytes: job.memoryTotalBytes,
@@ -202,6 +205,7 @@ export class Migrator {
       failure = errorMessage(err);
     } finally {
       done = true;
+      wake();
       await progress;
     }
     if (this.stopped) return;

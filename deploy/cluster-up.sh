@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Starts a local Stowage cluster on this machine: one etcd, two controllers
-# (leader + standby) and three node agents on 127.0.0.11-13, each with its own
-# data directory and pool under .cluster/. Installs and builds what is missing
-# first. Safe to run again: a running cluster is left as it is.
+# (leader + standby) and three "hosts" on 127.0.0.11-13, each a libvirtd in its
+# own mount namespace (deploy/libvirt-host.sh) plus a node agent in that
+# namespace, with its own data directory and pool under .cluster/. VMs started
+# on a host's libvirtd can be live-migrated between hosts with stowctl.
+# Installs and builds what is missing first. Safe to run again: a running
+# cluster is left as it is. STOWAGE_NO_LIBVIRT=1 starts the agents without libvirt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -51,10 +54,39 @@ done
 
 controllers=$(IFS=,; echo "${CONTROLLERS[*]}")
 zones=(zone-a zone-b zone-c)
+LIBVIRT_PORT=16510
+
+libvirt_ready() { virsh -c "qemu+tcp://$1:$LIBVIRT_PORT/system" version 2>/dev/null | grep -q "Running hypervisor: QEMU"; }
+if [ -z "${STOWAGE_NO_LIBVIRT:-}" ]; then
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  for i in "${!NODES[@]}"; do
+    n=${NODES[$i]}
+    ip="127.0.0.$((11 + i))"
+    echo "==> starting libvirtd of $n on qemu+tcp://$ip:$LIBVIRT_PORT/system"
+    start "libvirtd-$n" bash deploy/libvirt-host.sh "$STATE/$n/libvirt" "$ip" "$LIBVIRT_PORT" "$((49200 + i * 16))"
+  done
+  for i in "${!NODES[@]}"; do
+    # The first start probes QEMU's capabilities (8-15 s); later starts reuse them.
+    wait_for "libvirtd of ${NODES[$i]}" 120 libvirt_ready "127.0.0.$((11 + i))"
+  done
+  mkdir -p /var/tmp/stowage-libvirt-caps
+  cp -f "$STATE"/node1/libvirt/cache/qemu/capabilities/*.xml /var/tmp/stowage-libvirt-caps/ 2>/dev/null || true
+fi
+
 for i in "${!NODES[@]}"; do
   n=${NODES[$i]}
   ip="127.0.0.$((11 + i))"
   mkdir -p "$STATE/$n/pools/default"
+  if [ -z "${STOWAGE_NO_LIBVIRT:-}" ]; then
+    # Frontend sockets at /run/stowage/volumes: the same path on every host, inside each host's namespace.
+    frontend_dir=/run/stowage/volumes
+    libvirt="{ \"uri\": \"qemu+tcp://$ip:$LIBVIRT_PORT/system\", \"peerUri\": \"qemu+tcp://$ip:$LIBVIRT_PORT/system\", \"migrationHost\": \"$ip\" }"
+    ns=(nsenter "--mount=/proc/$(cat "$STATE/pids/libvirtd-$n")/ns/mnt" --)
+  else
+    frontend_dir="$STATE/$n/run"
+    libvirt=false
+    ns=()
+  fi
   cat >"$STATE/$n/agent.json" <<JSON
 {
   "name": "$n",
@@ -63,12 +95,13 @@ for i in "${!NODES[@]}"; do
   "labels": { "zone": "${zones[$i]}", "rack": "rack-1" },
   "dataDir": "$STATE/$n",
   "pools": [{ "name": "default", "type": "dir", "path": "$STATE/$n/pools/default", "overcommitRatio": 4 }],
-  "frontendDir": "$STATE/$n/run",
-  "nbd": { "type": "tcp", "host": "$ip", "port": 10809 }
+  "frontendDir": "$frontend_dir",
+  "nbd": { "type": "tcp", "host": "$ip", "port": 10809 },
+  "libvirt": $libvirt
 }
 JSON
   echo "==> starting agent $n on $ip:7500"
-  start "agent-$n" node dist/node-agent/main.js --config "$STATE/$n/agent.json"
+  start "agent-$n" "${ns[@]}" node "$ROOT/dist/node-agent/main.js" --config "$STATE/$n/agent.json"
 done
 
 mkdir -p "$(dirname "$CONFIG_FILE")"
@@ -83,7 +116,8 @@ wait_for "the three agents" 30 all_online
 
 cat <<MSG
 
-Stowage is up: etcd, 2 controllers (${CONTROLLERS[*]}), 3 agents (127.0.0.11-13).
+Stowage is up: etcd, 2 controllers (${CONTROLLERS[*]}), 3 hosts node1-3 (127.0.0.11-13),
+each with a node agent and a libvirtd (qemu+tcp://127.0.0.1X:$LIBVIRT_PORT/system).
 stowctl finds the controllers through $CONFIG_FILE.
 
   npx stowctl node list
@@ -92,6 +126,13 @@ stowctl finds the controllers through $CONFIG_FILE.
   npx stowctl volume attach vol1 --node node1      # prints an nbd+unix:// URI for qemu-img, qemu-io, fio, QEMU
   npx stowctl volume create vol2 --size 200GiB --replicas 3 --dry-run
   npx stowctl --help
+
+A VM to live-migrate (a small guest that writes numbered records to its disk):
+  bash deploy/demo-vm.sh start demo1 --node node1  # boots it on node1 (no disk yet)
+  npx stowctl volume create demo1-disk --size 256MiB --replicas 2
+  npx stowctl vm attach demo1 demo1-disk           # hot-plugs the volume; the guest starts writing
+  npx stowctl vm migrate demo1 --to node2          # live, no disk copy
+  bash deploy/demo-vm.sh log demo1                 # the guest's console: ACK n for each durable write
 
 Logs: $STATE/logs/   Stop everything: npm run cluster:down
 MSG

@@ -14,6 +14,7 @@
 #                      flush per write) | fsync (page cache + flush per write)
 #   stowage.delay=US   microseconds to sleep between writes (default 0)
 #   stowage.end=E      what to do after `count` writes: idle (default) | poweroff
+#   stowage.diskwait=S seconds to wait for the disk to appear, 0 = forever (default 10)
 #
 # Console protocol (one line each, parsed by test/guest/guest.ts):
 #   BOOT <id> blocks=<N> count=<N> disk=<dev> mode=<m>   once per boot
@@ -48,6 +49,7 @@ DISK=/dev/vda
 MODE=direct
 DELAY=0
 END=idle
+DISKWAIT=10
 read -r CMDLINE </proc/cmdline
 for p in $CMDLINE; do
   case "$p" in
@@ -57,6 +59,7 @@ for p in $CMDLINE; do
     stowage.mode=*) MODE=${p#*=} ;;
     stowage.delay=*) DELAY=${p#*=} ;;
     stowage.end=*) END=${p#*=} ;;
+    stowage.diskwait=*) DISKWAIT=${p#*=} ;;
   esac
 done
 case "$MODE" in
@@ -73,7 +76,7 @@ done </etc/stowage-modules
 i=0
 while [ ! -b "$DISK" ]; do
   i=$((i + 1))
-  [ $i -gt 1000 ] && fatal "no disk $DISK"
+  [ "$DISKWAIT" -gt 0 ] && [ $i -gt $((DISKWAIT * 100)) ] && fatal "no disk $DISK"
   usleep 10000
 done
 

@@ -8,12 +8,12 @@
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { ROOT } from "../harness/root.js";
 import { execa } from "execa";
 
 export const BLOCK_SIZE = 4096;
 export const DEFAULT_BLOCKS = 1024;
-const REPO = new URL("../../", import.meta.url).pathname;
-export const BUILD_SCRIPT = join(REPO, "deploy/guest/build-guest.sh");
+export const BUILD_SCRIPT = join(ROOT, "deploy/guest/build-guest.sh");
 /** Where buildGuest() caches the kernel and initramfs unless told otherwise. */
 export const DEFAULT_GUEST_DIR = process.env.STOWAGE_GUEST_DIR ?? "/var/tmp/stowage-guest";
 
@@ -53,6 +53,8 @@ export interface GuestOptions {
   end?: "idle" | "poweroff";
   /** Guest block device to write (default /dev/vda). */
   device?: string;
+  /** Seconds the guest waits for its disk to appear (0 = forever; default 10). */
+  diskWaitSec?: number;
   /** Extra kernel parameters. */
   extra?: string;
 }
@@ -64,6 +66,7 @@ export function guestCmdline(o: GuestOptions = {}): string {
   if (o.delayUs) p.push(`stowage.delay=${o.delayUs}`);
   if (o.end) p.push(`stowage.end=${o.end}`);
   if (o.device) p.push(`stowage.disk=${o.device}`);
+  if (o.diskWaitSec !== undefined) p.push(`stowage.diskwait=${o.diskWaitSec}`);
   if (o.extra) p.push(o.extra);
   return p.join(" ");
 }

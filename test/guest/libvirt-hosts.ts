@@ -1,33 +1,27 @@
 // Two libvirt "hosts" on this one machine, so tests can live-migrate between them.
 //
-// libvirt refuses to migrate a domain to the daemon it runs on, so each host is
-// its own `libvirtd --listen`, started under `unshare -m --propagation private`
-// with its own directories bind-mounted over /etc/libvirt, /run/libvirt,
-// /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt (see
-// shared/DESIGN.md). BOTH hosts are namespaced this way: neither is the system's
-// default daemon, so the tests never touch (or depend on) a libvirtd the machine
-// may run, and the two are symmetric. Each has a generated libvirtd.conf
-// (own host_uuid, listen_tcp on 127.0.0.1:PORT, auth_tcp = "none") and
-// qemu.conf (own migration port range, cgroup_controllers = [],
-// stdio_handler = "file", dynamic_ownership = 0: libvirt does not chown the
-// shared kernel/initrd/serial log, which two daemons would fight over).
-// Everything lives under one temp dir; the bind mounts exist only inside the
-// daemons' private mount namespaces and vanish when the daemon (and the QEMU
-// processes it started) exit. stop() destroys the domains, stops the daemons,
-// and removes the dir, on success and on failure.
+// Each host is one deploy/libvirt-host.sh: a `libvirtd --listen` on
+// 127.0.0.1:PORT in its own mount namespace, with its own /etc/libvirt,
+// /run/libvirt, /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt and
+// /run/stowage (see the script and shared/DESIGN.md; libvirt refuses to
+// migrate to the daemon a domain runs on). Neither host is the machine's own
+// libvirtd, so tests never touch one the machine may run. A node agent started
+// in a host's namespace (TestCluster.startAgent's mountNamespaceOf: host.pid)
+// sees that host's /run/stowage. Everything lives under one temp dir; stop()
+// destroys the domains, stops the daemons and removes the dir, on success and
+// on failure.
 //
-// Files the guests use (NBD sockets, serial logs, images) must live OUTSIDE the
-// bind-mounted dirs (both hosts then see the same path) and be usable by the
-// user QEMU runs as under libvirt (libvirt-qemu): world-readable dirs, a
-// world-writable serial log and NBD socket.
-import { spawnSync } from "node:child_process";
+// Files the guests use (serial logs, images, test NBD sockets) must live
+// outside the bind-mounted dirs (both hosts then see the same path) and be
+// usable by the user QEMU runs as under libvirt (libvirt-qemu): world-readable
+// dirs, a world-writable serial log and NBD socket.
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { chmod, chown, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { createServer } from "node:net";
-import { randomUUID } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
+import { ROOT } from "../harness/root.js";
 import { freePort } from "../harness/ports.js";
 import { Proc, sleep } from "../harness/processes.js";
 import { killOnExit, onExit } from "../harness/reaper.js";
@@ -36,14 +30,8 @@ import { killOnExit, onExit } from "../harness/reaper.js";
 export const CAPS_CACHE_DIR = process.env.STOWAGE_LIBVIRT_CAPS_CACHE ?? "/var/tmp/stowage-libvirt-caps";
 
 // run-stowage: each host has its own /run/stowage (volume frontend sockets live at the same path on every host).
-const BIND_DIRS = {
-  etc: "/etc/libvirt",
-  run: "/run/libvirt",
-  lib: "/var/lib/libvirt",
-  cache: "/var/cache/libvirt",
-  log: "/var/log/libvirt",
-  "run-stowage": "/run/stowage",
-} as const;
+/** Configures and runs one namespaced libvirtd (also used by the local cluster). */
+const HOST_SCRIPT = join(ROOT, "deploy/libvirt-host.sh");
 
 export interface LibvirtHost {
   name: string;
@@ -103,22 +91,6 @@ async function freePortRange(count: number, avoid: number[] = []): Promise<numbe
   throw new Error("no free port range");
 }
 
-async function ownerOf(path: string, fallbackUser: string): Promise<{ uid: number; gid: number }> {
-  if (existsSync(path)) {
-    const s = await stat(path);
-    return { uid: s.uid, gid: s.gid };
-  }
-  const id = (flag: string) => Number(spawnSync("id", [flag, fallbackUser], { encoding: "utf8" }).stdout.trim());
-  return { uid: id("-u"), gid: id("-g") };
-}
-
-async function seedCaps(dir: string): Promise<void> {
-  const target = join(dir, "cache", "qemu", "capabilities");
-  await mkdir(target, { recursive: true });
-  if (!existsSync(CAPS_CACHE_DIR)) return;
-  for (const f of await readdir(CAPS_CACHE_DIR)) if (f.endsWith(".xml")) await copyFile(join(CAPS_CACHE_DIR, f), join(target, f));
-}
-
 async function saveCaps(dir: string): Promise<void> {
   const src = join(dir, "cache", "qemu", "capabilities");
   if (!existsSync(src)) return;
@@ -140,54 +112,20 @@ export async function startLibvirtHost(o: HostOptions): Promise<LibvirtHost> {
   const port = o.port ?? (await freePort());
   const migMin = o.migrationPortMin ?? (await freePortRange(16, [port]));
   const migrationPorts: [number, number] = [migMin, migMin + 15];
-  const hostUuid = randomUUID();
   const uri = `qemu+tcp://127.0.0.1:${port}/system`;
-
-  for (const d of Object.keys(BIND_DIRS)) await mkdir(join(dir, d), { recursive: true });
-  await mkdir(join(dir, "lib", "qemu"), { recursive: true });
-  const q = await ownerOf("/var/lib/libvirt/qemu", "libvirt-qemu");
-  await chown(join(dir, "lib", "qemu"), q.uid, q.gid);
-  await chmod(join(dir, "lib", "qemu"), 0o750);
-  await writeFile(
-    join(dir, "etc", "libvirtd.conf"),
-    [
-      "listen_tls = 0",
-      "listen_tcp = 1",
-      'listen_addr = "127.0.0.1"',
-      `tcp_port = "${port}"`,
-      'auth_tcp = "none"',
-      `host_uuid = "${hostUuid}"`,
-      'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
-      "",
-    ].join("\n"),
-  );
-  await writeFile(
-    join(dir, "etc", "qemu.conf"),
-    [
-      `migration_port_min = ${migrationPorts[0]}`,
-      `migration_port_max = ${migrationPorts[1]}`,
-      "cgroup_controllers = [ ]",
-      'stdio_handler = "file"',
-      "dynamic_ownership = 0",
-      "remember_owner = 0",
-      "",
-    ].join("\n"),
-  );
-  await seedCaps(dir);
-
-  const pidFile = join(dir, "libvirtd.pid");
-  const mounts = Object.entries(BIND_DIRS)
-    .map(([d, target]) => `mkdir -p ${target} && mount --bind '${join(dir, d)}' ${target}`)
-    .join(" && ");
-  // unshare execs sh, which execs libvirtd: the child's pid is the daemon's.
-  const proc = Proc.start(`libvirtd ${o.name}`, "unshare", ["-m", "--propagation", "private", "sh", "-c", `${mounts} && exec libvirtd --listen -p '${pidFile}'`]);
+  await mkdir(dir, { recursive: true });
+  // The script writes the configs, seeds the capability cache and execs libvirtd: the child's pid is the daemon's.
+  const proc = Proc.start(`libvirtd ${o.name}`, "bash", [HOST_SCRIPT, dir, "127.0.0.1", String(port), String(migMin)], {
+    STOWAGE_LIBVIRT_CAPS_CACHE: CAPS_CACHE_DIR,
+  });
+  const hostUuid = async () => (await readFile(join(dir, "etc", "host-uuid"), "utf8").catch(() => "")).trim();
 
   const host: LibvirtHost = {
     name: o.name,
     dir,
     port,
     uri,
-    hostUuid,
+    hostUuid: "",
     migrationPorts,
     proc,
     pid: proc.child.pid!,
@@ -253,6 +191,7 @@ export async function startLibvirtHost(o: HostOptions): Promise<LibvirtHost> {
     await sleep(100);
   }
   await saveCaps(dir);
+  host.hostUuid = await hostUuid();
   return host;
 }
 

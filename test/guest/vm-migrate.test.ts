@@ -123,6 +123,32 @@ describe("stowctl vm attach / migrate with a writing guest", () => {
     await eventually(async () => (await frontendsOn("node2")) === 0, 30_000, "node2 frontend stopped");
     await moreAcks(30, "back on node1");
 
+    // A second volume hot-plugged and unplugged while the guest writes to the first.
+    await ok(["volume", "create", "g2", "--size", "16MiB", "--replicas", "1"]);
+    const plug = await json(["vm", "attach", name, "g2", "--node", "node1"]);
+    expect(plug.target).toBe("vdb");
+    expect((await json(["vm", "get", name])).vm.disks.map((d: { volume: string }) => d.volume)).toEqual([vol, "g2"]);
+    await ok(["vm", "detach", name, "g2"]);
+    expect((await json(["vm", "get", name])).vm.disks.map((d: { volume: string }) => d.volume)).toEqual([vol]);
+    expect((await json(["volume", "get", "g2"])).volume.attachments).toEqual([]);
+    await ok(["volume", "delete", "g2"]);
+
+    // Bad input changes nothing.
+    const bad = async (args: string[], code: number, message: RegExp) => {
+      const r = await c.stowctl(args);
+      expect(r.code, args.join(" ")).toBe(code);
+      expect(r.stderr, args.join(" ")).toMatch(message);
+      expect(r.stderr).not.toMatch(/\bat .*\.js:\d+/); // no stack trace
+    };
+    const before = await c.dumpState();
+    await bad(["vm", "migrate", "no-such-vm", "--to", "node2"], 1, /domain "no-such-vm" not found/);
+    await bad(["vm", "migrate", name, "--to", "node9"], 1, /node "node9" not found/);
+    await bad(["vm", "migrate", name, "--to", "node1"], 1, /already runs on node1/);
+    await bad(["vm", "migrate", "../etc", "--to", "node2"], 1, /invalid domain name/);
+    await bad(["vm", "attach", name, "nope"], 1, /volume "nope" not found/);
+    await bad(["vm", "migrate", name], 2, /--to/);
+    expect(await c.dumpState()).toEqual(before);
+
     // node2's libvirtd is down: the migration fails, the guest keeps writing on node1, node2's frontend goes away.
     await h2.proc.kill("SIGKILL");
     const failed = await c.stowctl(["vm", "migrate", name, "--to", "node2", "--wait-timeout", "120"]);
@@ -144,7 +170,7 @@ describe("stowctl vm attach / migrate with a writing guest", () => {
     await virsh(h1.uri, ["destroy", name]);
     const log = await readFile(serialLog, "utf8");
     const report = parseSerial(log);
-    expect(countBoots(log)).toBe(1);
+    expect(countBoots(log), `the guest rebooted; console:\n${log.slice(-4000)}`).toBe(1);
     expect(report.last!.id).toBe(booted.last!.id);
     expect(report.failures).toEqual([]);
     expect(report.last!.writeErrors).toEqual([]);

@@ -11,14 +11,10 @@ import { execa } from "execa";
 import { ClusterServiceService, NodeServiceService, PoolServiceService, VmServiceService, VolumeServiceService } from "../../gen/stowage/v1/controller.js";
 import { Channel, INSECURE } from "../../lib/grpc.js";
 import { freePort } from "./ports.js";
+import { ROOT } from "./root.js";
 import { eventually, Proc } from "./processes.js";
 
-/** The repository root, whether this file runs from source or from dist/. */
-const ROOT = (() => {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, "package.json")) && dirname(dir) !== dir) dir = dirname(dir);
-  return dir;
-})();
+export { ROOT } from "./root.js";
 
 /** SIGKILLs an agent's qemu-storage-daemon and frontends (found through their pid files). */
 export function killDetached(dataDir: string): void {
