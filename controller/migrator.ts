@@ -210,7 +210,10 @@ export class Migrator {
     }
     if (this.stopped) return;
     faultPoint("migrate:migrated", m.domain);
-    // libvirt's answer is not the last word (a lost reply, an error after the handover): ask where it runs.
+    // A failed call does not mean a finished migration (the agent restarted, the reply
+    // was lost): while libvirt still runs the job, the destination keeps its frontends.
+    if (failure) await this.waitJobEnded(m);
+    // libvirt's answer is not the last word either (an error after the handover): ask where it runs.
     const where = await this.whereIs(m);
     if (where === "to") {
       await this.update(m.domain, { phase: "finishing", message: "", downtimeMs, memoryRemainingBytes: 0 });
@@ -220,6 +223,22 @@ export class Migrator {
       // Neither side runs it (both unreachable, or the guest stopped): keep both frontends and look again.
       this.log.warn({ domain: m.domain, failure }, "cannot tell where the domain runs; retrying");
       await sleep(2_000);
+    }
+  }
+
+  /** Polls the source until libvirt runs no job on the domain and its agent no MigrateDomain. */
+  private async waitJobEnded(m: MigrationRecord): Promise<void> {
+    const deadline = Date.now() + (this.opts.migrateTimeoutMs ?? 60 * 60_000);
+    while (!this.stopped && Date.now() < deadline) {
+      try {
+        const r = await this.d.agents.for(m.from).getDomainJob({ domain: m.domain }, { timeoutMs: 5_000 });
+        if (!r.job?.active && !r.migrating) return;
+      } catch (err) {
+        // Source agent unreachable: whereIs decides with what answers.
+        this.log.warn({ domain: m.domain, err: errorMessage(err) }, "cannot read the migration job on the source");
+        return;
+      }
+      await sleep(500);
     }
   }
 
