@@ -22,7 +22,7 @@ import type { VmDeps } from "./vms.js";
 export interface MigratorOptions {
   /** How long destination frontends may take to start (default 60 s). */
   prepareTimeoutMs?: number;
-  /** Progress poll interval (default 250 ms). */
+  /** Progress poll interval (default 500 ms; each poll is a virsh call on the source). */
   pollMs?: number;
   /** The longest a migration may run (default 1 h). */
   migrateTimeoutMs?: number;
@@ -89,6 +89,11 @@ export class Migrator {
   }
 
   private async run(domain: string): Promise<void> {
+    // Phases this driver went through itself: a "migrating" record it did not
+    // prepare is a predecessor's, whose migration may have finished unobserved.
+    let prepared = false;
+    const t0 = Date.now();
+    const marks: Record<string, number> = {};
     for (;;) {
       if (this.stopped) return;
       const m = this.current(domain).value;
@@ -96,15 +101,18 @@ export class Migrator {
         switch (m.phase) {
           case "preparing":
             await this.prepare(m);
+            prepared = true;
+            marks["preparedMs"] = Date.now() - t0;
             break;
           case "migrating":
-            await this.migrate(m);
+            await this.migrate(m, !prepared);
+            marks["migratedMs"] = Date.now() - t0;
             break;
           case "finishing":
-            await this.settle(m, "succeeded");
+            await this.settle(m, "succeeded", { ...marks, settledMs: Date.now() - t0 });
             break;
           case "rolling-back":
-            await this.settle(m, "failed");
+            await this.settle(m, "failed", { ...marks, settledMs: Date.now() - t0 });
             break;
           default:
             return;
@@ -157,14 +165,14 @@ export class Migrator {
     return "unknown";
   }
 
-  private async migrate(m: MigrationRecord): Promise<void> {
+  private async migrate(m: MigrationRecord, resumed: boolean): Promise<void> {
     const target = this.d.store.nodeSpec(m.to)?.value.libvirt;
     if (!target) {
       await this.update(m.domain, { phase: "rolling-back", message: `node ${m.to} has no libvirt endpoint` });
       return;
     }
     // Already there (a previous leader's migration finished while no one watched)?
-    if ((await this.whereIs(m)) === "to") {
+    if (resumed && (await this.whereIs(m)) === "to") {
       await this.update(m.domain, { phase: "finishing", message: "" });
       return;
     }
@@ -175,7 +183,7 @@ export class Migrator {
     const progress = (async () => {
       let lastWrite = 0;
       while (!done && !this.stopped) {
-        await Promise.race([sleep(this.opts.pollMs ?? 250), finished]);
+        await Promise.race([sleep(this.opts.pollMs ?? 500), finished]);
         if (done) break;
         try {
           const { job } = await source.getDomainJob({ domain: m.domain }, { timeoutMs: 5_000 });
@@ -213,8 +221,8 @@ export class Migrator {
     // A failed call does not mean a finished migration (the agent restarted, the reply
     // was lost): while libvirt still runs the job, the destination keeps its frontends.
     if (failure) await this.waitJobEnded(m);
-    // libvirt's answer is not the last word either (an error after the handover): ask where it runs.
-    const where = await this.whereIs(m);
+    // A failure is not the last word either (an error after the handover): ask where it runs.
+    const where = failure ? await this.whereIs(m) : "to";
     if (where === "to") {
       await this.update(m.domain, { phase: "finishing", message: "", downtimeMs, memoryRemainingBytes: 0 });
     } else if (where === "from") {
@@ -243,7 +251,7 @@ export class Migrator {
   }
 
   /** Drops one side's attachments and ends the migration. */
-  private async settle(m: MigrationRecord, outcome: "succeeded" | "failed"): Promise<void> {
+  private async settle(m: MigrationRecord, outcome: "succeeded" | "failed", timings: Record<string, number>): Promise<void> {
     const drop = outcome === "succeeded" ? m.from : m.to;
     await this.update(m.domain, { phase: outcome, finishedAtMs: Date.now() }, () => {
       const b: WriteBatch = { unchanged: [], put: [] };
@@ -260,6 +268,6 @@ export class Migrator {
       return b;
     });
     for (const v of m.volumes) this.enqueueVolume(v);
-    this.log.info({ domain: m.domain, from: m.from, to: m.to, outcome, message: m.message }, outcome === "succeeded" ? "migration succeeded" : "migration rolled back");
+    this.log.info({ domain: m.domain, from: m.from, to: m.to, outcome, message: m.message, ...timings }, outcome === "succeeded" ? "migration succeeded" : "migration rolled back");
   }
 }

@@ -123,7 +123,8 @@ export class DomainManager {
 
   private async runMigration(req: { domain: string; destinationUri: string; destinationHost: string }): Promise<DomainJob> {
     if (!req.destinationUri || !req.destinationHost) throw new InvalidArgumentError("migration needs a destination libvirt URI and host");
-    const d = await this.require(req.domain);
+    const d = await this.virsh.info(req.domain);
+    if (!d) throw new NotFoundError("domain", req.domain, { hint: `'virsh -c ${this.virsh.uri} list --all' shows the domains of this node` });
     if (d.state !== "running" && d.state !== "paused") {
       throw new FailedPreconditionError(`domain ${req.domain} is ${d.state}; only a running domain can be live-migrated`);
     }

@@ -80,6 +80,16 @@ export class Virsh {
     }
   }
 
+  /** State and persistence only (one virsh call); undefined when there is no such domain. */
+  async info(name: string): Promise<{ uuid: string; state: string; persistent: boolean } | undefined> {
+    try {
+      return parseDomInfo(await this.virsh(name, ["dominfo", name]));
+    } catch (err) {
+      if (err instanceof NotFoundError) return undefined;
+      throw err;
+    }
+  }
+
   /** The domain, or undefined when this libvirtd has none of that name. */
   async domain(name: string): Promise<DomainState | undefined> {
     try {

@@ -62,6 +62,8 @@ const progress = (msg: string) => process.stderr.write(`[migration] ${msg}\n`);
 interface Sample {
   totalMs: number;
   downtimeMs: number;
+  /** Stowage only: when the controller's driver finished each phase (from its log). */
+  phases?: { preparedMs: number; migratedMs: number; settledMs: number };
 }
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -97,8 +99,15 @@ async function stowageSetup(images: GuestImages, hosts: TwoHosts, dir: string) {
     for (;;) {
       const m = (await api.vms.getMigration({ domain: "bench-stowage" })).migration!;
       if (m.phase === MigrationPhase.MIGRATION_PHASE_SUCCEEDED) {
+        const totalMs = Date.now() - t0;
         at = to;
-        return { totalMs: Date.now() - t0, downtimeMs: m.downtimeMs };
+        const line = cluster.controllers
+          .get("c1")!
+          .output.split("\n")
+          .filter((l) => l.includes('"migration succeeded"'))
+          .pop();
+        const phases = line ? (JSON.parse(line) as Sample["phases"]) : undefined;
+        return { totalMs, downtimeMs: m.downtimeMs, phases };
       }
       if (m.phase === MigrationPhase.MIGRATION_PHASE_FAILED) throw new Error(`stowage migration failed: ${m.message}`);
       await sleep(20);
@@ -174,8 +183,11 @@ async function main(): Promise<void> {
   }
   const load1 = loadavg()[0]!;
   const fig = (k: keyof typeof kinds) => ({ totalMs: median(samples[k].map((s) => s.totalMs)), downtimeMs: median(samples[k].map((s) => s.downtimeMs)) });
+  const phase = (k: "preparedMs" | "migratedMs" | "settledMs") => median(samples.stowage.map((s) => s.phases?.[k] ?? NaN));
+  const phases = { preparedMs: phase("preparedMs"), migratedMs: phase("migratedMs"), settledMs: phase("settledMs") };
   const result = {
     rounds: opts.rounds,
+    stowagePhases: phases,
     memMiB: MEM_MIB,
     stowage: fig("stowage"),
     virsh: fig("virsh"),
@@ -192,6 +204,8 @@ async function main(): Promise<void> {
       row("stowctl vm migrate (Stowage API)", result.stowage),
       row("virsh migrate --live (same hosts)", result.virsh),
       row("plain QMP migrate (+ dest spawn)", result.qmp),
+      `  Stowage phases (controller clock, from the call): destination frontends up ${phases.preparedMs} ms, ` +
+        `libvirt done ${phases.migratedMs} ms, recorded ${phases.settledMs} ms`,
       `  stowage / qmp   = ${result.ratioStowageQmp.toFixed(2)} (target <= 1.2)`,
       `  stowage / virsh = ${result.ratioStowageVirsh.toFixed(2)}`,
       `  load average ${load0.toFixed(2)} -> ${load1.toFixed(2)}`,
