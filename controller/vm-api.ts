@@ -59,11 +59,18 @@ export function vmApi(d: VmApiDeps): AsyncService<typeof VmServiceService> {
       if (!d.store.volumeSpec(req.volume)) throw new NotFoundError("volume", req.volume);
       if (activeMigration(req.domain)) throw new FailedPreconditionError(`domain ${req.domain} is being migrated`, { hint: `wait for it: stowctl vm migration ${req.domain}` });
       const at = await locateDomain(d, req.domain, req.node || undefined);
+      const wasAttached = (d.store.volumeSpec(req.volume)?.value.attachments ?? []).some((a) => a.node === at.node);
       const res = await d.volumes.attachVolume({ name: req.volume, node: at.node });
-      const socketPath =
-        res.attachment?.state === AttachmentState.ATTACHMENT_STATE_ATTACHED && res.attachment.socketPath ? res.attachment.socketPath : await frontendSocket(req.volume, at.node);
-      const r = await d.agents.for(at.node).attachDisk({ domain: req.domain, volume: req.volume, socketPath, target: req.target }, { timeoutMs: 60_000 });
-      return { vm: vmToApi(d, await locateDomain(d, req.domain, at.node)), target: r.target };
+      try {
+        const socketPath =
+          res.attachment?.state === AttachmentState.ATTACHMENT_STATE_ATTACHED && res.attachment.socketPath ? res.attachment.socketPath : await frontendSocket(req.volume, at.node);
+        const r = await d.agents.for(at.node).attachDisk({ domain: req.domain, volume: req.volume, socketPath, target: req.target }, { timeoutMs: 60_000 });
+        return { vm: vmToApi(d, await locateDomain(d, req.domain, at.node)), target: r.target };
+      } catch (err) {
+        // Leave nothing half done: an attachment made for this call goes again.
+        if (!wasAttached) await d.volumes.detachVolume({ name: req.volume, node: at.node }).catch(() => undefined);
+        throw err;
+      }
     },
 
     async detachVmDisk(req) {

@@ -58,7 +58,6 @@ LIBVIRT_PORT=16510
 
 libvirt_ready() { virsh -c "qemu+tcp://$1:$LIBVIRT_PORT/system" version 2>/dev/null | grep -q "Running hypervisor: QEMU"; }
 if [ -z "${STOWAGE_NO_LIBVIRT:-}" ]; then
-  pgrep -x virtlogd >/dev/null || virtlogd -d
   for i in "${!NODES[@]}"; do
     n=${NODES[$i]}
     ip="127.0.0.$((11 + i))"

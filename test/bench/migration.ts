@@ -2,7 +2,7 @@
 //
 //   npm run build && node dist/test/bench/migration.js [--quick] [--rounds N] [--json]
 //
-// The same test guest (TCG, 256 MiB RAM, writing to its disk with O_DIRECT) is
+// The same test guest (TCG, 256 MiB RAM, writing a record every 5 ms with O_DIRECT) is
 // live-migrated back and forth three ways in the same run, alternating so load
 // drift hits all three:
 //   stowage  `VmService.MigrateVm` between two libvirt hosts of a Stowage cluster
@@ -53,6 +53,8 @@ function parseOptions(argv: string[]) {
 
 const opts = parseOptions(process.argv.slice(2));
 const MEM_MIB = 256;
+/** The guests write one 4 KiB record every 5 ms: steady I/O without saturating 2 cores. */
+const WRITE_DELAY_US = 5_000;
 const median = (v: number[]) => {
   const s = [...v].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
@@ -88,7 +90,7 @@ async function stowageSetup(images: GuestImages, hosts: TwoHosts, dir: string) {
   const api = await cluster.leaderApi();
   await api.volumes.createVolume({ spec: { name: "bench", sizeBytes: 64 << 20, replicas: 2, format: 0, preallocation: 0, pool: "" }, dryRun: false });
   const serialLog = join(dir, "stowage.serial.log");
-  await createGuestDomain(h1.uri, { name: "bench-stowage", images, serialLog, blocks: 1024, memMiB: MEM_MIB, diskWaitSec: 0 });
+  await createGuestDomain(h1.uri, { name: "bench-stowage", images, serialLog, blocks: 1024, memMiB: MEM_MIB, diskWaitSec: 0, delayUs: WRITE_DELAY_US });
   await api.vms.attachVmDisk({ domain: "bench-stowage", volume: "bench", node: "node1", target: "" }, { timeoutMs: 120_000 });
   await waitForSerial(serialLog, (r) => (r.last?.lastAck ?? 0) >= 20, "ACK 20 (stowage guest)", 120_000);
   let at = "node1";
@@ -122,7 +124,7 @@ async function virshSetup(images: GuestImages, hosts: TwoHosts, dir: string) {
   const qsd = await Qsd.start({ dir: shared, format: "raw", sizeMiB: 64, worldConnectable: true });
   cleanups.push(() => qsd.stop());
   const serialLog = join(shared, "serial.log");
-  await createGuestDomain(hosts.uri1, { name: "bench-virsh", images, nbd: { socket: qsd.socket, exportName: qsd.exportName }, serialLog, blocks: 1024, memMiB: MEM_MIB });
+  await createGuestDomain(hosts.uri1, { name: "bench-virsh", images, nbd: { socket: qsd.socket, exportName: qsd.exportName }, serialLog, blocks: 1024, memMiB: MEM_MIB, delayUs: WRITE_DELAY_US });
   await waitForSerial(serialLog, (r) => (r.last?.lastAck ?? 0) >= 20, "ACK 20 (virsh guest)", 120_000);
   let from = hosts.uri1;
   let to = hosts.uri2;
@@ -140,14 +142,14 @@ async function qmpSetup(images: GuestImages, dir: string) {
   cleanups.push(() => qsd.stop());
   const disk = { nbdSocket: qsd.socket, exportName: qsd.exportName };
   const serialLog = join(shared, "serial.log");
-  let src = await QemuGuest.start({ images, dir: shared, name: "q0", disk, serialLog, blocks: 1024, memMiB: MEM_MIB });
+  let src = await QemuGuest.start({ images, dir: shared, name: "q0", disk, serialLog, blocks: 1024, memMiB: MEM_MIB, delayUs: WRITE_DELAY_US });
   cleanups.push(() => src.stop());
   await src.waitForAck(20, 120_000);
   let n = 1;
   return async (): Promise<Sample> => {
     const port = await freePort();
     const t0 = Date.now();
-    const dst = await QemuGuest.start({ images, dir: shared, name: `q${n++}`, disk, serialLog, blocks: 1024, memMiB: MEM_MIB, incoming: `tcp:127.0.0.1:${port}` });
+    const dst = await QemuGuest.start({ images, dir: shared, name: `q${n++}`, disk, serialLog, blocks: 1024, memMiB: MEM_MIB, delayUs: WRITE_DELAY_US, incoming: `tcp:127.0.0.1:${port}` });
     cleanups.push(() => dst.stop());
     const r = await migrateQmp(src, dst, `tcp:127.0.0.1:${port}`);
     const totalMs = Date.now() - t0;

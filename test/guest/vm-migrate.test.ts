@@ -12,7 +12,7 @@ import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { buildGuest, countBoots, parseSerial, verifyDisk, type GuestImages } from "./guest.js";
 import { startTwoHosts, virsh, type TwoHosts } from "./libvirt-hosts.js";
 import { createGuestDomain, runningDomains } from "./libvirt-guest.js";
@@ -26,6 +26,7 @@ let images: GuestImages;
 let dir: string;
 let hosts: TwoHosts | undefined;
 let cluster: TestCluster | undefined;
+let failed = false;
 
 beforeAll(async () => {
   images = await buildGuest();
@@ -47,9 +48,19 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
+  // On a failure, the guest's console and the controllers' last words say why.
+  const log = dir ? await readFile(join(dir, "serial.log"), "utf8").catch(() => "") : "";
+  if (failed) {
+    console.log(`[vm-migrate] guest console (tail):\n${log.slice(-3000)}`);
+    for (const [name, p] of cluster?.controllers ?? []) console.log(`[vm-migrate] ${name} (tail):\n${p.output.slice(-3000)}`);
+  }
   await hosts?.stop();
   await cluster?.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+afterEach((ctx) => {
+  if (ctx.task.result?.state === "fail") failed = true;
 });
 
 describe("stowctl vm attach / migrate with a writing guest", () => {
@@ -125,6 +136,11 @@ describe("stowctl vm attach / migrate with a writing guest", () => {
 
     // A second volume hot-plugged and unplugged while the guest writes to the first.
     await ok(["volume", "create", "g2", "--size", "16MiB", "--replicas", "1"]);
+    // A taken device name is refused, and the volume is not left attached.
+    const taken = await c.stowctl(["vm", "attach", name, "g2", "--target", "vda"]);
+    expect(taken.code).toBe(1);
+    expect(taken.stderr).toMatch(/already has a disk vda/);
+    await eventually(async () => (await json(["volume", "get", "g2"])).volume.attachments.length === 0, 30_000, "g2 detached again");
     const plug = await json(["vm", "attach", name, "g2", "--node", "node1"]);
     expect(plug.target).toBe("vdb");
     expect((await json(["vm", "get", name])).vm.disks.map((d: { volume: string }) => d.volume)).toEqual([vol, "g2"]);
