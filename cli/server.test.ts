@@ -33,7 +33,7 @@ const pool: Pool = {
 };
 const host1: Node = {
   name: "host1", address: "127.0.0.2:7500", labels: { zone: "a", rack: "r1" }, cordoned: false, online: true,
-  lastHeartbeatMs: Date.now(), pools: [pool], agentVersion: "0.1.0",
+  lastHeartbeatMs: Date.now(), pools: [pool], agentVersion: "0.1.0", libvirtUri: "",
 };
 
 /** A controller that makes volumes healthy a few polls after each change. */
@@ -77,7 +77,12 @@ class FakeCluster {
   }
 
   volumeService(): AsyncService<typeof VolumeServiceService> {
+    const notHere = async (): Promise<never> => {
+      throw new Error("attach is tested against the real controller (test/integration/attach.test.ts)");
+    };
     return {
+      attachVolume: notHere,
+      detachVolume: notHere,
       createVolume: async ({ spec, dryRun }) => {
         const rejections = [{ node: "host3", reasons: ["cordoned"] }];
         if (spec!.sizeBytes > 100 * GiB) {

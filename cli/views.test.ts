@@ -47,6 +47,7 @@ describe("views", () => {
       lastHeartbeatMs: 10_000,
       pools: [pool],
       agentVersion: "0.1.0",
+      libvirtUri: "",
     };
     expect(nodesTable([node], 13_000)).toBe(
       "NAME    STATUS            ADDRESS          ZONE   RACK   POOLS   HEARTBEAT   VERSION\n" +
@@ -78,7 +79,7 @@ describe("views", () => {
     expect(volumesTable([volume])).toBe(
       "NAME   SIZE    REPLICAS   PHASE      FORMAT   ATTACHED\nvm1    10GiB   1/2        degraded   qcow2    -\n",
     );
-    const attached = { ...volume, attachments: [{ node: "n2", socketPath: "/s", nbdUri: "nbd+unix:///vm1?socket=/s", state: 2, message: "" }] };
+    const attached = { ...volume, attachments: [{ node: "n2", socketPath: "/s", nbdUri: "nbd+unix:///vm1?socket=/s", state: 2, message: "", migration: "" }] };
     expect(volumesTable([attached])).toContain("qcow2    n2\n");
     expect(volumesTable([])).toBe("no volumes found\n");
   });

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 bash deploy/install-deps.sh
 bash deploy/gen-check.sh
+echo "==> type-checking sources and tests"
+npx tsc -p tsconfig.test.json
 
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT

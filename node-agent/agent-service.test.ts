@@ -52,7 +52,7 @@ afterAll(async () => {
 
 describe("AgentService over gRPC", () => {
   it("ensures a replica with default format (qcow2) and preallocation (off)", async () => {
-    const req = { id: "r-00000001", volume: "vol1", pool: "default", sizeBytes: MiB, format: ImageFormat.IMAGE_FORMAT_UNSPECIFIED, preallocation: Preallocation.PREALLOCATION_UNSPECIFIED };
+    const req = { id: "r-00000001", volume: "vol1", pool: "default", sizeBytes: MiB, format: ImageFormat.IMAGE_FORMAT_UNSPECIFIED, preallocation: Preallocation.PREALLOCATION_UNSPECIFIED, exported: false };
     const res = await agent.ensureReplica(req);
     expect(res).toMatchObject({ created: true, resized: false });
     expect(res.replica).toMatchObject({
@@ -70,7 +70,7 @@ describe("AgentService over gRPC", () => {
   it("creates raw replicas in another pool", async () => {
     const res = await agent.ensureReplica({
       id: "r-00000002", volume: "vol2", pool: "fast", sizeBytes: MiB,
-      format: ImageFormat.IMAGE_FORMAT_RAW, preallocation: Preallocation.PREALLOCATION_FULL,
+      format: ImageFormat.IMAGE_FORMAT_RAW, preallocation: Preallocation.PREALLOCATION_FULL, exported: false,
     });
     expect(res.replica?.format).toBe(ImageFormat.IMAGE_FORMAT_RAW);
     expect(res.replica?.allocatedBytes).toBeGreaterThanOrEqual(MiB);
@@ -99,7 +99,7 @@ describe("AgentService over gRPC", () => {
     expect(err).toBeInstanceOf(NotFoundError);
     expect(err).toMatchObject({ resource: "pool", resourceName: "nope", message: 'pool "nope" not found' });
 
-    const base = { id: "r-00000003", volume: "vol3", pool: "default", sizeBytes: MiB, format: ImageFormat.IMAGE_FORMAT_RAW, preallocation: Preallocation.PREALLOCATION_OFF };
+    const base = { id: "r-00000003", volume: "vol3", pool: "default", sizeBytes: MiB, format: ImageFormat.IMAGE_FORMAT_RAW, preallocation: Preallocation.PREALLOCATION_OFF, exported: false };
     await expect(agent.ensureReplica({ ...base, pool: "nope" })).rejects.toBeInstanceOf(NotFoundError);
     await expect(agent.ensureReplica({ ...base, preallocation: Preallocation.PREALLOCATION_METADATA })).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(agent.ensureReplica({ ...base, id: "../../etc" })).rejects.toBeInstanceOf(InvalidArgumentError);

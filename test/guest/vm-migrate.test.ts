@@ -14,11 +14,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { buildGuest, countBoots, parseSerial, verifyDisk, type GuestImages } from "./guest.js";
-import { startTwoHosts, virsh, type TwoHosts } from "./libvirt-hosts.js";
+import { startTwoHosts, virsh, type LibvirtHost, type TwoHosts } from "./libvirt-hosts.js";
 import { createGuestDomain, runningDomains } from "./libvirt-guest.js";
 import { waitForSerial } from "./qemu-guest.js";
 import { TestCluster } from "../harness/cluster.js";
-import { eventually } from "../harness/processes.js";
+import { eventually, sleep } from "../harness/processes.js";
+import { MigrationPhase } from "../../gen/stowage/v1/types.js";
 
 const BLOCKS = 256;
 const FRONTEND_DIR = "/run/stowage/volumes";
@@ -27,6 +28,13 @@ let dir: string;
 let hosts: TwoHosts | undefined;
 let cluster: TestCluster | undefined;
 let failed = false;
+
+/** An agent in the libvirt host's mount namespace, driving that host's libvirtd. */
+const agentOptions = (h: LibvirtHost) => ({
+  frontendDir: FRONTEND_DIR,
+  mountNamespaceOf: h.pid,
+  libvirt: { uri: h.uri, peerUri: h.uri, migrationHost: "127.0.0.1" },
+});
 
 beforeAll(async () => {
   images = await buildGuest();
@@ -38,11 +46,7 @@ beforeAll(async () => {
   await cluster.startController("c2");
   const [h1, h2] = hosts.hosts;
   for (const [name, ip, h] of [["node1", "127.0.0.71", h1], ["node2", "127.0.0.72", h2]] as const) {
-    await cluster.startAgent(name, ip, {
-      frontendDir: FRONTEND_DIR,
-      mountNamespaceOf: h.pid,
-      libvirt: { uri: h.uri, peerUri: h.uri, migrationHost: "127.0.0.1" },
-    });
+    await cluster.startAgent(name, ip, agentOptions(h));
   }
   await cluster.waitNodesOnline(2);
 }, 180_000);
@@ -133,6 +137,26 @@ describe("stowctl vm attach / migrate with a writing guest", () => {
     expect(await runningDomains(h1.uri)).toContain(name);
     await eventually(async () => (await frontendsOn("node2")) === 0, 30_000, "node2 frontend stopped");
     await moreAcks(30, "back on node1");
+
+    // node1 -> node2 with node1's agent SIGKILLed while libvirt migrates and started again:
+    // libvirt's job carries on, the controller waits for it to end and finishes the migration.
+    const api = await c.leaderApi();
+    const killed = c.stowctl(["vm", "migrate", name, "--to", "node2", "--wait-timeout", "120"]);
+    await eventually(
+      async () => (await api.vms.getMigration({ domain: name }).catch(() => undefined))?.migration?.toNode === "node2" &&
+        (await api.vms.getMigration({ domain: name })).migration!.phase === MigrationPhase.MIGRATION_PHASE_MIGRATING,
+      30_000,
+      "phase migrating",
+    );
+    await sleep(400);
+    await c.agents.get("node1")!.kill("SIGKILL");
+    await c.startAgent("node1", "127.0.0.71", agentOptions(h1));
+    const afterKill = await killed;
+    expect(afterKill.code, afterKill.stderr).toBe(0);
+    expect(await runningDomains(h2.uri)).toContain(name);
+    await moreAcks(30, "on node2 after the agent restart");
+    await ok(["vm", "migrate", name, "--to", "node1"]);
+    await moreAcks(30, "on node1 again");
 
     // A second volume hot-plugged and unplugged while the guest writes to the first.
     await ok(["volume", "create", "g2", "--size", "16MiB", "--replicas", "1"]);
