@@ -1,0 +1,145 @@
+// The write policy of a replicated volume, as a pure state machine (no I/O):
+// which replicas a request goes to, and when a write may be acknowledged.
+//
+// Replica states, from the frontend's point of view:
+//   in-sync      has every acknowledged write; read source; write target
+//   faulted      failed a request; the frontend is asking the controller to
+//                record it out-of-sync (etcd, bumped generation). Not a target.
+//   out-of-sync  recorded as such; gets no requests; the dirty map tracks what it misses
+//   resyncing    reconnected: gets every live write while dirty regions are copied
+//                to it; still out-of-sync in etcd, never a read source
+//
+// The rule: a write is acknowledged only when it is on every in-sync replica,
+// except replicas whose out-of-sync record the controller has confirmed, and on
+// at least one in-sync replica. The last in-sync replica is never given up: if
+// it fails, the write fails (EIO) and the replica stays in-sync (the controller
+// refuses to mark it out-of-sync too).
+
+export type ReplicaSyncState = "in-sync" | "faulted" | "out-of-sync" | "resyncing";
+
+/** What to do with a write once every target answered. */
+export type WriteVerdict =
+  | { kind: "ack" }
+  /** Ask the controller to record these replicas out-of-sync; call `settle` again when done. */
+  | { kind: "mark"; replicas: string[] }
+  /** Fail the write with EIO (no in-sync replica has it). */
+  | { kind: "fail"; reason: string };
+
+export class WritePolicy {
+  private readonly states = new Map<string, ReplicaSyncState>();
+
+  /** `replicas` in read preference order (the local one first), with their recorded state. */
+  constructor(
+    replicas: { id: string; inSync: boolean }[],
+    public generation: number,
+  ) {
+    if (!replicas.some((r) => r.inSync)) throw new Error("a volume needs at least one in-sync replica");
+    for (const r of replicas) this.states.set(r.id, r.inSync ? "in-sync" : "out-of-sync");
+  }
+
+  state(id: string): ReplicaSyncState {
+    const s = this.states.get(id);
+    if (!s) throw new Error(`unknown replica ${id}`);
+    return s;
+  }
+
+  ids(): string[] {
+    return [...this.states.keys()];
+  }
+
+  private having(...wanted: ReplicaSyncState[]): string[] {
+    return [...this.states].filter(([, s]) => wanted.includes(s)).map(([id]) => id);
+  }
+
+  /** Where reads go, best first: in-sync replicas only. */
+  readSources(): string[] {
+    return this.having("in-sync");
+  }
+
+  /** Where a write (or flush, trim, write-zeroes) goes now. */
+  writeTargets(): string[] {
+    return this.having("in-sync", "resyncing");
+  }
+
+  /** True while some replica misses writes (the dirty map must record them). */
+  get degraded(): boolean {
+    return this.having("in-sync").length < this.states.size;
+  }
+
+  /**
+   * Judges a write from its targets' results (true = done). Failed in-sync
+   * replicas become faulted (to be marked); a failed resyncing replica falls back
+   * to out-of-sync (it is recorded as such already). After a "mark" verdict,
+   * record the marks, then call `finish` with the same results.
+   */
+  settle(results: Map<string, boolean>): WriteVerdict {
+    const faultedNow: string[] = [];
+    for (const [id, ok] of results) {
+      if (ok) continue;
+      const s = this.state(id);
+      if (s === "in-sync") {
+        this.states.set(id, "faulted");
+        faultedNow.push(id);
+      } else if (s === "resyncing") {
+        this.states.set(id, "out-of-sync");
+      }
+    }
+    const holders = [...results].filter(([id, ok]) => ok && this.states.get(id) === "in-sync");
+    if (holders.length === 0) {
+      // No in-sync replica has the write: it fails, and nothing is given up for it
+      // (the replicas this write faulted hold no acknowledged write the others lack).
+      for (const id of faultedNow) this.states.set(id, "in-sync");
+      return { kind: "fail", reason: "no in-sync replica took the write" };
+    }
+    // Every target still faulted (by this write or an earlier one) must be recorded before the ack.
+    const unmarked = [...results.keys()].filter((id) => this.states.get(id) === "faulted");
+    if (unmarked.length > 0) return { kind: "mark", replicas: unmarked };
+    return { kind: "ack" };
+  }
+
+  /**
+   * After the marks a "mark" verdict asked for were confirmed or refused: ack when
+   * every failed target is now recorded out-of-sync and an in-sync replica holds
+   * the write; otherwise fail.
+   */
+  finish(results: Map<string, boolean>): WriteVerdict {
+    for (const [id, ok] of results) {
+      if (ok) continue;
+      const s = this.state(id);
+      if (s === "faulted") return { kind: "mark", replicas: [id] };
+      if (s === "in-sync") return { kind: "fail", reason: `replica ${id} failed the write and could not be recorded out-of-sync` };
+    }
+    const held = [...results].some(([id, ok]) => ok && this.states.get(id) === "in-sync");
+    return held ? { kind: "ack" } : { kind: "fail", reason: "no in-sync replica took the write" };
+  }
+
+  /** The controller recorded `id` out-of-sync at `generation`. */
+  markConfirmed(id: string, generation: number): void {
+    if (this.state(id) !== "faulted") throw new Error(`replica ${id} is ${this.state(id)}, not faulted`);
+    this.states.set(id, "out-of-sync");
+    this.generation = Math.max(this.generation, generation);
+  }
+
+  /**
+   * The controller could not record it (unreachable past the deadline, or it
+   * refused because no other replica is in-sync): the replica goes back to
+   * in-sync and writes that depended on the mark fail.
+   */
+  markRefused(id: string): void {
+    if (this.state(id) !== "faulted") throw new Error(`replica ${id} is ${this.state(id)}, not faulted`);
+    this.states.set(id, "in-sync");
+  }
+
+  /** An out-of-sync replica is reachable again: it gets live writes from now on while dirty regions are copied. */
+  reconnected(id: string): void {
+    if (this.state(id) !== "out-of-sync") throw new Error(`replica ${id} is ${this.state(id)}, not out-of-sync`);
+    this.states.set(id, "resyncing");
+  }
+
+  /** Copying finished and the controller recorded the replica in-sync at `generation`. */
+  resynced(id: string, generation: number): void {
+    if (this.state(id) !== "resyncing") throw new Error(`replica ${id} is ${this.state(id)}, not resyncing`);
+    this.states.set(id, "in-sync");
+    this.generation = Math.max(this.generation, generation);
+  }
+}
