@@ -25,6 +25,7 @@ describe("toJson", () => {
   const wire = GetVolumeResponse.decode(
     GetVolumeResponse.encode({
       volume: {
+        generation: 3,
         spec: {
           name: "vm1",
           sizeBytes: 10 * 2 ** 30,
@@ -44,6 +45,8 @@ describe("toJson", () => {
             virtualSizeBytes: 10 * 2 ** 30,
             allocatedBytes: 196608,
             message: "",
+            outOfSync: false,
+            outOfSyncSinceMs: 0,
           },
         ],
         message: "",
@@ -69,12 +72,15 @@ describe("toJson", () => {
             virtualSizeBytes: 10737418240,
             allocatedBytes: 196608,
             message: "",
+            outOfSync: false,
+            outOfSyncSinceMs: 0,
           },
         ],
         message: "",
         createdAtMs: 1700000000000,
         attachments: [],
         uid: "u-1",
+        generation: 3,
       },
     });
   });

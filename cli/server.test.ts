@@ -44,7 +44,7 @@ class FakeCluster {
   private replicas(spec: VolumeSpec, state: ReplicaState, size: number) {
     return Array.from({ length: spec.replicas }, (_, i) => ({
       id: `r${i}`, node: `host${i + 1}`, pool: "default", path: `/srv/stowage/default/${spec.name}.r${i}.qcow2`,
-      state, virtualSizeBytes: size, allocatedBytes: 196608, message: "",
+      state, virtualSizeBytes: size, allocatedBytes: 196608, message: "", outOfSync: false, outOfSyncSinceMs: 0,
     }));
   }
 
@@ -94,7 +94,7 @@ class FakeCluster {
         const placement = [{ node: "host1", pool: "default", score: 0.9 }, { node: "host2", pool: "default", score: 0.7 }];
         if (dryRun) return { placement, rejections };
         const volume: Volume = {
-          spec: spec!, phase: VolumePhase.VOLUME_PHASE_CREATING, message: "", createdAtMs: 1, uid: `uid-${spec!.name}`, attachments: [],
+          spec: spec!, phase: VolumePhase.VOLUME_PHASE_CREATING, message: "", createdAtMs: 1, uid: `uid-${spec!.name}`, attachments: [], generation: 1,
           replicas: this.replicas(spec!, ReplicaState.REPLICA_STATE_CREATING, 0),
         };
         this.volumes.set(spec!.name, { volume, polls: 0 });

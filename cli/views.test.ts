@@ -63,11 +63,12 @@ describe("views", () => {
   });
 
   const volume: Volume = {
+    generation: 1,
     spec: { name: "vm1", sizeBytes: 10 * GiB, replicas: 2, format: 1, preallocation: 1, pool: "" },
     phase: VolumePhase.VOLUME_PHASE_DEGRADED,
     replicas: [
-      { id: "r1", node: "host1", pool: "default", path: "/p/vm1.r1.qcow2", state: ReplicaState.REPLICA_STATE_HEALTHY, virtualSizeBytes: 10 * GiB, allocatedBytes: 1536 * 1024, message: "" },
-      { id: "r2", node: "host2", pool: "default", path: "/p/vm1.r2.qcow2", state: ReplicaState.REPLICA_STATE_UNREACHABLE, virtualSizeBytes: 10 * GiB, allocatedBytes: 0, message: "node offline" },
+      { id: "r1", node: "host1", pool: "default", path: "/p/vm1.r1.qcow2", state: ReplicaState.REPLICA_STATE_HEALTHY, virtualSizeBytes: 10 * GiB, allocatedBytes: 1536 * 1024, message: "", outOfSync: false, outOfSyncSinceMs: 0 },
+      { id: "r2", node: "host2", pool: "default", path: "/p/vm1.r2.qcow2", state: ReplicaState.REPLICA_STATE_UNREACHABLE, virtualSizeBytes: 10 * GiB, allocatedBytes: 0, message: "node offline", outOfSync: false, outOfSyncSinceMs: 0 },
     ],
     message: "1 of 2 replicas unreachable",
     createdAtMs: 0,

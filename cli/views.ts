@@ -117,7 +117,7 @@ export function volumeDetail(v: Volume): string {
     v.replicas.map((r) => [
       r.node,
       r.pool,
-      enumLabel(REPLICA_STATE, r.state),
+      r.outOfSync ? "out-of-sync" : enumLabel(REPLICA_STATE, r.state),
       formatSize(r.virtualSizeBytes),
       formatSize(r.allocatedBytes),
       r.path || "-",

@@ -43,11 +43,12 @@ describe("pollUntil", () => {
 function vol(phase: VolumePhase, sizes: number[]): Volume {
   return {
     phase,
-    replicas: sizes.map((s, i) => ({ id: `r${i}`, node: "n", pool: "p", path: "", state: 2, virtualSizeBytes: s, allocatedBytes: 0, message: "" })),
+    replicas: sizes.map((s, i) => ({ id: `r${i}`, node: "n", pool: "p", path: "", state: 2, virtualSizeBytes: s, allocatedBytes: 0, message: "", outOfSync: false, outOfSyncSinceMs: 0 })),
     message: "",
     createdAtMs: 0,
     attachments: [],
     uid: "",
+    generation: 1,
   };
 }
 

@@ -136,6 +136,7 @@ export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined):
     message: status?.message ?? "",
     createdAtMs: spec.createdAtMs,
     uid: spec.uid,
+    generation: spec.generation ?? 1,
     replicas: spec.placement.map((p) => {
       const r = observed.get(p.id);
       return {
@@ -147,6 +148,8 @@ export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined):
         virtualSizeBytes: r?.virtualSizeBytes ?? 0,
         allocatedBytes: r?.allocatedBytes ?? 0,
         message: r?.message ?? "",
+        outOfSync: p.outOfSync !== undefined,
+        outOfSyncSinceMs: p.outOfSync?.sinceMs ?? 0,
       };
     }),
   };

@@ -7,6 +7,7 @@ import {
   ClusterServiceService,
   NodeServiceService,
   PoolServiceService,
+  ReplicaSyncServiceService,
   VmServiceService,
   VolumeServiceService,
 } from "../gen/stowage/v1/controller.js";
@@ -21,6 +22,7 @@ import { nodeApis } from "./node-api.js";
 import { NodeRegistry } from "./nodes.js";
 import { Reconciler } from "./reconciler.js";
 import { ClusterStore } from "./store.js";
+import { syncApi } from "./sync-api.js";
 import { vmApi } from "./vm-api.js";
 import { volumeApi } from "./volume-api.js";
 
@@ -102,6 +104,7 @@ async function main(): Promise<void> {
   addService(server, AgentRegistryServiceService, apis.registry);
   const volumes = volumeApi({ store, view, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) });
   addService(server, VolumeServiceService, volumes);
+  addService(server, ReplicaSyncServiceService, syncApi({ store, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) }));
   addService(server, VmServiceService, vmApi({ store, agents, registry, instance, ensureLeader, volumes, migrator: () => migrator }));
 
   election.on("elected", (fenceKey) => {

@@ -45,6 +45,8 @@ export interface ReplicaPlacement {
   id: string;
   node: string;
   pool: string;
+  /** Set while the replica misses acknowledged writes (recorded by a frontend). */
+  outOfSync?: { sinceMs: number; reason: string; generation: number };
 }
 
 export interface VolumeSpec {
@@ -61,6 +63,8 @@ export interface VolumeSpec {
   deleting: boolean;
   /** Decided by the scheduler when the volume was created. */
   placement: ReplicaPlacement[];
+  /** Bumped whenever the set of in-sync replicas changes (absent in older records: 1). */
+  generation?: number;
   /** Nodes that should run a frontend for the volume (absent in older records). */
   attachments?: AttachmentSpec[];
 }

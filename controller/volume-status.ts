@@ -17,10 +17,14 @@ export function deriveVolumeStatus(
   if (spec.deleting) {
     return { status: { phase: "deleting", message: "", replicas, frontends }, operationDone: false };
   }
-  const current = replicas.filter((r) => r.state === "healthy" && r.virtualSizeBytes >= spec.sizeBytes);
+  const outOfSync = new Map(spec.placement.filter((p) => p.outOfSync).map((p) => [p.id, p.outOfSync!]));
+  const current = replicas.filter((r) => r.state === "healthy" && r.virtualSizeBytes >= spec.sizeBytes && !outOfSync.has(r.id));
   const problems = replicas
     .filter((r) => !current.includes(r))
-    .map((r) => `replica ${r.id} on ${r.node}: ${r.message || r.state}`);
+    .map((r) => {
+      const o = outOfSync.get(r.id);
+      return `replica ${r.id} on ${r.node}: ${o ? `out of sync since ${new Date(o.sinceMs).toISOString()}${o.reason ? ` (${o.reason})` : ""}` : r.message || r.state}`;
+    });
   const message = problems.join("; ");
   let phase: VolumePhaseName;
   let operationDone = false;

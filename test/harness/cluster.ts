@@ -8,7 +8,14 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Etcd3 } from "etcd3";
 import { execa } from "execa";
-import { ClusterServiceService, NodeServiceService, PoolServiceService, VmServiceService, VolumeServiceService } from "../../gen/stowage/v1/controller.js";
+import {
+  ClusterServiceService,
+  NodeServiceService,
+  PoolServiceService,
+  ReplicaSyncServiceService,
+  VmServiceService,
+  VolumeServiceService,
+} from "../../gen/stowage/v1/controller.js";
 import { Channel, INSECURE } from "../../lib/grpc.js";
 import { freePort } from "./ports.js";
 import { ROOT } from "./root.js";
@@ -156,6 +163,7 @@ export class TestCluster {
       pools: ch.service(PoolServiceService),
       volumes: ch.service(VolumeServiceService),
       vms: ch.service(VmServiceService),
+      sync: ch.service(ReplicaSyncServiceService),
       cluster: ch.service(ClusterServiceService),
     };
   }

@@ -213,6 +213,46 @@ export interface GetMigrationResponse {
   migration?: Migration | undefined;
 }
 
+export interface GetSyncStateRequest {
+  volume: string;
+}
+
+export interface MarkOutOfSyncRequest {
+  volume: string;
+  replicaId: string;
+  /** Why, for the record (the frontend's error). */
+  reason: string;
+}
+
+export interface MarkInSyncRequest {
+  volume: string;
+  replicaId: string;
+  /**
+   * The generation the resync started from; refused if the replica was marked
+   * out-of-sync again since then.
+   */
+  generation: number;
+}
+
+export interface SyncState {
+  volume: string;
+  generation: number;
+  inSync: string[];
+  outOfSync: string[];
+}
+
+export interface GetSyncStateResponse {
+  state?: SyncState | undefined;
+}
+
+export interface MarkOutOfSyncResponse {
+  state?: SyncState | undefined;
+}
+
+export interface MarkInSyncResponse {
+  state?: SyncState | undefined;
+}
+
 export interface RegisterNodeRequest {
   name: string;
   /** Address where the controller reaches the agent. */
@@ -3081,6 +3121,615 @@ export const GetMigrationResponse: MessageFns<GetMigrationResponse> = {
   },
 };
 
+function createBaseGetSyncStateRequest(): GetSyncStateRequest {
+  return { volume: "" };
+}
+
+export const GetSyncStateRequest: MessageFns<GetSyncStateRequest> = {
+  encode(message: GetSyncStateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSyncStateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSyncStateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSyncStateRequest {
+    return { volume: isSet(object.volume) ? globalThis.String(object.volume) : "" };
+  },
+
+  toJSON(message: GetSyncStateRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSyncStateRequest>, I>>(base?: I): GetSyncStateRequest {
+    return GetSyncStateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSyncStateRequest>, I>>(object: I): GetSyncStateRequest {
+    const message = createBaseGetSyncStateRequest();
+    message.volume = object.volume ?? "";
+    return message;
+  },
+};
+
+function createBaseMarkOutOfSyncRequest(): MarkOutOfSyncRequest {
+  return { volume: "", replicaId: "", reason: "" };
+}
+
+export const MarkOutOfSyncRequest: MessageFns<MarkOutOfSyncRequest> = {
+  encode(message: MarkOutOfSyncRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MarkOutOfSyncRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMarkOutOfSyncRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MarkOutOfSyncRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: MarkOutOfSyncRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MarkOutOfSyncRequest>, I>>(base?: I): MarkOutOfSyncRequest {
+    return MarkOutOfSyncRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MarkOutOfSyncRequest>, I>>(object: I): MarkOutOfSyncRequest {
+    const message = createBaseMarkOutOfSyncRequest();
+    message.volume = object.volume ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseMarkInSyncRequest(): MarkInSyncRequest {
+  return { volume: "", replicaId: "", generation: 0 };
+}
+
+export const MarkInSyncRequest: MessageFns<MarkInSyncRequest> = {
+  encode(message: MarkInSyncRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(24).uint64(message.generation);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MarkInSyncRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMarkInSyncRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MarkInSyncRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+    };
+  },
+
+  toJSON(message: MarkInSyncRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MarkInSyncRequest>, I>>(base?: I): MarkInSyncRequest {
+    return MarkInSyncRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MarkInSyncRequest>, I>>(object: I): MarkInSyncRequest {
+    const message = createBaseMarkInSyncRequest();
+    message.volume = object.volume ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.generation = object.generation ?? 0;
+    return message;
+  },
+};
+
+function createBaseSyncState(): SyncState {
+  return { volume: "", generation: 0, inSync: [], outOfSync: [] };
+}
+
+export const SyncState: MessageFns<SyncState> = {
+  encode(message: SyncState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(16).uint64(message.generation);
+    }
+    for (const v of message.inSync) {
+      writer.uint32(26).string(v!);
+    }
+    for (const v of message.outOfSync) {
+      writer.uint32(34).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SyncState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSyncState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.inSync.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.outOfSync.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SyncState {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      inSync: globalThis.Array.isArray(object?.inSync)
+        ? object.inSync.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.in_sync)
+        ? object.in_sync.map((e: any) => globalThis.String(e))
+        : [],
+      outOfSync: globalThis.Array.isArray(object?.outOfSync)
+        ? object.outOfSync.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.out_of_sync)
+        ? object.out_of_sync.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SyncState): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    if (message.inSync?.length) {
+      obj.inSync = message.inSync;
+    }
+    if (message.outOfSync?.length) {
+      obj.outOfSync = message.outOfSync;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SyncState>, I>>(base?: I): SyncState {
+    return SyncState.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SyncState>, I>>(object: I): SyncState {
+    const message = createBaseSyncState();
+    message.volume = object.volume ?? "";
+    message.generation = object.generation ?? 0;
+    message.inSync = object.inSync?.map((e) => e) || [];
+    message.outOfSync = object.outOfSync?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetSyncStateResponse(): GetSyncStateResponse {
+  return { state: undefined };
+}
+
+export const GetSyncStateResponse: MessageFns<GetSyncStateResponse> = {
+  encode(message: GetSyncStateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== undefined) {
+      SyncState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSyncStateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSyncStateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = SyncState.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSyncStateResponse {
+    return { state: isSet(object.state) ? SyncState.fromJSON(object.state) : undefined };
+  },
+
+  toJSON(message: GetSyncStateResponse): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = SyncState.toJSON(message.state);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSyncStateResponse>, I>>(base?: I): GetSyncStateResponse {
+    return GetSyncStateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSyncStateResponse>, I>>(object: I): GetSyncStateResponse {
+    const message = createBaseGetSyncStateResponse();
+    message.state = (object.state !== undefined && object.state !== null)
+      ? SyncState.fromPartial(object.state)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseMarkOutOfSyncResponse(): MarkOutOfSyncResponse {
+  return { state: undefined };
+}
+
+export const MarkOutOfSyncResponse: MessageFns<MarkOutOfSyncResponse> = {
+  encode(message: MarkOutOfSyncResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== undefined) {
+      SyncState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MarkOutOfSyncResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMarkOutOfSyncResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = SyncState.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MarkOutOfSyncResponse {
+    return { state: isSet(object.state) ? SyncState.fromJSON(object.state) : undefined };
+  },
+
+  toJSON(message: MarkOutOfSyncResponse): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = SyncState.toJSON(message.state);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MarkOutOfSyncResponse>, I>>(base?: I): MarkOutOfSyncResponse {
+    return MarkOutOfSyncResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MarkOutOfSyncResponse>, I>>(object: I): MarkOutOfSyncResponse {
+    const message = createBaseMarkOutOfSyncResponse();
+    message.state = (object.state !== undefined && object.state !== null)
+      ? SyncState.fromPartial(object.state)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseMarkInSyncResponse(): MarkInSyncResponse {
+  return { state: undefined };
+}
+
+export const MarkInSyncResponse: MessageFns<MarkInSyncResponse> = {
+  encode(message: MarkInSyncResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== undefined) {
+      SyncState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MarkInSyncResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMarkInSyncResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = SyncState.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MarkInSyncResponse {
+    return { state: isSet(object.state) ? SyncState.fromJSON(object.state) : undefined };
+  },
+
+  toJSON(message: MarkInSyncResponse): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = SyncState.toJSON(message.state);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MarkInSyncResponse>, I>>(base?: I): MarkInSyncResponse {
+    return MarkInSyncResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MarkInSyncResponse>, I>>(object: I): MarkInSyncResponse {
+    const message = createBaseMarkInSyncResponse();
+    message.state = (object.state !== undefined && object.state !== null)
+      ? SyncState.fromPartial(object.state)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseRegisterNodeRequest(): RegisterNodeRequest {
   return { name: "", address: "", labels: undefined, pools: [], agentVersion: "", libvirt: undefined };
 }
@@ -4056,6 +4705,122 @@ export interface VmServiceClient extends Client {
 export const VmServiceClient = makeGenericClientConstructor(VmServiceService, "stowage.v1.VmService") as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): VmServiceClient;
   service: typeof VmServiceService;
+  serviceName: string;
+};
+
+/**
+ * Called by volume frontends: the durable record of which replicas hold every
+ * acknowledged write. A frontend acknowledges a write that a replica failed only
+ * after MarkOutOfSync for that replica succeeded.
+ */
+export type ReplicaSyncServiceService = typeof ReplicaSyncServiceService;
+export const ReplicaSyncServiceService = {
+  getSyncState: {
+    path: "/stowage.v1.ReplicaSyncService/GetSyncState" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSyncStateRequest): Buffer => Buffer.from(GetSyncStateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSyncStateRequest => GetSyncStateRequest.decode(value),
+    responseSerialize: (value: GetSyncStateResponse): Buffer =>
+      Buffer.from(GetSyncStateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSyncStateResponse => GetSyncStateResponse.decode(value),
+  },
+  /**
+   * Records a replica as missing writes and bumps the generation. Refused
+   * (FAILED_PRECONDITION) for the volume's last in-sync replica.
+   */
+  markOutOfSync: {
+    path: "/stowage.v1.ReplicaSyncService/MarkOutOfSync" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MarkOutOfSyncRequest): Buffer => Buffer.from(MarkOutOfSyncRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MarkOutOfSyncRequest => MarkOutOfSyncRequest.decode(value),
+    responseSerialize: (value: MarkOutOfSyncResponse): Buffer =>
+      Buffer.from(MarkOutOfSyncResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MarkOutOfSyncResponse => MarkOutOfSyncResponse.decode(value),
+  },
+  /** Records a resynced replica as in-sync again and bumps the generation. */
+  markInSync: {
+    path: "/stowage.v1.ReplicaSyncService/MarkInSync" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MarkInSyncRequest): Buffer => Buffer.from(MarkInSyncRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MarkInSyncRequest => MarkInSyncRequest.decode(value),
+    responseSerialize: (value: MarkInSyncResponse): Buffer => Buffer.from(MarkInSyncResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MarkInSyncResponse => MarkInSyncResponse.decode(value),
+  },
+} as const;
+
+export interface ReplicaSyncServiceServer extends UntypedServiceImplementation {
+  getSyncState: handleUnaryCall<GetSyncStateRequest, GetSyncStateResponse>;
+  /**
+   * Records a replica as missing writes and bumps the generation. Refused
+   * (FAILED_PRECONDITION) for the volume's last in-sync replica.
+   */
+  markOutOfSync: handleUnaryCall<MarkOutOfSyncRequest, MarkOutOfSyncResponse>;
+  /** Records a resynced replica as in-sync again and bumps the generation. */
+  markInSync: handleUnaryCall<MarkInSyncRequest, MarkInSyncResponse>;
+}
+
+export interface ReplicaSyncServiceClient extends Client {
+  getSyncState(
+    request: GetSyncStateRequest,
+    callback: (error: ServiceError | null, response: GetSyncStateResponse) => void,
+  ): ClientUnaryCall;
+  getSyncState(
+    request: GetSyncStateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSyncStateResponse) => void,
+  ): ClientUnaryCall;
+  getSyncState(
+    request: GetSyncStateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSyncStateResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Records a replica as missing writes and bumps the generation. Refused
+   * (FAILED_PRECONDITION) for the volume's last in-sync replica.
+   */
+  markOutOfSync(
+    request: MarkOutOfSyncRequest,
+    callback: (error: ServiceError | null, response: MarkOutOfSyncResponse) => void,
+  ): ClientUnaryCall;
+  markOutOfSync(
+    request: MarkOutOfSyncRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MarkOutOfSyncResponse) => void,
+  ): ClientUnaryCall;
+  markOutOfSync(
+    request: MarkOutOfSyncRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MarkOutOfSyncResponse) => void,
+  ): ClientUnaryCall;
+  /** Records a resynced replica as in-sync again and bumps the generation. */
+  markInSync(
+    request: MarkInSyncRequest,
+    callback: (error: ServiceError | null, response: MarkInSyncResponse) => void,
+  ): ClientUnaryCall;
+  markInSync(
+    request: MarkInSyncRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MarkInSyncResponse) => void,
+  ): ClientUnaryCall;
+  markInSync(
+    request: MarkInSyncRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MarkInSyncResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const ReplicaSyncServiceClient = makeGenericClientConstructor(
+  ReplicaSyncServiceService,
+  "stowage.v1.ReplicaSyncService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): ReplicaSyncServiceClient;
+  service: typeof ReplicaSyncServiceService;
   serviceName: string;
 };
 

@@ -410,6 +410,12 @@ export interface ReplicaStatus {
   virtualSizeBytes: number;
   allocatedBytes: number;
   message: string;
+  /**
+   * Recorded as missing writes (a frontend could not write to it): never read
+   * from, never a copy source, until a resync records it in-sync again.
+   */
+  outOfSync: boolean;
+  outOfSyncSinceMs: number;
 }
 
 export interface Volume {
@@ -420,6 +426,8 @@ export interface Volume {
   createdAtMs: number;
   uid: string;
   attachments: Attachment[];
+  /** Bumped whenever the set of in-sync replicas changes. */
+  generation: number;
 }
 
 /** A volume's frontend on one node. */
@@ -1298,7 +1306,18 @@ export const VolumeSpec: MessageFns<VolumeSpec> = {
 };
 
 function createBaseReplicaStatus(): ReplicaStatus {
-  return { id: "", node: "", pool: "", path: "", state: 0, virtualSizeBytes: 0, allocatedBytes: 0, message: "" };
+  return {
+    id: "",
+    node: "",
+    pool: "",
+    path: "",
+    state: 0,
+    virtualSizeBytes: 0,
+    allocatedBytes: 0,
+    message: "",
+    outOfSync: false,
+    outOfSyncSinceMs: 0,
+  };
 }
 
 export const ReplicaStatus: MessageFns<ReplicaStatus> = {
@@ -1326,6 +1345,12 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
     }
     if (message.message !== "") {
       writer.uint32(66).string(message.message);
+    }
+    if (message.outOfSync !== false) {
+      writer.uint32(72).bool(message.outOfSync);
+    }
+    if (message.outOfSyncSinceMs !== 0) {
+      writer.uint32(80).int64(message.outOfSyncSinceMs);
     }
     return writer;
   },
@@ -1407,6 +1432,22 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
             message.message = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.outOfSync = reader.bool();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.outOfSyncSinceMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1437,6 +1478,16 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
         ? globalThis.Number(object.allocated_bytes)
         : 0,
       message: isSet(object.message) ? globalThis.String(object.message) : "",
+      outOfSync: isSet(object.outOfSync)
+        ? globalThis.Boolean(object.outOfSync)
+        : isSet(object.out_of_sync)
+        ? globalThis.Boolean(object.out_of_sync)
+        : false,
+      outOfSyncSinceMs: isSet(object.outOfSyncSinceMs)
+        ? globalThis.Number(object.outOfSyncSinceMs)
+        : isSet(object.out_of_sync_since_ms)
+        ? globalThis.Number(object.out_of_sync_since_ms)
+        : 0,
     };
   },
 
@@ -1466,6 +1517,12 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
     if (message.message !== "") {
       obj.message = message.message;
     }
+    if (message.outOfSync !== false) {
+      obj.outOfSync = message.outOfSync;
+    }
+    if (message.outOfSyncSinceMs !== 0) {
+      obj.outOfSyncSinceMs = Math.round(message.outOfSyncSinceMs);
+    }
     return obj;
   },
 
@@ -1482,12 +1539,23 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
     message.virtualSizeBytes = object.virtualSizeBytes ?? 0;
     message.allocatedBytes = object.allocatedBytes ?? 0;
     message.message = object.message ?? "";
+    message.outOfSync = object.outOfSync ?? false;
+    message.outOfSyncSinceMs = object.outOfSyncSinceMs ?? 0;
     return message;
   },
 };
 
 function createBaseVolume(): Volume {
-  return { spec: undefined, phase: 0, replicas: [], message: "", createdAtMs: 0, uid: "", attachments: [] };
+  return {
+    spec: undefined,
+    phase: 0,
+    replicas: [],
+    message: "",
+    createdAtMs: 0,
+    uid: "",
+    attachments: [],
+    generation: 0,
+  };
 }
 
 export const Volume: MessageFns<Volume> = {
@@ -1512,6 +1580,9 @@ export const Volume: MessageFns<Volume> = {
     }
     for (const v of message.attachments) {
       Attachment.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.generation !== 0) {
+      writer.uint32(64).uint64(message.generation);
     }
     return writer;
   },
@@ -1585,6 +1656,14 @@ export const Volume: MessageFns<Volume> = {
             message.attachments.push(Attachment.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1614,6 +1693,7 @@ export const Volume: MessageFns<Volume> = {
       attachments: globalThis.Array.isArray(object?.attachments)
         ? object.attachments.map((e: any) => Attachment.fromJSON(e))
         : [],
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
     };
   },
 
@@ -1640,6 +1720,9 @@ export const Volume: MessageFns<Volume> = {
     if (message.attachments?.length) {
       obj.attachments = message.attachments.map((e) => Attachment.toJSON(e));
     }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
     return obj;
   },
 
@@ -1657,6 +1740,7 @@ export const Volume: MessageFns<Volume> = {
     message.createdAtMs = object.createdAtMs ?? 0;
     message.uid = object.uid ?? "";
     message.attachments = object.attachments?.map((e) => Attachment.fromPartial(e)) || [];
+    message.generation = object.generation ?? 0;
     return message;
   },
 };

@@ -1,0 +1,110 @@
+// ReplicaSyncService: the durable record of which replicas of a volume hold
+// every acknowledged write. Frontends call it: MarkOutOfSync before they
+// acknowledge a write a replica failed, MarkInSync after a resync. Each change
+// is one compare-and-swap on the volume spec and bumps the volume's generation.
+import type { ReplicaSyncServiceService, SyncState } from "../gen/stowage/v1/controller.js";
+import { ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../lib/errors.js";
+import type { RequestHandlers } from "../lib/grpc.js";
+import { validateName } from "../lib/names.js";
+import { keys } from "./keys.js";
+import type { VolumeSpec } from "./model.js";
+import type { ClusterStore } from "./store.js";
+
+export interface SyncApiDeps {
+  store: ClusterStore;
+  ensureLeader: () => Promise<void>;
+  enqueue: (volume: string) => void;
+}
+
+export function generationOf(spec: VolumeSpec): number {
+  return spec.generation ?? 1;
+}
+
+export function syncState(spec: VolumeSpec): SyncState {
+  return {
+    volume: spec.name,
+    generation: generationOf(spec),
+    inSync: spec.placement.filter((p) => !p.outOfSync).map((p) => p.id),
+    outOfSync: spec.placement.filter((p) => p.outOfSync).map((p) => p.id),
+  };
+}
+
+const ATTEMPTS = 5;
+
+export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServiceService> {
+  const existing = (name: string) => {
+    validateName("volume", name);
+    const e = d.store.volumeSpec(name);
+    if (!e) throw new NotFoundError("volume", name);
+    return e;
+  };
+
+  /** Applies `change` to the current spec with compare-and-swap, retrying when the spec moved meanwhile. */
+  const update = async (name: string, change: (spec: VolumeSpec) => VolumeSpec | undefined): Promise<VolumeSpec> => {
+    for (let attempt = 1; ; attempt++) {
+      const e = existing(name);
+      const next = change(e.value);
+      if (!next) return e.value;
+      try {
+        await d.store.write({ unchanged: [[keys.volumeSpec(name), e.modRevision]], put: [{ key: keys.volumeSpec(name), value: next }] });
+        d.enqueue(name);
+        return next;
+      } catch (err) {
+        if (!(err instanceof ConflictError) || attempt === ATTEMPTS) throw err;
+      }
+    }
+  };
+
+  const replica = (spec: VolumeSpec, id: string) => {
+    const p = spec.placement.find((x) => x.id === id);
+    if (!p) throw new NotFoundError("replica", id, { hint: `volume ${spec.name} has replicas ${spec.placement.map((x) => x.id).join(", ")}` });
+    return p;
+  };
+
+  return {
+    async getSyncState(req) {
+      await d.ensureLeader();
+      return { state: syncState(existing(req.volume).value) };
+    },
+
+    async markOutOfSync(req) {
+      await d.ensureLeader();
+      const spec = await update(req.volume, (s) => {
+        const p = replica(s, req.replicaId);
+        if (p.outOfSync) return undefined; // already recorded: idempotent
+        const others = s.placement.filter((x) => x.id !== p.id && !x.outOfSync);
+        if (others.length === 0) {
+          throw new FailedPreconditionError(`replica ${p.id} is the last in-sync replica of volume ${s.name}`, {
+            hint: "the write fails instead; the replica keeps every acknowledged write",
+          });
+        }
+        const generation = generationOf(s) + 1;
+        return {
+          ...s,
+          generation,
+          placement: s.placement.map((x) => (x.id === p.id ? { ...x, outOfSync: { sinceMs: Date.now(), reason: req.reason.slice(0, 500), generation } } : x)),
+        };
+      });
+      return { state: syncState(spec) };
+    },
+
+    async markInSync(req) {
+      await d.ensureLeader();
+      if (!Number.isSafeInteger(req.generation) || req.generation <= 0) {
+        throw new InvalidArgumentError(`invalid generation ${req.generation}`, { hint: "pass the generation the resync started from" });
+      }
+      const spec = await update(req.volume, (s) => {
+        const p = replica(s, req.replicaId);
+        if (!p.outOfSync) return undefined;
+        // Marked out-of-sync again after the resync started: that resync does not cover the new gap.
+        if (p.outOfSync.generation > req.generation) {
+          throw new FailedPreconditionError(`replica ${p.id} was marked out-of-sync again at generation ${p.outOfSync.generation}, after this resync started (${req.generation})`, {
+            hint: "resync it again",
+          });
+        }
+        return { ...s, generation: generationOf(s) + 1, placement: s.placement.map((x) => (x.id === p.id ? { id: x.id, node: x.node, pool: x.pool } : x)) };
+      });
+      return { state: syncState(spec) };
+    },
+  };
+}

@@ -1,0 +1,65 @@
+// The durable in-sync record a frontend writes before acknowledging a write a
+// replica failed (ReplicaSyncService), against a real controller, etcd and agents.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { VolumePhase } from "../../gen/stowage/v1/types.js";
+import { FailedPreconditionError, NotFoundError } from "../../lib/errors.js";
+import { TestCluster } from "../harness/cluster.js";
+import { eventually } from "../harness/processes.js";
+
+let c: TestCluster;
+
+beforeAll(async () => {
+  c = await TestCluster.create();
+  await c.startController("c1");
+  await c.startController("c2");
+  for (const [i, n] of ["s1", "s2"].entries()) await c.startAgent(n, `127.0.0.${91 + i}`);
+  await c.waitNodesOnline(2);
+  const r = await c.stowctl(["volume", "create", "sync1", "--size", "64MiB", "--replicas", "2"]);
+  expect(r.code, r.stderr).toBe(0);
+});
+
+afterAll(async () => {
+  await c?.stop();
+});
+
+describe("replica sync records", () => {
+  it("marks a replica out-of-sync (degraded, new generation), never the last one, and back in-sync after a resync", async () => {
+    const api = await c.leaderApi();
+    const [r1, r2] = (await api.volumes.getVolume({ name: "sync1" })).volume!.replicas.map((r) => r.id);
+    const start = (await api.sync.getSyncState({ volume: "sync1" })).state!;
+    expect(start).toEqual({ volume: "sync1", generation: 1, inSync: [r1, r2], outOfSync: [] });
+
+    const marked = (await api.sync.markOutOfSync({ volume: "sync1", replicaId: r2!, reason: "EIO from 127.0.0.92:10809" })).state!;
+    expect(marked).toEqual({ volume: "sync1", generation: 2, inSync: [r1], outOfSync: [r2] });
+    // Idempotent: the same report again changes nothing.
+    expect((await api.sync.markOutOfSync({ volume: "sync1", replicaId: r2!, reason: "again" })).state!.generation).toBe(2);
+
+    const v = await eventually(async () => {
+      const x = (await api.volumes.getVolume({ name: "sync1" })).volume!;
+      return x.phase === VolumePhase.VOLUME_PHASE_DEGRADED ? x : undefined;
+    }, 15_000, "degraded");
+    expect(v.generation).toBe(2);
+    expect(v.replicas.find((r) => r.id === r2)).toMatchObject({ outOfSync: true });
+    expect(v.message).toMatch(/out of sync since .*EIO from 127.0.0.92:10809/);
+    const shown = await c.stowctl(["volume", "get", "sync1"]);
+    expect(shown.stdout).toMatch(/out-of-sync/);
+
+    // The last in-sync replica is never given up.
+    const before = await c.dumpState();
+    await expect(api.sync.markOutOfSync({ volume: "sync1", replicaId: r1!, reason: "x" })).rejects.toBeInstanceOf(FailedPreconditionError);
+    await expect(api.sync.markOutOfSync({ volume: "sync1", replicaId: "r-nope", reason: "x" })).rejects.toBeInstanceOf(NotFoundError);
+    await expect(api.sync.markOutOfSync({ volume: "nope", replicaId: r1!, reason: "x" })).rejects.toBeInstanceOf(NotFoundError);
+    // A resync that started before the replica was marked (generation 1) does not cover the gap.
+    await expect(api.sync.markInSync({ volume: "sync1", replicaId: r2!, generation: 1 })).rejects.toBeInstanceOf(FailedPreconditionError);
+    expect(await c.dumpState()).toEqual(before);
+
+    // The record survives the leader: kill it, ask the next one.
+    await c.controllers.get(api.address === c.addressOf("c1") ? "c1" : "c2")!.kill("SIGKILL");
+    const next = await c.leaderApi();
+    expect((await next.sync.getSyncState({ volume: "sync1" })).state).toEqual(marked);
+
+    const back = (await next.sync.markInSync({ volume: "sync1", replicaId: r2!, generation: 2 })).state!;
+    expect(back).toEqual({ volume: "sync1", generation: 3, inSync: [r1, r2], outOfSync: [] });
+    await eventually(async () => (await next.volumes.getVolume({ name: "sync1" })).volume!.phase === VolumePhase.VOLUME_PHASE_HEALTHY, 15_000, "healthy");
+  });
+});
