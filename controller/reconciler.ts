@@ -130,9 +130,11 @@ export class Reconciler {
         out.push({ ...base, message: `node ${node} is offline` });
         continue;
       }
-      // Read preference: the attached node's own replica first.
+      // Read preference: the attached node's own replica first. A replica recorded
+      // out-of-sync misses acknowledged writes: never a backend until a resync.
+      const outOfSync = new Set(spec.placement.filter((p) => p.outOfSync).map((p) => p.id));
       const backends = replicas
-        .filter((r) => r.state === "healthy" && r.exportUri)
+        .filter((r) => r.state === "healthy" && r.exportUri && !outOfSync.has(r.id))
         .sort((a, b) => Number(b.node === node) - Number(a.node === node))
         .map((r) => ({ replicaId: r.id, node: r.node, nbdUri: r.exportUri! }));
       if (backends.length === 0) {

@@ -1,5 +1,7 @@
 // The durable in-sync record a frontend writes before acknowledging a write a
 // replica failed (ReplicaSyncService), against a real controller, etcd and agents.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { VolumePhase } from "../../gen/stowage/v1/types.js";
 import { FailedPreconditionError, NotFoundError } from "../../lib/errors.js";
@@ -43,6 +45,14 @@ describe("replica sync records", () => {
     expect(v.message).toMatch(/out of sync since .*EIO from 127.0.0.92:10809/);
     const shown = await c.stowctl(["volume", "get", "sync1"]);
     expect(shown.stdout).toMatch(/out-of-sync/);
+
+    // A frontend started now leaves the out-of-sync replica out: no reads from it, no writes to it.
+    const node = v.replicas.find((r) => r.id === r1)!.node;
+    const att = await c.stowctl(["volume", "attach", "sync1", "--node", node]);
+    expect(att.code, att.stderr).toBe(0);
+    const state = JSON.parse(readFileSync(join(c.agentDirs.get(node)!, "frontends", "sync1.json"), "utf8"));
+    expect(state.backends.map((b: { replicaId: string }) => b.replicaId)).toEqual([r1]);
+    expect((await c.stowctl(["volume", "detach", "sync1", "--node", node])).code).toBe(0);
 
     // The last in-sync replica is never given up.
     const before = await c.dumpState();
