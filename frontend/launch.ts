@@ -10,6 +10,8 @@ import type { ReplicaAddress } from "./args.js";
  * and zero — about 10% of the frontend's CPU at 1 GB/s. Keeping blocks up to 32 MiB in the
  * heap and trimming only past 256 MiB free removed those faults: 60-110 µs less system
  * time per 1 MiB request, +4-11% throughput, same RSS (~100 MB) in the benchmark.
+ * (Measured before arenas were reused, lib/nbd/arena.ts; they still cover the arenas that
+ * are not: those pinned by handshakes and those beyond the pool.)
  */
 export const FRONTEND_GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456";
 

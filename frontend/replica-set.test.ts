@@ -4,9 +4,9 @@ import { randomBytes } from "node:crypto";
 import { afterEach, describe, expect, it } from "vitest";
 import { NbdClient } from "../lib/nbd/client.js";
 import { NbdDisconnectedError } from "../lib/nbd/errors.js";
-import { Errno, TxFlag } from "../lib/nbd/protocol.js";
+import { Cmd, Errno, TxFlag } from "../lib/nbd/protocol.js";
 import { NbdServer } from "../lib/nbd/server.js";
-import { startMemoryServer, type TestServer } from "../lib/nbd/test-helpers.js";
+import { RawConnection, startMemoryServer, type TestServer } from "../lib/nbd/test-helpers.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -31,18 +31,23 @@ async function open(s: TestServer, connections = 2): Promise<Replica> {
   return r;
 }
 
-/** An NBD server in front of the set, and a client of it: the frontend minus the process. */
-async function front(set: ReplicaSet): Promise<NbdClient> {
+/** An NBD server in front of the set (the frontend minus the process); returns its socket path. */
+async function listen(set: ReplicaSet): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), "frontend-test-"));
   const server = new NbdServer({ name: "vol", backend: set });
   set.onBusy = (b) => server.setBackendBusy(b);
   await server.listenUnix(join(dir, "front.sock"));
-  const c = await NbdClient.connect({ socketPath: join(dir, "front.sock"), exportName: "vol" });
   cleanups.push(async () => {
-    c.destroy();
     await server.shutdown(1_000);
     rmSync(dir, { recursive: true, force: true });
   });
+  return join(dir, "front.sock");
+}
+
+/** A frontend server over the set, and a client of it. */
+async function front(set: ReplicaSet): Promise<NbdClient> {
+  const c = await NbdClient.connect({ socketPath: await listen(set), exportName: "vol" });
+  cleanups.push(() => c.destroy());
   return c;
 }
 
@@ -66,6 +71,21 @@ describe("ReplicaSet", () => {
     await Promise.all(blocks.map((b, i) => c.write(i * 4096, b)));
     const back = await Promise.all(blocks.map((_, i) => c.read(i * 4096, 4096)));
     back.forEach((b, i) => expect(b[0]).toBe(i % 256));
+  });
+
+  it("fills one connection up to 16 requests before using the next, then picks the least loaded", async () => {
+    const r1 = await replicaServer(4 * MiB, { delayMs: 20 });
+    const r = await open(r1, 3);
+    const reads = Array.from({ length: 20 }, () => r.pick()!.read(0, 512));
+    expect(r.conns.map((c) => c.inFlight)).toEqual([16, 4, 0]);
+    reads.push(r.pick()!.read(0, 512));
+    expect(r.conns.map((c) => c.inFlight)).toEqual([16, 5, 0]);
+    await Promise.all(reads);
+    for (let i = 0; i < 48; i++) reads.push(r.pick()!.read(0, 512));
+    expect(r.conns.map((c) => c.inFlight)).toEqual([16, 16, 16]);
+    reads.push(r.pick()!.read(0, 512), r.pick()!.read(0, 512));
+    expect(r.conns.map((c) => c.inFlight)).toEqual([17, 17, 16]);
+    await Promise.all(reads);
   });
 
   it("sends a FLUSH to every connection of every replica", async () => {
@@ -120,5 +140,45 @@ describe("ReplicaSet", () => {
     const other = await replicaServer(8 * MiB);
     const mismatched = [await open(full), await open(other)];
     expect(() => new ReplicaSet(mismatched)).toThrow(/disagree on the volume size/);
+  });
+
+  // Receive arenas are reused (lib/nbd/arena.ts): these two check that bytes still queued for
+  // a socket are never overwritten by later reads, on the reply path and on the write path.
+  it("never overwrites reply data queued for a slow client while other reads churn the arenas", async () => {
+    const r1 = await replicaServer(32 * MiB);
+    r1.backend.data.set(randomBytes(32 * MiB));
+    const path = await listen(new ReplicaSet([await open(r1, 1)]));
+    const slow = await RawConnection.open(path);
+    cleanups.push(() => slow.destroy());
+    slow.socket.pause(); // replies pile up in the frontend's writer for this connection
+    const offsets = Array.from({ length: 24 }, (_, i) => ((i * 7) % 31) * MiB);
+    offsets.forEach((offset, i) => slow.request({ type: Cmd.READ, cookieLo: i, offset, length: MiB }));
+    // A second client keeps the replica connection's reader busy meanwhile.
+    const busy = await NbdClient.connect({ socketPath: path, exportName: "vol" });
+    cleanups.push(() => busy.destroy());
+    for (let round = 0; round < 20; round++) {
+      const got = await Promise.all([0, 1, 2, 3].map((k) => busy.read(((round + k) % 32) * MiB, MiB)));
+      got.forEach((b, k) => expect(b.equals(r1.backend.data.subarray(((round + k) % 32) * MiB, ((round + k) % 32 + 1) * MiB))).toBe(true));
+    }
+    slow.socket.resume();
+    for (let n = 0; n < offsets.length; n++) {
+      const reply = await slow.reply();
+      expect(reply.error).toBe(0);
+      const offset = offsets[reply.cookieLo]!;
+      const data = await slow.read(MiB);
+      expect(data.equals(r1.backend.data.subarray(offset, offset + MiB))).toBe(true);
+    }
+  });
+
+  it("never overwrites write payloads queued for a stalled replica while more writes arrive", async () => {
+    const r1 = await replicaServer(32 * MiB);
+    const c = await front(new ReplicaSet([await open(r1, 2)]));
+    r1.server.setBackendBusy(true); // the replica stops reading: payloads queue in the frontend
+    const blocks = Array.from({ length: 24 }, () => randomBytes(MiB));
+    const writes = blocks.map((b, i) => c.write(i * MiB, b));
+    await new Promise((r) => setTimeout(r, 200));
+    r1.server.setBackendBusy(false);
+    await Promise.all(writes);
+    blocks.forEach((b, i) => expect(r1.backend.data.subarray(i * MiB, (i + 1) * MiB).equals(b)).toBe(true));
   });
 });

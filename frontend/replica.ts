@@ -1,8 +1,10 @@
 // One replica as the frontend sees it: several NBD connections to the same
 // export (QEMU 7.2's NBD server works on at most 16 requests at once per
-// connection). Requests go to the least-loaded connection, which spread 4k
-// reads better than round-robin did; a FLUSH goes to every connection, since
-// the backend does not promise that one connection's flush covers the others.
+// connection). Requests fill the first connection up to those 16 before the
+// next is used (then the least loaded): a turn's requests leave in one write
+// and come back in one read, which cost fewer syscalls per 4k request than
+// spreading them; a FLUSH goes to every connection, since the backend does
+// not promise that one connection's flush covers the others.
 import { EventEmitter } from "node:events";
 import type { Logger } from "pino";
 import type { NbdCompletion } from "../lib/nbd/client.js";
@@ -29,10 +31,14 @@ export class Gather implements NbdCompletion {
 
   nbdDone(error: number, _data: Buffer[] | undefined, replyHeader: Buffer | undefined): void {
     if (error !== 0 && this.error === 0) this.error = error;
-    this.header ??= replyHeader;
+    // A copy: the received header is a slice of a receive arena, reused once this call returns.
+    if (this.header === undefined && replyHeader !== undefined) this.header = Buffer.from(replyHeader);
     if (--this.pending === 0) this.target.nbdDone(this.error, undefined, this.header);
   }
 }
+
+/** Requests per connection before the next is used: QEMU 7.2 works on 16 at once per connection. */
+const FILL = 16;
 
 export class Replica extends EventEmitter<ReplicaEvents> {
   private congestedCount = 0;
@@ -79,16 +85,23 @@ export class Replica extends EventEmitter<ReplicaEvents> {
     return this.conns.some((c) => c.usable);
   }
 
-  /** The usable connection with the fewest requests in flight (the first on ties). */
+  /**
+   * The first usable connection with fewer than FILL requests in flight, else the least
+   * loaded one. Filling one connection first keeps a turn's requests together, so they
+   * leave in one write and their replies come back in one read.
+   */
   pick(): NbdClient | undefined {
     let best: NbdClient | undefined;
     let bestLoad = Infinity;
     const cs = this.conns;
     for (let i = 0; i < cs.length; i++) {
       const c = cs[i]!;
-      if (c.usable && c.inFlight < bestLoad) {
+      if (!c.usable) continue;
+      const load = c.inFlight;
+      if (load < FILL) return c;
+      if (load < bestLoad) {
         best = c;
-        bestLoad = c.inFlight;
+        bestLoad = load;
       }
     }
     return best;

@@ -3,7 +3,8 @@ import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { adoptAccepted, arenaOnRead } from "./arena-reader.js";
+import { type Arena, arenaOf, releaseArena, retainSlice } from "./arena.js";
+import { adoptAccepted, arenaOnRead, ArenaReader } from "./arena-reader.js";
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -26,6 +27,87 @@ describe("arenaOnRead", () => {
     const first = r.buffer();
     r.callback(first.length - 1000, first); // leave less than the minimum tail
     expect(r.buffer().buffer).not.toBe(first.buffer);
+  });
+});
+
+/** Drives a reader the way net does: buffer() once at the start and again after every read's callback. */
+class FakeNet {
+  private next: Uint8Array;
+  constructor(readonly r: ArenaReader) {
+    this.next = r.buffer();
+  }
+  read(n: number, fill: number): void {
+    const buf = this.next;
+    buf.fill(fill, 0, n);
+    this.r.callback(n, buf);
+    this.next = this.r.buffer();
+  }
+  get room(): number {
+    return this.next.length;
+  }
+}
+
+describe("ArenaReader recycling", () => {
+  it("rewinds to the start of its arena only when no slice of it is referenced", () => {
+    const chunks: Buffer[] = [];
+    let held: Arena | undefined;
+    // Like a connection that queues the first chunk for a write: referenced inside the callback.
+    const r = new ArenaReader((c) => chunks.push(c) === 1 && (held = retainSlice(c)));
+    r.startRecycling();
+    const net = new FakeNet(r);
+    net.read(100, 1);
+    const kept = chunks[0]!;
+    net.read(100, 2);
+    net.read(100, 3);
+    // Every read went past the referenced slice; it was never overwritten.
+    expect(kept.every((b) => b === 1)).toBe(true);
+    expect(chunks[1]!.byteOffset).toBe(kept.byteOffset + 100);
+    expect(chunks[2]!.byteOffset).toBe(kept.byteOffset + 200);
+    releaseArena(held!);
+    net.read(100, 4);
+    // Nothing referenced: the next read reuses the same memory from the start.
+    net.read(100, 5);
+    expect(chunks[4]!.buffer).toBe(kept.buffer);
+    expect(chunks[4]!.byteOffset).toBe(kept.byteOffset);
+  });
+
+  it("moves on to another arena, and a referenced one is reused only after its last release", () => {
+    const chunks: Buffer[] = [];
+    const r = new ArenaReader((c) => chunks.push(c) === 1 && retainSlice(c));
+    r.startRecycling();
+    const net = new FakeNet(r);
+    net.read(64, 9);
+    const first = arenaOf(chunks[0]!)!;
+    net.read(net.room - 1000, 8); // leaves less than the minimum tail: the next read needs a new arena
+    net.read(10, 7);
+    expect(arenaOf(chunks[2]!)).not.toBe(first);
+    expect(first.refs).toBe(1); // only our reference is left: the reader let go
+    expect(chunks[0]!.every((b) => b === 9)).toBe(true);
+    // While we hold it, no reader can get it, however many arenas are taken.
+    for (let i = 0; i < 20; i++) {
+      const o = new ArenaReader(() => undefined);
+      o.startRecycling();
+      const onet = new FakeNet(o);
+      onet.read(10, 0);
+      expect(arenaOf(o.buffer())).not.toBe(first);
+    }
+    expect(chunks[0]!.every((b) => b === 9)).toBe(true);
+    releaseArena(first);
+    expect(first.refs).toBe(0);
+  });
+
+  it("never reuses the arenas it filled before recycling started", () => {
+    const chunks: Buffer[] = [];
+    const r = new ArenaReader((c) => chunks.push(c));
+    const net = new FakeNet(r);
+    net.read(50, 5); // handshake bytes, kept by code that takes no references
+    r.startRecycling();
+    net.read(50, 6); // net registered the old buffer before the switch: this read lands there too
+    for (let i = 0; i < 10; i++) net.read(1000, 7);
+    expect(chunks[0]!.every((b) => b === 5)).toBe(true);
+    expect(chunks[1]!.every((b) => b === 6)).toBe(true);
+    expect(arenaOf(chunks[2]!)).not.toBe(arenaOf(chunks[0]!));
+    expect(arenaOf(chunks[0]!)!.refs).toBe(1); // the reader's reference, never dropped
   });
 });
 

@@ -7,6 +7,12 @@
 // same bytes on), a WRITE's payload is a list of slices of the received
 // chunks, and a backend may hand back the 16-byte reply header it received so
 // the server rewrites that in place instead of building a new one.
+//
+// `header` and `data` may be slices of a receive arena (arena.ts): the server
+// references them until the request is answered, so a backend may use them
+// until it calls done() and must not keep them after that; one that forwards
+// them pushes them to a BatchWriter, which takes its own references.
+import type { Arena } from "./arena.js";
 import type { NbdCompletion } from "./client.js";
 import { CmdFlag, type BlockSizes } from "./protocol.js";
 
@@ -39,6 +45,8 @@ export class NbdRequest implements NbdCompletion {
   /** WRITE payload as slices of received chunks; its total length is `length`. */
   data: Buffer[] | undefined = undefined;
   finished = false;
+  /** Arenas the server references for `header` and `data` until the request is answered. */
+  held: Arena[] | undefined = undefined;
 
   constructor(
     private readonly sink: NbdReplySink,

@@ -1,6 +1,7 @@
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
 import { describe, expect, it } from "vitest";
+import { takeArena } from "./arena.js";
 import { BatchWriter } from "./batch-writer.js";
 
 /** Records what a socket would be asked to do. */
@@ -14,8 +15,11 @@ class FakeSocket extends EventEmitter {
     this.corks++;
   }
   uncork(): void {}
-  write(b: Buffer): boolean {
+  /** Write callbacks not yet called: the socket still owns those bytes. */
+  callbacks: ((err?: Error | null) => void)[] = [];
+  write(b: Buffer, cb?: (err?: Error | null) => void): boolean {
     this.writes.push(b);
+    if (cb) this.callbacks.push(cb);
     return this.accept;
   }
   end(cb?: () => void): void {
@@ -103,5 +107,52 @@ describe("BatchWriter", () => {
     expect(s.writes.map(String)).toEqual(["last"]);
     expect(s.writableEnded).toBe(true);
     expect(s.destroyed).toBe(true);
+  });
+
+  it("references arena slices until the socket has taken them, one reference per merged run", async () => {
+    const { s, w } = setup();
+    const a = takeArena(); // refs 1: the reader's
+    const b = takeArena();
+    w.push(a.buf.subarray(0, 16));
+    w.push(a.buf.subarray(16, 1000)); // merged with the previous slice
+    w.push(Buffer.from("own memory"));
+    w.push(b.buf.subarray(100, 200));
+    expect(a.refs).toBe(2);
+    expect(b.refs).toBe(2);
+    await tick();
+    expect(s.writes.length).toBe(3);
+    // Written but not yet taken by the kernel (the write is queued in the socket).
+    expect(a.refs).toBe(2);
+    expect(b.refs).toBe(2);
+    w.push(a.buf.subarray(2000, 3000));
+    await tick();
+    expect(a.refs).toBe(3);
+    expect(s.callbacks.length).toBe(2); // one per batch, on its last write
+    s.callbacks.shift()!();
+    expect(a.refs).toBe(2);
+    expect(b.refs).toBe(1);
+    s.callbacks.shift()!(null);
+    expect(a.refs).toBe(1);
+    expect(w.heldReferences).toBe(0);
+  });
+
+  it("keeps the references of a failed write for good: the arena is never reused", async () => {
+    const { s, w } = setup();
+    const a = takeArena();
+    w.push(a.buf.subarray(0, 16));
+    await tick();
+    w.push(a.buf.subarray(16, 32).fill(0)); // not adjacent to a flushed batch: a new run
+    await tick();
+    s.callbacks.shift()!(new Error("EPIPE"));
+    s.callbacks.shift()!(new Error("EPIPE"));
+    expect(a.refs).toBe(3);
+  });
+
+  it("takes no callback when nothing pushed lives in an arena", async () => {
+    const { s, w } = setup();
+    w.push(Buffer.from("plain"));
+    await tick();
+    expect(s.writes.length).toBe(1);
+    expect(s.callbacks.length).toBe(0);
   });
 });

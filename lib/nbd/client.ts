@@ -5,10 +5,12 @@
 // changes), read payloads come back as slices of the received chunks, and all
 // writes of one event-loop turn leave in one corked write (BatchWriter).
 // Received data lands in large arenas (arena-reader.ts), so a big read reply
-// arrives in few, adjacent slices.
+// arrives in few, adjacent slices; arenas are reused once nothing references
+// them (arena.ts), and a completion that keeps a slice must reference it.
 import { EventEmitter } from "node:events";
 import { connect as netConnect, type Socket } from "node:net";
-import { arenaOnRead } from "./arena-reader.js";
+import { releaseArena, retainSlice, type Arena } from "./arena.js";
+import { ArenaReader } from "./arena-reader.js";
 import { BatchWriter } from "./batch-writer.js";
 import { abortHandshake, ByteQueue, exchangeGreeting, listExports, negotiateGo, queryInfo, type ExportInfo, type HandshakeIO } from "./client-handshake.js";
 import { NbdDisconnectedError, NbdError, NbdProtocolError } from "./errors.js";
@@ -19,9 +21,10 @@ export type { ExportInfo } from "./client-handshake.js";
 /** Receives the outcome of one submitted request. Must not throw. */
 export interface NbdCompletion {
   /**
-   * `data`: a READ's payload as slices of received chunks (valid until the callee drops them).
-   * `replyHeader`: the 16-byte simple reply as received; the callee may overwrite it in place
-   * (to forward it) — nothing else reads it afterwards.
+   * `data`: a READ's payload as slices of received chunks. `replyHeader`: the 16-byte simple
+   * reply as received; the callee may overwrite it in place (to forward it) — nothing else
+   * reads it afterwards. Both may be slices of a receive arena: valid during this call only,
+   * unless the callee references them (retainSlice, or pushing them to a BatchWriter).
    */
   nbdDone(error: number, data: Buffer[] | undefined, replyHeader: Buffer | undefined): void;
 }
@@ -48,9 +51,9 @@ async function openAndNegotiate<T>(
   opts: NbdAddress & { timeoutMs?: number; writeHighWaterMark?: number },
   onChunk: (b: Buffer, q: ByteQueue) => void,
   handshake: (io: HandshakeIO, socket: Socket) => Promise<T>,
-): Promise<{ socket: Socket; result: T; queue: ByteQueue }> {
+): Promise<{ socket: Socket; result: T; queue: ByteQueue; reader: ArenaReader }> {
   const queue = new ByteQueue();
-  const onread = arenaOnRead((chunk) => onChunk(chunk, queue));
+  const onread = new ArenaReader((chunk) => onChunk(chunk, queue));
   const common = { onread, writableHighWaterMark: opts.writeHighWaterMark ?? 4 * 1024 * 1024 };
   let socket: Socket;
   if (opts.socketPath) socket = netConnect({ path: opts.socketPath, ...common });
@@ -65,7 +68,7 @@ async function openAndNegotiate<T>(
   try {
     const io: HandshakeIO = { read: (n) => queue.read(n), write: (b) => void socket.write(b) };
     const result = await handshake(io, socket);
-    return { socket, result, queue };
+    return { socket, result, queue, reader: onread };
   } catch (err) {
     socket.destroy();
     throw err;
@@ -84,7 +87,12 @@ class PromiseCompletion implements NbdCompletion {
   nbdDone(error: number, data: Buffer[] | undefined, replyHeader: Buffer | undefined): void {
     // Only a connection loss completes a request without a reply header.
     if (error !== 0) this.reject(replyHeader === undefined ? new NbdDisconnectedError() : new NbdError(error));
-    else this.resolve(data === undefined ? EMPTY : data.length === 1 ? data[0]! : Buffer.concat(data));
+    else if (data === undefined) this.resolve(EMPTY);
+    else if (data.length > 1) this.resolve(Buffer.concat(data));
+    else {
+      retainSlice(data[0]!); // never released: the caller may keep the buffer for good
+      this.resolve(data[0]!);
+    }
   }
 }
 
@@ -115,6 +123,8 @@ export class NbdClient extends EventEmitter<NbdClientEvents> {
   private rxRemaining = 0;
   private rxParts: Buffer[] = [];
   private rxHeader: Buffer | null = null;
+  /** Arenas referenced for rxHeader and rxParts while a reply spans reads. */
+  private rxHeld: Arena[] = [];
 
   private constructor(
     private readonly socket: Socket,
@@ -132,7 +142,7 @@ export class NbdClient extends EventEmitter<NbdClientEvents> {
   /** Connects, negotiates `exportName` with NBD_OPT_GO, and enters the transmission phase. */
   static async connect(opts: NbdConnectOptions): Promise<NbdClient> {
     let client: NbdClient | undefined;
-    const { socket, result, queue } = await openAndNegotiate(
+    const { socket, result, queue, reader } = await openAndNegotiate(
       opts,
       (b, q) => (client ? client.onChunk(b) : q.push(b)),
       async (io) => negotiateGo(io, opts.exportName, (await exchangeGreeting(io)).noZeroes),
@@ -140,6 +150,8 @@ export class NbdClient extends EventEmitter<NbdClientEvents> {
     client = new NbdClient(socket, result);
     const early = queue.drain();
     if (early.length > 0) client.onChunk(early);
+    // Handshake slices stay pinned; replies from here on follow the reference rule.
+    reader.startRecycling();
     return client;
   }
 
@@ -328,12 +340,15 @@ export class NbdClient extends EventEmitter<NbdClientEvents> {
           this.rxSlot = slot;
           this.rxRemaining = readLen;
           this.rxHeader = h;
+          this.hold(h);
           continue;
         }
         this.complete(slot, error, undefined, h);
       } else {
         const take = Math.min(this.rxRemaining, n - pos);
-        this.rxParts.push(b.subarray(pos, pos + take));
+        const part = b.subarray(pos, pos + take);
+        this.rxParts.push(part);
+        this.hold(part);
         pos += take;
         this.rxRemaining -= take;
         if (this.rxRemaining === 0) {
@@ -344,9 +359,21 @@ export class NbdClient extends EventEmitter<NbdClientEvents> {
           this.rxParts = [];
           this.rxHeader = null;
           this.complete(slot, 0, parts, h);
+          const held = this.rxHeld;
+          for (let i = 0; i < held.length; i++) releaseArena(held[i]!);
+          held.length = 0;
         }
       }
     }
+  }
+
+  /** References the arena `b` is in while a reply spans reads; one reference per arena. */
+  private hold(b: Buffer): void {
+    const held = this.rxHeld;
+    const a = retainSlice(b);
+    if (a === undefined) return;
+    if (held.length > 0 && held[held.length - 1] === a) releaseArena(a);
+    else held.push(a);
   }
 
   private complete(slot: number, error: number, data: Buffer[] | undefined, header: Buffer | undefined): void {

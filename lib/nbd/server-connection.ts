@@ -6,6 +6,8 @@
 // gets an error reply, a broken stream gets a hard disconnect.
 import type { Socket } from "node:net";
 import type { Logger } from "pino";
+import { arenaOf, releaseArena, retainSlice, type Arena } from "./arena.js";
+import type { ArenaReader } from "./arena-reader.js";
 import { NbdRequest, type NbdBackend, type NbdReplySink } from "./backend.js";
 import { BatchWriter } from "./batch-writer.js";
 import { Cmd, CmdFlag, DOS_PAYLOAD_LIMIT, Errno, readU64, REQUEST_HEADER_SIZE, REQUEST_MAGIC, SIMPLE_REPLY_SIZE, TxFlag, writeSimpleReply } from "./protocol.js";
@@ -50,6 +52,8 @@ export class NbdServerConnection implements NbdReplySink {
     private readonly backend: NbdBackend,
     private readonly limits: ConnectionLimits,
     private readonly log: Logger | undefined,
+    /** The socket's arena reader, if it reads into arenas (it starts recycling after the handshake). */
+    private readonly reader?: ArenaReader,
   ) {
     this.writer = new BatchWriter(socket);
     this.writer.onCongestion = (c) => this.setPause(Pause.REPLIES, c);
@@ -102,6 +106,8 @@ export class NbdServerConnection implements NbdReplySink {
       this.writer.end();
     } else if (step === "transmission") {
       this.phase = "transmission";
+      // From here on every slice kept past this call is referenced (see arena.ts).
+      this.reader?.startRecycling();
       if (this.handshake.leftover.length > 0) this.parse(this.handshake.leftover);
     }
   }
@@ -130,7 +136,12 @@ export class NbdServerConnection implements NbdReplySink {
         this.onHeader(h);
       } else {
         const take = Math.min(this.rxRemaining, n - pos);
-        if (this.rx === Rx.PAYLOAD) this.rxReq!.data!.push(chunk.subarray(pos, pos + take));
+        if (this.rx === Rx.PAYLOAD) {
+          const part = chunk.subarray(pos, pos + take);
+          const req = this.rxReq!;
+          req.data!.push(part);
+          hold(req, part);
+        }
         pos += take;
         this.rxRemaining -= take;
         if (this.rxRemaining === 0) {
@@ -157,6 +168,7 @@ export class NbdServerConnection implements NbdReplySink {
       // The payload must be consumed either way; past the size the spec never calls a
       // denial of service (and past what we advertise), drop the connection instead.
       if (length > DOS_PAYLOAD_LIMIT && length > this.exp.blockSizes.maximum) return this.hardClose(`write payload of ${length} bytes`);
+      hold(req, h);
       this.rxError = this.validate(req);
       this.rx = this.rxError === 0 ? Rx.PAYLOAD : Rx.DISCARD;
       if (this.rxError === 0) req.data = [];
@@ -164,6 +176,7 @@ export class NbdServerConnection implements NbdReplySink {
       this.rxRemaining = length;
       return;
     }
+    hold(req, h);
     this.received(req, this.validate(req));
   }
 
@@ -243,6 +256,11 @@ export class NbdServerConnection implements NbdReplySink {
   finish(req: NbdRequest, error: number, data: Buffer[] | undefined, replyHeader: Buffer | undefined): void {
     if (req.finished) return;
     req.finished = true;
+    const held = req.held;
+    if (held !== undefined) {
+      req.held = undefined;
+      for (let i = 0; i < held.length; i++) releaseArena(held[i]!);
+    }
     this.inFlight--;
     if (req.type === Cmd.READ || req.type === Cmd.WRITE) this.inFlightBytes -= req.length;
     if (this.phase === "closed") return;
@@ -278,4 +296,14 @@ export class NbdServerConnection implements NbdReplySink {
     this.phase = "closed";
     this.socket.destroy();
   }
+}
+
+/** References the arena `b` is in (if any) until `req` is answered; one reference per arena. */
+function hold(req: NbdRequest, b: Buffer): void {
+  const held = req.held;
+  if (held !== undefined && held[held.length - 1] === arenaOf(b)) return;
+  const a: Arena | undefined = retainSlice(b);
+  if (a === undefined) return;
+  if (held === undefined) req.held = [a];
+  else held.push(a);
 }

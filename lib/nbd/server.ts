@@ -5,7 +5,7 @@
 import { chmod, rm } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import type { Logger } from "pino";
-import { adoptAccepted } from "./arena-reader.js";
+import { adoptAccepted, ArenaReader } from "./arena-reader.js";
 import type { NbdBackend } from "./backend.js";
 import { DEFAULT_BLOCK_SIZES, DOS_PAYLOAD_LIMIT, TxFlag, type BlockSizes } from "./protocol.js";
 import { NbdServerConnection, Pause, type ConnectionLimits } from "./server-connection.js";
@@ -54,9 +54,9 @@ export class NbdServer {
     this.limits = { maxInFlight: 256, maxInFlightBytes: 64 * 1024 * 1024, ...opts.limits };
   }
 
-  /** Serves one connected socket (already accepted elsewhere). */
-  handle(socket: Socket): NbdServerConnection {
-    const c = new NbdServerConnection(socket, this.export, this.opts.backend, this.limits, this.opts.log);
+  /** Serves one connected socket (already accepted elsewhere); `reader` if it reads into arenas. */
+  handle(socket: Socket, reader?: ArenaReader): NbdServerConnection {
+    const c = new NbdServerConnection(socket, this.export, this.opts.backend, this.limits, this.opts.log, reader);
     this.connections.add(c);
     void c.closed.then(() => this.connections.delete(c));
     if (this.backendBusy) c.setPause(Pause.BACKEND, true);
@@ -71,8 +71,9 @@ export class NbdServer {
     const server = createServer({ highWaterMark: hwm, pauseOnConnect: true }, (accepted) => {
       let conn: NbdServerConnection | undefined;
       // No chunk can arrive before `conn` is set: reading starts on a later loop turn.
-      const socket = adoptAccepted(accepted, (chunk) => conn!.onData(chunk), { writableHighWaterMark: hwm });
-      conn = this.handle(socket);
+      const reader = new ArenaReader((chunk) => conn!.onData(chunk));
+      const socket = adoptAccepted(accepted, reader, { writableHighWaterMark: hwm });
+      conn = this.handle(socket, reader);
     });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
