@@ -201,7 +201,7 @@ async function main(): Promise<void> {
   const row = (name: string, f: { totalMs: number; downtimeMs: number }) => `  ${name.padEnd(34)} ${String(Math.round(f.totalMs)).padStart(6)} ms   ${String(Math.round(f.downtimeMs)).padStart(4)} ms`;
   process.stdout.write(
     [
-      `Live migration, TCG guest with ${MEM_MIB} MiB RAM writing to its disk (median of ${opts.rounds} per kind, alternating)`,
+      `Live migration, TCG guest with ${MEM_MIB} MiB RAM writing a 4 KiB record every ${WRITE_DELAY_US / 1000} ms (median of ${opts.rounds} per kind, alternating)`,
       `  ${"".padEnd(34)} ${"total".padStart(9)}   downtime`,
       row("stowctl vm migrate (Stowage API)", result.stowage),
       row("virsh migrate --live (same hosts)", result.virsh),
