@@ -142,7 +142,7 @@ export class Reconciler {
         continue;
       }
       try {
-        const res = await this.agents.for(node).ensureFrontend({ volume: spec.name, backends }, { timeoutMs: 30_000 });
+        const res = await this.agents.for(node).ensureFrontend({ volume: spec.name, backends, generation: spec.generation ?? 1 }, { timeoutMs: 30_000 });
         out.push({ node, socketPath: res.frontend!.socketPath, nbdUri: res.frontend!.nbdUri, state: "attached", message: "" });
       } catch (err) {
         out.push({ ...base, state: "failed", message: errorMessage(err) });

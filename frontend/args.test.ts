@@ -43,6 +43,9 @@ describe("parseFrontendArgs", () => {
     const a = parseFrontendArgs(["--socket", "/s", "--export", "v", "--backend", "unix:/b:v"]);
     expect(a.connections).toBe(2);
     expect(a.socketMode).toBe(0o666);
+    // No controllers: no in-sync record, a write needs every replica.
+    expect(a.controllers).toEqual([]);
+    expect(a.generation).toBe(1);
   });
 
   const bad: [string[], RegExp][] = [
@@ -53,6 +56,7 @@ describe("parseFrontendArgs", () => {
     [["--socket", "/s", "--export", "v", "--backend", "unix:/b:v", "--connections", "2.5"], /--connections/],
     [["--socket", "/s", "--export", "v", "--backend", "unix:/b:v", "--socket-mode", "rw"], /--socket-mode/],
     [["--socket", "/s", "--export", "v", "--backend", "unix:/b:v", "--bogus"], /bogus/],
+    [["--socket", "/s", "--export", "v", "--backend", "unix:/b:v", "--generation", "0"], /--generation/],
     [["--socket", "/s", "--export", "v", "--backend", "unix:/b:v", "stray"], /stray/],
   ];
   for (const [argv, why] of bad) {
@@ -70,9 +74,9 @@ describe("launch", () => {
       { host: "::1", port: 10809, exportName: "vol" },
       { host: "127.0.0.3", port: 10810, exportName: "vol" },
     ];
-    const argv = frontendArgv({ socketPath: "/run/vol.sock", exportName: "vol", replicas, connections: 3, socketMode: 0o660 });
+    const argv = frontendArgv({ socketPath: "/run/vol.sock", exportName: "vol", replicas, connections: 3, socketMode: 0o660, controllers: ["c1:7400", "c2:7400"], generation: 4 });
     const back = parseFrontendArgs(argv);
-    expect(back).toMatchObject({ socketPath: "/run/vol.sock", exportName: "vol", connections: 3, socketMode: 0o660 });
+    expect(back).toMatchObject({ socketPath: "/run/vol.sock", exportName: "vol", connections: 3, socketMode: 0o660, controllers: ["c1:7400", "c2:7400"], generation: 4 });
     expect(back.replicas.map(({ spec: _, ...r }) => r)).toEqual(replicas);
   });
 

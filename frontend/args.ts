@@ -20,6 +20,10 @@ export interface FrontendArgs {
   connections: number;
   /** Mode of the listening socket (libvirt's QEMU runs as another user). */
   socketMode: number;
+  /** Controller addresses for the in-sync record; empty: a write needs every replica. */
+  controllers: string[];
+  /** The volume's generation when the frontend was started. */
+  generation: number;
 }
 
 export const USAGE = `usage: node dist/frontend/main.js --socket PATH --export NAME --backend SPEC[,SPEC...] [--connections N]
@@ -31,6 +35,10 @@ export const USAGE = `usage: node dist/frontend/main.js --socket PATH --export N
                         tcp:HOST:PORT:EXPORT      (IPv6 host in brackets: tcp:[::1]:10809:vol)
   --connections N     NBD connections to each replica (default 2, at most 16)
   --socket-mode MODE  octal mode of the socket file (default 0666)
+  --controllers A,B   controller addresses: a replica that fails a write is recorded
+                      out-of-sync there before the write is acknowledged (without it,
+                      a write fails unless every replica took it)
+  --generation N      the volume's generation the replica list belongs to (default 1)
 `;
 
 export class ArgsError extends Error {
@@ -72,6 +80,8 @@ export function parseFrontendArgs(argv: string[]): FrontendArgs {
         backend: { type: "string", multiple: true },
         connections: { type: "string" },
         "socket-mode": { type: "string" },
+        controllers: { type: "string" },
+        generation: { type: "string" },
       },
       strict: true,
       allowPositionals: false,
@@ -87,11 +97,16 @@ export function parseFrontendArgs(argv: string[]): FrontendArgs {
   if (!Number.isInteger(connections) || connections < 1 || connections > 16) throw new ArgsError("--connections takes an integer from 1 to 16");
   const modeText = values["socket-mode"] ?? "0666";
   if (!/^0?[0-7]{3}$/.test(modeText)) throw new ArgsError("--socket-mode takes an octal mode such as 0660");
+  const controllers = (values.controllers ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  const generation = values.generation === undefined ? 1 : Number(values.generation);
+  if (!Number.isSafeInteger(generation) || generation < 1) throw new ArgsError("--generation takes a positive integer");
   return {
     socketPath: values.socket,
     exportName: values.export,
     replicas: specs.map(parseReplicaSpec),
     connections,
     socketMode: parseInt(modeText, 8),
+    controllers,
+    generation,
   };
 }

@@ -5,6 +5,7 @@ import { NbdServer } from "../lib/nbd/server.js";
 import type { FrontendArgs } from "./args.js";
 import { Replica } from "./replica.js";
 import { ReplicaSet } from "./replica-set.js";
+import { SyncClient } from "./sync/sync-client.js";
 
 export class Frontend {
   private stopping: Promise<void> | undefined;
@@ -13,6 +14,7 @@ export class Frontend {
     readonly server: NbdServer,
     readonly replicas: ReplicaSet,
     private readonly log: Logger,
+    private readonly sync: SyncClient | undefined,
   ) {}
 
   /** Connects to every replica, then listens. Fails (and cleans up) if any replica is unreachable. */
@@ -21,9 +23,10 @@ export class Frontend {
     const replicas = opened.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === "rejected");
     let set: ReplicaSet | undefined;
+    const sync = args.controllers.length > 0 ? new SyncClient({ controllers: args.controllers, volume: args.exportName, log }) : undefined;
     try {
       if (failed) throw failed.reason;
-      set = new ReplicaSet(replicas, log);
+      set = new ReplicaSet(replicas, log, sync && { recorder: sync, generation: args.generation });
       const server = new NbdServer({ name: args.exportName, description: `stowage volume ${args.exportName}`, backend: set, log });
       set.onBusy = (busy) => server.setBackendBusy(busy);
       await server.listenUnix(args.socketPath, args.socketMode);
@@ -31,8 +34,9 @@ export class Frontend {
         { socket: args.socketPath, replicas: args.replicas.map((r) => r.spec), connections: args.connections, size: set.size },
         "frontend listening",
       );
-      return new Frontend(server, set, log);
+      return new Frontend(server, set, log, sync);
     } catch (err) {
+      sync?.close();
       await Promise.all(replicas.map((r) => r.close().catch(() => undefined)));
       throw err;
     }
@@ -46,6 +50,7 @@ export class Frontend {
     this.stopping ??= (async () => {
       await this.server.shutdown(timeoutMs);
       await this.replicas.close();
+      this.sync?.close();
       this.log.info("frontend stopped");
     })();
     return this.stopping;

@@ -34,8 +34,12 @@ export function frontendArgv(a: {
   replicas: Omit<ReplicaAddress, "spec">[];
   connections?: number;
   socketMode?: number;
+  controllers?: string[];
+  generation?: number;
 }): string[] {
   const argv = ["--socket", a.socketPath, "--export", a.exportName, "--backend", a.replicas.map(replicaSpec).join(",")];
+  if (a.controllers?.length) argv.push("--controllers", a.controllers.join(","));
+  if (a.generation !== undefined) argv.push("--generation", String(a.generation));
   if (a.connections !== undefined) argv.push("--connections", String(a.connections));
   if (a.socketMode !== undefined) argv.push("--socket-mode", `0${a.socketMode.toString(8)}`);
   return argv;

@@ -182,3 +182,72 @@ describe("ReplicaSet", () => {
     blocks.forEach((b, i) => expect(r1.backend.data.subarray(i * MiB, (i + 1) * MiB).equals(b)).toBe(true));
   });
 });
+
+describe("ReplicaSet with the recorded write policy", () => {
+  async function named(name: string): Promise<{ s: TestServer; r: Replica }> {
+    const s = await replicaServer(4 * MiB, { name });
+    const r = await Replica.open({ spec: `unix:${s.socketPath}:${name}`, socketPath: s.socketPath, exportName: name }, 2);
+    cleanups.push(() => r.close());
+    return { s, r };
+  }
+  const failWrites = (s: TestServer) => {
+    s.backend.write = (req) => req.done(Errno.EIO);
+  };
+
+  it("records a replica that fails a write out-of-sync before acking, then writes to the others only", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const marks: string[] = [];
+    const set = new ReplicaSet([a.r, b.r], undefined, {
+      generation: 1,
+      recorder: { markOutOfSync: async (id) => (marks.push(id), await new Promise((r) => setTimeout(r, 20)), 2) },
+    });
+    const c = await front(set);
+    const one = randomBytes(64 * 1024);
+    await c.write(0, one);
+    expect(b.s.backend.data.subarray(0, one.length).equals(one)).toBe(true);
+
+    failWrites(b.s);
+    const two = randomBytes(64 * 1024);
+    // Several writes fail on b at once: one mark, every write acknowledged after it.
+    await Promise.all([c.write(MiB, two), c.write(2 * MiB, two), c.flush()]);
+    expect(marks).toEqual(["r-b"]);
+    expect(set.policy!.state("r-b")).toBe("out-of-sync");
+    expect(set.policy!.generation).toBe(2);
+    expect(a.s.backend.data.subarray(MiB, MiB + two.length).equals(two)).toBe(true);
+
+    const callsOnB = b.s.backend.calls;
+    await c.write(3 * MiB, two);
+    await c.flush();
+    expect(b.s.backend.calls).toBe(callsOnB);
+    expect((await c.read(MiB, two.length)).equals(two)).toBe(true);
+  });
+
+  it("fails the write (EIO) when the controller refuses the mark, and keeps the replica", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const set = new ReplicaSet([a.r, b.r], undefined, {
+      generation: 1,
+      recorder: {
+        markOutOfSync: async () => {
+          throw new Error("controller unreachable past the deadline");
+        },
+      },
+    });
+    const c = await front(set);
+    failWrites(b.s);
+    await expect(c.write(0, randomBytes(4096))).rejects.toThrow();
+    expect(set.policy!.state("r-b")).toBe("in-sync");
+  });
+
+  it("fails reads over to the next in-sync replica", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const set = new ReplicaSet([a.r, b.r], undefined, { generation: 1, recorder: { markOutOfSync: async () => 2 } });
+    const c = await front(set);
+    const data = randomBytes(8192);
+    await c.write(0, data);
+    a.s.backend.read = (req) => req.done(Errno.EIO);
+    expect((await c.read(0, data.length)).equals(data)).toBe(true);
+  });
+});

@@ -4,15 +4,47 @@
 // is forwarded as received: the header is edited in place (only the cookie
 // changes) and the payload slices are passed on, so nothing is copied.
 //
-// Write policy until replication lands: a write succeeds only if every
-// replica took it; a missing replica fails it with EIO rather than letting the
-// copies diverge silently. Marking a replica out-of-sync, dirty-region
-// tracking and resync belong to the replication work and slot in here.
+// Write policy. Without a sync recorder (a single replica, tests, the
+// benchmark) a write succeeds only if every replica took it. With one (the
+// agent passes the controllers), the WritePolicy of sync/write-policy.ts
+// decides: a replica that fails a write is recorded out-of-sync through the
+// controller BEFORE the write is acknowledged, then gets nothing more, and
+// reads fail over between in-sync replicas. Dirty-region tracking and resync
+// slot in here next.
 import type { Logger } from "pino";
 import type { NbdBackend, NbdRequest } from "../lib/nbd/backend.js";
 import type { NbdCompletion } from "../lib/nbd/client.js";
 import { Cmd, DEFAULT_BLOCK_SIZES, Errno, TxFlag, type BlockSizes } from "../lib/nbd/protocol.js";
 import { Gather, type Replica } from "./replica.js";
+import type { SyncRecorder } from "./sync/sync-client.js";
+import { WritePolicy, type WriteVerdict } from "./sync/write-policy.js";
+
+/** Replica ids are their export names (the agent exports each replica under its id). */
+const idOf = (r: Replica) => r.address.exportName;
+
+/** Collects each replica's result of one request. */
+class PerReplica implements NbdCompletion {
+  readonly results = new Map<string, boolean>();
+  readonly errors = new Map<string, number>();
+  constructor(
+    private pending: number,
+    private readonly done: (p: PerReplica) => void,
+  ) {}
+
+  for(id: string): NbdCompletion {
+    return {
+      nbdDone: (error) => {
+        this.results.set(id, error === 0);
+        if (error !== 0) this.errors.set(id, error);
+        if (--this.pending === 0) this.done(this);
+      },
+    };
+  }
+
+  nbdDone(): void {
+    throw new Error("use for(id)");
+  }
+}
 
 /** Capabilities every replica must have for the frontend to advertise them. */
 const SHARED_CAPABILITIES = TxFlag.SEND_FLUSH | TxFlag.SEND_FUA | TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES;
@@ -25,11 +57,20 @@ export class ReplicaSet implements NbdBackend {
   onBusy: ((busy: boolean) => void) | undefined;
   private congestedReplicas = 0;
 
+  /** Set when writes follow the recorded write policy (several replicas and a recorder). */
+  readonly policy: WritePolicy | undefined;
+  private readonly byId = new Map<string, Replica>();
+  /** Marks in flight, one per replica. */
+  private readonly marking = new Map<string, Promise<void>>();
+
   constructor(
     readonly replicas: readonly Replica[],
     private readonly log?: Logger,
+    private readonly sync?: { recorder: SyncRecorder; generation: number },
   ) {
     if (replicas.length === 0) throw new Error("a replica set needs at least one replica");
+    for (const r of replicas) this.byId.set(idOf(r), r);
+    if (sync && replicas.length > 1) this.policy = new WritePolicy(replicas.map((r) => ({ id: idOf(r), inSync: true })), sync.generation);
     const infos = replicas.map((r) => r.info);
     const sizes = new Set(infos.map((i) => i.size));
     if (sizes.size !== 1) {
@@ -59,6 +100,7 @@ export class ReplicaSet implements NbdBackend {
   }
 
   read(req: NbdRequest): void {
+    if (this.policy) return this.readFrom(req, this.policy.readSources(), 0);
     const rs = this.replicas;
     for (let i = 0; i < rs.length; i++) {
       const c = rs[i]!.pick();
@@ -68,22 +110,99 @@ export class ReplicaSet implements NbdBackend {
   }
 
   write(req: NbdRequest): void {
+    if (this.policy) return this.toTargets(req, req.data);
     this.toAll(req, req.data);
   }
 
   trim(req: NbdRequest): void {
+    if (this.policy) return this.toTargets(req, undefined);
     this.toAll(req, undefined);
   }
 
   writeZeroes(req: NbdRequest): void {
+    if (this.policy) return this.toTargets(req, undefined);
     this.toAll(req, undefined);
   }
 
   flush(req: NbdRequest): void {
+    if (this.policy) return this.toTargets(req, undefined);
     const rs = this.replicas;
     if (rs.length === 1) return rs[0]!.flushAll(req.flags, req);
     const g = new Gather(rs.length, req);
     for (const r of rs) r.flushAll(req.flags, g);
+  }
+
+  /** Reads from the first source with a usable connection; on an error, from the next one. */
+  private readFrom(req: NbdRequest, sources: string[], from: number): void {
+    for (let i = from; i < sources.length; i++) {
+      const c = this.byId.get(sources[i]!)!.pick();
+      if (c === undefined) continue;
+      const next: NbdCompletion = {
+        nbdDone: (error, data, header) => {
+          if (error !== 0 && i + 1 < sources.length) {
+            this.log?.warn({ replica: sources[i], error }, "read failed; trying the next in-sync replica");
+            return this.readFrom(req, sources, i + 1);
+          }
+          req.nbdDone(error, data, header);
+        },
+      };
+      return c.submit(Cmd.READ, req.flags, req.offset, req.length, undefined, next, req.header);
+    }
+    req.done(Errno.EIO);
+  }
+
+  /** Sends a write, trim, write-zeroes or flush to the policy's targets and judges the results. */
+  private toTargets(req: NbdRequest, payload: Buffer[] | undefined): void {
+    const targets = this.policy!.writeTargets();
+    const per = new PerReplica(targets.length, (p) => this.judge(req, p, this.policy!.settle(p.results)));
+    for (const id of targets) {
+      const r = this.byId.get(id)!;
+      const done = per.for(id);
+      if (req.type === Cmd.FLUSH) {
+        r.flushAll(req.flags, done);
+        continue;
+      }
+      const c = r.pick();
+      if (c === undefined) {
+        done.nbdDone(Errno.EIO, undefined, undefined);
+        continue;
+      }
+      // Each connection writes its own cookie into the header: every target gets its own copy.
+      c.submit(req.type, req.flags, req.offset, req.length, payload, done, Buffer.from(req.header));
+    }
+  }
+
+  private judge(req: NbdRequest, per: PerReplica, verdict: WriteVerdict): void {
+    if (verdict.kind === "ack") return req.done(0);
+    if (verdict.kind === "fail") {
+      this.log?.error({ offset: req.offset, length: req.length, errors: Object.fromEntries(per.errors), reason: verdict.reason }, "write failed");
+      return req.done(Errno.EIO);
+    }
+    // Record every faulted target out-of-sync first; only then may the write be acknowledged.
+    void Promise.all(verdict.replicas.map((id) => this.mark(id, `errno ${per.errors.get(id) ?? "?"} on a ${Object.entries(Cmd).find(([, v]) => v === req.type)?.[0] ?? req.type}`))).then(() =>
+      this.judge(req, per, this.policy!.finish(per.results)),
+    );
+  }
+
+  /** Records a faulted replica out-of-sync through the controller (once, however many writes wait for it). */
+  private mark(id: string, reason: string): Promise<void> {
+    let p = this.marking.get(id);
+    if (!p) {
+      const policy = this.policy!;
+      p = this.sync!.recorder.markOutOfSync(id, reason).then(
+        (generation) => {
+          policy.markConfirmed(id, generation);
+          this.log?.error({ replica: id, generation, reason }, "replica recorded out-of-sync; writing to the others");
+        },
+        (err: unknown) => {
+          policy.markRefused(id);
+          this.log?.error({ replica: id, err: err instanceof Error ? err.message : String(err) }, "could not record the replica out-of-sync; failing the writes it missed");
+        },
+      );
+      p = p.finally(() => this.marking.delete(id));
+      this.marking.set(id, p);
+    }
+    return p;
   }
 
   /** Flushes and disconnects every replica. */

@@ -74,6 +74,7 @@ export function createAgentService(
       const r = await frontends.ensure(
         req.volume,
         req.backends.map((b) => ({ replicaId: b.replicaId, nbdUri: b.nbdUri })),
+        req.generation || 1,
       );
       return { frontend: frontendToProto(r.frontend), started: r.started };
     },

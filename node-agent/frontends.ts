@@ -46,6 +46,8 @@ export class FrontendManager {
     /** Where the per-volume sockets live: the same path on every node. */
     private readonly socketDir: string,
     private readonly log: Logger,
+    /** Controllers a frontend records out-of-sync replicas with (empty: writes need every replica). */
+    private readonly controllers: string[] = [],
   ) {
     this.stateDir = join(dataDir, "frontends");
   }
@@ -68,7 +70,7 @@ export class FrontendManager {
   }
 
   /** Starts the volume's frontend unless it runs already. */
-  ensure(volume: string, backends: FrontendBackendSpec[]): Promise<{ frontend: RunningFrontend; started: boolean }> {
+  ensure(volume: string, backends: FrontendBackendSpec[], generation = 1): Promise<{ frontend: RunningFrontend; started: boolean }> {
     validateName("volume", volume);
     if (backends.length === 0) throw new InvalidArgumentError(`volume ${volume}: a frontend needs at least one replica`);
     const replicas = backends.map((b) => parseNbdUri(b.nbdUri));
@@ -77,7 +79,7 @@ export class FrontendManager {
       if (running) {
         if (JSON.stringify(running.backends) !== JSON.stringify(backends)) {
           // Changing replicas under a live frontend is the replication work's job; never cut I/O here.
-          this.log.warn({ volume, running: running.backends, wanted: backends }, "frontend keeps its current replicas");
+          this.log.debug({ volume, running: running.backends, wanted: backends }, "frontend keeps its current replicas");
         }
         return { frontend: running, started: false };
       }
@@ -86,7 +88,7 @@ export class FrontendManager {
       const socketPath = this.socketPath(volume);
       const logPath = join(this.stateDir, `${volume}.log`);
       const out = openSync(logPath, "w");
-      const argv = frontendArgv({ socketPath, exportName: volume, replicas });
+      const argv = frontendArgv({ socketPath, exportName: volume, replicas, controllers: this.controllers, generation });
       const child = spawn(process.execPath, [FRONTEND_MAIN, ...argv], { detached: true, stdio: ["ignore", out, out], env: frontendEnv() });
       closeSync(out);
       child.unref();

@@ -1,6 +1,7 @@
 // The durable in-sync record a frontend writes before acknowledging a write a
 // replica failed (ReplicaSyncService), against a real controller, etcd and agents.
 import { readFileSync } from "node:fs";
+import { execa } from "execa";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { VolumePhase } from "../../gen/stowage/v1/types.js";
@@ -71,5 +72,40 @@ describe("replica sync records", () => {
     const back = (await next.sync.markInSync({ volume: "sync1", replicaId: r2!, generation: 2 })).state!;
     expect(back).toEqual({ volume: "sync1", generation: 3, inSync: [r1, r2], outOfSync: [] });
     await eventually(async () => (await next.volumes.getVolume({ name: "sync1" })).volume!.phase === VolumePhase.VOLUME_PHASE_HEALTHY, 15_000, "healthy");
+  });
+
+  it("keeps a volume writable when a replica host's qemu-storage-daemon is SIGKILLed mid-write: the frontend records it out-of-sync first", async () => {
+    const api = await c.leaderApi();
+    expect((await c.stowctl(["volume", "create", "sync2", "--size", "64MiB", "--replicas", "2"])).code).toBe(0);
+    const v0 = (await api.volumes.getVolume({ name: "sync2" })).volume!;
+    const [local, remote] = v0.replicas;
+    const att = JSON.parse((await c.stowctl(["volume", "attach", "sync2", "--node", local!.node, "-o", "json"])).stdout);
+    const io = (cmds: string[]) => execa("qemu-io", ["-f", "raw", ...cmds.flatMap((x) => ["-c", x]), att.nbdUri], { reject: false });
+    const first = await io(["write -P 0x11 0 1M", "flush"]);
+    expect(first.exitCode, first.stderr).toBe(0);
+
+    // The other host's storage daemon dies while writes keep coming.
+    const writing = io(Array.from({ length: 40 }, (_, i) => `write -P 0x22 ${(1 + i) * 1024 * 1024} 256k`).concat(["flush"]));
+    await new Promise((r) => setTimeout(r, 50));
+    const pid = Number(readFileSync(join(c.agentDirs.get(remote!.node)!, "qsd", "qsd.pid"), "utf8").trim());
+    process.kill(pid, "SIGKILL");
+    const w = await writing;
+    expect(w.exitCode, w.stderr + w.stdout).toBe(0);
+    expect(w.stdout).not.toMatch(/failed|error/i);
+    const after = await io(["write -P 0x33 50M 1M", "flush", "read -P 0x33 50M 1M", "read -P 0x22 1M 256k", "read -P 0x11 0 1M"]);
+    expect(after.exitCode, after.stderr + after.stdout).toBe(0);
+    expect(after.stdout).not.toMatch(/Pattern verification failed|error/i);
+
+    // Recorded before any of those writes was acknowledged: degraded, the replica out of sync.
+    const v = await eventually(async () => {
+      const x = (await api.volumes.getVolume({ name: "sync2" })).volume!;
+      return x.phase === VolumePhase.VOLUME_PHASE_DEGRADED && x.replicas.find((r) => r.id === remote!.id)?.outOfSync ? x : undefined;
+    }, 15_000, "degraded with the remote replica out of sync");
+    expect(v.generation).toBe(2);
+    // The surviving replica holds every acknowledged write.
+    const check = await execa("qemu-io", ["-f", "qcow2", "-U", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x22 40M 256k", "-c", "read -P 0x33 50M 1M", local!.path], { reject: false });
+    expect(check.exitCode, check.stderr).toBe(0);
+    expect(check.stdout).not.toMatch(/Pattern verification failed/);
+    expect((await c.stowctl(["volume", "detach", "sync2", "--node", local!.node])).code).toBe(0);
   });
 });

@@ -102,8 +102,10 @@ export interface FrontendBackend {
 
 export interface EnsureFrontendRequest {
   volume: string;
-  /** Replicas in read preference order (the local one first). */
+  /** Replicas in read preference order (the local one first); only in-sync ones. */
   backends: FrontendBackend[];
+  /** The volume's generation these backends belong to. */
+  generation: number;
 }
 
 /** A running frontend: an NBD server on a unix socket at a fixed per-volume path. */
@@ -1234,7 +1236,7 @@ export const FrontendBackend: MessageFns<FrontendBackend> = {
 };
 
 function createBaseEnsureFrontendRequest(): EnsureFrontendRequest {
-  return { volume: "", backends: [] };
+  return { volume: "", backends: [], generation: 0 };
 }
 
 export const EnsureFrontendRequest: MessageFns<EnsureFrontendRequest> = {
@@ -1244,6 +1246,9 @@ export const EnsureFrontendRequest: MessageFns<EnsureFrontendRequest> = {
     }
     for (const v of message.backends) {
       FrontendBackend.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.generation !== 0) {
+      writer.uint32(24).uint64(message.generation);
     }
     return writer;
   },
@@ -1277,6 +1282,14 @@ export const EnsureFrontendRequest: MessageFns<EnsureFrontendRequest> = {
             message.backends.push(FrontendBackend.decode(reader, reader.uint32()));
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1295,6 +1308,7 @@ export const EnsureFrontendRequest: MessageFns<EnsureFrontendRequest> = {
       backends: globalThis.Array.isArray(object?.backends)
         ? object.backends.map((e: any) => FrontendBackend.fromJSON(e))
         : [],
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
     };
   },
 
@@ -1306,6 +1320,9 @@ export const EnsureFrontendRequest: MessageFns<EnsureFrontendRequest> = {
     if (message.backends?.length) {
       obj.backends = message.backends.map((e) => FrontendBackend.toJSON(e));
     }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
     return obj;
   },
 
@@ -1316,6 +1333,7 @@ export const EnsureFrontendRequest: MessageFns<EnsureFrontendRequest> = {
     const message = createBaseEnsureFrontendRequest();
     message.volume = object.volume ?? "";
     message.backends = object.backends?.map((e) => FrontendBackend.fromPartial(e)) || [];
+    message.generation = object.generation ?? 0;
     return message;
   },
 };
