@@ -3,7 +3,7 @@
 // converges: creates or grows missing replicas, deletes the replicas of deleted
 // volumes, removes orphaned images from nodes, and writes the derived status.
 import type { Etcd3 } from "etcd3";
-import { errorMessage } from "../lib/errors.js";
+import { ConflictError, errorMessage } from "../lib/errors.js";
 import { faultPoint } from "../lib/faults.js";
 import type { Logger } from "../lib/logger.js";
 import type { AgentClients } from "./agents.js";
@@ -12,6 +12,7 @@ import { keys } from "./keys.js";
 import type { FrontendStatus, ReplicaPlacement, ReplicaStatusRecord, VolumeSpec, VolumeStatus } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
 import type { Change, ClusterStore } from "./store.js";
+import { withReplicaInSync } from "./sync-api.js";
 import { deriveVolumeStatus, statusChanged } from "./volume-status.js";
 import { WorkQueue } from "./work-queue.js";
 
@@ -20,6 +21,8 @@ export interface ReconcilerOptions {
   /** Seconds between full passes over every volume and node. */
   resyncSec: number;
   concurrency: number;
+  /** Bytes per second for copies that bring a replica back (0: unlimited). */
+  copyRateBytes?: number;
 }
 
 export class Reconciler {
@@ -103,9 +106,13 @@ export class Reconciler {
     const prevFrontends = statusE?.value.frontends ?? [];
     // Frontends of detached nodes stop first: they hold the exports open.
     const stopping = await this.stopFrontends(spec, prevFrontends);
-    // Replicas are exported over NBD only while the volume is attached somewhere.
-    const exported = (spec.attachments ?? []).length > 0 || stopping.length > 0;
-    const replicas = await Promise.all(spec.placement.map((p) => this.ensureReplica(spec, p, previous.get(p.id), exported)));
+    // Replicas are exported over NBD only while the volume is attached somewhere, or as
+    // the source of a resync of a detached volume (the copy's target is never exported).
+    const attached = (spec.attachments ?? []).length > 0 || stopping.length > 0;
+    const resync = !attached && prevFrontends.length === 0 && spec.placement.some((p) => p.outOfSync);
+    const replicas = await Promise.all(
+      spec.placement.map((p) => this.ensureReplica(spec, p, previous.get(p.id), attached || (resync && !p.outOfSync))),
+    );
     const frontends = [...(await this.startFrontends(spec, replicas, prevFrontends)), ...stopping];
     const { status, operationDone } = deriveVolumeStatus(spec, replicas, opE?.value, frontends);
     if (statusChanged(statusE?.value, status) || operationDone) {
@@ -117,7 +124,46 @@ export class Reconciler {
       });
       if (statusE?.value.phase !== status.phase) this.log.info({ volume: name, phase: status.phase }, "volume phase changed");
     }
+    if (resync) return this.resyncDetached(spec, specE.modRevision, replicas);
     if (status.phase !== "healthy" || frontends.some((f) => f.state !== "attached")) return 2_000;
+  }
+
+  /**
+   * Brings the out-of-sync replicas of a DETACHED volume back: a full copy from an
+   * in-sync replica's export, then the in-sync record. The record is written only
+   * if the spec did not change during the copy: an attach meanwhile means a writer
+   * the copy may have missed, so the next pass copies again.
+   */
+  private async resyncDetached(spec: VolumeSpec, specRevision: number, replicas: ReplicaStatusRecord[]): Promise<number> {
+    const outOfSync = new Set(spec.placement.filter((p) => p.outOfSync).map((p) => p.id));
+    const source = replicas.find((r) => r.state === "healthy" && r.exportUri && !outOfSync.has(r.id));
+    if (!source) return 5_000;
+    for (const p of spec.placement.filter((x) => x.outOfSync)) {
+      const target = replicas.find((r) => r.id === p.id);
+      if (target?.state !== "healthy" || target.exportUri) continue;
+      this.log.info({ volume: spec.name, replica: p.id, source: source.id }, "resync of a detached volume: copying from an in-sync replica");
+      let res;
+      try {
+        res = await this.agents.for(p.node).copyReplica(
+          { id: p.id, pool: p.pool, sourceNbdUri: source.exportUri!, rateLimitBytes: this.opts.copyRateBytes ?? 0 },
+          { timeoutMs: 24 * 3600_000 },
+        );
+      } catch (err) {
+        this.log.warn({ volume: spec.name, replica: p.id, err: errorMessage(err) }, "resync copy failed; will retry");
+        return 10_000;
+      }
+      const cur = this.store.volumeSpec(spec.name);
+      if (!cur || cur.modRevision !== specRevision) return 500; // changed meanwhile: judge again
+      const next = withReplicaInSync(cur.value, p.id);
+      try {
+        specRevision = await this.store.write({ unchanged: [[keys.volumeSpec(spec.name), specRevision]], put: [{ key: keys.volumeSpec(spec.name), value: next }] });
+      } catch (err) {
+        if (err instanceof ConflictError) return 500;
+        throw err;
+      }
+      this.log.info({ volume: spec.name, replica: p.id, bytes: res.bytes, ms: res.durationMs, generation: next.generation }, "replica resynced; recorded in-sync");
+    }
+    return 500;
   }
 
   /** Starts (or confirms) frontends on the nodes the volume is attached to. */

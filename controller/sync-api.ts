@@ -29,6 +29,11 @@ export function syncState(spec: VolumeSpec): SyncState {
   };
 }
 
+/** The spec with replica `id` recorded in-sync again (a new generation). */
+export function withReplicaInSync(spec: VolumeSpec, id: string): VolumeSpec {
+  return { ...spec, generation: generationOf(spec) + 1, placement: spec.placement.map((x) => (x.id === id ? { id: x.id, node: x.node, pool: x.pool } : x)) };
+}
+
 const ATTEMPTS = 5;
 
 export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServiceService> {
@@ -102,7 +107,7 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
             hint: "resync it again",
           });
         }
-        return { ...s, generation: generationOf(s) + 1, placement: s.placement.map((x) => (x.id === p.id ? { id: x.id, node: x.node, pool: x.pool } : x)) };
+        return withReplicaInSync(s, p.id);
       });
       return { state: syncState(spec) };
     },

@@ -81,6 +81,15 @@ export function createAgentService(
 
     removeFrontend: async (req) => ({ removed: await frontends.remove(req.volume) }),
 
+    copyReplica: async (req) => {
+      const pool = pools.get(req.pool);
+      if ((await exportsById()).has(req.id)) {
+        throw new FailedPreconditionError(`replica ${req.id} is exported; it cannot be overwritten while in use`, { hint: "detach the volume first" });
+      }
+      const r = await pool.copyFrom(req.id, req.sourceNbdUri, req.rateLimitBytes);
+      return { bytes: r.bytes, durationMs: r.ms };
+    },
+
     getDomain: async (req) => {
       const domain = await vms().get(req.name);
       return { found: domain !== undefined, domain };

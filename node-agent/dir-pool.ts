@@ -4,7 +4,7 @@
 import { randomBytes } from "node:crypto";
 import { lstat, readdir, rename, statfs } from "node:fs/promises";
 import type { Stats } from "node:fs";
-import { FailedPreconditionError, InsufficientCapacityError, InvalidArgumentError } from "../lib/errors.js";
+import { FailedPreconditionError, InsufficientCapacityError, InvalidArgumentError, NotFoundError } from "../lib/errors.js";
 import { validateName } from "../lib/names.js";
 import type { Logger } from "../lib/logger.js";
 import type { PoolConfig } from "./config.js";
@@ -13,6 +13,7 @@ import { KeyedMutex } from "../lib/keyed-mutex.js";
 import { mapLimit } from "../lib/map-limit.js";
 import {
   checkPreallocation,
+  copyImage,
   createImage,
   imageInfo,
   resizeImage,
@@ -129,6 +130,25 @@ export class DirPool {
       }
       const stat = await lstat(existing.path);
       return { replica: this.replica(existing, info, stat), created: false, resized };
+    });
+  }
+
+  /**
+   * Makes the replica's image a copy of an in-sync replica's NBD export (the
+   * resync of a detached volume). The image must exist and not be exported.
+   */
+  async copyFrom(id: string, sourceUri: string, rateLimitBytes: number): Promise<{ bytes: number; ms: number }> {
+    validateReplicaId(id);
+    return this.mutex.run(id, async () => {
+      const { files } = await this.filesOf(id);
+      const f = files[0];
+      if (!f) throw new NotFoundError("replica", id, { hint: `pool ${this.name} has no image of it` });
+      const t0 = Date.now();
+      await copyImage({ sourceUri, targetPath: f.path, targetFormat: f.format, rateLimitBytes });
+      this.infoCache.delete(f.path);
+      const info = await this.freshInfo(f.path, f.format);
+      this.opts.logger?.info({ pool: this.name, replica: id, source: sourceUri, ms: Date.now() - t0 }, "replica copied from an in-sync replica");
+      return { bytes: info.virtualSizeBytes, ms: Date.now() - t0 };
     });
   }
 

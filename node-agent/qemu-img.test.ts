@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { InternalError, InvalidArgumentError } from "../lib/errors.js";
-import { checkPreallocation, createArgs, infoArgs, parseInfo, resizeArgs } from "./qemu-img.js";
+import { checkPreallocation, copyArgs, createArgs, infoArgs, parseInfo, resizeArgs } from "./qemu-img.js";
 
 // Captured from qemu-img 7.2.22 (Debian 12): `qemu-img create -f qcow2 a.qcow2 1G; qemu-img info --output=json a.qcow2`
 const QCOW2_INFO = `{
@@ -89,5 +89,21 @@ describe("qemu-img info parser", () => {
     expect(() => parseInfo("qemu-img: Could not open 'x'")).toThrow(InternalError);
     expect(() => parseInfo('{"filename": "x"}')).toThrow(/virtual-size/);
     expect(() => parseInfo("[]")).toThrow(InternalError);
+  });
+});
+
+describe("copyArgs", () => {
+  it("overwrites the existing image from an NBD export, flushed at the end, optionally throttled", () => {
+    expect(copyArgs({ sourceUri: "nbd://10.0.0.2:10809/r-1", targetPath: "/p/v.r-2.qcow2", targetFormat: "qcow2", rateLimitBytes: 0 })).toEqual([
+      "convert", "-n", "-t", "writeback", "-f", "raw", "-O", "qcow2", "nbd://10.0.0.2:10809/r-1", "/p/v.r-2.qcow2",
+    ]);
+    expect(copyArgs({ sourceUri: "nbd+unix:///r-1?socket=/s", targetPath: "/p/x.raw", targetFormat: "raw", rateLimitBytes: 50 << 20 })).toContain("52428800");
+  });
+
+  it("refuses a source that is not NBD, a relative target and a bad rate", () => {
+    expect(() => copyArgs({ sourceUri: "/etc/passwd", targetPath: "/p/x", targetFormat: "raw", rateLimitBytes: 0 })).toThrow(/not an NBD URI/);
+    expect(() => copyArgs({ sourceUri: "json:{}", targetPath: "/p/x", targetFormat: "raw", rateLimitBytes: 0 })).toThrow(/not an NBD URI/);
+    expect(() => copyArgs({ sourceUri: "nbd://h:1/e", targetPath: "p/x", targetFormat: "raw", rateLimitBytes: 0 })).toThrow(/not absolute/);
+    expect(() => copyArgs({ sourceUri: "nbd://h:1/e", targetPath: "/p/x", targetFormat: "raw", rateLimitBytes: -1 })).toThrow(/rate limit/);
   });
 });

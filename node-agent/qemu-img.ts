@@ -135,3 +135,31 @@ export async function imageInfo(path: string, opts: InfoOptions): Promise<ImageI
 export async function resizeImage(spec: ResizeImageSpec, timeoutMs = 10 * 60_000): Promise<void> {
   await run(QEMU_IMG, resizeArgs(spec), { timeoutMs });
 }
+
+export interface CopySpec {
+  /** nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH of an in-sync replica. */
+  sourceUri: string;
+  targetPath: string;
+  targetFormat: ImageFormatName;
+  /** Bytes per second; 0 = unlimited. */
+  rateLimitBytes: number;
+}
+
+/**
+ * Overwrites an existing image with the content of an NBD export: `-n` keeps the
+ * target (no create), zero ranges become zero writes, `-t writeback` flushes at the end.
+ */
+export function copyArgs(spec: CopySpec): string[] {
+  checkPath(spec.targetPath);
+  if (!/^nbd(\+unix)?:\/\//.test(spec.sourceUri)) throw new InvalidArgumentError(`copy source "${spec.sourceUri}" is not an NBD URI`);
+  if (!Number.isSafeInteger(spec.rateLimitBytes) || spec.rateLimitBytes < 0) throw new InvalidArgumentError(`invalid rate limit ${spec.rateLimitBytes}`);
+  return [
+    "convert", "-n", "-t", "writeback", "-f", "raw", "-O", spec.targetFormat,
+    ...(spec.rateLimitBytes > 0 ? ["-r", String(spec.rateLimitBytes)] : []),
+    spec.sourceUri, spec.targetPath,
+  ];
+}
+
+export async function copyImage(spec: CopySpec, timeoutMs = 24 * 3600_000): Promise<void> {
+  await run(QEMU_IMG, copyArgs(spec), { timeoutMs });
+}

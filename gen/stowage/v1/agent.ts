@@ -236,6 +236,19 @@ export interface GetDomainJobResponse {
   migrating: boolean;
 }
 
+export interface CopyReplicaRequest {
+  id: string;
+  pool: string;
+  sourceNbdUri: string;
+  /** Bytes per second; 0 = unlimited. */
+  rateLimitBytes: number;
+}
+
+export interface CopyReplicaResponse {
+  bytes: number;
+  durationMs: number;
+}
+
 function createBaseGetInventoryRequest(): GetInventoryRequest {
   return {};
 }
@@ -3040,6 +3053,220 @@ export const GetDomainJobResponse: MessageFns<GetDomainJobResponse> = {
   },
 };
 
+function createBaseCopyReplicaRequest(): CopyReplicaRequest {
+  return { id: "", pool: "", sourceNbdUri: "", rateLimitBytes: 0 };
+}
+
+export const CopyReplicaRequest: MessageFns<CopyReplicaRequest> = {
+  encode(message: CopyReplicaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.pool !== "") {
+      writer.uint32(18).string(message.pool);
+    }
+    if (message.sourceNbdUri !== "") {
+      writer.uint32(26).string(message.sourceNbdUri);
+    }
+    if (message.rateLimitBytes !== 0) {
+      writer.uint32(32).uint64(message.rateLimitBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CopyReplicaRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCopyReplicaRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sourceNbdUri = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.rateLimitBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CopyReplicaRequest {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      sourceNbdUri: isSet(object.sourceNbdUri)
+        ? globalThis.String(object.sourceNbdUri)
+        : isSet(object.source_nbd_uri)
+        ? globalThis.String(object.source_nbd_uri)
+        : "",
+      rateLimitBytes: isSet(object.rateLimitBytes)
+        ? globalThis.Number(object.rateLimitBytes)
+        : isSet(object.rate_limit_bytes)
+        ? globalThis.Number(object.rate_limit_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: CopyReplicaRequest): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.sourceNbdUri !== "") {
+      obj.sourceNbdUri = message.sourceNbdUri;
+    }
+    if (message.rateLimitBytes !== 0) {
+      obj.rateLimitBytes = Math.round(message.rateLimitBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CopyReplicaRequest>, I>>(base?: I): CopyReplicaRequest {
+    return CopyReplicaRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CopyReplicaRequest>, I>>(object: I): CopyReplicaRequest {
+    const message = createBaseCopyReplicaRequest();
+    message.id = object.id ?? "";
+    message.pool = object.pool ?? "";
+    message.sourceNbdUri = object.sourceNbdUri ?? "";
+    message.rateLimitBytes = object.rateLimitBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseCopyReplicaResponse(): CopyReplicaResponse {
+  return { bytes: 0, durationMs: 0 };
+}
+
+export const CopyReplicaResponse: MessageFns<CopyReplicaResponse> = {
+  encode(message: CopyReplicaResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.bytes !== 0) {
+      writer.uint32(8).uint64(message.bytes);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(16).int64(message.durationMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CopyReplicaResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCopyReplicaResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CopyReplicaResponse {
+    return {
+      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: CopyReplicaResponse): unknown {
+    const obj: any = {};
+    if (message.bytes !== 0) {
+      obj.bytes = Math.round(message.bytes);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CopyReplicaResponse>, I>>(base?: I): CopyReplicaResponse {
+    return CopyReplicaResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CopyReplicaResponse>, I>>(object: I): CopyReplicaResponse {
+    const message = createBaseCopyReplicaResponse();
+    message.bytes = object.bytes ?? 0;
+    message.durationMs = object.durationMs ?? 0;
+    return message;
+  },
+};
+
 /** Served by each node agent; called by the controller. Every call is idempotent. */
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
@@ -3096,6 +3323,19 @@ export const AgentServiceService = {
     responseSerialize: (value: RemoveFrontendResponse): Buffer =>
       Buffer.from(RemoveFrontendResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RemoveFrontendResponse => RemoveFrontendResponse.decode(value),
+  },
+  /**
+   * Overwrites a replica's image with the content of an in-sync replica's NBD
+   * export (resync of a detached volume). Refused while the replica is exported.
+   */
+  copyReplica: {
+    path: "/stowage.v1.AgentService/CopyReplica" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CopyReplicaRequest): Buffer => Buffer.from(CopyReplicaRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CopyReplicaRequest => CopyReplicaRequest.decode(value),
+    responseSerialize: (value: CopyReplicaResponse): Buffer => Buffer.from(CopyReplicaResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CopyReplicaResponse => CopyReplicaResponse.decode(value),
   },
   /** A libvirt domain on this node's libvirtd (found = false when there is none). */
   getDomain: {
@@ -3162,6 +3402,11 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   ensureFrontend: handleUnaryCall<EnsureFrontendRequest, EnsureFrontendResponse>;
   /** Stops the frontend of a volume on this node. */
   removeFrontend: handleUnaryCall<RemoveFrontendRequest, RemoveFrontendResponse>;
+  /**
+   * Overwrites a replica's image with the content of an in-sync replica's NBD
+   * export (resync of a detached volume). Refused while the replica is exported.
+   */
+  copyReplica: handleUnaryCall<CopyReplicaRequest, CopyReplicaResponse>;
   /** A libvirt domain on this node's libvirtd (found = false when there is none). */
   getDomain: handleUnaryCall<GetDomainRequest, GetDomainResponse>;
   /** Hot-plugs a volume's frontend socket into a running domain as a disk. */
@@ -3254,6 +3499,25 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RemoveFrontendResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Overwrites a replica's image with the content of an in-sync replica's NBD
+   * export (resync of a detached volume). Refused while the replica is exported.
+   */
+  copyReplica(
+    request: CopyReplicaRequest,
+    callback: (error: ServiceError | null, response: CopyReplicaResponse) => void,
+  ): ClientUnaryCall;
+  copyReplica(
+    request: CopyReplicaRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CopyReplicaResponse) => void,
+  ): ClientUnaryCall;
+  copyReplica(
+    request: CopyReplicaRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CopyReplicaResponse) => void,
   ): ClientUnaryCall;
   /** A libvirt domain on this node's libvirtd (found = false when there is none). */
   getDomain(

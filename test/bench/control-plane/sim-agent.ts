@@ -12,7 +12,7 @@ const PiB = 2 ** 50;
 const noVms = async (): Promise<never> => {
   throw new FailedPreconditionError("simulated agents have no libvirt");
 };
-const NO_VMS = { getDomain: noVms, attachDisk: noVms, detachDisk: noVms, migrateDomain: noVms, getDomainJob: noVms };
+const NO_VMS = { copyReplica: noVms, getDomain: noVms, attachDisk: noVms, detachDisk: noVms, migrateDomain: noVms, getDomainJob: noVms };
 
 export class SimAgent {
   private readonly replicas = new Map<string, AgentReplica>();
