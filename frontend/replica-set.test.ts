@@ -200,7 +200,7 @@ describe("ReplicaSet with the recorded write policy", () => {
     const marks: string[] = [];
     const set = new ReplicaSet([a.r, b.r], undefined, {
       generation: 1,
-      recorder: { markOutOfSync: async (id) => (marks.push(id), await new Promise((r) => setTimeout(r, 20)), 2) },
+      recorder: { markOutOfSync: async (id) => (marks.push(id), await new Promise((r) => setTimeout(r, 20)), 2), syncState: async () => ({ generation: 1, outOfSync: [] }) },
     });
     const c = await front(set);
     const one = randomBytes(64 * 1024);
@@ -232,6 +232,7 @@ describe("ReplicaSet with the recorded write policy", () => {
         markOutOfSync: async () => {
           throw new Error("controller unreachable past the deadline");
         },
+        syncState: async () => ({ generation: 1, outOfSync: [] }),
       },
     });
     const c = await front(set);
@@ -243,11 +244,51 @@ describe("ReplicaSet with the recorded write policy", () => {
   it("fails reads over to the next in-sync replica", async () => {
     const a = await named("r-a");
     const b = await named("r-b");
-    const set = new ReplicaSet([a.r, b.r], undefined, { generation: 1, recorder: { markOutOfSync: async () => 2 } });
+    const set = new ReplicaSet([a.r, b.r], undefined, { generation: 1, recorder: { markOutOfSync: async () => 2, syncState: async () => ({ generation: 1, outOfSync: [] }) } });
     const c = await front(set);
     const data = randomBytes(8192);
     await c.write(0, data);
     a.s.backend.read = (req) => req.done(Errno.EIO);
     expect((await c.read(0, data.length)).equals(data)).toBe(true);
+  });
+
+  it("reads the recorded state before its first request: a replica another frontend marked is never read", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    // r-a (listed first, the "local" one) missed writes that only r-b has.
+    const fresh = randomBytes(8192);
+    fresh.copy(b.s.backend.data, 0);
+    let asked = 0;
+    const set = new ReplicaSet([a.r, b.r], undefined, {
+      generation: 1,
+      recorder: { markOutOfSync: async () => 3, syncState: async () => (asked++, { generation: 2, outOfSync: ["r-a"] }) },
+    });
+    const c = await front(set);
+    expect((await c.read(0, fresh.length)).equals(fresh)).toBe(true);
+    expect(asked).toBe(1);
+    expect(set.policy!.state("r-a")).toBe("out-of-sync");
+    const callsOnA = a.s.backend.calls;
+    await c.write(0, randomBytes(4096));
+    expect(a.s.backend.calls).toBe(callsOnA);
+  });
+
+  it("fails requests (EIO) while the recorded state cannot be read, and serves once it can", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    let up = false;
+    const set = new ReplicaSet([a.r, b.r], undefined, {
+      generation: 1,
+      recorder: {
+        markOutOfSync: async () => 2,
+        syncState: async () => {
+          if (!up) throw new Error("no controller");
+          return { generation: 1, outOfSync: [] };
+        },
+      },
+    });
+    const c = await front(set);
+    await expect(c.read(0, 4096)).rejects.toThrow();
+    up = true;
+    expect((await c.read(0, 4096)).length).toBe(4096);
   });
 });

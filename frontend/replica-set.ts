@@ -62,6 +62,15 @@ export class ReplicaSet implements NbdBackend {
   private readonly byId = new Map<string, Replica>();
   /** Marks in flight, one per replica. */
   private readonly marking = new Map<string, Promise<void>>();
+  /**
+   * Whether the recorded sync state was read since start. Until then requests wait:
+   * another frontend (the source of a live migration) may have marked a replica
+   * out-of-sync after this one started, and reading from it would return stale data.
+   */
+  private synced = false;
+  private waiting: (() => void)[] = [];
+  private refreshing: Promise<void> | undefined;
+  private refreshTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly replicas: readonly Replica[],
@@ -70,7 +79,12 @@ export class ReplicaSet implements NbdBackend {
   ) {
     if (replicas.length === 0) throw new Error("a replica set needs at least one replica");
     for (const r of replicas) this.byId.set(idOf(r), r);
-    if (sync && replicas.length > 1) this.policy = new WritePolicy(replicas.map((r) => ({ id: idOf(r), inSync: true })), sync.generation);
+    if (sync && replicas.length > 1) {
+      this.policy = new WritePolicy(replicas.map((r) => ({ id: idOf(r), inSync: true })), sync.generation);
+      // Later marks by others are picked up every 2 s as well.
+      this.refreshTimer = setInterval(() => void this.refresh(), 2_000);
+      this.refreshTimer.unref();
+    }
     const infos = replicas.map((r) => r.info);
     const sizes = new Set(infos.map((i) => i.size));
     if (sizes.size !== 1) {
@@ -100,7 +114,10 @@ export class ReplicaSet implements NbdBackend {
   }
 
   read(req: NbdRequest): void {
-    if (this.policy) return this.readFrom(req, this.policy.readSources(), 0);
+    if (this.policy) {
+      if (!this.synced) return this.afterSync(req, () => this.read(req));
+      return this.readFrom(req, this.policy.readSources(), 0);
+    }
     const rs = this.replicas;
     for (let i = 0; i < rs.length; i++) {
       const c = rs[i]!.pick();
@@ -132,6 +149,35 @@ export class ReplicaSet implements NbdBackend {
     for (const r of rs) r.flushAll(req.flags, g);
   }
 
+  /** Holds a request until the recorded sync state was read (failing it if that cannot be done). */
+  private afterSync(req: NbdRequest, retry: () => void): void {
+    this.waiting.push(() => (this.synced ? retry() : req.done(Errno.EIO)));
+    void this.refresh();
+  }
+
+  /** Reads the recorded state and stops using replicas recorded out-of-sync; then runs waiting requests. */
+  private refresh(): Promise<void> {
+    this.refreshing ??= this.sync!.recorder.syncState()
+      .then(
+        (state) => {
+          for (const id of state.outOfSync) {
+            if (this.byId.has(id) && this.policy!.state(id) !== "out-of-sync" && this.policy!.state(id) !== "faulted") {
+              this.policy!.recordedOutOfSync(id);
+              this.log?.warn({ replica: id, generation: state.generation }, "replica recorded out-of-sync by another frontend; no longer used");
+            }
+          }
+          this.policy!.generation = Math.max(this.policy!.generation, state.generation);
+          this.synced = true;
+        },
+        (err: unknown) => this.log?.error({ err: err instanceof Error ? err.message : String(err) }, "cannot read the volume's sync state"),
+      )
+      .finally(() => {
+        this.refreshing = undefined;
+        for (const run of this.waiting.splice(0)) run();
+      });
+    return this.refreshing;
+  }
+
   /** Reads from the first source with a usable connection; on an error, from the next one. */
   private readFrom(req: NbdRequest, sources: string[], from: number): void {
     for (let i = from; i < sources.length; i++) {
@@ -153,7 +199,9 @@ export class ReplicaSet implements NbdBackend {
 
   /** Sends a write, trim, write-zeroes or flush to the policy's targets and judges the results. */
   private toTargets(req: NbdRequest, payload: Buffer[] | undefined): void {
+    if (!this.synced) return this.afterSync(req, () => this.toTargets(req, payload));
     const targets = this.policy!.writeTargets();
+    if (targets.length === 0) return req.done(Errno.EIO);
     const per = new PerReplica(targets.length, (p) => this.judge(req, p, this.policy!.settle(p.results)));
     for (const id of targets) {
       const r = this.byId.get(id)!;
@@ -207,6 +255,7 @@ export class ReplicaSet implements NbdBackend {
 
   /** Flushes and disconnects every replica. */
   async close(): Promise<void> {
+    if (this.refreshTimer) clearInterval(this.refreshTimer);
     await Promise.all(this.replicas.map((r) => r.close()));
   }
 

@@ -12,6 +12,8 @@ import type { Logger } from "../../lib/logger.js";
 export interface SyncRecorder {
   /** Records the replica out-of-sync; resolves with the new generation. Throws FailedPreconditionError when refused. */
   markOutOfSync(replicaId: string, reason: string): Promise<number>;
+  /** The recorded state (replicas another frontend may have marked meanwhile). */
+  syncState(): Promise<{ generation: number; outOfSync: string[] }>;
 }
 
 export interface SyncClientOptions {
@@ -43,16 +45,25 @@ export class SyncClient implements SyncRecorder {
   }
 
   async markOutOfSync(replicaId: string, reason: string): Promise<number> {
+    const res = await this.call(`record replica ${replicaId} of ${this.o.volume} out-of-sync`, (client, timeoutMs) =>
+      client.markOutOfSync({ volume: this.o.volume, replicaId, reason }, { timeoutMs }),
+    );
+    return res.state!.generation;
+  }
+
+  async syncState(): Promise<{ generation: number; outOfSync: string[] }> {
+    const res = await this.call(`read the sync state of ${this.o.volume}`, (client, timeoutMs) => client.getSyncState({ volume: this.o.volume }, { timeoutMs }));
+    return { generation: res.state!.generation, outOfSync: res.state!.outOfSync };
+  }
+
+  /** One call to the leader, following redirects and moving down the list until the deadline. */
+  private async call<T>(what: string, fn: (client: ReturnType<SyncClient["client"]>, timeoutMs: number) => Promise<T>): Promise<T> {
     const deadline = Date.now() + (this.o.deadlineMs ?? 30_000);
     let i = Math.max(0, this.o.controllers.indexOf(this.current));
     let last: unknown;
     for (let attempt = 0; Date.now() < deadline; attempt++) {
       try {
-        const res = await this.client(this.current).markOutOfSync(
-          { volume: this.o.volume, replicaId, reason },
-          { timeoutMs: Math.min(this.o.callTimeoutMs ?? 5_000, Math.max(1, deadline - Date.now())) },
-        );
-        return res.state!.generation;
+        return await fn(this.client(this.current), Math.min(this.o.callTimeoutMs ?? 5_000, Math.max(1, deadline - Date.now())));
       } catch (err) {
         if (err instanceof FailedPreconditionError) throw err;
         last = err;
@@ -61,7 +72,7 @@ export class SyncClient implements SyncRecorder {
           continue;
         }
         if (!(err instanceof UnavailableError || err instanceof DeadlineError || err instanceof NotLeaderError)) {
-          this.o.log?.warn({ replica: replicaId, err: errorMessage(err) }, "marking a replica out-of-sync failed; retrying");
+          this.o.log?.warn({ err: errorMessage(err) }, `${what} failed; retrying`);
         }
         i = (i + 1) % this.o.controllers.length;
         this.current = this.o.controllers[i]!;
@@ -69,7 +80,7 @@ export class SyncClient implements SyncRecorder {
         if (i === 0) await new Promise((r) => setTimeout(r, Math.min(500, 50 * (attempt + 1))));
       }
     }
-    throw new DeadlineError(`could not record replica ${replicaId} of ${this.o.volume} out-of-sync: ${errorMessage(last)}`);
+    throw new DeadlineError(`could not ${what}: ${errorMessage(last)}`);
   }
 
   close(): void {

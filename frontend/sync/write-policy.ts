@@ -130,6 +130,15 @@ export class WritePolicy {
     this.states.set(id, "in-sync");
   }
 
+  /**
+   * The controller's record says `id` is out-of-sync (another frontend marked it,
+   * for example the other side of a live migration): stop using it at once.
+   */
+  recordedOutOfSync(id: string): void {
+    const s = this.state(id);
+    if (s === "in-sync" || s === "resyncing") this.states.set(id, "out-of-sync");
+  }
+
   /** An out-of-sync replica is reachable again: it gets live writes from now on while dirty regions are copied. */
   reconnected(id: string): void {
     if (this.state(id) !== "out-of-sync") throw new Error(`replica ${id} is ${this.state(id)}, not out-of-sync`);
