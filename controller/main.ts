@@ -36,6 +36,7 @@ const USAGE = `usage: stowage-controller [options]
   --node-ttl SECONDS     a node is offline this long after its last heartbeat (default 5)
   --heartbeat-ms MS      heartbeat interval asked of agents (default 1000)
   --resync SECONDS       full reconcile pass interval (default 30)
+  --copy-rate-mib N      MiB/s for copies that bring a replica back (default 0: unlimited)
   -h, --help             show this help
 `;
 
@@ -50,6 +51,7 @@ async function main(): Promise<void> {
       "node-ttl": { type: "string", default: "5" },
       "heartbeat-ms": { type: "string", default: "1000" },
       resync: { type: "string", default: "30" },
+      "copy-rate-mib": { type: "string", default: "0" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -66,6 +68,8 @@ async function main(): Promise<void> {
   const nodeTtl = num("node-ttl", values["node-ttl"]!);
   const heartbeatIntervalMs = num("heartbeat-ms", values["heartbeat-ms"]!);
   const resyncSec = num("resync", values.resync!);
+  const copyRateMib = Number(values["copy-rate-mib"]);
+  if (!Number.isFinite(copyRateMib) || copyRateMib < 0) throw new Error(`--copy-rate-mib must be a number >= 0, got "${values["copy-rate-mib"]}"`);
 
   const server = createServer();
   const port = await listen(server, values.listen!, INSECURE);
@@ -109,7 +113,7 @@ async function main(): Promise<void> {
 
   election.on("elected", (fenceKey) => {
     store.fenceKey = fenceKey;
-    reconciler = new Reconciler(etcd, store, agents, registry, { resyncSec, concurrency: 16 }, log.child({ part: "reconciler" }));
+    reconciler = new Reconciler(etcd, store, agents, registry, { resyncSec, concurrency: 16, copyRateBytes: Math.round(copyRateMib * 2 ** 20) }, log.child({ part: "reconciler" }));
     reconciler.start();
     migrator = new Migrator({ store, agents, registry }, (v) => reconciler?.enqueueVolume(v), log.child({ part: "migrator" }));
     migrator.start();
