@@ -77,6 +77,15 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
       const spec = await update(req.volume, (s) => {
         const p = replica(s, req.replicaId);
         if (p.outOfSync) return undefined; // already recorded: idempotent
+        // Inside a live-migration window two frontends serve the volume; the other one could
+        // still read the replica this one wants to drop. So no replica is dropped then: the
+        // write fails instead, as it would with a single frontend and no record.
+        const migrating = (s.attachments ?? []).find((a) => a.migration);
+        if (migrating) {
+          throw new FailedPreconditionError(`volume ${s.name} is in the live migration of domain ${migrating.migration}; no replica is dropped until it ends`, {
+            hint: "the write fails instead; retry after the migration",
+          });
+        }
         const others = s.placement.filter((x) => x.id !== p.id && !x.outOfSync);
         if (others.length === 0) {
           throw new FailedPreconditionError(`replica ${p.id} is the last in-sync replica of volume ${s.name}`, {

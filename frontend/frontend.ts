@@ -29,6 +29,7 @@ export class Frontend {
       set = new ReplicaSet(replicas, log, sync && { recorder: sync, generation: args.generation });
       const server = new NbdServer({ name: args.exportName, description: `stowage volume ${args.exportName}`, backend: set, log });
       set.onBusy = (busy) => server.setBackendBusy(busy);
+      await set.warmUp();
       await server.listenUnix(args.socketPath, args.socketMode);
       log.info(
         { socket: args.socketPath, replicas: args.replicas.map((r) => r.spec), connections: args.connections, size: set.size },

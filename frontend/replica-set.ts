@@ -151,8 +151,33 @@ export class ReplicaSet implements NbdBackend {
 
   /** Holds a request until the recorded sync state was read (failing it if that cannot be done). */
   private afterSync(req: NbdRequest, retry: () => void): void {
+    if (this.waiting.length === 0) this.log?.info({ type: req.type }, "first request: reading the recorded sync state");
     this.waiting.push(() => (this.synced ? retry() : req.done(Errno.EIO)));
-    void this.refresh();
+    const t0 = Date.now();
+    void this.refresh().then(() => this.log?.info({ ms: Date.now() - t0, synced: this.synced }, "recorded sync state read"));
+  }
+
+  /**
+   * Reads the recorded state once at start: it opens the connection to the
+   * controller, so the read before the first request (which still happens: that
+   * request may come much later, after a migration's switch-over) costs one round trip.
+   */
+  async warmUp(): Promise<void> {
+    if (!this.policy) return;
+    await this.sync!.recorder.syncState().then(
+      (state) => this.apply(state),
+      () => undefined,
+    );
+  }
+
+  private apply(state: { generation: number; outOfSync: string[] }): void {
+    for (const id of state.outOfSync) {
+      if (this.byId.has(id) && this.policy!.state(id) !== "out-of-sync" && this.policy!.state(id) !== "faulted") {
+        this.policy!.recordedOutOfSync(id);
+        this.log?.warn({ replica: id, generation: state.generation }, "replica recorded out-of-sync by another frontend; no longer used");
+      }
+    }
+    this.policy!.generation = Math.max(this.policy!.generation, state.generation);
   }
 
   /** Reads the recorded state and stops using replicas recorded out-of-sync; then runs waiting requests. */
@@ -160,13 +185,7 @@ export class ReplicaSet implements NbdBackend {
     this.refreshing ??= this.sync!.recorder.syncState()
       .then(
         (state) => {
-          for (const id of state.outOfSync) {
-            if (this.byId.has(id) && this.policy!.state(id) !== "out-of-sync" && this.policy!.state(id) !== "faulted") {
-              this.policy!.recordedOutOfSync(id);
-              this.log?.warn({ replica: id, generation: state.generation }, "replica recorded out-of-sync by another frontend; no longer used");
-            }
-          }
-          this.policy!.generation = Math.max(this.policy!.generation, state.generation);
+          this.apply(state);
           this.synced = true;
         },
         (err: unknown) => this.log?.error({ err: err instanceof Error ? err.message : String(err) }, "cannot read the volume's sync state"),

@@ -37,6 +37,22 @@ describe("replica sync records", () => {
     const start = (await api.sync.getSyncState({ volume: "sync1" })).state!;
     expect(start).toEqual({ volume: "sync1", generation: 1, inSync: [r1, r2], outOfSync: [] });
 
+    // Inside a live-migration window (two frontends) no replica is dropped: the write fails instead.
+    const key = "/stowage/v1/volumes/spec/sync1";
+    const plain = await c.client.get(key).string();
+    const spec = JSON.parse(plain!);
+    const other = (await api.volumes.getVolume({ name: "sync1" })).volume!.replicas.find((r) => r.id === r2)!.node;
+    await c.client.put(key).value(JSON.stringify({ ...spec, attachments: [...spec.attachments, { node: other, sinceMs: Date.now(), migration: "vm-x" }] }));
+    await eventually(
+      async () => (await api.sync.markOutOfSync({ volume: "sync1", replicaId: r2!, reason: "x" }).then(() => "marked", (e: unknown) => e)) instanceof FailedPreconditionError,
+      10_000,
+      "refused during the migration window",
+    );
+    expect((await api.sync.getSyncState({ volume: "sync1" })).state!.outOfSync).toEqual([]);
+    const windowed = JSON.parse((await c.client.get(key).string())!);
+    await c.client.put(key).value(JSON.stringify({ ...windowed, attachments: windowed.attachments.filter((a: { migration?: string }) => !a.migration) }));
+    await eventually(async () => (await api.volumes.getVolume({ name: "sync1" })).volume!.attachments.length === 1, 30_000, "window closed");
+
     const marked = (await api.sync.markOutOfSync({ volume: "sync1", replicaId: r2!, reason: "EIO from 127.0.0.92:10809" })).state!;
     expect(marked).toEqual({ volume: "sync1", generation: 2, inSync: [r1], outOfSync: [r2] });
     // Idempotent: the same report again changes nothing.
