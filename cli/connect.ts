@@ -1,7 +1,8 @@
 // Which controllers to talk to, and a client that finds the leader among them.
 import { join } from "node:path";
-import { errorMessage, NotLeaderError, StowageError, UnavailableError } from "../lib/errors.js";
-import { Channel, type CallOptions, type PromiseClient, type TransportSecurity } from "../lib/grpc.js";
+import { Controllers } from "../lib/controllers.js";
+import { errorMessage, StowageError } from "../lib/errors.js";
+import type { TransportSecurity } from "../lib/grpc.js";
 import { splitAddresses, UsageError } from "./flags.js";
 
 export const NO_CONTROLLER_HINT = "start a local cluster with 'npm run cluster:up' or pass --controller HOST:PORT";
@@ -70,93 +71,12 @@ export function parseClusterFile(path: string, text: string): string[] {
   return list.flatMap(splitAddresses);
 }
 
-type ServiceDef = Parameters<Channel["service"]>[0];
-
-/** A controller we cannot use right now; another address may answer. */
-function isPassOn(err: unknown): boolean {
-  return err instanceof UnavailableError || err instanceof NotLeaderError;
-}
-
-/**
- * Clients over a list of controller instances. Each call tries the addresses in
- * order: a follower's NotLeaderError naming the leader is followed once, an
- * unreachable instance passes the call to the next address. The address that
- * answered moves to the front, so later calls (polling) go straight to it.
- */
-export class Controllers {
-  private order: string[];
-  private readonly channels = new Map<string, Channel>();
-
-  constructor(
-    addresses: string[],
-    private readonly security: TransportSecurity,
-    private readonly timeoutMs: number,
-    /** Where the addresses came from, for the hint when none answers. */
-    private readonly source = "--controller",
-  ) {
-    this.order = [...new Set(addresses)];
-  }
-
-  /** The addresses in the order the next call will try them. */
-  get addresses(): readonly string[] {
-    return this.order;
-  }
-
-  service<D extends ServiceDef>(def: D): PromiseClient<D> {
-    const out: Record<string, unknown> = {};
-    for (const method of Object.keys(def)) {
-      out[method] = (request: unknown, options: CallOptions = {}) =>
-        this.invoke((ch) => {
-          const client = ch.service(def) as unknown as Record<string, (r: unknown, o: CallOptions) => Promise<unknown>>;
-          return client[method]!(request, { timeoutMs: this.timeoutMs, ...options });
-        });
-    }
-    return out as PromiseClient<D>;
-  }
-
-  close(): void {
-    for (const ch of this.channels.values()) ch.close();
-    this.channels.clear();
-  }
-
-  private async invoke<T>(call: (ch: Channel) => Promise<T>): Promise<T> {
-    let last: unknown = new UnavailableError("no controller address", { hint: NO_CONTROLLER_HINT });
-    for (const address of [...this.order]) {
-      try {
-        return await this.callOn(address, call);
-      } catch (err) {
-        if (!isPassOn(err)) throw err;
-        last = err;
-        if (!(err instanceof NotLeaderError) || !err.leader || err.leader === address) continue;
-      }
-      const leader = (last as NotLeaderError).leader;
-      try {
-        return await this.callOn(leader, call);
-      } catch (err) {
-        if (!isPassOn(err)) throw err;
-        last = err;
-      }
-    }
-    throw last instanceof UnavailableError ? this.unreachable(last) : last;
-  }
-
-  /** The last error, said for the whole list and with a hint about where the list came from. */
-  private unreachable(last: UnavailableError): UnavailableError {
-    const detail = last.message.replace(/\s*Resolution note:\s*$/, "");
-    return new UnavailableError(`cannot reach a controller at ${this.order.join(", ")}: ${detail}`, {
-      hint: `is the controller running? the addresses came from ${this.source}; ${NO_CONTROLLER_HINT}`,
-      cause: last,
-    });
-  }
-
-  private async callOn<T>(address: string, call: (ch: Channel) => Promise<T>): Promise<T> {
-    let ch = this.channels.get(address);
-    if (!ch) {
-      ch = new Channel(address, this.security);
-      this.channels.set(address, ch);
-    }
-    const result = await call(ch);
-    this.order = [address, ...this.order.filter((a) => a !== address)];
-    return result;
-  }
+/** stowctl's controllers: the shared leader-following client, with hints about where the addresses came from. */
+export function cliControllers(addresses: string[], security: TransportSecurity, timeoutMs: number, source = "--controller"): Controllers {
+  return new Controllers(addresses, {
+    security,
+    timeoutMs,
+    noAddressHint: NO_CONTROLLER_HINT,
+    unreachableHint: `is the controller running? the addresses came from ${source}; ${NO_CONTROLLER_HINT}`,
+  });
 }

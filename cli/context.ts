@@ -4,7 +4,8 @@ import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import type { Command } from "commander";
 import { INSECURE, type TransportSecurity } from "../lib/grpc.js";
-import { Controllers, resolveControllers } from "./connect.js";
+import type { Controllers } from "../lib/controllers.js";
+import { cliControllers, resolveControllers } from "./connect.js";
 import { jsonText } from "./convert.js";
 import { parseSecondsFlag } from "./flags.js";
 import { sleep } from "./wait.js";
@@ -77,7 +78,7 @@ export class CliContext {
         readFile: this.deps.readFile,
         homeDir: homedir(),
       });
-      this.controllersCache = new Controllers(addresses, this.deps.security, this.timeoutMs, source);
+      this.controllersCache = cliControllers(addresses, this.deps.security, this.timeoutMs, source);
     }
     return this.controllersCache;
   }

@@ -5,7 +5,8 @@
 // or the deadline ends them.
 import { ReplicaSyncServiceService } from "../../gen/stowage/v1/controller.js";
 import { errorMessage, FailedPreconditionError, NotLeaderError, UnavailableError, DeadlineError } from "../../lib/errors.js";
-import { Channel, INSECURE, type TransportSecurity } from "../../lib/grpc.js";
+import { Controllers } from "../../lib/controllers.js";
+import { INSECURE, type PromiseClient, type TransportSecurity } from "../../lib/grpc.js";
 import type { Logger } from "../../lib/logger.js";
 
 /** What the replica set needs from the controller. */
@@ -27,64 +28,50 @@ export interface SyncClientOptions {
 }
 
 export class SyncClient implements SyncRecorder {
-  private readonly channels = new Map<string, Channel>();
-  private current: string;
+  private readonly controllers: Controllers;
+  private readonly service: PromiseClient<typeof ReplicaSyncServiceService>;
 
   constructor(private readonly o: SyncClientOptions) {
     if (o.controllers.length === 0) throw new Error("the sync client needs controller addresses");
-    this.current = o.controllers[0]!;
-  }
-
-  private client(address: string) {
-    let ch = this.channels.get(address);
-    if (!ch) {
-      ch = new Channel(address, this.o.security ?? INSECURE);
-      this.channels.set(address, ch);
-    }
-    return ch.service(ReplicaSyncServiceService);
+    this.controllers = new Controllers(o.controllers, { security: o.security ?? INSECURE, timeoutMs: o.callTimeoutMs ?? 5_000 });
+    this.service = this.controllers.service(ReplicaSyncServiceService);
   }
 
   async markOutOfSync(replicaId: string, reason: string): Promise<number> {
-    const res = await this.call(`record replica ${replicaId} of ${this.o.volume} out-of-sync`, (client, timeoutMs) =>
-      client.markOutOfSync({ volume: this.o.volume, replicaId, reason }, { timeoutMs }),
+    const res = await this.call(`record replica ${replicaId} of ${this.o.volume} out-of-sync`, (timeoutMs) =>
+      this.service.markOutOfSync({ volume: this.o.volume, replicaId, reason }, { timeoutMs }),
     );
     return res.state!.generation;
   }
 
   async syncState(): Promise<{ generation: number; outOfSync: string[] }> {
-    const res = await this.call(`read the sync state of ${this.o.volume}`, (client, timeoutMs) => client.getSyncState({ volume: this.o.volume }, { timeoutMs }));
+    const res = await this.call(`read the sync state of ${this.o.volume}`, (timeoutMs) => this.service.getSyncState({ volume: this.o.volume }, { timeoutMs }));
     return { generation: res.state!.generation, outOfSync: res.state!.outOfSync };
   }
 
-  /** One call to the leader, following redirects and moving down the list until the deadline. */
-  private async call<T>(what: string, fn: (client: ReturnType<SyncClient["client"]>, timeoutMs: number) => Promise<T>): Promise<T> {
+  /**
+   * One call to the leader (Controllers follows redirects and moves down the
+   * list), repeated until the deadline: a leader election takes 1-3 s.
+   */
+  private async call<T>(what: string, fn: (timeoutMs: number) => Promise<T>): Promise<T> {
     const deadline = Date.now() + (this.o.deadlineMs ?? 30_000);
-    let i = Math.max(0, this.o.controllers.indexOf(this.current));
     let last: unknown;
     for (let attempt = 0; Date.now() < deadline; attempt++) {
       try {
-        return await fn(this.client(this.current), Math.min(this.o.callTimeoutMs ?? 5_000, Math.max(1, deadline - Date.now())));
+        return await fn(Math.min(this.o.callTimeoutMs ?? 5_000, Math.max(1, deadline - Date.now())));
       } catch (err) {
         if (err instanceof FailedPreconditionError) throw err;
         last = err;
-        if (err instanceof NotLeaderError && err.leader) {
-          this.current = err.leader;
-          continue;
-        }
         if (!(err instanceof UnavailableError || err instanceof DeadlineError || err instanceof NotLeaderError)) {
           this.o.log?.warn({ err: errorMessage(err) }, `${what} failed; retrying`);
         }
-        i = (i + 1) % this.o.controllers.length;
-        this.current = this.o.controllers[i]!;
-        // A full round without an answer: wait a little (a leader election takes 1-3 s).
-        if (i === 0) await new Promise((r) => setTimeout(r, Math.min(500, 50 * (attempt + 1))));
+        await new Promise((r) => setTimeout(r, Math.min(500, 50 * (attempt + 1))));
       }
     }
     throw new DeadlineError(`could not ${what}: ${errorMessage(last)}`);
   }
 
   close(): void {
-    for (const ch of this.channels.values()) ch.close();
-    this.channels.clear();
+    this.controllers.close();
   }
 }
