@@ -53,7 +53,7 @@ export class DomainManager {
   private async require(name: string): Promise<DomainState> {
     validateDomainName(name);
     const d = await this.virsh.domain(name);
-    if (!d) throw new NotFoundError("domain", name, { hint: `'virsh -c ${this.virsh.uri} list --all' shows the domains of this node` });
+    if (!d) throw this.virsh.notFound(name);
     return d;
   }
 
@@ -124,7 +124,7 @@ export class DomainManager {
   private async runMigration(req: { domain: string; destinationUri: string; destinationHost: string }): Promise<DomainJob> {
     if (!req.destinationUri || !req.destinationHost) throw new InvalidArgumentError("migration needs a destination libvirt URI and host");
     const d = await this.virsh.info(req.domain);
-    if (!d) throw new NotFoundError("domain", req.domain, { hint: `'virsh -c ${this.virsh.uri} list --all' shows the domains of this node` });
+    if (!d) throw this.virsh.notFound(req.domain);
     if (d.state !== "running" && d.state !== "paused") {
       throw new FailedPreconditionError(`domain ${req.domain} is ${d.state}; only a running domain can be live-migrated`);
     }

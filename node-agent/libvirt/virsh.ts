@@ -29,18 +29,33 @@ export interface JobInfo {
 
 const UNITS: Record<string, number> = { B: 1, KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30, TiB: 2 ** 40 };
 
-/** Parses `virsh domjobinfo` output ("Memory processed: 50.000 MiB", "Time elapsed: 12 ms"). */
-export function parseJobInfo(text: string): JobInfo {
+/** The "Key:   value" lines virsh prints (dominfo, domjobinfo), keys trimmed. */
+export function virshFields(text: string): Map<string, string> {
   const f = new Map<string, string>();
   for (const line of text.split("\n")) {
     const m = /^([^:]+):\s+(.*?)\s*$/.exec(line);
     if (m) f.set(m[1]!.trim(), m[2]!);
   }
-  const ms = (k: string) => Number(/^(\d+)\s*ms$/.exec(f.get(k) ?? "")?.[1] ?? 0);
-  const bytes = (k: string) => {
-    const m = /^([\d.]+)\s*(B|KiB|MiB|GiB|TiB)$/.exec(f.get(k) ?? "");
-    return m ? Math.round(Number(m[1]) * UNITS[m[2]!]!) : 0;
-  };
+  return f;
+}
+
+/** "608 ms" -> 608; undefined when the value is not in that form. */
+export function virshMs(value: string | undefined): number | undefined {
+  const m = /^(\d+)\s*ms$/.exec(value ?? "");
+  return m ? Number(m[1]) : undefined;
+}
+
+/** "63.953 MiB" -> bytes (not rounded); undefined when the value is not a size. */
+export function virshBytes(value: string | undefined): number | undefined {
+  const m = /^([\d.]+)\s*(B|KiB|MiB|GiB|TiB)$/.exec(value ?? "");
+  return m ? Number(m[1]) * UNITS[m[2]!]! : undefined;
+}
+
+/** Parses `virsh domjobinfo` output ("Memory processed: 50.000 MiB", "Time elapsed: 12 ms"). */
+export function parseJobInfo(text: string): JobInfo {
+  const f = virshFields(text);
+  const ms = (k: string) => virshMs(f.get(k)) ?? 0;
+  const bytes = (k: string) => Math.round(virshBytes(f.get(k)) ?? 0);
   return {
     type: f.get("Job type") ?? "None",
     operation: f.get("Operation") ?? "",
@@ -54,11 +69,7 @@ export function parseJobInfo(text: string): JobInfo {
 
 /** Fields of `virsh dominfo`. */
 export function parseDomInfo(text: string): { uuid: string; state: string; persistent: boolean } {
-  const f = new Map<string, string>();
-  for (const line of text.split("\n")) {
-    const m = /^([^:]+):\s+(.*?)\s*$/.exec(line);
-    if (m) f.set(m[1]!.trim(), m[2]!);
-  }
+  const f = virshFields(text);
   return { uuid: f.get("UUID") ?? "", state: f.get("State") ?? "", persistent: f.get("Persistent") === "yes" };
 }
 
@@ -73,11 +84,16 @@ export class Virsh {
     } catch (err) {
       if (err instanceof ExecError) {
         const text = err.stderr.replace(/^error: /gm, "").trim().split("\n").filter(Boolean).join("; ");
-        if (NOT_FOUND.test(err.stderr)) throw new NotFoundError("domain", domain, { hint: `'virsh -c ${this.uri} list --all' shows the domains of this node`, cause: err });
+        if (NOT_FOUND.test(err.stderr)) throw this.notFound(domain, err);
         throw new StowageError(`libvirt (${this.uri}): ${text || err.message}`, { cause: err });
       }
       throw err;
     }
+  }
+
+  /** The error for a domain this libvirtd does not have. */
+  notFound(domain: string, cause?: unknown): NotFoundError {
+    return new NotFoundError("domain", domain, { hint: `'virsh -c ${this.uri} list --all' shows the domains of this node`, cause });
   }
 
   /** State and persistence only (one virsh call); undefined when there is no such domain. */
@@ -92,12 +108,12 @@ export class Virsh {
 
   /** The domain, or undefined when this libvirtd has none of that name. */
   async domain(name: string): Promise<DomainState | undefined> {
+    const info = await this.info(name);
+    if (!info) return undefined;
     try {
-      const info = parseDomInfo(await this.virsh(name, ["dominfo", name]));
-      const xml = await this.virsh(name, ["dumpxml", name]);
-      return { name, ...info, disks: parseDomainDisks(xml) };
+      return { name, ...info, disks: parseDomainDisks(await this.virsh(name, ["dumpxml", name])) };
     } catch (err) {
-      if (err instanceof NotFoundError) return undefined;
+      if (err instanceof NotFoundError) return undefined; // gone in between (migrated away)
       throw err;
     }
   }

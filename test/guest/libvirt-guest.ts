@@ -4,6 +4,8 @@ import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { guestCmdline, type GuestImages, type GuestOptions } from "./guest.js";
+import { diskXml, escapeXml } from "../../lib/libvirt-xml.js";
+import { virshBytes, virshFields, virshMs } from "../../node-agent/libvirt/virsh.js";
 import { virsh } from "./libvirt-hosts.js";
 
 export interface LibvirtGuestSpec extends GuestOptions {
@@ -16,18 +18,10 @@ export interface LibvirtGuestSpec extends GuestOptions {
   memMiB?: number;
 }
 
-const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/'/g, "&apos;").replace(/"/g, "&quot;");
+const esc = escapeXml;
 
-function nbdDisk(nbd: { socket: string; exportName: string }): string {
-  return `    <disk type='network' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source protocol='nbd' name='${esc(nbd.exportName)}'>
-        <host transport='unix' socket='${esc(nbd.socket)}'/>
-      </source>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-`;
-}
+/** The same <disk> element Stowage plugs in (stowctl volume disk-xml), as vda. */
+const nbdDisk = (nbd: { socket: string; exportName: string }) => diskXml({ volume: nbd.exportName, socketPath: nbd.socket, target: "vda" });
 
 /** Domain XML: TCG, kernel + initrd boot, raw NBD disk with cache=none, serial console to a file. */
 export function guestDomainXml(s: LibvirtGuestSpec): string {
@@ -85,23 +79,16 @@ export interface JobInfo {
   dataProcessedMiB?: number;
 }
 
-/** Parses `virsh domjobinfo` output. */
+/** Parses `virsh domjobinfo` output (with the agent's virsh field and unit parsers). */
 export function parseDomJobInfo(text: string): JobInfo {
-  const fields: Record<string, string> = {};
-  for (const line of text.split("\n")) {
-    const m = line.match(/^([^:]+):\s+(.*?)\s*$/);
-    if (m) fields[m[1]!.trim()] = m[2]!;
-  }
-  const ms = (k: string) => {
-    const m = fields[k]?.match(/^(\d+)\s*ms$/);
-    return m ? Number(m[1]) : undefined;
+  const fields = Object.fromEntries(virshFields(text));
+  const mib = virshBytes(fields["Data processed"]);
+  return {
+    fields,
+    elapsedMs: virshMs(fields["Time elapsed"]),
+    downtimeMs: virshMs(fields["Total downtime"]),
+    dataProcessedMiB: mib === undefined ? undefined : mib / 2 ** 20,
   };
-  const mib = (k: string) => {
-    const m = fields[k]?.match(/^([\d.]+)\s*(B|KiB|MiB|GiB)$/);
-    if (!m) return undefined;
-    return Number(m[1]) * { B: 1 / 2 ** 20, KiB: 1 / 1024, MiB: 1, GiB: 1024 }[m[2] as "B"];
-  };
-  return { fields, elapsedMs: ms("Time elapsed"), downtimeMs: ms("Total downtime"), dataProcessedMiB: mib("Data processed") };
 }
 
 export interface MigrationResult {
