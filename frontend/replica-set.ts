@@ -22,27 +22,25 @@ import { WritePolicy, type WriteVerdict } from "./sync/write-policy.js";
 /** Replica ids are their export names (the agent exports each replica under its id). */
 const idOf = (r: Replica) => r.address.exportName;
 
-/** Collects each replica's result of one request. */
-class PerReplica implements NbdCompletion {
+/** Collects each target replica's result of one request, then has the set judge it. */
+class PerReplica {
   readonly results = new Map<string, boolean>();
   readonly errors = new Map<string, number>();
   constructor(
     private pending: number,
-    private readonly done: (p: PerReplica) => void,
+    private readonly set: ReplicaSet,
+    private readonly req: NbdRequest,
   ) {}
 
+  /** The completion for one target. */
   for(id: string): NbdCompletion {
     return {
       nbdDone: (error) => {
         this.results.set(id, error === 0);
         if (error !== 0) this.errors.set(id, error);
-        if (--this.pending === 0) this.done(this);
+        if (--this.pending === 0) this.set.settled(this.req, this);
       },
     };
-  }
-
-  nbdDone(): void {
-    throw new Error("use for(id)");
   }
 }
 
@@ -221,7 +219,8 @@ export class ReplicaSet implements NbdBackend {
     if (!this.synced) return this.afterSync(req, () => this.toTargets(req, payload));
     const targets = this.policy!.writeTargets();
     if (targets.length === 0) return req.done(Errno.EIO);
-    const per = new PerReplica(targets.length, (p) => this.judge(req, p, this.policy!.settle(p.results)));
+    const per = new PerReplica(targets.length, this, req);
+    let headerUsed = false;
     for (const id of targets) {
       const r = this.byId.get(id)!;
       const done = per.for(id);
@@ -234,9 +233,17 @@ export class ReplicaSet implements NbdBackend {
         done.nbdDone(Errno.EIO, undefined, undefined);
         continue;
       }
-      // Each connection writes its own cookie into the header: every target gets its own copy.
-      c.submit(req.type, req.flags, req.offset, req.length, payload, done, Buffer.from(req.header));
+      // Each connection writes its own cookie into the header: the first target gets the
+      // received header edited in place, the others their own copy.
+      const header = headerUsed ? Buffer.from(req.header) : req.header;
+      headerUsed = true;
+      c.submit(req.type, req.flags, req.offset, req.length, payload, done, header);
     }
+  }
+
+  /** Every target of a request answered: judge it by the write policy (called by PerReplica). */
+  settled(req: NbdRequest, per: PerReplica): void {
+    this.judge(req, per, this.policy!.settle(per.results));
   }
 
   private judge(req: NbdRequest, per: PerReplica, verdict: WriteVerdict): void {
