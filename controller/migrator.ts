@@ -126,7 +126,7 @@ export class Migrator {
 
   private frontendsReady(m: MigrationRecord): { ready: boolean; problem: string } {
     for (const v of m.volumes) {
-      const f = this.d.store.volumeStatus(v)?.value.frontends?.find((x) => x.node === m.to);
+      const f = this.d.store.frontend(v, m.to);
       if (f?.state !== "attached") return { ready: false, problem: f?.message ? `volume ${v} on ${m.to}: ${f.message}` : "" };
     }
     return { ready: true, problem: "" };

@@ -28,7 +28,7 @@ export function vmApi(d: VmApiDeps): AsyncService<typeof VmServiceService> {
   const frontendSocket = async (volume: string, node: string): Promise<string> => {
     const deadline = Date.now() + FRONTEND_WAIT_MS;
     for (;;) {
-      const f = d.store.volumeStatus(volume)?.value.frontends?.find((x) => x.node === node);
+      const f = d.store.frontend(volume, node);
       if (f?.state === "attached" && f.socketPath) return f.socketPath;
       if (f?.state === "failed") throw new StowageError(`the frontend of volume ${volume} on ${node} failed: ${f.message}`, { hint: `see 'stowctl volume get ${volume}'` });
       if (Date.now() > deadline) {

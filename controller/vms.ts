@@ -81,8 +81,8 @@ export function diskVolume(d: VmDeps, node: string, disk: DomainDisk): string | 
   if (disk.protocol !== "nbd" || !disk.socketPath || !disk.exportName) return undefined;
   const spec = d.store.volumeSpec(disk.exportName)?.value;
   if (!spec) return undefined;
-  const frontend = d.store.volumeStatus(disk.exportName)?.value.frontends?.find((f) => f.node === node && f.socketPath);
-  if (frontend) return frontend.socketPath === disk.socketPath ? spec.name : undefined;
+  const frontend = d.store.frontend(disk.exportName, node);
+  if (frontend?.socketPath) return frontend.socketPath === disk.socketPath ? spec.name : undefined;
   // Not attached there now: judge by the frontend socket's file name.
   return disk.socketPath.endsWith(`/${spec.name}.sock`) ? spec.name : undefined;
 }

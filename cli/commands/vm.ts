@@ -66,8 +66,10 @@ async function waitForMigration(ctx: CliContext, domain: string, waitMs: number)
     async () => {
       const res = await vms.getMigration({ domain });
       last = res.migration!;
-      const line = migrationLine(last, ctx.deps.now()).replace(/ \([\d.]+ s\)/, "");
-      if (ctx.output === "table" && line !== lastLine) ctx.deps.io.err(`${migrationLine(last, ctx.deps.now())}\n`);
+      const shown = migrationLine(last, ctx.deps.now());
+      // A new line only when something but the elapsed time changed.
+      const line = shown.replace(/ \([\d.]+ s\)/, "");
+      if (ctx.output === "table" && line !== lastLine) ctx.deps.io.err(`${shown}\n`);
       lastLine = line;
       return done(last) ? last : undefined;
     },
