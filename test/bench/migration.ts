@@ -24,7 +24,7 @@ import { freePort } from "../harness/ports.js";
 import { Qsd } from "../harness/qsd.js";
 import { sleep } from "../harness/processes.js";
 import { buildGuest, type GuestImages } from "../guest/guest.js";
-import { startTwoHosts, virsh, type TwoHosts } from "../guest/libvirt-hosts.js";
+import { hostAgentOptions, startTwoHosts, type TwoHosts } from "../guest/libvirt-hosts.js";
 import { createGuestDomain, migrate } from "../guest/libvirt-guest.js";
 import { migrateQmp, QemuGuest, waitForSerial } from "../guest/qemu-guest.js";
 
@@ -84,8 +84,8 @@ async function stowageSetup(images: GuestImages, hosts: TwoHosts, dir: string) {
   cleanups.push(() => cluster.stop());
   await cluster.startController("c1");
   const [h1, h2] = hosts.hosts;
-  await cluster.startAgent("node1", "127.0.0.81", { frontendDir: "/run/stowage/volumes", mountNamespaceOf: h1.pid, libvirt: { uri: h1.uri, peerUri: h1.uri, migrationHost: "127.0.0.1" } });
-  await cluster.startAgent("node2", "127.0.0.82", { frontendDir: "/run/stowage/volumes", mountNamespaceOf: h2.pid, libvirt: { uri: h2.uri, peerUri: h2.uri, migrationHost: "127.0.0.1" } });
+  await cluster.startAgent("node1", "127.0.0.81", hostAgentOptions(h1));
+  await cluster.startAgent("node2", "127.0.0.82", hostAgentOptions(h2));
   await cluster.waitNodesOnline(2);
   const api = await cluster.leaderApi();
   await api.volumes.createVolume({ spec: { name: "bench", sizeBytes: 64 << 20, replicas: 2, format: 0, preallocation: 0, pool: "" }, dryRun: false });

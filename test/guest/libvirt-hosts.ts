@@ -51,6 +51,18 @@ export interface LibvirtHost {
   stop(): Promise<void>;
 }
 
+/** Where frontends put volume sockets on every host (inside each host's mount namespace). */
+export const HOST_FRONTEND_DIR = "/run/stowage/volumes";
+
+/** TestCluster.startAgent options for a node agent that plays this libvirt host. */
+export function hostAgentOptions(h: LibvirtHost) {
+  return {
+    frontendDir: HOST_FRONTEND_DIR,
+    mountNamespaceOf: h.pid,
+    libvirt: { uri: h.uri, peerUri: h.uri, migrationHost: "127.0.0.1" },
+  };
+}
+
 export interface TwoHosts {
   uri1: string;
   uri2: string;

@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { buildGuest, countBoots, parseSerial, verifyDisk, type GuestImages } from "./guest.js";
-import { startTwoHosts, virsh, type LibvirtHost, type TwoHosts } from "./libvirt-hosts.js";
+import { HOST_FRONTEND_DIR, hostAgentOptions, startTwoHosts, virsh, type TwoHosts } from "./libvirt-hosts.js";
 import { createGuestDomain, runningDomains } from "./libvirt-guest.js";
 import { waitForSerial } from "./qemu-guest.js";
 import { TestCluster } from "../harness/cluster.js";
@@ -22,7 +22,7 @@ import { eventually, sleep } from "../harness/processes.js";
 import { MigrationPhase } from "../../gen/stowage/v1/types.js";
 
 const BLOCKS = 256;
-const FRONTEND_DIR = "/run/stowage/volumes";
+const FRONTEND_DIR = HOST_FRONTEND_DIR;
 let images: GuestImages;
 let dir: string;
 let hosts: TwoHosts | undefined;
@@ -30,11 +30,7 @@ let cluster: TestCluster | undefined;
 let failed = false;
 
 /** An agent in the libvirt host's mount namespace, driving that host's libvirtd. */
-const agentOptions = (h: LibvirtHost) => ({
-  frontendDir: FRONTEND_DIR,
-  mountNamespaceOf: h.pid,
-  libvirt: { uri: h.uri, peerUri: h.uri, migrationHost: "127.0.0.1" },
-});
+const agentOptions = hostAgentOptions;
 
 beforeAll(async () => {
   images = await buildGuest();
