@@ -3,7 +3,7 @@
 
 export const PREFIX = "/stowage/v1/";
 
-export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration";
+export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job";
 
 const SEGMENTS: Record<KeyKind, string> = {
   "node-spec": "nodes/spec/",
@@ -12,6 +12,7 @@ const SEGMENTS: Record<KeyKind, string> = {
   "volume-status": "volumes/status/",
   operation: "operations/",
   migration: "migrations/",
+  job: "jobs/",
 };
 
 export const keys = {
@@ -23,6 +24,8 @@ export const keys = {
   operation: (volume: string) => PREFIX + SEGMENTS.operation + volume,
   /** The running or last live migration of a domain. */
   migration: (domain: string) => PREFIX + SEGMENTS.migration + domain,
+  /** The resync or rebuild of one replica (named by the replica id). */
+  job: (replica: string) => PREFIX + SEGMENTS.job + replica,
   prefixOf: (kind: KeyKind) => PREFIX + SEGMENTS[kind],
   /** Election keys live under this prefix (etcd3 adds its own suffix). */
   election: PREFIX + "leader",

@@ -47,6 +47,35 @@ export interface ReplicaPlacement {
   pool: string;
   /** Set while the replica misses acknowledged writes (recorded by a frontend). */
   outOfSync?: { sinceMs: number; reason: string; generation: number };
+  /** The last copy that brought the replica back in sync. */
+  lastResync?: { atMs: number; kind: ResyncKind; bytes: number; ms: number };
+}
+
+/** incremental: only regions written while the replica was away; full: every allocated region. */
+export type ResyncKind = "incremental" | "full";
+
+/**
+ * A copy that brings an out-of-sync replica back (key jobs/REPLICA_ID), written by
+ * whoever copies (the attached volume's frontend through ReportResync, or the
+ * controller for a detached volume) and deleted when the replica is recorded
+ * in-sync or leaves the volume. `stowctl job list` shows these.
+ */
+export interface JobRecord {
+  /** The replica being copied to. */
+  replica: string;
+  volume: string;
+  kind: ResyncKind;
+  /** Node holding the target replica. */
+  node: string;
+  /** Node whose frontend (or agent) runs the copy. */
+  runner: string;
+  totalBytes: number;
+  copiedBytes: number;
+  /** Recent copy rate, for the ETA. */
+  bytesPerSec: number;
+  startedAtMs: number;
+  updatedAtMs: number;
+  message: string;
 }
 
 export interface VolumeSpec {

@@ -154,9 +154,13 @@ export class Reconciler {
       }
       const cur = this.store.volumeSpec(spec.name);
       if (!cur || cur.modRevision !== specRevision) return 500; // changed meanwhile: judge again
-      const next = withReplicaInSync(cur.value, p.id);
+      const next = withReplicaInSync(cur.value, p.id, { kind: "full", bytes: res.bytes, ms: res.durationMs });
       try {
-        specRevision = await this.store.write({ unchanged: [[keys.volumeSpec(spec.name), specRevision]], put: [{ key: keys.volumeSpec(spec.name), value: next }] });
+        specRevision = await this.store.write({
+          unchanged: [[keys.volumeSpec(spec.name), specRevision]],
+          put: [{ key: keys.volumeSpec(spec.name), value: next }],
+          delete: [keys.job(p.id)],
+        });
       } catch (err) {
         if (err instanceof ConflictError) return 500;
         throw err;

@@ -7,7 +7,7 @@ import type { Etcd3, IKeyValue, Watcher } from "etcd3";
 import { ConflictError } from "../lib/errors.js";
 import type { Logger } from "../lib/logger.js";
 import { keys, parseKey, PREFIX, type KeyKind, type ParsedKey } from "./keys.js";
-import type { FrontendStatus, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, VolumeSpec, VolumeStatus } from "./model.js";
+import type { FrontendStatus, JobRecord, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, VolumeSpec, VolumeStatus } from "./model.js";
 
 export interface Entry<T> {
   value: T;
@@ -173,4 +173,6 @@ export class ClusterStore extends EventEmitter<{ change: [Change] }> {
   frontend = (volume: string, node: string): FrontendStatus | undefined => this.volumeStatus(volume)?.value.frontends?.find((f) => f.node === node);
   migration = (domain: string) => this.get<MigrationRecord>(keys.migration(domain));
   migrations = () => this.all<MigrationRecord>("migration");
+  job = (replica: string) => this.get<JobRecord>(keys.job(replica));
+  jobs = () => this.all<JobRecord>("job");
 }

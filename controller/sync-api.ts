@@ -7,7 +7,7 @@ import { ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundE
 import type { RequestHandlers } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
 import { keys } from "./keys.js";
-import type { VolumeSpec } from "./model.js";
+import type { JobRecord, ResyncKind, VolumeSpec, VolumeStatus } from "./model.js";
 import type { ClusterStore } from "./store.js";
 
 export interface SyncApiDeps {
@@ -20,19 +20,39 @@ export function generationOf(spec: VolumeSpec): number {
   return spec.generation ?? 1;
 }
 
-export function syncState(spec: VolumeSpec): SyncState {
+export function syncState(spec: VolumeSpec, status?: VolumeStatus): SyncState {
+  const exported = new Map((status?.replicas ?? []).filter((r) => r.state === "healthy" && r.exportUri).map((r) => [r.id, r.exportUri!]));
   return {
     volume: spec.name,
     generation: generationOf(spec),
     inSync: spec.placement.filter((p) => !p.outOfSync).map((p) => p.id),
     outOfSync: spec.placement.filter((p) => p.outOfSync).map((p) => p.id),
+    replicas: spec.placement.map((p) => ({
+      id: p.id,
+      node: p.node,
+      nbdUri: exported.get(p.id) ?? "",
+      inSync: !p.outOfSync,
+      outOfSyncGeneration: p.outOfSync?.generation ?? 0,
+    })),
   };
 }
 
-/** The spec with replica `id` recorded in-sync again (a new generation). */
-export function withReplicaInSync(spec: VolumeSpec, id: string): VolumeSpec {
-  return { ...spec, generation: generationOf(spec) + 1, placement: spec.placement.map((x) => (x.id === id ? { id: x.id, node: x.node, pool: x.pool } : x)) };
+/** The spec with replica `id` recorded in-sync again (a new generation), with what the copy did. */
+export function withReplicaInSync(spec: VolumeSpec, id: string, copy?: { kind: ResyncKind; bytes: number; ms: number }): VolumeSpec {
+  return {
+    ...spec,
+    generation: generationOf(spec) + 1,
+    placement: spec.placement.map((x) =>
+      x.id === id ? { id: x.id, node: x.node, pool: x.pool, ...(copy ? { lastResync: { atMs: Date.now(), ...copy } } : x.lastResync ? { lastResync: x.lastResync } : {}) } : x,
+    ),
+  };
 }
+
+const KINDS: readonly ResyncKind[] = ["incremental", "full"];
+const kindOf = (kind: string): ResyncKind => {
+  if (!(KINDS as string[]).includes(kind)) throw new InvalidArgumentError(`unknown copy kind "${kind}"`, { hint: `one of ${KINDS.join(", ")}` });
+  return kind as ResyncKind;
+};
 
 const ATTEMPTS = 5;
 
@@ -44,14 +64,17 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
     return e;
   };
 
-  /** Applies `change` to the current spec with compare-and-swap, retrying when the spec moved meanwhile. */
-  const update = async (name: string, change: (spec: VolumeSpec) => VolumeSpec | undefined): Promise<VolumeSpec> => {
+  /**
+   * Applies `change` to the current spec with compare-and-swap, retrying when the spec
+   * moved meanwhile; `alsoDelete` keys go in the same transaction.
+   */
+  const update = async (name: string, change: (spec: VolumeSpec) => VolumeSpec | undefined, alsoDelete: string[] = []): Promise<VolumeSpec> => {
     for (let attempt = 1; ; attempt++) {
       const e = existing(name);
       const next = change(e.value);
       if (!next) return e.value;
       try {
-        await d.store.write({ unchanged: [[keys.volumeSpec(name), e.modRevision]], put: [{ key: keys.volumeSpec(name), value: next }] });
+        await d.store.write({ unchanged: [[keys.volumeSpec(name), e.modRevision]], put: [{ key: keys.volumeSpec(name), value: next }], delete: alsoDelete });
         d.enqueue(name);
         return next;
       } catch (err) {
@@ -69,7 +92,7 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
   return {
     async getSyncState(req) {
       await d.ensureLeader();
-      return { state: syncState(existing(req.volume).value) };
+      return { state: syncState(existing(req.volume).value, d.store.volumeStatus(req.volume)?.value) };
     },
 
     async markOutOfSync(req) {
@@ -99,7 +122,7 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
           placement: s.placement.map((x) => (x.id === p.id ? { ...x, outOfSync: { sinceMs: Date.now(), reason: req.reason.slice(0, 500), generation } } : x)),
         };
       });
-      return { state: syncState(spec) };
+      return { state: syncState(spec, d.store.volumeStatus(req.volume)?.value) };
     },
 
     async markInSync(req) {
@@ -116,9 +139,31 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
             hint: "resync it again",
           });
         }
-        return withReplicaInSync(s, p.id);
-      });
-      return { state: syncState(spec) };
+        return withReplicaInSync(s, p.id, req.kind ? { kind: kindOf(req.kind), bytes: req.copiedBytes, ms: req.durationMs } : undefined);
+      }, [keys.job(req.replicaId)]);
+      return { state: syncState(spec, d.store.volumeStatus(req.volume)?.value) };
+    },
+
+    async reportResync(req) {
+      await d.ensureLeader();
+      const spec = existing(req.volume).value;
+      const p = replica(spec, req.replicaId);
+      if (!p.outOfSync) return {}; // recorded in-sync meanwhile: the job is over
+      const job: JobRecord = {
+        replica: p.id,
+        volume: spec.name,
+        kind: kindOf(req.kind),
+        node: p.node,
+        runner: req.runner,
+        totalBytes: req.totalBytes,
+        copiedBytes: Math.min(req.copiedBytes, req.totalBytes),
+        bytesPerSec: req.bytesPerSec,
+        startedAtMs: req.startedAtMs,
+        updatedAtMs: Date.now(),
+        message: "",
+      };
+      await d.store.write({ put: [{ key: keys.job(p.id), value: job }] });
+      return {};
     },
   };
 }

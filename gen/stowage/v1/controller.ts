@@ -232,6 +232,26 @@ export interface MarkInSyncRequest {
    * out-of-sync again since then.
    */
   generation: number;
+  /** What the copy did, for the record (`stowctl volume get`). */
+  kind: string;
+  copiedBytes: number;
+  durationMs: number;
+}
+
+export interface ReportResyncRequest {
+  volume: string;
+  replicaId: string;
+  /** "incremental" (regions written while the replica was away) or "full". */
+  kind: string;
+  totalBytes: number;
+  copiedBytes: number;
+  bytesPerSec: number;
+  startedAtMs: number;
+  /** The node whose frontend copies. */
+  runner: string;
+}
+
+export interface ReportResyncResponse {
 }
 
 export interface SyncState {
@@ -239,6 +259,25 @@ export interface SyncState {
   generation: number;
   inSync: string[];
   outOfSync: string[];
+  /**
+   * Every replica of the volume, in placement order: a frontend adds replicas it
+   * does not have yet (new or replacement, as out-of-sync ones to copy to) and
+   * drops those that left the volume.
+   */
+  replicas: SyncReplica[];
+}
+
+export interface SyncReplica {
+  id: string;
+  node: string;
+  /** The replica's NBD export as last reported by its agent ("" when not exported). */
+  nbdUri: string;
+  inSync: boolean;
+  /**
+   * When out of sync: the generation it was recorded at (a frontend's dirty map
+   * for it tracks writes since then).
+   */
+  outOfSyncGeneration: number;
 }
 
 export interface GetSyncStateResponse {
@@ -3294,7 +3333,7 @@ export const MarkOutOfSyncRequest: MessageFns<MarkOutOfSyncRequest> = {
 };
 
 function createBaseMarkInSyncRequest(): MarkInSyncRequest {
-  return { volume: "", replicaId: "", generation: 0 };
+  return { volume: "", replicaId: "", generation: 0, kind: "", copiedBytes: 0, durationMs: 0 };
 }
 
 export const MarkInSyncRequest: MessageFns<MarkInSyncRequest> = {
@@ -3307,6 +3346,15 @@ export const MarkInSyncRequest: MessageFns<MarkInSyncRequest> = {
     }
     if (message.generation !== 0) {
       writer.uint32(24).uint64(message.generation);
+    }
+    if (message.kind !== "") {
+      writer.uint32(34).string(message.kind);
+    }
+    if (message.copiedBytes !== 0) {
+      writer.uint32(40).uint64(message.copiedBytes);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(48).uint64(message.durationMs);
     }
     return writer;
   },
@@ -3348,6 +3396,30 @@ export const MarkInSyncRequest: MessageFns<MarkInSyncRequest> = {
             message.generation = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.copiedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3369,6 +3441,17 @@ export const MarkInSyncRequest: MessageFns<MarkInSyncRequest> = {
         ? globalThis.String(object.replica_id)
         : "",
       generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      copiedBytes: isSet(object.copiedBytes)
+        ? globalThis.Number(object.copiedBytes)
+        : isSet(object.copied_bytes)
+        ? globalThis.Number(object.copied_bytes)
+        : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
     };
   },
 
@@ -3383,6 +3466,15 @@ export const MarkInSyncRequest: MessageFns<MarkInSyncRequest> = {
     if (message.generation !== 0) {
       obj.generation = Math.round(message.generation);
     }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.copiedBytes !== 0) {
+      obj.copiedBytes = Math.round(message.copiedBytes);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
     return obj;
   },
 
@@ -3394,12 +3486,277 @@ export const MarkInSyncRequest: MessageFns<MarkInSyncRequest> = {
     message.volume = object.volume ?? "";
     message.replicaId = object.replicaId ?? "";
     message.generation = object.generation ?? 0;
+    message.kind = object.kind ?? "";
+    message.copiedBytes = object.copiedBytes ?? 0;
+    message.durationMs = object.durationMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseReportResyncRequest(): ReportResyncRequest {
+  return {
+    volume: "",
+    replicaId: "",
+    kind: "",
+    totalBytes: 0,
+    copiedBytes: 0,
+    bytesPerSec: 0,
+    startedAtMs: 0,
+    runner: "",
+  };
+}
+
+export const ReportResyncRequest: MessageFns<ReportResyncRequest> = {
+  encode(message: ReportResyncRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.kind !== "") {
+      writer.uint32(26).string(message.kind);
+    }
+    if (message.totalBytes !== 0) {
+      writer.uint32(32).uint64(message.totalBytes);
+    }
+    if (message.copiedBytes !== 0) {
+      writer.uint32(40).uint64(message.copiedBytes);
+    }
+    if (message.bytesPerSec !== 0) {
+      writer.uint32(48).uint64(message.bytesPerSec);
+    }
+    if (message.startedAtMs !== 0) {
+      writer.uint32(56).uint64(message.startedAtMs);
+    }
+    if (message.runner !== "") {
+      writer.uint32(66).string(message.runner);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportResyncRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportResyncRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.totalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.copiedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bytesPerSec = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.startedAtMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.runner = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportResyncRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      totalBytes: isSet(object.totalBytes)
+        ? globalThis.Number(object.totalBytes)
+        : isSet(object.total_bytes)
+        ? globalThis.Number(object.total_bytes)
+        : 0,
+      copiedBytes: isSet(object.copiedBytes)
+        ? globalThis.Number(object.copiedBytes)
+        : isSet(object.copied_bytes)
+        ? globalThis.Number(object.copied_bytes)
+        : 0,
+      bytesPerSec: isSet(object.bytesPerSec)
+        ? globalThis.Number(object.bytesPerSec)
+        : isSet(object.bytes_per_sec)
+        ? globalThis.Number(object.bytes_per_sec)
+        : 0,
+      startedAtMs: isSet(object.startedAtMs)
+        ? globalThis.Number(object.startedAtMs)
+        : isSet(object.started_at_ms)
+        ? globalThis.Number(object.started_at_ms)
+        : 0,
+      runner: isSet(object.runner) ? globalThis.String(object.runner) : "",
+    };
+  },
+
+  toJSON(message: ReportResyncRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.totalBytes !== 0) {
+      obj.totalBytes = Math.round(message.totalBytes);
+    }
+    if (message.copiedBytes !== 0) {
+      obj.copiedBytes = Math.round(message.copiedBytes);
+    }
+    if (message.bytesPerSec !== 0) {
+      obj.bytesPerSec = Math.round(message.bytesPerSec);
+    }
+    if (message.startedAtMs !== 0) {
+      obj.startedAtMs = Math.round(message.startedAtMs);
+    }
+    if (message.runner !== "") {
+      obj.runner = message.runner;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportResyncRequest>, I>>(base?: I): ReportResyncRequest {
+    return ReportResyncRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportResyncRequest>, I>>(object: I): ReportResyncRequest {
+    const message = createBaseReportResyncRequest();
+    message.volume = object.volume ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.kind = object.kind ?? "";
+    message.totalBytes = object.totalBytes ?? 0;
+    message.copiedBytes = object.copiedBytes ?? 0;
+    message.bytesPerSec = object.bytesPerSec ?? 0;
+    message.startedAtMs = object.startedAtMs ?? 0;
+    message.runner = object.runner ?? "";
+    return message;
+  },
+};
+
+function createBaseReportResyncResponse(): ReportResyncResponse {
+  return {};
+}
+
+export const ReportResyncResponse: MessageFns<ReportResyncResponse> = {
+  encode(_: ReportResyncResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportResyncResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportResyncResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReportResyncResponse {
+    return {};
+  },
+
+  toJSON(_: ReportResyncResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportResyncResponse>, I>>(base?: I): ReportResyncResponse {
+    return ReportResyncResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportResyncResponse>, I>>(_: I): ReportResyncResponse {
+    const message = createBaseReportResyncResponse();
     return message;
   },
 };
 
 function createBaseSyncState(): SyncState {
-  return { volume: "", generation: 0, inSync: [], outOfSync: [] };
+  return { volume: "", generation: 0, inSync: [], outOfSync: [], replicas: [] };
 }
 
 export const SyncState: MessageFns<SyncState> = {
@@ -3415,6 +3772,9 @@ export const SyncState: MessageFns<SyncState> = {
     }
     for (const v of message.outOfSync) {
       writer.uint32(34).string(v!);
+    }
+    for (const v of message.replicas) {
+      SyncReplica.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -3464,6 +3824,14 @@ export const SyncState: MessageFns<SyncState> = {
             message.outOfSync.push(reader.string());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.replicas.push(SyncReplica.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3490,6 +3858,9 @@ export const SyncState: MessageFns<SyncState> = {
         : globalThis.Array.isArray(object?.out_of_sync)
         ? object.out_of_sync.map((e: any) => globalThis.String(e))
         : [],
+      replicas: globalThis.Array.isArray(object?.replicas)
+        ? object.replicas.map((e: any) => SyncReplica.fromJSON(e))
+        : [],
     };
   },
 
@@ -3507,6 +3878,9 @@ export const SyncState: MessageFns<SyncState> = {
     if (message.outOfSync?.length) {
       obj.outOfSync = message.outOfSync;
     }
+    if (message.replicas?.length) {
+      obj.replicas = message.replicas.map((e) => SyncReplica.toJSON(e));
+    }
     return obj;
   },
 
@@ -3519,6 +3893,152 @@ export const SyncState: MessageFns<SyncState> = {
     message.generation = object.generation ?? 0;
     message.inSync = object.inSync?.map((e) => e) || [];
     message.outOfSync = object.outOfSync?.map((e) => e) || [];
+    message.replicas = object.replicas?.map((e) => SyncReplica.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSyncReplica(): SyncReplica {
+  return { id: "", node: "", nbdUri: "", inSync: false, outOfSyncGeneration: 0 };
+}
+
+export const SyncReplica: MessageFns<SyncReplica> = {
+  encode(message: SyncReplica, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    if (message.nbdUri !== "") {
+      writer.uint32(26).string(message.nbdUri);
+    }
+    if (message.inSync !== false) {
+      writer.uint32(32).bool(message.inSync);
+    }
+    if (message.outOfSyncGeneration !== 0) {
+      writer.uint32(40).uint64(message.outOfSyncGeneration);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SyncReplica {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSyncReplica();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.inSync = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.outOfSyncGeneration = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SyncReplica {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+      inSync: isSet(object.inSync)
+        ? globalThis.Boolean(object.inSync)
+        : isSet(object.in_sync)
+        ? globalThis.Boolean(object.in_sync)
+        : false,
+      outOfSyncGeneration: isSet(object.outOfSyncGeneration)
+        ? globalThis.Number(object.outOfSyncGeneration)
+        : isSet(object.out_of_sync_generation)
+        ? globalThis.Number(object.out_of_sync_generation)
+        : 0,
+    };
+  },
+
+  toJSON(message: SyncReplica): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    if (message.inSync !== false) {
+      obj.inSync = message.inSync;
+    }
+    if (message.outOfSyncGeneration !== 0) {
+      obj.outOfSyncGeneration = Math.round(message.outOfSyncGeneration);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SyncReplica>, I>>(base?: I): SyncReplica {
+    return SyncReplica.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SyncReplica>, I>>(object: I): SyncReplica {
+    const message = createBaseSyncReplica();
+    message.id = object.id ?? "";
+    message.node = object.node ?? "";
+    message.nbdUri = object.nbdUri ?? "";
+    message.inSync = object.inSync ?? false;
+    message.outOfSyncGeneration = object.outOfSyncGeneration ?? 0;
     return message;
   },
 };
@@ -4749,6 +5269,17 @@ export const ReplicaSyncServiceService = {
     responseSerialize: (value: MarkInSyncResponse): Buffer => Buffer.from(MarkInSyncResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): MarkInSyncResponse => MarkInSyncResponse.decode(value),
   },
+  /** Progress of a resync or rebuild the frontend runs (shown by `stowctl job list`). */
+  reportResync: {
+    path: "/stowage.v1.ReplicaSyncService/ReportResync" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportResyncRequest): Buffer => Buffer.from(ReportResyncRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportResyncRequest => ReportResyncRequest.decode(value),
+    responseSerialize: (value: ReportResyncResponse): Buffer =>
+      Buffer.from(ReportResyncResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportResyncResponse => ReportResyncResponse.decode(value),
+  },
 } as const;
 
 export interface ReplicaSyncServiceServer extends UntypedServiceImplementation {
@@ -4760,6 +5291,8 @@ export interface ReplicaSyncServiceServer extends UntypedServiceImplementation {
   markOutOfSync: handleUnaryCall<MarkOutOfSyncRequest, MarkOutOfSyncResponse>;
   /** Records a resynced replica as in-sync again and bumps the generation. */
   markInSync: handleUnaryCall<MarkInSyncRequest, MarkInSyncResponse>;
+  /** Progress of a resync or rebuild the frontend runs (shown by `stowctl job list`). */
+  reportResync: handleUnaryCall<ReportResyncRequest, ReportResyncResponse>;
 }
 
 export interface ReplicaSyncServiceClient extends Client {
@@ -4812,6 +5345,22 @@ export interface ReplicaSyncServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: MarkInSyncResponse) => void,
+  ): ClientUnaryCall;
+  /** Progress of a resync or rebuild the frontend runs (shown by `stowctl job list`). */
+  reportResync(
+    request: ReportResyncRequest,
+    callback: (error: ServiceError | null, response: ReportResyncResponse) => void,
+  ): ClientUnaryCall;
+  reportResync(
+    request: ReportResyncRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportResyncResponse) => void,
+  ): ClientUnaryCall;
+  reportResync(
+    request: ReportResyncRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportResyncResponse) => void,
   ): ClientUnaryCall;
 }
 
