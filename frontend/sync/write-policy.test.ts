@@ -66,18 +66,45 @@ describe("WritePolicy", () => {
     expect(() => new WritePolicy([{ id: "a", inSync: false }], 1)).toThrow(/at least one in-sync/);
   });
 
+  it("acks nothing a faulted replica skipped before its mark is recorded, and fails it when the mark is refused", () => {
+    const p = new WritePolicy([{ id: "a", inSync: true }, { id: "b", inSync: true }], 1);
+    const first = results([["a", true], ["b", false]]);
+    expect(p.settle(first)).toEqual({ kind: "mark", replicas: ["b"] });
+    // A second write arrives while b's mark is in flight: it goes to a only, and waits too.
+    expect(p.writeTargets()).toEqual(["a"]);
+    const second = results([["a", true]]);
+    expect(p.settle(second)).toEqual({ kind: "mark", replicas: ["b"] });
+    p.markRefused("b");
+    expect(p.finish(first)).toMatchObject({ kind: "fail" });
+    expect(p.finish(second)).toMatchObject({ kind: "fail" });
+  });
+
+  it("adds a new replica as out-of-sync and drops a removed one", () => {
+    const p = new WritePolicy([{ id: "a", inSync: true }, { id: "b", inSync: true }], 1);
+    p.added("c");
+    expect(p.state("c")).toBe("out-of-sync");
+    expect(p.writeTargets()).toEqual(["a", "b"]);
+    expect(() => p.added("c")).toThrow(/known already/);
+    p.removed("b");
+    expect(p.ids()).toEqual(["a", "c"]);
+    expect(() => p.removed("a")).toThrow(/last in-sync/);
+  });
+
   // Every interleaving (up to DEPTH events) of: a write where any subset of its
-  // targets fails (each needed mark confirmed or refused), an out-of-sync replica
-  // reconnecting, a resyncing replica finishing its copy. A model tracks which
-  // replicas hold every acknowledged write; after every step an in-sync replica
+  // targets fails (parked while marks are pending, so later writes overlap it),
+  // each pending mark confirmed or refused (parked writes are then judged again),
+  // an out-of-sync replica reconnecting, a resyncing replica finishing its copy,
+  // a replica joining and an out-of-sync one leaving. A model tracks which
+  // replicas hold every acknowledged write; after every step each in-sync replica
   // (a read source, a resync source) must hold them all, and one must exist.
   it("keeps every acknowledged write on every in-sync replica in every interleaving", () => {
-    const DEPTH = 5;
-    type World = { p: WritePolicy; hasAll: Map<string, boolean>; acks: number };
+    const DEPTH = 6;
+    type Parked = Map<string, boolean>;
+    type World = { p: WritePolicy; hasAll: Map<string, boolean>; parked: Parked[] };
     const clone = (w: World): World => {
       const p = Object.assign(Object.create(WritePolicy.prototype), w.p) as WritePolicy;
       (p as any).states = new Map((w.p as any).states);
-      return { p, hasAll: new Map(w.hasAll), acks: w.acks };
+      return { p, hasAll: new Map(w.hasAll), parked: [...w.parked] };
     };
     const check = (w: World, trace: string[]) => {
       const inSync = w.p.ids().filter((id) => w.p.state(id) === "in-sync");
@@ -87,46 +114,51 @@ describe("WritePolicy", () => {
     };
     let explored = 0;
     let acked = 0;
+    const apply = (w: World, r: Parked, v: WriteVerdict): string => {
+      if (v.kind === "ack") {
+        acked++;
+        for (const id of w.p.ids()) if (!r.get(id)) w.hasAll.set(id, false);
+      } else if (v.kind === "mark") {
+        w.parked.push(r);
+      }
+      return v.kind;
+    };
     const step = (w: World, depth: number, trace: string[]) => {
       check(w, trace);
       explored++;
       if (depth === 0) return;
-      const ids = w.p.ids();
-      // A write with every failure pattern over its targets.
+      // A write with every failure pattern over its targets (at most two parked at once).
       const targets = w.p.writeTargets();
-      for (let mask = 0; mask < 1 << targets.length; mask++) {
-        const r = new Map(targets.map((id, i) => [id, (mask & (1 << i)) === 0]));
-        const label = `write(${targets.map((id, i) => (mask & (1 << i) ? `${id}x` : id)).join(",")})`;
-        const w1 = clone(w);
-        const v = w1.p.settle(r);
-        const after = (w2: World, verdict: WriteVerdict, t: string[]) => {
-          if (verdict.kind === "ack") {
-            acked++;
-            w2.acks++;
-            for (const id of ids) if (!r.get(id)) w2.hasAll.set(id, false);
-          }
-          step(w2, depth - 1, t);
-        };
-        if (v.kind !== "mark") {
-          after(w1, v, [...trace, `${label}:${v.kind}`]);
-          continue;
-        }
-        // Each mark confirmed or refused.
-        for (let m = 0; m < 1 << v.replicas.length; m++) {
-          const w2 = clone(w1);
-          v.replicas.forEach((id, i) => (m & (1 << i) ? w2.p.markRefused(id) : w2.p.markConfirmed(id, w2.p.generation + 1)));
-          const fin = w2.p.finish(r);
-          expect(fin.kind).not.toBe("mark");
-          after(w2, fin, [...trace, `${label}:mark(${v.replicas.map((id, i) => (m & (1 << i) ? `${id}-refused` : `${id}-ok`)).join(",")}):${fin.kind}`]);
+      if (w.parked.length < 2) {
+        for (let mask = 0; mask < 1 << targets.length; mask++) {
+          const r = new Map(targets.map((id, i) => [id, (mask & (1 << i)) === 0]));
+          const w1 = clone(w);
+          const kind = apply(w1, r, w1.p.settle(r));
+          step(w1, depth - 1, [...trace, `write(${targets.map((id, i) => (mask & (1 << i) ? `${id}x` : id)).join(",")}):${kind}`]);
         }
       }
-      for (const id of ids) {
-        if (w.p.state(id) === "out-of-sync") {
+      for (const id of w.p.ids()) {
+        const s = w.p.state(id);
+        if (s === "faulted") {
+          for (const refused of [false, true]) {
+            const w1 = clone(w);
+            if (refused) w1.p.markRefused(id);
+            else w1.p.markConfirmed(id, w1.p.generation + 1);
+            const parked = w1.parked.splice(0);
+            const kinds = parked.map((r) => apply(w1, r, w1.p.finish(r)));
+            step(w1, depth - 1, [...trace, `mark(${id}):${refused ? "refused" : "ok"}[${kinds.join(",")}]`]);
+          }
+        }
+        if (s === "out-of-sync") {
           const w1 = clone(w);
           w1.p.reconnected(id);
           step(w1, depth - 1, [...trace, `reconnect(${id})`]);
+          const w2 = clone(w);
+          w2.p.removed(id);
+          w2.hasAll.delete(id);
+          step(w2, depth - 1, [...trace, `removed(${id})`]);
         }
-        if (w.p.state(id) === "resyncing") {
+        if (s === "resyncing" && w.parked.length === 0) {
           // The copy brings it every write it missed; then it is recorded in-sync.
           const w1 = clone(w);
           w1.hasAll.set(id, true);
@@ -134,10 +166,16 @@ describe("WritePolicy", () => {
           step(w1, depth - 1, [...trace, `resynced(${id})`]);
         }
       }
+      if (!w.p.ids().includes("d")) {
+        const w1 = clone(w);
+        w1.p.added("d");
+        w1.hasAll.set("d", false);
+        step(w1, depth - 1, [...trace, "added(d)"]);
+      }
     };
     const start = new WritePolicy([{ id: "a", inSync: true }, { id: "b", inSync: true }, { id: "c", inSync: false }], 1);
-    step({ p: start, hasAll: new Map([["a", true], ["b", true], ["c", false]]), acks: 0 }, DEPTH, []);
-    expect(explored).toBeGreaterThan(10_000);
-    expect(acked).toBeGreaterThan(1_000);
+    step({ p: start, hasAll: new Map([["a", true], ["b", true], ["c", false]]), parked: [] }, DEPTH, []);
+    expect(explored).toBeGreaterThan(100_000);
+    expect(acked).toBeGreaterThan(10_000);
   });
 });

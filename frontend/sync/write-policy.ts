@@ -67,16 +67,17 @@ export class WritePolicy {
   }
 
   /**
-   * Judges a write from its targets' results (true = done). Failed in-sync
-   * replicas become faulted (to be marked); a failed resyncing replica falls back
-   * to out-of-sync (it is recorded as such already). After a "mark" verdict,
-   * record the marks, then call `finish` with the same results.
+   * Judges a write (or trim, write-zeroes, flush) once every target answered
+   * (`results`: target -> took it). Failed in-sync targets become faulted (to be
+   * marked); a failed resyncing target falls back to out-of-sync (it is recorded
+   * as such already). After a "mark" verdict, record the marks, then call
+   * `finish` with the same results (again after every further "mark").
    */
   settle(results: Map<string, boolean>): WriteVerdict {
     const faultedNow: string[] = [];
     for (const [id, ok] of results) {
       if (ok) continue;
-      const s = this.state(id);
+      const s = this.states.get(id);
       if (s === "in-sync") {
         this.states.set(id, "faulted");
         faultedNow.push(id);
@@ -84,33 +85,34 @@ export class WritePolicy {
         this.states.set(id, "out-of-sync");
       }
     }
-    const holders = [...results].filter(([id, ok]) => ok && this.states.get(id) === "in-sync");
-    if (holders.length === 0) {
+    if (!this.held(results)) {
       // No in-sync replica has the write: it fails, and nothing is given up for it
       // (the replicas this write faulted hold no acknowledged write the others lack).
       for (const id of faultedNow) this.states.set(id, "in-sync");
       return { kind: "fail", reason: "no in-sync replica took the write" };
     }
-    // Every target still faulted (by this write or an earlier one) must be recorded before the ack.
-    const unmarked = [...results.keys()].filter((id) => this.states.get(id) === "faulted");
-    if (unmarked.length > 0) return { kind: "mark", replicas: unmarked };
-    return { kind: "ack" };
+    return this.finish(results);
   }
 
   /**
-   * After the marks a "mark" verdict asked for were confirmed or refused: ack when
-   * every failed target is now recorded out-of-sync and an in-sync replica holds
-   * the write; otherwise fail.
+   * The verdict once the state settled: wait while ANY replica is faulted (a
+   * write that skipped it because it was faulted must not be acknowledged before
+   * that replica is recorded out-of-sync either), then ack only if every replica
+   * still in-sync took the write.
    */
   finish(results: Map<string, boolean>): WriteVerdict {
-    for (const [id, ok] of results) {
-      if (ok) continue;
-      const s = this.state(id);
-      if (s === "faulted") return { kind: "mark", replicas: [id] };
-      if (s === "in-sync") return { kind: "fail", reason: `replica ${id} failed the write and could not be recorded out-of-sync` };
+    const faulted = this.having("faulted");
+    if (faulted.length > 0) return { kind: "mark", replicas: faulted };
+    if (!this.held(results)) return { kind: "fail", reason: "no in-sync replica took the write" };
+    for (const id of this.having("in-sync")) {
+      if (!results.get(id)) return { kind: "fail", reason: `in-sync replica ${id} does not have the write (it could not be recorded out-of-sync)` };
     }
-    const held = [...results].some(([id, ok]) => ok && this.states.get(id) === "in-sync");
-    return held ? { kind: "ack" } : { kind: "fail", reason: "no in-sync replica took the write" };
+    return { kind: "ack" };
+  }
+
+  private held(results: Map<string, boolean>): boolean {
+    for (const [id, ok] of results) if (ok && this.states.get(id) === "in-sync") return true;
+    return false;
   }
 
   /** The controller recorded `id` out-of-sync at `generation`. */
@@ -123,7 +125,7 @@ export class WritePolicy {
   /**
    * The controller could not record it (unreachable past the deadline, or it
    * refused because no other replica is in-sync): the replica goes back to
-   * in-sync and writes that depended on the mark fail.
+   * in-sync and writes it does not have fail.
    */
   markRefused(id: string): void {
     if (this.state(id) !== "faulted") throw new Error(`replica ${id} is ${this.state(id)}, not faulted`);
@@ -143,6 +145,22 @@ export class WritePolicy {
   reconnected(id: string): void {
     if (this.state(id) !== "out-of-sync") throw new Error(`replica ${id} is ${this.state(id)}, not out-of-sync`);
     this.states.set(id, "resyncing");
+  }
+
+  /** A replica that joined the volume (a new or replacement one): it needs a full copy first. */
+  added(id: string): void {
+    if (this.states.has(id)) throw new Error(`replica ${id} is known already`);
+    this.states.set(id, "out-of-sync");
+  }
+
+  /**
+   * The replica left the volume (its record is gone): it needs no more writes.
+   * The last in-sync replica never leaves this way.
+   */
+  removed(id: string): void {
+    const s = this.state(id);
+    if (s === "in-sync" && this.having("in-sync").length === 1) throw new Error(`replica ${id} is the last in-sync replica`);
+    this.states.delete(id);
   }
 
   /** Copying finished and the controller recorded the replica in-sync at `generation`. */
