@@ -14,13 +14,15 @@ export interface SyncApiDeps {
   store: ClusterStore;
   ensureLeader: () => Promise<void>;
   enqueue: (volume: string) => void;
+  /** Limit for copies frontends run (bytes/s, 0: none). */
+  copyRateBytes?: number;
 }
 
 export function generationOf(spec: VolumeSpec): number {
   return spec.generation ?? 1;
 }
 
-export function syncState(spec: VolumeSpec, status?: VolumeStatus): SyncState {
+export function syncState(spec: VolumeSpec, status?: VolumeStatus, copyRateBytes = 0): SyncState {
   const exported = new Map((status?.replicas ?? []).filter((r) => r.state === "healthy" && r.exportUri).map((r) => [r.id, r.exportUri!]));
   return {
     volume: spec.name,
@@ -34,6 +36,8 @@ export function syncState(spec: VolumeSpec, status?: VolumeStatus): SyncState {
       inSync: !p.outOfSync,
       outOfSyncGeneration: p.outOfSync?.generation ?? 0,
     })),
+    copyRateBytes,
+    attachedNodes: (spec.attachments ?? []).map((a) => a.node),
   };
 }
 
@@ -92,7 +96,7 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
   return {
     async getSyncState(req) {
       await d.ensureLeader();
-      return { state: syncState(existing(req.volume).value, d.store.volumeStatus(req.volume)?.value) };
+      return { state: syncState(existing(req.volume).value, d.store.volumeStatus(req.volume)?.value, d.copyRateBytes) };
     },
 
     async markOutOfSync(req) {
@@ -122,7 +126,7 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
           placement: s.placement.map((x) => (x.id === p.id ? { ...x, outOfSync: { sinceMs: Date.now(), reason: req.reason.slice(0, 500), generation } } : x)),
         };
       });
-      return { state: syncState(spec, d.store.volumeStatus(req.volume)?.value) };
+      return { state: syncState(spec, d.store.volumeStatus(req.volume)?.value, d.copyRateBytes) };
     },
 
     async markInSync(req) {
@@ -141,7 +145,7 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
         }
         return withReplicaInSync(s, p.id, req.kind ? { kind: kindOf(req.kind), bytes: req.copiedBytes, ms: req.durationMs } : undefined);
       }, [keys.job(req.replicaId)]);
-      return { state: syncState(spec, d.store.volumeStatus(req.volume)?.value) };
+      return { state: syncState(spec, d.store.volumeStatus(req.volume)?.value, d.copyRateBytes) };
     },
 
     async reportResync(req) {

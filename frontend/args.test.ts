@@ -74,9 +74,9 @@ describe("launch", () => {
       { host: "::1", port: 10809, exportName: "vol" },
       { host: "127.0.0.3", port: 10810, exportName: "vol" },
     ];
-    const argv = frontendArgv({ socketPath: "/run/vol.sock", exportName: "vol", replicas, connections: 3, socketMode: 0o660, controllers: ["c1:7400", "c2:7400"], generation: 4 });
+    const argv = frontendArgv({ socketPath: "/run/vol.sock", exportName: "vol", replicas, connections: 3, socketMode: 0o660, controllers: ["c1:7400", "c2:7400"], generation: 4, stateDir: "/var/lib/stowage/frontends", node: "n1", copyRateMiB: 50 });
     const back = parseFrontendArgs(argv);
-    expect(back).toMatchObject({ socketPath: "/run/vol.sock", exportName: "vol", connections: 3, socketMode: 0o660, controllers: ["c1:7400", "c2:7400"], generation: 4 });
+    expect(back).toMatchObject({ socketPath: "/run/vol.sock", exportName: "vol", connections: 3, socketMode: 0o660, controllers: ["c1:7400", "c2:7400"], generation: 4, stateDir: "/var/lib/stowage/frontends", node: "n1", copyRateMiB: 50 });
     expect(back.replicas.map(({ spec: _, ...r }) => r)).toEqual(replicas);
   });
 

@@ -24,6 +24,12 @@ export interface FrontendArgs {
   controllers: string[];
   /** The volume's generation when the frontend was started. */
   generation: number;
+  /** Where dirty maps are kept (must survive a frontend restart). */
+  stateDir: string | undefined;
+  /** The node the frontend runs on (named in resync job records). */
+  node: string;
+  /** Resync copy limit in MiB/s (0: none). */
+  copyRateMiB: number;
 }
 
 export const USAGE = `usage: node dist/frontend/main.js --socket PATH --export NAME --backend SPEC[,SPEC...] [--connections N]
@@ -39,6 +45,10 @@ export const USAGE = `usage: node dist/frontend/main.js --socket PATH --export N
                       out-of-sync there before the write is acknowledged (without it,
                       a write fails unless every replica took it)
   --generation N      the volume's generation the replica list belongs to (default 1)
+  --state-dir DIR     where dirty maps of out-of-sync replicas are kept (needed with
+                      --controllers; keep it across restarts)
+  --node NAME         the node this frontend runs on (shown in resync jobs)
+  --copy-rate-mib N   limit resync copies to N MiB/s (default 0: no limit)
 `;
 
 export class ArgsError extends Error {
@@ -82,6 +92,9 @@ export function parseFrontendArgs(argv: string[]): FrontendArgs {
         "socket-mode": { type: "string" },
         controllers: { type: "string" },
         generation: { type: "string" },
+        "state-dir": { type: "string" },
+        node: { type: "string" },
+        "copy-rate-mib": { type: "string" },
       },
       strict: true,
       allowPositionals: false,
@@ -100,6 +113,9 @@ export function parseFrontendArgs(argv: string[]): FrontendArgs {
   const controllers = (values.controllers ?? "").split(",").map((s) => s.trim()).filter(Boolean);
   const generation = values.generation === undefined ? 1 : Number(values.generation);
   if (!Number.isSafeInteger(generation) || generation < 1) throw new ArgsError("--generation takes a positive integer");
+  if (controllers.length > 0 && !values["state-dir"]) throw new ArgsError("--state-dir is required with --controllers");
+  const copyRateMiB = values["copy-rate-mib"] === undefined ? 0 : Number(values["copy-rate-mib"]);
+  if (!Number.isFinite(copyRateMiB) || copyRateMiB < 0) throw new ArgsError("--copy-rate-mib takes a number of MiB/s, 0 for no limit");
   return {
     socketPath: values.socket,
     exportName: values.export,
@@ -108,5 +124,8 @@ export function parseFrontendArgs(argv: string[]): FrontendArgs {
     socketMode: parseInt(modeText, 8),
     controllers,
     generation,
+    stateDir: values["state-dir"],
+    node: values.node ?? "",
+    copyRateMiB,
   };
 }

@@ -12,6 +12,9 @@ import { NbdClient } from "../lib/nbd/client.js";
 import { frontendArgv } from "./launch.js";
 import { FrontendProcess, bundleFrontend } from "./testing/frontend-process.js";
 import { Qsd } from "../test/harness/qsd.js";
+import { Replica } from "./replica.js";
+import { ReplicaSet } from "./replica-set.js";
+import { FakeRecord } from "./testing/fake-record.js";
 
 const MiB = 1 << 20;
 const SIZE = 256 * MiB;
@@ -153,4 +156,34 @@ describe.skipIf(!has("qemu-storage-daemon"))("frontend in front of qemu-storage-
     const { stdout } = await run("qemu-io", ["-f", "raw", "-c", "read -P 0x42 8k 4k", uri(frontSock)]);
     expect(stdout).toContain("read 4096/4096 bytes");
   }, 30_000);
+
+  it("rebuilds a new replica with a full copy of only the allocated regions, byte-identical (qemu-img compare)", async () => {
+    const [a, b] = await Promise.all(
+      ["r-a", "r-b"].map((id) => Qsd.start({ dir, image: join(dir, `${id}.qcow2`), format: "qcow2", sizeMiB: SIZE / MiB, socket: join(dir, `${id}.sock`), exportName: id })),
+    );
+    const record = new FakeRecord(["r-a"]);
+    const maps = mkdtempSync(join(dir, "maps-"));
+    const ra = await Replica.open({ spec: a.uri, socketPath: a.socket, exportName: "r-a" }, 2);
+    const set = new ReplicaSet([ra], undefined, { recorder: record, generation: 1, stateDir: maps, volume: "vol", refreshMs: 100 });
+    try {
+      await set.warmUp();
+      // 3 MiB of data at three places of a 256 MiB volume, through a client of the set.
+      const c = await NbdClient.connect({ socketPath: a.socket, exportName: "r-a" });
+      for (const off of [0, 100 * MiB, 200 * MiB + 4096]) await c.write(off, randomBytes(MiB));
+      await c.flush();
+      await c.close();
+      record.add("r-b", b.uri);
+      const deadline = Date.now() + 30_000;
+      while (record.inSyncMarks.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(record.inSyncMarks).toEqual([{ id: "r-b", kind: "full", bytes: expect.any(Number) }]);
+      // Only the allocated regions (qcow2 clusters of 64 KiB): 3 MiB and one partial cluster, not 256 MiB.
+      expect(record.inSyncMarks[0]!.bytes).toBeGreaterThanOrEqual(3 * MiB);
+      expect(record.inSyncMarks[0]!.bytes).toBeLessThanOrEqual(4 * MiB);
+    } finally {
+      await set.close();
+    }
+    await Promise.all([a.stop(), b.stop()]);
+    const cmp = await run("qemu-img", ["compare", "-f", "qcow2", "-F", "qcow2", join(dir, "r-a.qcow2"), join(dir, "r-b.qcow2")]);
+    expect(cmp.stdout).toMatch(/Images are identical/);
+  });
 });

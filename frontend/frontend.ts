@@ -17,19 +17,43 @@ export class Frontend {
     private readonly sync: SyncClient | undefined,
   ) {}
 
-  /** Connects to every replica, then listens. Fails (and cleans up) if any replica is unreachable. */
+  /**
+   * Connects to the replicas, then listens. Without controllers every replica must
+   * answer; with them one is enough (the others are recorded out-of-sync, or
+   * resynced when they answer again), provided the record says it is in-sync.
+   * Fails (and cleans up) otherwise.
+   */
   static async start(args: FrontendArgs, log: Logger): Promise<Frontend> {
     const opened = await Promise.allSettled(args.replicas.map((a) => Replica.open(a, args.connections, log)));
     const replicas = opened.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    const unreachable = args.replicas.filter((_, i) => opened[i]!.status === "rejected");
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === "rejected");
     let set: ReplicaSet | undefined;
-    const sync = args.controllers.length > 0 ? new SyncClient({ controllers: args.controllers, volume: args.exportName, log }) : undefined;
+    const sync = args.controllers.length > 0 ? new SyncClient({ controllers: args.controllers, volume: args.exportName, node: args.node, log }) : undefined;
     try {
-      if (failed) throw failed.reason;
-      set = new ReplicaSet(replicas, log, sync && { recorder: sync, generation: args.generation });
+      if (failed && (!sync || replicas.length === 0)) throw failed.reason;
+      for (const a of unreachable) log.warn({ replica: a.spec, err: (failed!.reason as Error).message }, "replica unreachable at start");
+      set = new ReplicaSet(
+        replicas,
+        log,
+        sync && {
+          recorder: sync,
+          generation: args.generation,
+          stateDir: args.stateDir!,
+          volume: args.exportName,
+          connections: args.connections,
+          copyRateBytes: args.copyRateMiB * 1024 * 1024,
+          unreachable,
+          node: args.node || undefined,
+        },
+      );
       const server = new NbdServer({ name: args.exportName, description: `stowage volume ${args.exportName}`, backend: set, log });
       set.onBusy = (busy) => server.setBackendBusy(busy);
       await set.warmUp();
+      // With a replica away, serving needs the record's word that the others are in-sync.
+      if (sync && !set.policy && unreachable.length > 0) {
+        throw new Error(`cannot start with ${unreachable.map((a) => a.spec).join(", ")} unreachable: the sync record could not be read, or no replica recorded in-sync answers (see the log)`);
+      }
       await server.listenUnix(args.socketPath, args.socketMode);
       log.info(
         { socket: args.socketPath, replicas: args.replicas.map((r) => r.spec), connections: args.connections, size: set.size },

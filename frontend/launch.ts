@@ -36,10 +36,16 @@ export function frontendArgv(a: {
   socketMode?: number;
   controllers?: string[];
   generation?: number;
+  stateDir?: string;
+  node?: string;
+  copyRateMiB?: number;
 }): string[] {
   const argv = ["--socket", a.socketPath, "--export", a.exportName, "--backend", a.replicas.map(replicaSpec).join(",")];
   if (a.controllers?.length) argv.push("--controllers", a.controllers.join(","));
   if (a.generation !== undefined) argv.push("--generation", String(a.generation));
+  if (a.stateDir !== undefined) argv.push("--state-dir", a.stateDir);
+  if (a.node) argv.push("--node", a.node);
+  if (a.copyRateMiB) argv.push("--copy-rate-mib", String(a.copyRateMiB));
   if (a.connections !== undefined) argv.push("--connections", String(a.connections));
   if (a.socketMode !== undefined) argv.push("--socket-mode", `0${a.socketMode.toString(8)}`);
   return argv;

@@ -7,11 +7,12 @@ import { NbdDisconnectedError } from "../lib/nbd/errors.js";
 import { Cmd, Errno, TxFlag } from "../lib/nbd/protocol.js";
 import { NbdServer } from "../lib/nbd/server.js";
 import { RawConnection, startMemoryServer, type TestServer } from "../lib/nbd/test-helpers.js";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Replica } from "./replica.js";
 import { ReplicaSet } from "./replica-set.js";
+import { FakeRecord } from "./testing/fake-record.js";
 
 const MiB = 1 << 20;
 const cleanups: (() => unknown)[] = [];
@@ -184,24 +185,52 @@ describe("ReplicaSet", () => {
 });
 
 describe("ReplicaSet with the recorded write policy", () => {
-  async function named(name: string): Promise<{ s: TestServer; r: Replica }> {
-    const s = await replicaServer(4 * MiB, { name });
+  async function named(name: string, size = 4 * MiB): Promise<{ s: TestServer; r: Replica; uri: string }> {
+    const s = await replicaServer(size, { name });
     const r = await Replica.open({ spec: `unix:${s.socketPath}:${name}`, socketPath: s.socketPath, exportName: name }, 2);
     cleanups.push(() => r.close());
-    return { s, r };
+    return { s, r, uri: `nbd+unix:///${name}?socket=${s.socketPath}` };
   }
   const failWrites = (s: TestServer) => {
+    const write = s.backend.write.bind(s.backend);
     s.backend.write = (req) => req.done(Errno.EIO);
+    return () => (s.backend.write = write);
+  };
+  function stateDir(): string {
+    const dir = mkdtempSync(join(tmpdir(), "frontend-maps-"));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    return dir;
+  }
+  function synced(replicas: Replica[], record: FakeRecord, o: { dir?: string; unreachable?: Replica["address"][]; refreshMs?: number; leaseMs?: number; node?: string; copyRateBytes?: number } = {}): ReplicaSet {
+    const set = new ReplicaSet(replicas, undefined, {
+      recorder: record,
+      generation: 1,
+      stateDir: o.dir ?? stateDir(),
+      volume: "vol",
+      refreshMs: o.refreshMs ?? 50,
+      unreachable: o.unreachable,
+      leaseMs: o.leaseMs,
+      node: o.node,
+      copyRateBytes: o.copyRateBytes,
+    });
+    cleanups.push(() => set.close());
+    return set;
+  }
+  const until = async (what: string, cond: () => boolean, ms = 5_000) => {
+    const deadline = Date.now() + ms;
+    while (!cond()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
   };
 
   it("records a replica that fails a write out-of-sync before acking, then writes to the others only", async () => {
     const a = await named("r-a");
     const b = await named("r-b");
-    const marks: string[] = [];
-    const set = new ReplicaSet([a.r, b.r], undefined, {
-      generation: 1,
-      recorder: { markOutOfSync: async (id) => (marks.push(id), await new Promise((r) => setTimeout(r, 20)), 2), syncState: async () => ({ generation: 1, outOfSync: [] }) },
-    });
+    const record = new FakeRecord(["r-a", "r-b"]);
+    record.markDelayMs = 20;
+    // No periodic reads of the record: b (which keeps answering) would be resynced at once.
+    const set = synced([a.r, b.r], record, { refreshMs: 60_000 });
     const c = await front(set);
     const one = randomBytes(64 * 1024);
     await c.write(0, one);
@@ -211,7 +240,7 @@ describe("ReplicaSet with the recorded write policy", () => {
     const two = randomBytes(64 * 1024);
     // Several writes fail on b at once: one mark, every write acknowledged after it.
     await Promise.all([c.write(MiB, two), c.write(2 * MiB, two), c.flush()]);
-    expect(marks).toEqual(["r-b"]);
+    expect(record.marks).toEqual(["r-b"]);
     expect(set.policy!.state("r-b")).toBe("out-of-sync");
     expect(set.policy!.generation).toBe(2);
     expect(a.s.backend.data.subarray(MiB, MiB + two.length).equals(two)).toBe(true);
@@ -226,15 +255,9 @@ describe("ReplicaSet with the recorded write policy", () => {
   it("fails the write (EIO) when the controller refuses the mark, and keeps the replica", async () => {
     const a = await named("r-a");
     const b = await named("r-b");
-    const set = new ReplicaSet([a.r, b.r], undefined, {
-      generation: 1,
-      recorder: {
-        markOutOfSync: async () => {
-          throw new Error("controller unreachable past the deadline");
-        },
-        syncState: async () => ({ generation: 1, outOfSync: [] }),
-      },
-    });
+    const record = new FakeRecord(["r-a", "r-b"]);
+    record.refuseMarks = true;
+    const set = synced([a.r, b.r], record);
     const c = await front(set);
     failWrites(b.s);
     await expect(c.write(0, randomBytes(4096))).rejects.toThrow();
@@ -244,8 +267,7 @@ describe("ReplicaSet with the recorded write policy", () => {
   it("fails reads over to the next in-sync replica", async () => {
     const a = await named("r-a");
     const b = await named("r-b");
-    const set = new ReplicaSet([a.r, b.r], undefined, { generation: 1, recorder: { markOutOfSync: async () => 2, syncState: async () => ({ generation: 1, outOfSync: [] }) } });
-    const c = await front(set);
+    const c = await front(synced([a.r, b.r], new FakeRecord(["r-a", "r-b"])));
     const data = randomBytes(8192);
     await c.write(0, data);
     a.s.backend.read = (req) => req.done(Errno.EIO);
@@ -258,37 +280,161 @@ describe("ReplicaSet with the recorded write policy", () => {
     // r-a (listed first, the "local" one) missed writes that only r-b has.
     const fresh = randomBytes(8192);
     fresh.copy(b.s.backend.data, 0);
-    let asked = 0;
-    const set = new ReplicaSet([a.r, b.r], undefined, {
-      generation: 1,
-      recorder: { markOutOfSync: async () => 3, syncState: async () => (asked++, { generation: 2, outOfSync: ["r-a"] }) },
-    });
+    const record = new FakeRecord(["r-a", "r-b"], ["r-a"]);
+    // Keep r-a away so it is not resynced during the test.
+    a.s.backend.write = (req) => req.done(Errno.EIO);
+    const set = synced([a.r, b.r], record);
     const c = await front(set);
     expect((await c.read(0, fresh.length)).equals(fresh)).toBe(true);
-    expect(asked).toBe(1);
-    expect(set.policy!.state("r-a")).toBe("out-of-sync");
-    const callsOnA = a.s.backend.calls;
-    await c.write(0, randomBytes(4096));
-    expect(a.s.backend.calls).toBe(callsOnA);
+    expect(set.policy!.state("r-a")).not.toBe("in-sync");
   });
 
   it("fails requests (EIO) while the recorded state cannot be read, and serves once it can", async () => {
     const a = await named("r-a");
     const b = await named("r-b");
-    let up = false;
-    const set = new ReplicaSet([a.r, b.r], undefined, {
-      generation: 1,
-      recorder: {
-        markOutOfSync: async () => 2,
-        syncState: async () => {
-          if (!up) throw new Error("no controller");
-          return { generation: 1, outOfSync: [] };
-        },
-      },
-    });
-    const c = await front(set);
+    const record = new FakeRecord(["r-a", "r-b"]);
+    record.available = false;
+    const c = await front(synced([a.r, b.r], record));
     await expect(c.read(0, 4096)).rejects.toThrow();
-    up = true;
+    record.available = true;
     expect((await c.read(0, 4096)).length).toBe(4096);
+  });
+
+  it("resyncs a replica that comes back: only the regions written meanwhile are copied, live writes go on, then it is in-sync", async () => {
+    const size = 16 * MiB;
+    const a = await named("r-a", size);
+    const b = await named("r-b", size);
+    const record = new FakeRecord(["r-a", "r-b"]);
+    const set = synced([a.r, b.r], record);
+    const c = await front(set);
+    await c.write(0, randomBytes(size));
+    await c.flush();
+    const restore = failWrites(b.s);
+    // While b is away: writes over 3 scattered 64 KiB regions (one straddles two).
+    await c.write(5 * MiB, randomBytes(4096));
+    await c.flush();
+    await c.write(9 * MiB + 64 * 1024 - 512, randomBytes(1024));
+    await c.write(13 * MiB, randomBytes(64 * 1024));
+    await c.flush();
+    expect(set.policy!.state("r-b")).toBe("out-of-sync");
+    // It answers again: writes keep coming while the copy runs.
+    restore();
+    let stop = false;
+    const writer = (async () => {
+      for (let i = 0; !stop; i++) await c.write((100 + ((i * 7) % 20)) * 64 * 1024 + 512, randomBytes(4096));
+    })();
+    await until("the resync", () => set.policy!.state("r-b") === "in-sync");
+    stop = true;
+    await writer;
+    await c.flush();
+    expect(record.inSyncMarks).toEqual([{ id: "r-b", kind: "incremental", bytes: expect.any(Number) }]);
+    // Regions 80, 159-160, 208, and some of the writer's 100-119 it wrote before the copy started.
+    expect(record.inSyncMarks[0]!.bytes).toBeGreaterThanOrEqual(4 * 64 * 1024);
+    expect(record.inSyncMarks[0]!.bytes).toBeLessThanOrEqual(24 * 64 * 1024);
+    expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
+    await until("the dirty map to go", () => readdirSync(set["sync"]!.stateDir).length === 0);
+  });
+
+  it("keeps the dirty map across a restart of the frontend and copies only those regions then", async () => {
+    const size = 8 * MiB;
+    const a = await named("r-a", size);
+    const b = await named("r-b", size);
+    const dir = stateDir();
+    const record = new FakeRecord(["r-a", "r-b"]);
+    const first = synced([a.r, b.r], record, { dir });
+    const c = await front(first);
+    const restore = failWrites(b.s);
+    await c.write(MiB, randomBytes(8192));
+    await c.write(6 * MiB, randomBytes(8192));
+    await c.flush();
+    expect(record.replicas[1]!.inSync).toBe(false);
+    await first.close();
+    restore();
+    // A new frontend over the same maps: b is recorded out-of-sync and resynced from its map.
+    const a2 = await Replica.open(a.r.address, 2);
+    const b2 = await Replica.open(b.r.address, 2);
+    const second = synced([a2, b2], record, { dir });
+    await second.warmUp();
+    await until("the resync", () => second.policy!.state("r-b") === "in-sync");
+    expect(record.inSyncMarks).toEqual([{ id: "r-b", kind: "incremental", bytes: 2 * 64 * 1024 }]);
+    expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
+  });
+
+  it("copies everything to a replica that joins the volume, and drops one that leaves", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const record = new FakeRecord(["r-a"]);
+    const set = synced([a.r], record);
+    const c = await front(set);
+    await c.write(MiB, randomBytes(MiB));
+    record.add("r-b", b.uri);
+    await until("the new replica's copy", () => set.policy?.has("r-b") === true && set.policy.state("r-b") === "in-sync");
+    expect(record.inSyncMarks).toEqual([{ id: "r-b", kind: "full", bytes: 4 * MiB }]);
+    expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
+    const data = randomBytes(4096);
+    await c.write(0, data);
+    expect(b.s.backend.data.subarray(0, 4096).equals(data)).toBe(true);
+    record.remove("r-b");
+    await until("the replica to leave", () => !set.policy!.has("r-b"));
+    const calls = b.s.backend.calls;
+    await c.write(0, randomBytes(4096));
+    expect(b.s.backend.calls).toBe(calls);
+  });
+
+  it("starts with a replica unreachable: it is recorded out-of-sync before the first write is acknowledged", async () => {
+    const a = await named("r-a");
+    const record = new FakeRecord(["r-a", "r-b"]);
+    const gone = { spec: "unix:/nonexistent/sock:r-b", socketPath: "/nonexistent/sock", exportName: "r-b" };
+    const set = synced([a.r], record, { unreachable: [gone] });
+    const c = await front(set);
+    await c.write(0, randomBytes(4096));
+    expect(record.marks).toEqual(["r-b"]);
+    expect(record.replicas[1]!.inSync).toBe(false);
+  });
+
+  it("serves only within its lease: without the record it holds I/O, and once detached from its node it stops for good", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const record = new FakeRecord(["r-a", "r-b"]);
+    record.attachedNodes = ["n1"];
+    const set = synced([a.r, b.r], record, { refreshMs: 60_000, leaseMs: 300, node: "n1" });
+    const c = await front(set);
+    await c.write(0, randomBytes(4096));
+    // The controller is out of reach past the lease: requests fail rather than risk a second writer.
+    record.available = false;
+    await new Promise((r) => setTimeout(r, 350));
+    await expect(c.write(0, randomBytes(4096))).rejects.toThrow();
+    await expect(c.read(0, 4096)).rejects.toThrow();
+    record.available = true;
+    await c.write(0, randomBytes(4096));
+    // Detached here (and perhaps attached elsewhere): nothing more reaches the replicas.
+    record.attachedNodes = ["n2"];
+    await new Promise((r) => setTimeout(r, 350));
+    const calls = [a.s.backend.calls, b.s.backend.calls];
+    await expect(c.write(0, randomBytes(4096))).rejects.toThrow();
+    record.attachedNodes = ["n1", "n2"];
+    await expect(c.read(0, 4096)).rejects.toThrow();
+    expect([a.s.backend.calls, b.s.backend.calls]).toEqual(calls);
+  });
+
+  it("finishes a slow (throttled) copy across many reads of the record, reporting progress", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const record = new FakeRecord(["r-a"]);
+    const set = synced([a.r], record, { copyRateBytes: 2 * MiB });
+    const c = await front(set);
+    await c.write(0, randomBytes(4 * MiB));
+    record.add("r-b", b.uri);
+    const t0 = Date.now();
+    await until("the throttled copy", () => record.inSyncMarks.length > 0, 10_000);
+    // 4 MiB at 2 MiB/s: about 2 s, while the record was read every 50 ms.
+    expect(Date.now() - t0).toBeGreaterThan(1_500);
+    expect(record.reads).toBeGreaterThan(20);
+    expect(record.inSyncMarks).toEqual([{ id: "r-b", kind: "full", bytes: 4 * MiB }]);
+    expect(set.resyncs).toHaveLength(1);
+    const copied = record.progress.map((p) => p.copiedBytes);
+    expect(copied.length).toBeGreaterThanOrEqual(1);
+    expect(copied).toEqual([...copied].sort((x, y) => x - y));
+    expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
   });
 });

@@ -4,23 +4,40 @@
 // is forwarded as received: the header is edited in place (only the cookie
 // changes) and the payload slices are passed on, so nothing is copied.
 //
-// Write policy. Without a sync recorder (a single replica, tests, the
-// benchmark) a write succeeds only if every replica took it. With one (the
-// agent passes the controllers), the WritePolicy of sync/write-policy.ts
-// decides: a replica that fails a write is recorded out-of-sync through the
-// controller BEFORE the write is acknowledged, then gets nothing more, and
-// reads fail over between in-sync replicas. Dirty-region tracking and resync
-// slot in here next.
+// Without a sync recorder (tests, the benchmark) a write succeeds only if every
+// replica took it. With one (the agent passes the controllers), the replica set
+// follows the volume's record:
+// - the WritePolicy of sync/write-policy.ts decides: a replica that fails a
+//   write is recorded out-of-sync through the controller BEFORE the write is
+//   acknowledged, then gets nothing more; reads fail over between in-sync replicas;
+// - while a replica is out of sync, every region written is marked in its
+//   dirty map (sync/dirty-map.ts, a file) before the write is sent;
+// - every 2 s it reads the record: replicas marked by another frontend are
+//   dropped, replicas that joined the volume are added (out of sync), replicas
+//   that left are closed; an out-of-sync replica whose export answers again is
+//   reconnected and resynced (sync/resync.ts): it gets live writes while its
+//   dirty regions are copied under region locks, then it is recorded in-sync.
+import { join } from "node:path";
 import type { Logger } from "pino";
 import type { NbdBackend, NbdRequest } from "../lib/nbd/backend.js";
 import type { NbdCompletion } from "../lib/nbd/client.js";
 import { Cmd, DEFAULT_BLOCK_SIZES, Errno, TxFlag, type BlockSizes } from "../lib/nbd/protocol.js";
-import { Gather, type Replica } from "./replica.js";
-import type { SyncRecorder } from "./sync/sync-client.js";
+import { NotFoundError, errorMessage } from "../lib/errors.js";
+import { formatNbdUri, parseNbdUri } from "../lib/nbd-uri.js";
+import { exportMap, markDataRegions } from "./sync/allocation.js";
+import type { ReplicaAddress } from "./args.js";
+import { Gather, Replica } from "./replica.js";
+import { DirtyMap } from "./sync/dirty-map.js";
+import { RegionLocks, type Token } from "./sync/region-locks.js";
+import { copyDirtyRegions, ResyncAborted } from "./sync/resync.js";
+import type { RecordedSyncState, SyncRecorder } from "./sync/sync-client.js";
 import { WritePolicy, type WriteVerdict } from "./sync/write-policy.js";
 
 /** Replica ids are their export names (the agent exports each replica under its id). */
 const idOf = (r: Replica) => r.address.exportName;
+
+/** Dirty-map and copy granularity: a qcow2 cluster. */
+export const REGION_BYTES = 64 * 1024;
 
 /** Collects each target replica's result of one request, then has the set judge it. */
 class PerReplica {
@@ -30,6 +47,10 @@ class PerReplica {
     private pending: number,
     private readonly set: ReplicaSet,
     private readonly req: NbdRequest,
+    /** Region-lock token of a write (none for a flush). */
+    readonly token: Token | undefined,
+    /** For a FLUSH: the regions written before it, forgotten once it is acknowledged. */
+    readonly flushed?: Set<number>,
   ) {}
 
   /** The completion for one target. */
@@ -44,8 +65,68 @@ class PerReplica {
   }
 }
 
+/** One replica of the volume as the synced replica set knows it. */
+interface Member {
+  id: string;
+  address?: ReplicaAddress;
+  replica?: Replica;
+  /** Regions it misses while out of sync (absent: unknown, so a full copy). */
+  map?: DirtyMap;
+  mapOpening?: Promise<void>;
+  /** Being reconnected or resynced. */
+  busy: boolean;
+}
+
+export interface SyncOptions {
+  recorder: SyncRecorder;
+  generation: number;
+  /** Where dirty maps are kept (they must survive a frontend restart). */
+  stateDir: string;
+  volume: string;
+  /** NBD connections per replica opened later. */
+  connections?: number;
+  /** Resync copy limit in bytes per second (0: none). */
+  copyRateBytes?: number;
+  /** Addresses of replicas that could not be opened at start. */
+  unreachable?: ReplicaAddress[];
+  /** How often the record is read (default 2 s). */
+  refreshMs?: number;
+  /**
+   * The frontend's lease (default 6 s): I/O is served only within this time from
+   * the start of the last successful read of the record. The controller starts
+   * another frontend for the volume elsewhere only once this one's lease ran out.
+   */
+  leaseMs?: number;
+  /** This frontend's node: once the record no longer lists it as attached, I/O stops for good. */
+  node?: string;
+}
+
+/** The default frontend lease; the controller waits longer (FENCE_MS) after a detach it could not confirm. */
+export const LEASE_MS = 6_000;
+
 /** Capabilities every replica must have for the frontend to advertise them. */
 const SHARED_CAPABILITIES = TxFlag.SEND_FLUSH | TxFlag.SEND_FUA | TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES;
+
+const specOf = (uri: string): ReplicaAddress | undefined => {
+  try {
+    const a = parseNbdUri(uri);
+    return { ...a, spec: uri };
+  } catch {
+    return undefined;
+  }
+};
+
+/** Opens a replica, or gives up after `ms` (undefined: it did not answer). */
+async function openWithin(address: ReplicaAddress, connections: number, ms: number, log?: Logger): Promise<Replica | undefined> {
+  const opening = Replica.open(address, connections, log).catch(() => undefined);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), ms)));
+  const r = await Promise.race([opening, late]);
+  clearTimeout(timer);
+  if (r !== "late") return r;
+  void opening.then((x) => x?.destroy());
+  return undefined;
+}
 
 export class ReplicaSet implements NbdBackend {
   readonly size: number;
@@ -55,32 +136,49 @@ export class ReplicaSet implements NbdBackend {
   onBusy: ((busy: boolean) => void) | undefined;
   private congestedReplicas = 0;
 
-  /** Set when writes follow the recorded write policy (several replicas and a recorder). */
-  readonly policy: WritePolicy | undefined;
-  private readonly byId = new Map<string, Replica>();
+  /** Set (once the record was first read) when writes follow the recorded write policy. */
+  policy: WritePolicy | undefined;
+  private readonly members = new Map<string, Member>();
   /** Marks in flight, one per replica. */
   private readonly marking = new Map<string, Promise<void>>();
   /**
-   * Whether the recorded sync state was read since start. Until then requests wait:
-   * another frontend (the source of a live migration) may have marked a replica
-   * out-of-sync after this one started, and reading from it would return stale data.
+   * When the last successful read of the record began (performance.now()). Requests
+   * wait for a read while there was none within the lease: another frontend (the
+   * source of a live migration) may have marked a replica out-of-sync after this one
+   * started, and reading from it would return stale data; and a frontend that cannot
+   * reach the controller may have been detached and replaced elsewhere.
    */
-  private synced = false;
+  private readAt: number | undefined;
+  /** Set when the record says the volume is no longer attached to this node. */
+  private fenced = false;
   private waiting: (() => void)[] = [];
   private refreshing: Promise<void> | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
+  private readonly locks = new RegionLocks(REGION_BYTES);
+  /**
+   * Regions written since the last flush began: a replica that fails may have lost
+   * them (its QSD's caches), so they go into its dirty map with everything after.
+   */
+  private unflushed = new Set<number>();
+  private readonly flushing = new Set<Set<number>>();
+  private closed = false;
+  /** Resync copy limit, bytes/s (the record's, else the command line's). */
+  private copyRateBytes: number;
+  /** Resync copies done (tests and logs). */
+  readonly resyncs: { replica: string; kind: string; bytes: number; ms: number }[] = [];
 
   constructor(
     readonly replicas: readonly Replica[],
     private readonly log?: Logger,
-    private readonly sync?: { recorder: SyncRecorder; generation: number },
+    private readonly sync?: SyncOptions,
   ) {
     if (replicas.length === 0) throw new Error("a replica set needs at least one replica");
-    for (const r of replicas) this.byId.set(idOf(r), r);
-    if (sync && replicas.length > 1) {
-      this.policy = new WritePolicy(replicas.map((r) => ({ id: idOf(r), inSync: true })), sync.generation);
-      // Later marks by others are picked up every 2 s as well.
-      this.refreshTimer = setInterval(() => void this.refresh(), 2_000);
+    for (const r of replicas) this.members.set(idOf(r), { id: idOf(r), address: r.address, replica: r, busy: false });
+    this.copyRateBytes = sync?.copyRateBytes ?? 0;
+    for (const a of sync?.unreachable ?? []) this.members.set(a.exportName, { id: a.exportName, address: a, busy: false });
+    if (sync) {
+      // Later marks by others, and replicas joining or leaving, are picked up every 2 s.
+      this.refreshTimer = setInterval(() => void this.refresh(), sync.refreshMs ?? 2_000);
       this.refreshTimer.unref();
     }
     const infos = replicas.map((r) => r.info);
@@ -101,20 +199,31 @@ export class ReplicaSet implements NbdBackend {
       preferred: Math.max(DEFAULT_BLOCK_SIZES.preferred, ...infos.map((i) => i.blockSizes.preferred)),
       maximum: Math.min(DEFAULT_BLOCK_SIZES.maximum, ...infos.map((i) => i.blockSizes.maximum)),
     };
-    for (const r of replicas) {
-      r.on("congestion", (on) => {
-        const before = this.congestedReplicas;
-        this.congestedReplicas += on ? 1 : -1;
-        if ((before === 0) !== (this.congestedReplicas === 0)) this.onBusy?.(this.congestedReplicas > 0);
-      });
-      r.on("unhealthy", () => this.log?.error({ replica: r.address.spec }, "replica has no usable connection left"));
-    }
+    for (const r of replicas) this.watch(r);
+  }
+
+  private watch(r: Replica): void {
+    r.on("congestion", (on) => {
+      const before = this.congestedReplicas;
+      this.congestedReplicas += on ? 1 : -1;
+      if ((before === 0) !== (this.congestedReplicas === 0)) this.onBusy?.(this.congestedReplicas > 0);
+    });
+    r.on("unhealthy", () => this.log?.error({ replica: r.address.spec }, "replica has no usable connection left"));
+  }
+
+  /** True while the record was read within the lease and still lists this node. */
+  private get synced(): boolean {
+    return !this.fenced && this.readAt !== undefined && performance.now() - this.readAt < (this.sync!.leaseMs ?? LEASE_MS);
+  }
+
+  private replicaOf(id: string): Replica | undefined {
+    return this.members.get(id)?.replica;
   }
 
   read(req: NbdRequest): void {
-    if (this.policy) {
+    if (this.sync) {
       if (!this.synced) return this.afterSync(req, () => this.read(req));
-      return this.readFrom(req, this.policy.readSources(), 0);
+      return this.readFrom(req, this.policy!.readSources(), 0);
     }
     const rs = this.replicas;
     for (let i = 0; i < rs.length; i++) {
@@ -125,22 +234,22 @@ export class ReplicaSet implements NbdBackend {
   }
 
   write(req: NbdRequest): void {
-    if (this.policy) return this.toTargets(req, req.data);
+    if (this.sync) return this.toTargets(req, req.data);
     this.toAll(req, req.data);
   }
 
   trim(req: NbdRequest): void {
-    if (this.policy) return this.toTargets(req, undefined);
+    if (this.sync) return this.toTargets(req, undefined);
     this.toAll(req, undefined);
   }
 
   writeZeroes(req: NbdRequest): void {
-    if (this.policy) return this.toTargets(req, undefined);
+    if (this.sync) return this.toTargets(req, undefined);
     this.toAll(req, undefined);
   }
 
   flush(req: NbdRequest): void {
-    if (this.policy) return this.toTargets(req, undefined);
+    if (this.sync) return this.toTargets(req, undefined);
     const rs = this.replicas;
     if (rs.length === 1) return rs[0]!.flushAll(req.flags, req);
     const g = new Gather(rs.length, req);
@@ -149,7 +258,7 @@ export class ReplicaSet implements NbdBackend {
 
   /** Holds a request until the recorded sync state was read (failing it if that cannot be done). */
   private afterSync(req: NbdRequest, retry: () => void): void {
-    if (this.waiting.length === 0) this.log?.info({ type: req.type }, "first request: reading the recorded sync state");
+    if (this.waiting.length === 0) this.log?.info({ type: req.type }, "reading the recorded sync state before serving (first request, or the lease ran out)");
     this.waiting.push(() => (this.synced ? retry() : req.done(Errno.EIO)));
     const t0 = Date.now();
     void this.refresh().then(() => this.log?.info({ ms: Date.now() - t0, synced: this.synced }, "recorded sync state read"));
@@ -161,44 +270,288 @@ export class ReplicaSet implements NbdBackend {
    * request may come much later, after a migration's switch-over) costs one round trip.
    */
   async warmUp(): Promise<void> {
-    if (!this.policy) return;
-    await this.sync!.recorder.syncState().then(
-      (state) => this.apply(state),
-      () => undefined,
-    );
+    if (!this.sync) return;
+    await this.refresh();
   }
 
-  private apply(state: { generation: number; outOfSync: string[] }): void {
-    for (const id of state.outOfSync) {
-      if (this.byId.has(id) && this.policy!.state(id) !== "out-of-sync" && this.policy!.state(id) !== "faulted") {
-        this.policy!.recordedOutOfSync(id);
-        this.log?.warn({ replica: id, generation: state.generation }, "replica recorded out-of-sync by another frontend; no longer used");
+  /** Follows the record: the policy at first, then replicas marked, added or removed. */
+  private async apply(state: RecordedSyncState): Promise<void> {
+    if (state.copyRateBytes !== undefined) this.copyRateBytes = state.copyRateBytes;
+    const node = this.sync!.node;
+    if (node && state.attachedNodes && !state.attachedNodes.includes(node)) {
+      if (!this.fenced) this.log?.error({ node, attached: state.attachedNodes }, "the volume is no longer attached to this node: no more I/O here");
+      this.fenced = true;
+      return;
+    }
+    const recorded = new Map(state.replicas.map((r) => [r.id, r]));
+    for (const r of state.replicas) {
+      let m = this.members.get(r.id);
+      if (!m) {
+        m = { id: r.id, busy: false };
+        this.members.set(r.id, m);
+      }
+      const address = r.nbdUri ? specOf(r.nbdUri) : undefined;
+      if (address && address.spec !== m.address?.spec) m.address = address;
+    }
+    if (!this.policy) {
+      // Replicas recorded in-sync that were not given (or did not answer) at start: try them once.
+      await Promise.all(
+        [...this.members.values()]
+          .filter((m) => recorded.get(m.id)?.inSync && !m.replica?.healthy && m.address)
+          .map(async (m) => {
+            const r = await openWithin(m.address!, this.sync!.connections ?? 2, 2_000, this.log);
+            if (r && r.info.size === this.size) {
+              m.replica?.destroy();
+              m.replica = r;
+              this.watch(r);
+            } else r?.destroy();
+          }),
+      );
+      // First read: only replicas recorded in-sync and open now may serve. One recorded
+      // in-sync that this frontend cannot reach must be recorded out-of-sync before
+      // any write is acknowledged; an out-of-sync one is never used until resynced.
+      const ids = [...this.members.keys()].filter((id) => recorded.has(id));
+      const serving = ids.filter((id) => recorded.get(id)!.inSync && this.replicaOf(id)?.healthy);
+      if (serving.length === 0) {
+        throw new Error(
+          `no replica recorded in-sync is reachable (in-sync: ${state.replicas.filter((r) => r.inSync).map((r) => r.id).join(", ") || "none"})`,
+        );
+      }
+      const policy = new WritePolicy(serving.map((id) => ({ id, inSync: true })), state.generation);
+      for (const id of ids) if (!policy.has(id)) policy.added(id, recorded.get(id)!.inSync);
+      this.policy = policy;
+      for (const id of ids) {
+        if (policy.state(id) === "faulted") void this.mark(id, "unreachable when the frontend started");
+        if (policy.state(id) === "out-of-sync") await this.ensureMap(id, recorded.get(id)!.outOfSyncGeneration, false);
+      }
+    } else {
+      const policy = this.policy;
+      for (const r of state.replicas) {
+        if (!policy.has(r.id)) {
+          policy.added(r.id, r.inSync);
+          this.log?.warn({ replica: r.id, inSync: r.inSync }, "replica joined the volume");
+          if (r.inSync) void this.mark(r.id, "recorded in-sync but unknown to this frontend");
+          else await this.ensureMap(r.id, r.outOfSyncGeneration, false);
+          continue;
+        }
+        const s = policy.state(r.id);
+        // A resyncing replica is still out of sync in the record; only a newer mark (by
+        // another frontend) than the one its copy works from stops the copy.
+        const markedAgain = s === "resyncing" && r.outOfSyncGeneration > (this.members.get(r.id)?.map?.options.generation ?? 0);
+        if (!r.inSync && (s === "in-sync" || markedAgain)) {
+          policy.recordedOutOfSync(r.id);
+          this.log?.warn({ replica: r.id, generation: r.outOfSyncGeneration }, "replica recorded out-of-sync by another frontend; no longer used");
+          await this.ensureMap(r.id, r.outOfSyncGeneration, false);
+        }
+      }
+      policy.generation = Math.max(policy.generation, state.generation);
+    }
+    for (const id of [...this.members.keys()]) if (!recorded.has(id)) await this.drop(id);
+  }
+
+  /** A replica left the volume: no more requests, and its dirty map goes. */
+  private async drop(id: string): Promise<void> {
+    const policy = this.policy;
+    if (policy?.has(id)) {
+      try {
+        policy.removed(id);
+      } catch (err) {
+        this.log?.error({ replica: id, err: errorMessage(err) }, "the record dropped this frontend's last in-sync replica; keeping it");
+        return;
       }
     }
-    this.policy!.generation = Math.max(this.policy!.generation, state.generation);
+    const m = this.members.get(id)!;
+    this.members.delete(id);
+    this.log?.warn({ replica: id }, "replica left the volume; disconnected");
+    m.replica?.destroy();
+    await this.discardMap(m);
   }
 
-  /** Reads the recorded state and stops using replicas recorded out-of-sync; then runs waiting requests. */
+  private mapPath(id: string): string {
+    return join(this.sync!.stateDir, `${this.sync!.volume}.${id}.dirty`);
+  }
+
+  /**
+   * Opens the dirty map of an out-of-sync replica for the generation it was recorded
+   * at. `fresh`: this frontend recorded it just now, so it knows every write the
+   * replica misses. Otherwise a map from before (a restart) is used as found, and a
+   * missing or different one means nothing is known: every region is dirty.
+   */
+  private ensureMap(id: string, generation: number, fresh: boolean): Promise<void> {
+    const m = this.members.get(id);
+    if (!m || (m.map && m.map.options.generation === generation)) return Promise.resolve();
+    if (m.mapOpening) return m.mapOpening;
+    m.mapOpening = (async () => {
+      try {
+        const old = m.map;
+        m.map = undefined;
+        await old?.close();
+        const { map, state } = await DirtyMap.open(this.mapPath(id), { sizeBytes: this.size, regionBytes: REGION_BYTES, generation });
+        if (state !== "loaded" && !fresh) await map.markAll();
+        if (fresh) {
+          // Writes it took but may have lost with its own caches (not flushed yet).
+          for (const set of [this.unflushed, ...this.flushing]) for (const r of set) await map.markDirty(r * REGION_BYTES, 1);
+        }
+        m.map = map;
+        this.log?.info({ replica: id, generation, state, dirtyBytes: map.dirtyBytes, full: map.full }, "dirty map open");
+      } catch (err) {
+        this.log?.error({ replica: id, err: errorMessage(err) }, "cannot keep a dirty map; the replica will get a full copy");
+      } finally {
+        m.mapOpening = undefined;
+      }
+    })();
+    return m.mapOpening;
+  }
+
+  private async discardMap(m: Member): Promise<void> {
+    const map = m.map;
+    m.map = undefined;
+    if (!map) return;
+    await map.close().catch(() => undefined);
+    await DirtyMap.remove(map.path);
+  }
+
+  /** Reads the recorded state and follows it; then runs waiting requests and reconnects. */
   private refresh(): Promise<void> {
-    this.refreshing ??= this.sync!.recorder.syncState()
+    if (this.refreshing) return this.refreshing;
+    const startedAt = performance.now();
+    this.refreshing = this.sync!.recorder.syncState()
+      .then((state) => this.apply(state))
       .then(
-        (state) => {
-          this.apply(state);
-          this.synced = true;
+        () => {
+          if (this.policy) this.readAt = startedAt;
         },
-        (err: unknown) => this.log?.error({ err: err instanceof Error ? err.message : String(err) }, "cannot read the volume's sync state"),
+        (err: unknown) => this.log?.error({ err: errorMessage(err) }, "cannot read the volume's sync state"),
       )
       .finally(() => {
         this.refreshing = undefined;
         for (const run of this.waiting.splice(0)) run();
+        if (this.synced && !this.closed) this.reconnect();
       });
     return this.refreshing;
+  }
+
+  /** Out-of-sync replicas whose export answers again are reopened and resynced. */
+  private reconnect(): void {
+    const policy = this.policy!;
+    for (const m of this.members.values()) {
+      if (m.busy || !m.address || !policy.has(m.id) || policy.state(m.id) !== "out-of-sync") continue;
+      if (!policy.readSources().length) return;
+      m.busy = true;
+      void this.resync(m).finally(() => (m.busy = false));
+    }
+  }
+
+  private async resync(m: Member): Promise<void> {
+    const policy = this.policy!;
+    if (!m.replica?.healthy) {
+      const r = await openWithin(m.address!, this.sync!.connections ?? 2, 10_000, this.log);
+      if (!r) return; // still away; tried again on the next refresh
+      if (r.info.size !== this.size) {
+        this.log?.error({ replica: m.id, size: r.info.size, volumeSize: this.size }, "reconnected replica has another size; not used");
+        r.destroy();
+        return;
+      }
+      if (this.closed || this.members.get(m.id) !== m) return r.destroy();
+      m.replica?.destroy();
+      m.replica = r;
+      this.watch(r);
+      this.log?.info({ replica: m.id, address: m.address!.spec }, "out-of-sync replica reachable again");
+    }
+    if (m.mapOpening) await m.mapOpening;
+    if (!m.map) {
+      // Nothing known about what it misses (its map could not be kept): copy everything.
+      await this.ensureMap(m.id, policy.has(m.id) ? policy.generation : 0, false);
+      if (!m.map) return;
+    }
+    if (policy.state(m.id) !== "out-of-sync") return;
+    const map = m.map;
+    policy.reconnected(m.id);
+    this.locks.activate();
+    this.log?.info({ replica: m.id, dirtyBytes: map.dirtyBytes, full: map.full }, "resync started: live writes go to the replica while its dirty regions are copied");
+    try {
+      await this.locks.drained();
+      if (map.full) await this.skipHoles(m, map);
+      const rep = m.replica!;
+      const result = await copyDirtyRegions({
+        map,
+        locks: this.locks,
+        rateBytes: this.copyRateBytes,
+        log: this.log,
+        report: (p) => void this.sync!.recorder.reportResync(m.id, p).catch(() => undefined),
+        target: {
+          readInSync: (offset, length) => this.readInSync(offset, length),
+          write: (offset, data) => this.onReplica(rep, (c) => c.write(offset, data)),
+          writeZeroes: (offset, length) => this.onReplica(rep, (c) => c.writeZeroes(offset, length)),
+          flush: async () => {
+            await Promise.all(rep.usableConnections().map((c) => c.flush()));
+          },
+          stillResyncing: () => policy.has(m.id) && policy.state(m.id) === "resyncing" && !this.closed,
+        },
+      });
+      const generation = await this.sync!.recorder.markInSync(m.id, map.options.generation, result);
+      if (!policy.has(m.id) || policy.state(m.id) !== "resyncing") return;
+      policy.resynced(m.id, generation);
+      this.resyncs.push({ replica: m.id, ...result });
+      this.log?.info({ replica: m.id, ...result, generation }, "replica resynced; recorded in-sync");
+      await this.discardMap(m);
+    } catch (err) {
+      if (policy.has(m.id) && policy.state(m.id) === "resyncing") policy.recordedOutOfSync(m.id);
+      const level = err instanceof ResyncAborted ? "warn" : "error";
+      this.log?.[level]({ replica: m.id, err: errorMessage(err) }, "resync stopped; it resumes when the replica answers again");
+    } finally {
+      this.locks.deactivate();
+    }
+  }
+
+  /**
+   * A full copy moves only allocated regions: those reading as zeroes on both an
+   * in-sync replica and the target are dropped from the map. Called once new writes
+   * reach both, so a region allocated after the maps were read is written to both.
+   */
+  private async skipHoles(m: Member, map: DirtyMap): Promise<void> {
+    const source = this.policy!.readSources().map((id) => this.members.get(id)?.address).find((a) => a !== undefined);
+    if (!source || !m.address) return;
+    const data = new Uint8Array(map.regions);
+    try {
+      const [a, b] = await Promise.all([exportMap(formatNbdUri(source)), exportMap(formatNbdUri(m.address))]);
+      markDataRegions(a, REGION_BYTES, data);
+      markDataRegions(b, REGION_BYTES, data);
+    } catch (err) {
+      this.log?.warn({ replica: m.id, err: errorMessage(err) }, "cannot read the allocation maps; copying every region");
+      return;
+    }
+    const before = map.dirtyBytes;
+    for (const r of [...map.dirtyRegions()]) if (!data[r]) map.clear(r);
+    await map.flush();
+    this.log?.info({ replica: m.id, dirtyBytes: before, allocatedBytes: map.dirtyBytes }, "full copy: only allocated regions");
+  }
+
+  private async onReplica(r: Replica, op: (c: NonNullable<ReturnType<Replica["pick"]>>) => Promise<void>): Promise<void> {
+    const c = r.pick();
+    if (!c) throw new ResyncAborted("no usable connection to the replica");
+    await op(c);
+  }
+
+  /** Reads from the in-sync replicas, trying each in turn. */
+  private async readInSync(offset: number, length: number): Promise<Buffer> {
+    let last: unknown = new Error("no in-sync replica is reachable");
+    for (const id of this.policy!.readSources()) {
+      const c = this.replicaOf(id)?.pick();
+      if (!c) continue;
+      try {
+        return await c.read(offset, length);
+      } catch (err) {
+        last = err;
+      }
+    }
+    throw last;
   }
 
   /** Reads from the first source with a usable connection; on an error, from the next one. */
   private readFrom(req: NbdRequest, sources: string[], from: number): void {
     for (let i = from; i < sources.length; i++) {
-      const c = this.byId.get(sources[i]!)!.pick();
+      const c = this.replicaOf(sources[i]!)?.pick();
       if (c === undefined) continue;
       const next: NbdCompletion = {
         nbdDone: (error, data, header) => {
@@ -214,16 +567,59 @@ export class ReplicaSet implements NbdBackend {
     req.done(Errno.EIO);
   }
 
-  /** Sends a write, trim, write-zeroes or flush to the policy's targets and judges the results. */
+  /**
+   * A write, trim, write-zeroes or flush: regions a replica misses are marked in its
+   * dirty map first, then the request goes to the policy's targets (under the
+   * region locks while a resync runs).
+   */
   private toTargets(req: NbdRequest, payload: Buffer[] | undefined): void {
     if (!this.synced) return this.afterSync(req, () => this.toTargets(req, payload));
+    if (req.type === Cmd.FLUSH) {
+      const flushed = this.unflushed;
+      this.unflushed = new Set();
+      this.flushing.add(flushed);
+      return this.send(req, payload, undefined, flushed);
+    }
+    const marking = this.markMissing(req.offset, req.length);
+    const go = () => this.locks.enter(req.offset, req.length, (token) => this.send(req, payload, token));
+    if (marking === undefined) return go();
+    marking.then(go, (err: unknown) => {
+      this.log?.error({ err: errorMessage(err) }, "cannot mark a dirty region; failing the write");
+      req.done(Errno.EIO);
+    });
+  }
+
+  /** Marks offset/length dirty for every out-of-sync replica; undefined when nothing needs waiting for. */
+  private markMissing(offset: number, length: number): Promise<void> | undefined {
+    if (this.members.size > 1) {
+      const R = REGION_BYTES;
+      for (let r = Math.floor(offset / R), last = Math.floor((offset + Math.max(length, 1) - 1) / R); r <= last; r++) this.unflushed.add(r);
+    }
+    if (!this.policy!.degraded) return undefined;
+    let waits: Promise<void>[] | undefined;
+    for (const m of this.members.values()) {
+      if (!this.policy!.has(m.id) || this.policy!.state(m.id) !== "out-of-sync") continue;
+      const p = m.mapOpening ? m.mapOpening.then(() => m.map?.markDirty(offset, length)) : m.map && !m.map.covers(offset, length) ? m.map.markDirty(offset, length) : undefined;
+      if (p) (waits ??= []).push(p);
+    }
+    return waits && Promise.all(waits).then(() => undefined);
+  }
+
+  private send(req: NbdRequest, payload: Buffer[] | undefined, token: Token | undefined, flushed?: Set<number>): void {
     const targets = this.policy!.writeTargets();
-    if (targets.length === 0) return req.done(Errno.EIO);
-    const per = new PerReplica(targets.length, this, req);
+    if (targets.length === 0) {
+      if (token !== undefined) this.locks.leave(token);
+      return req.done(Errno.EIO);
+    }
+    const per = new PerReplica(targets.length, this, req, token, flushed);
     let headerUsed = false;
     for (const id of targets) {
-      const r = this.byId.get(id)!;
+      const r = this.replicaOf(id);
       const done = per.for(id);
+      if (r === undefined) {
+        done.nbdDone(Errno.EIO, undefined, undefined);
+        continue;
+      }
       if (req.type === Cmd.FLUSH) {
         r.flushAll(req.flags, done);
         continue;
@@ -243,18 +639,52 @@ export class ReplicaSet implements NbdBackend {
 
   /** Every target of a request answered: judge it by the write policy (called by PerReplica). */
   settled(req: NbdRequest, per: PerReplica): void {
+    if (per.token !== undefined) this.locks.leave(per.token);
     this.judge(req, per, this.policy!.settle(per.results));
   }
 
   private judge(req: NbdRequest, per: PerReplica, verdict: WriteVerdict): void {
-    if (verdict.kind === "ack") return req.done(0);
+    if (verdict.kind === "ack") return this.ack(req, per);
     if (verdict.kind === "fail") {
       this.log?.error({ offset: req.offset, length: req.length, errors: Object.fromEntries(per.errors), reason: verdict.reason }, "write failed");
+      if (per.flushed) this.unflush(per.flushed);
       return req.done(Errno.EIO);
     }
-    // Record every faulted target out-of-sync first; only then may the write be acknowledged.
+    // Record every faulted replica out-of-sync first; only then may the write be acknowledged.
     void Promise.all(verdict.replicas.map((id) => this.mark(id, `errno ${per.errors.get(id) ?? "?"} on a ${Object.entries(Cmd).find(([, v]) => v === req.type)?.[0] ?? req.type}`))).then(() =>
       this.judge(req, per, this.policy!.finish(per.results)),
+    );
+  }
+
+  /** A failed flush: the regions it covered are unflushed again. */
+  private unflush(flushed: Set<number>): void {
+    this.flushing.delete(flushed);
+    for (const r of flushed) this.unflushed.add(r);
+  }
+
+  /** Acknowledges once every out-of-sync replica that did not take the write has its regions marked. */
+  private ack(req: NbdRequest, per: PerReplica): void {
+    if (per.flushed) {
+      this.flushing.delete(per.flushed);
+      return req.done(0);
+    }
+    let waits: Promise<void>[] | undefined;
+    if (this.policy!.degraded) {
+      for (const m of this.members.values()) {
+        if (per.results.get(m.id) || !this.policy!.has(m.id)) continue;
+        const s = this.policy!.state(m.id);
+        if (s !== "out-of-sync" && s !== "resyncing") continue;
+        const p = m.mapOpening ? m.mapOpening.then(() => m.map?.markDirty(req.offset, req.length)) : m.map?.markDirty(req.offset, req.length);
+        if (p) (waits ??= []).push(p);
+      }
+    }
+    if (!waits) return req.done(0);
+    Promise.all(waits).then(
+      () => req.done(0),
+      (err: unknown) => {
+        this.log?.error({ err: errorMessage(err) }, "cannot mark a dirty region; failing the write");
+        req.done(Errno.EIO);
+      },
     );
   }
 
@@ -264,13 +694,26 @@ export class ReplicaSet implements NbdBackend {
     if (!p) {
       const policy = this.policy!;
       p = this.sync!.recorder.markOutOfSync(id, reason).then(
-        (generation) => {
+        async (generation) => {
+          if (!policy.has(id) || policy.state(id) !== "faulted") return;
           policy.markConfirmed(id, generation);
           this.log?.error({ replica: id, generation, reason }, "replica recorded out-of-sync; writing to the others");
+          await this.ensureMap(id, generation, true);
         },
-        (err: unknown) => {
+        async (err: unknown) => {
+          if (!policy.has(id) || policy.state(id) !== "faulted") return;
+          if (err instanceof NotFoundError) {
+            // It left the volume meanwhile: it needs no more writes.
+            this.log?.warn({ replica: id }, "faulted replica left the volume");
+            policy.removed(id);
+            const m = this.members.get(id);
+            this.members.delete(id);
+            m?.replica?.destroy();
+            if (m) await this.discardMap(m);
+            return;
+          }
           policy.markRefused(id);
-          this.log?.error({ replica: id, err: err instanceof Error ? err.message : String(err) }, "could not record the replica out-of-sync; failing the writes it missed");
+          this.log?.error({ replica: id, err: errorMessage(err) }, "could not record the replica out-of-sync; failing the writes it missed");
         },
       );
       p = p.finally(() => this.marking.delete(id));
@@ -281,8 +724,12 @@ export class ReplicaSet implements NbdBackend {
 
   /** Flushes and disconnects every replica. */
   async close(): Promise<void> {
+    this.closed = true;
     if (this.refreshTimer) clearInterval(this.refreshTimer);
-    await Promise.all(this.replicas.map((r) => r.close()));
+    const all = new Set<Replica>(this.replicas);
+    for (const m of this.members.values()) if (m.replica) all.add(m.replica);
+    await Promise.all([...all].map((r) => r.close()));
+    for (const m of this.members.values()) await m.map?.close().catch(() => undefined);
   }
 
   private toAll(req: NbdRequest, payload: Buffer[] | undefined): void {

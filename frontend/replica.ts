@@ -130,6 +130,11 @@ export class Replica extends EventEmitter<ReplicaEvents> {
     );
   }
 
+  /** Drops every connection at once (the replica is gone or replaced). */
+  destroy(): void {
+    for (const c of this.conns) c.destroy();
+  }
+
   private onConnectionClosed(c: NbdClient, err: Error | undefined): void {
     if (c.congested) {
       this.congestedCount--;

@@ -48,6 +48,8 @@ export class FrontendManager {
     private readonly log: Logger,
     /** Controllers a frontend records out-of-sync replicas with (empty: writes need every replica). */
     private readonly controllers: string[] = [],
+    /** This node's name (frontends name it in resync job records). */
+    private readonly node = "",
   ) {
     this.stateDir = join(dataDir, "frontends");
   }
@@ -88,7 +90,16 @@ export class FrontendManager {
       const socketPath = this.socketPath(volume);
       const logPath = join(this.stateDir, `${volume}.log`);
       const out = openSync(logPath, "w");
-      const argv = frontendArgv({ socketPath, exportName: volume, replicas, controllers: this.controllers, generation });
+      const argv = frontendArgv({
+        socketPath,
+        exportName: volume,
+        replicas,
+        controllers: this.controllers,
+        generation,
+        // Dirty maps live beside the state files: they must outlive the frontend.
+        stateDir: this.controllers.length > 0 ? this.stateDir : undefined,
+        node: this.node,
+      });
       const child = spawn(process.execPath, [FRONTEND_MAIN, ...argv], { detached: true, stdio: ["ignore", out, out], env: frontendEnv() });
       closeSync(out);
       child.unref();
@@ -130,6 +141,10 @@ export class FrontendManager {
       }
       await rm(this.statePath(volume), { force: true });
       await rm(this.socketPath(volume), { force: true });
+      // Dirty maps of a detached volume are of no use: the next frontend copies in full.
+      for (const f of await readdir(this.stateDir).catch(() => [] as string[])) {
+        if (f.startsWith(`${volume}.r-`) && f.endsWith(".dirty") && !f.slice(volume.length + 1, -6).includes(".")) await rm(join(this.stateDir, f), { force: true });
+      }
       return running !== undefined;
     });
   }

@@ -45,7 +45,7 @@ async function main(argv: string[]): Promise<void> {
   });
   const qsdStatus = await qsd.ensureRunning([]);
   logger.info({ pid: qsdStatus.pid, adopted: qsdStatus.adopted }, qsdStatus.adopted ? "adopted qemu-storage-daemon" : "started qemu-storage-daemon");
-  const frontends = new FrontendManager(config.dataDir, config.frontendDir, logger.child({ part: "frontends" }), config.controllers);
+  const frontends = new FrontendManager(config.dataDir, config.frontendDir, logger.child({ part: "frontends" }), config.controllers, config.name);
 
   const server = createServer();
   const domains = config.libvirt && new DomainManager(new Virsh(config.libvirt.uri), logger.child({ part: "libvirt" }));

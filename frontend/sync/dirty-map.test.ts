@@ -101,11 +101,19 @@ describe("DirtyMap", () => {
     await writeFile(path, "not a dirty map");
     const { map, state } = await DirtyMap.open(path, opts);
     expect(state).toBe("mismatch");
+    expect(map.full).toBe(false);
     await map.markAll();
     expect(map.count).toBe(map.regions);
     expect(map.dirtyBytes).toBe(opts.sizeBytes);
+    map.clear(0);
     await map.close();
     expect((await readFile(path)).subarray(0, 8).toString()).toBe("STOWDIRT");
+    // A restart finds the rest of the full copy still to do, and knows it is a full one.
+    const again = await DirtyMap.open(path, opts);
+    expect(again.state).toBe("loaded");
+    expect(again.map.full).toBe(true);
+    expect(again.map.count).toBe(again.map.regions - 1);
+    await again.map.close();
   });
 
   it("rejects bad options", async () => {

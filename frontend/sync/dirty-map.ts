@@ -43,6 +43,9 @@ function encodeHeader(o: DirtyMapOptions): Buffer {
   return h;
 }
 
+/** Header byte 32: 1 when the map stands for a full copy (nothing was known about the replica). */
+const FULL_AT = 32;
+
 function headerMatches(h: Buffer, o: DirtyMapOptions): boolean {
   return (
     h.length >= 32 &&
@@ -70,6 +73,8 @@ export class DirtyMap {
     readonly options: DirtyMapOptions,
     private readonly file: FileHandle,
     private readonly bits: Uint8Array,
+    /** Every region was marked because nothing was known (see markAll): the copy is a full one. */
+    public full: boolean,
   ) {
     this.regions = regionCount(options.sizeBytes, options.regionBytes);
     for (const byte of bits) this.dirtyCount += popcount(byte);
@@ -86,6 +91,7 @@ export class DirtyMap {
     const bitmapBytes = Math.ceil(regionCount(o.sizeBytes, o.regionBytes) / 8);
     const bits = new Uint8Array(Math.ceil(bitmapBytes / PAGE) * PAGE);
     let state: OpenState = "created";
+    let full = false;
     const existing = await open(path, "r").catch(() => undefined);
     if (existing) {
       try {
@@ -94,6 +100,7 @@ export class DirtyMap {
         if (bytesRead === HEADER && headerMatches(h, o)) {
           await existing.read(bits, 0, bits.length, HEADER);
           state = "loaded";
+          full = h[FULL_AT] === 1;
         } else {
           state = "mismatch";
         }
@@ -112,7 +119,7 @@ export class DirtyMap {
       await rename(tmp, path);
     }
     const file = await open(path, "r+");
-    return { map: new DirtyMap(path, o, file, bits), state };
+    return { map: new DirtyMap(path, o, file, bits, full), state };
   }
 
   static async remove(path: string): Promise<void> {
@@ -139,6 +146,14 @@ export class DirtyMap {
     const first = Math.floor(offset / this.options.regionBytes);
     const last = Math.floor((offset + Math.max(length, 1) - 1) / this.options.regionBytes);
     return [first, last];
+  }
+
+  /** True when every region of offset/length is dirty on disk already (nothing to wait for). */
+  covers(offset: number, length: number): boolean {
+    if (this.flushing || this.pending.size > 0) return false;
+    const [first, last] = this.span(offset, length);
+    for (let r = first; r <= last; r++) if (!this.isDirty(r)) return false;
+    return true;
   }
 
   isDirty(region: number): boolean {
@@ -181,8 +196,12 @@ export class DirtyMap {
     }
   }
 
-  /** Marks every region dirty (a full copy), on disk. */
+  /** Marks every region dirty, on disk, and the map as standing for a full copy. */
   async markAll(): Promise<void> {
+    if (!this.full) {
+      this.full = true;
+      await this.file.write(Buffer.from([1]), 0, 1, FULL_AT);
+    }
     await this.markDirty(0, this.options.sizeBytes);
   }
 

@@ -4,22 +4,59 @@
 // until a deadline; only the controller's refusal (the last in-sync replica)
 // or the deadline ends them.
 import { ReplicaSyncServiceService } from "../../gen/stowage/v1/controller.js";
-import { errorMessage, FailedPreconditionError, NotLeaderError, UnavailableError, DeadlineError } from "../../lib/errors.js";
+import { errorMessage, FailedPreconditionError, NotFoundError, NotLeaderError, UnavailableError, DeadlineError } from "../../lib/errors.js";
 import { Controllers } from "../../lib/controllers.js";
 import { INSECURE, type PromiseClient, type TransportSecurity } from "../../lib/grpc.js";
 import type { Logger } from "../../lib/logger.js";
 
+/** One replica as recorded (see SyncReplica in the API). */
+export interface RecordedReplica {
+  id: string;
+  node: string;
+  /** Its NBD export as last reported ("" when not exported). */
+  nbdUri: string;
+  inSync: boolean;
+  /** When out of sync: the generation it was recorded at. */
+  outOfSyncGeneration: number;
+}
+
+export interface RecordedSyncState {
+  generation: number;
+  replicas: RecordedReplica[];
+  /** Limit for resync copies, bytes/s (0: none). */
+  copyRateBytes?: number;
+  /** Nodes the volume is attached to (absent: not known, as in tests). */
+  attachedNodes?: string[];
+}
+
+export interface ResyncProgress {
+  kind: "incremental" | "full";
+  totalBytes: number;
+  copiedBytes: number;
+  bytesPerSec: number;
+  startedAtMs: number;
+}
+
 /** What the replica set needs from the controller. */
 export interface SyncRecorder {
-  /** Records the replica out-of-sync; resolves with the new generation. Throws FailedPreconditionError when refused. */
+  /**
+   * Records the replica out-of-sync; resolves with the new generation. Throws
+   * FailedPreconditionError when refused, NotFoundError when the replica left the volume.
+   */
   markOutOfSync(replicaId: string, reason: string): Promise<number>;
-  /** The recorded state (replicas another frontend may have marked meanwhile). */
-  syncState(): Promise<{ generation: number; outOfSync: string[] }>;
+  /** Records a resynced replica in-sync; resolves with the new generation. */
+  markInSync(replicaId: string, generation: number, copy: { kind: ResyncProgress["kind"]; bytes: number; ms: number }): Promise<number>;
+  /** Progress of a running copy (best effort). */
+  reportResync(replicaId: string, progress: ResyncProgress): Promise<void>;
+  /** The recorded state (replicas another frontend may have marked meanwhile, replicas added or removed). */
+  syncState(): Promise<RecordedSyncState>;
 }
 
 export interface SyncClientOptions {
   controllers: string[];
   volume: string;
+  /** The node this frontend runs on (for job records). */
+  node?: string;
   log?: Logger;
   security?: TransportSecurity;
   /** How long a mark may keep retrying (default 30 s): writes wait meanwhile. */
@@ -44,9 +81,23 @@ export class SyncClient implements SyncRecorder {
     return res.state!.generation;
   }
 
-  async syncState(): Promise<{ generation: number; outOfSync: string[] }> {
+  async markInSync(replicaId: string, generation: number, copy: { kind: ResyncProgress["kind"]; bytes: number; ms: number }): Promise<number> {
+    const res = await this.call(`record replica ${replicaId} of ${this.o.volume} in-sync`, (timeoutMs) =>
+      this.service.markInSync({ volume: this.o.volume, replicaId, generation, kind: copy.kind, copiedBytes: copy.bytes, durationMs: copy.ms }, { timeoutMs }),
+    );
+    return res.state!.generation;
+  }
+
+  async reportResync(replicaId: string, p: ResyncProgress): Promise<void> {
+    await this.service.reportResync(
+      { volume: this.o.volume, replicaId, kind: p.kind, totalBytes: p.totalBytes, copiedBytes: p.copiedBytes, bytesPerSec: Math.round(p.bytesPerSec), startedAtMs: p.startedAtMs, runner: this.o.node ?? "" },
+      { timeoutMs: 2_000 },
+    );
+  }
+
+  async syncState(): Promise<RecordedSyncState> {
     const res = await this.call(`read the sync state of ${this.o.volume}`, (timeoutMs) => this.service.getSyncState({ volume: this.o.volume }, { timeoutMs }));
-    return { generation: res.state!.generation, outOfSync: res.state!.outOfSync };
+    return { generation: res.state!.generation, replicas: res.state!.replicas, copyRateBytes: res.state!.copyRateBytes, attachedNodes: res.state!.attachedNodes };
   }
 
   /**
@@ -60,7 +111,7 @@ export class SyncClient implements SyncRecorder {
       try {
         return await fn(Math.min(this.o.callTimeoutMs ?? 5_000, Math.max(1, deadline - Date.now())));
       } catch (err) {
-        if (err instanceof FailedPreconditionError) throw err;
+        if (err instanceof FailedPreconditionError || err instanceof NotFoundError) throw err;
         last = err;
         if (!(err instanceof UnavailableError || err instanceof DeadlineError || err instanceof NotLeaderError)) {
           this.o.log?.warn({ err: errorMessage(err) }, `${what} failed; retrying`);

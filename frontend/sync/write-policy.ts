@@ -43,6 +43,10 @@ export class WritePolicy {
     return s;
   }
 
+  has(id: string): boolean {
+    return this.states.has(id);
+  }
+
   ids(): string[] {
     return [...this.states.keys()];
   }
@@ -147,10 +151,15 @@ export class WritePolicy {
     this.states.set(id, "resyncing");
   }
 
-  /** A replica that joined the volume (a new or replacement one): it needs a full copy first. */
-  added(id: string): void {
+  /**
+   * A replica this frontend learned of after it started: a new or replacement one
+   * (recorded out-of-sync: it needs a copy first); or, at the frontend's start, one
+   * recorded in-sync that it cannot reach. The latter is faulted: it must be
+   * recorded out-of-sync before any write is acknowledged.
+   */
+  added(id: string, recordedInSync = false): void {
     if (this.states.has(id)) throw new Error(`replica ${id} is known already`);
-    this.states.set(id, "out-of-sync");
+    this.states.set(id, recordedInSync ? "faulted" : "out-of-sync");
   }
 
   /**

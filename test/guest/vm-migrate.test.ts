@@ -2,8 +2,9 @@
 // disk with `stowctl vm attach`, is live-migrated node1 -> node2 (with the
 // controller killed mid-migration; the standby finishes it) -> node1 with
 // `stowctl vm migrate`, and a migration to a node whose libvirtd is down fails
-// cleanly. Afterwards every acknowledged write is on both replicas, the guest
-// never rebooted, and no frontend is left behind.
+// cleanly; the host of the other replica is killed and comes back (the replica
+// is resynced while the guest writes). Afterwards every acknowledged write is on
+// both replicas, the guest never rebooted, and no frontend is left behind.
 //
 // Each test "host" is a libvirtd in its own mount namespace (test/guest/libvirt-hosts.ts);
 // the node agent runs in the same namespace, so /run/stowage/volumes/VOL.sock is
@@ -168,6 +169,26 @@ describe("stowctl vm attach / migrate with a writing guest", () => {
     expect((await json(["vm", "get", name])).vm.disks.map((d: { volume: string }) => d.volume)).toEqual([vol]);
     expect((await json(["volume", "get", "g2"])).volume.attachments).toEqual([]);
     await ok(["volume", "delete", "g2"]);
+    // node2 (holding the volume's other replica) dies while the guest writes on node1: its storage
+    // daemon and agent are SIGKILLed. Writes go on (the replica is recorded out of sync first);
+    // node2 comes back and only what it missed is copied to it, with the guest still writing.
+    const node2Dir = c.agentDirs.get("node2")!;
+    const qsdPid = Number((await readFile(join(node2Dir, "qsd", "qsd.pid"), "utf8")).trim());
+    await c.agents.get("node2")!.kill("SIGKILL");
+    process.kill(qsdPid, "SIGKILL");
+    await moreAcks(30, "on node1 with node2 dead");
+    const degraded = await json(["volume", "get", vol]);
+    expect(degraded.volume.phase).toBe("degraded");
+    await c.startAgent("node2", "127.0.0.72", agentOptions(h2));
+    const healed = await eventually(async () => {
+      const v = (await json(["volume", "get", vol])).volume;
+      return v.phase === "healthy" && v.replicas.every((r: { outOfSync: boolean }) => !r.outOfSync) ? v : undefined;
+    }, 60_000, "resynced after node2 came back");
+    const resynced = JSON.parse((await c.client.get(`/stowage/v1/volumes/spec/${vol}`).string())!).placement.find((p: { node: string }) => p.node === "node2").lastResync;
+    expect(resynced.kind).toBe("incremental");
+    expect(resynced.bytes).toBeLessThan(16 * 1024 * 1024);
+    expect(healed.generation).toBeGreaterThan(degraded.volume.generation);
+    await moreAcks(30, "on node1 after the resync");
 
     // Bad input changes nothing.
     const bad = async (args: string[], code: number, message: RegExp) => {
@@ -219,7 +240,8 @@ describe("stowctl vm attach / migrate with a writing guest", () => {
       expect(check.ok).toBe(true);
     }
     console.log(
-      `[vm-migrate] ${report.last!.lastAck} acked writes verified on 2 replicas; ` +
+      `[vm-migrate] ${report.last!.lastAck} acked writes verified on 2 replicas; node2 died and was resynced ` +
+        `(${resynced.bytes} bytes in ${resynced.ms} ms); ` +
         `node1->node2 (controller killed mid-way) and node2->node1 (downtime ${back.migration.downtimeMs} ms, ` +
         `${back.migration.finishedAtMs - back.migration.startedAtMs} ms total)`,
     );
