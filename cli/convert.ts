@@ -1,6 +1,6 @@
 // The one mapping between API enums and the words operators type and read
 // ("qcow2", "healthy"), and the one converter from API messages to JSON output.
-import { AttachmentState, ImageFormat, MigrationPhase, Preallocation, ReplicaState, VolumePhase } from "../gen/stowage/v1/types.js";
+import { AttachmentState, ImageFormat, JobState, MigrationPhase, Preallocation, ReplicaState, VolumePhase } from "../gen/stowage/v1/types.js";
 
 /** A ts-proto numeric enum (with its reverse mapping) and the prefix its value names share. */
 export interface EnumInfo {
@@ -14,6 +14,7 @@ export const REPLICA_STATE: EnumInfo = { values: ReplicaState, prefix: "REPLICA_
 export const VOLUME_PHASE: EnumInfo = { values: VolumePhase, prefix: "VOLUME_PHASE_" };
 export const ATTACHMENT_STATE: EnumInfo = { values: AttachmentState, prefix: "ATTACHMENT_STATE_" };
 export const MIGRATION_PHASE: EnumInfo = { values: MigrationPhase, prefix: "MIGRATION_PHASE_" };
+export const JOB_STATE: EnumInfo = { values: JobState, prefix: "JOB_STATE_" };
 
 /** "VOLUME_PHASE_HEALTHY" (2) -> "healthy"; a value newer than this client -> "unknown-7". */
 export function enumLabel(e: EnumInfo, value: number): string {
@@ -48,7 +49,15 @@ const ENUM_FIELDS: Record<string, EnumInfo> = {
 const ATTACHMENT_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, state: ATTACHMENT_STATE };
 // Inside a Migration, `phase` is a MigrationPhase.
 const MIGRATION_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, phase: MIGRATION_PHASE };
-const SCOPES: Record<string, Record<string, EnumInfo>> = { attachment: ATTACHMENT_FIELDS, attachments: ATTACHMENT_FIELDS, migration: MIGRATION_FIELDS };
+// Inside a Job (ListJobs, a replica's running copy, a drain's), `state` is a JobState.
+const JOB_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, state: JOB_STATE };
+const SCOPES: Record<string, Record<string, EnumInfo>> = {
+  attachment: ATTACHMENT_FIELDS,
+  attachments: ATTACHMENT_FIELDS,
+  migration: MIGRATION_FIELDS,
+  job: JOB_FIELDS,
+  jobs: JOB_FIELDS,
+};
 
 /**
  * Turns a decoded API message into plain JSON: every field kept (defaults too, so

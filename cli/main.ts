@@ -3,6 +3,7 @@
 import { Command, CommanderError, Option } from "commander";
 import { DeadlineError, errorMessage, InsufficientCapacityError, StowageError } from "../lib/errors.js";
 import { registerClusterCommands } from "./commands/cluster.js";
+import { registerJobCommands } from "./commands/job.js";
 import { registerNodeCommands } from "./commands/node.js";
 import { registerPoolCommands } from "./commands/pool.js";
 import { registerVmCommands } from "./commands/vm.js";
@@ -46,6 +47,7 @@ export function buildProgram(session: Session): Command {
   registerPoolCommands(program, session);
   registerVolumeCommands(program, session);
   registerVmCommands(program, session);
+  registerJobCommands(program, session);
   registerClusterCommands(program, session);
   configureTree(program, session.deps.io);
   return program;

@@ -5,6 +5,7 @@ import type {
   GetPoolRequest,
   ListPoolsRequest,
   ResizeVolumeRequest,
+  SetVolumeReplicasRequest,
 } from "../gen/stowage/v1/controller.js";
 import { ImageFormat, Preallocation } from "../gen/stowage/v1/types.js";
 import { StowageError } from "../lib/errors.js";
@@ -53,6 +54,12 @@ export function createVolumeRequest(name: string, flags: CreateVolumeFlags): Cre
 export function resizeVolumeRequest(name: string, flags: { size?: string }): ResizeVolumeRequest {
   if (flags.size === undefined) throw new UsageError("required option '--size <size>' not specified");
   return { name, sizeBytes: parseSizeFlag("--size", flags.size) };
+}
+
+export function setReplicasRequest(name: string, flags: { replicas?: string; dryRun?: boolean }): SetVolumeReplicasRequest {
+  checkName("volume", name);
+  if (flags.replicas === undefined) throw new UsageError("required option '--replicas <count>' not specified");
+  return { name, replicas: parseCountFlag("--replicas", flags.replicas), dryRun: flags.dryRun ?? false };
 }
 
 export function listPoolsRequest(flags: { node?: string }): ListPoolsRequest {

@@ -2,11 +2,12 @@
 import type { Server } from "@grpc/grpc-js";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import {
+  JobServiceService,
   NodeServiceService,
   PoolServiceService,
   VolumeServiceService,
 } from "../gen/stowage/v1/controller.js";
-import { ReplicaState, VolumePhase, type Node, type Pool, type Volume, type VolumeSpec } from "../gen/stowage/v1/types.js";
+import { JobState, ReplicaState, VolumePhase, type Job, type Node, type Pool, type Volume, type VolumeSpec } from "../gen/stowage/v1/types.js";
 import { InsufficientCapacityError, NotFoundError, NotLeaderError } from "../lib/errors.js";
 import { addService, createServer, INSECURE, listen, shutdown, type AsyncService } from "../lib/grpc.js";
 import { runCli } from "./testing.js";
@@ -31,9 +32,14 @@ const pool: Pool = {
   capacityBytes: 100 * GiB, availableBytes: 80 * GiB, allocatedBytes: GiB, provisionedBytes: 20 * GiB,
   overcommitRatio: 2, replicaCount: 2,
 };
+const copying: Job = {
+  volume: "vm5", replicaId: "r2", kind: "full", node: "host3", runner: "host3", state: JobState.JOB_STATE_RUNNING,
+  message: "copying from r0 on host1", totalBytes: 64 * 2 ** 20, copiedBytes: 16 * 2 ** 20, bytesPerSec: 8 * 2 ** 20,
+  startedAtMs: 1, updatedAtMs: 2, etaSeconds: 6,
+};
 const host1: Node = {
   name: "host1", address: "127.0.0.2:7500", labels: { zone: "a", rack: "r1" }, cordoned: false, online: true,
-  lastHeartbeatMs: Date.now(), pools: [pool], agentVersion: "0.1.0", libvirtUri: "",
+  lastHeartbeatMs: Date.now(), pools: [pool], agentVersion: "0.1.0", libvirtUri: "", replicaCount: 2,
 };
 
 /** A controller that makes volumes healthy a few polls after each change. */
@@ -44,7 +50,7 @@ class FakeCluster {
   private replicas(spec: VolumeSpec, state: ReplicaState, size: number) {
     return Array.from({ length: spec.replicas }, (_, i) => ({
       id: `r${i}`, node: `host${i + 1}`, pool: "default", path: `/srv/stowage/default/${spec.name}.r${i}.qcow2`,
-      state, virtualSizeBytes: size, allocatedBytes: 196608, message: "", outOfSync: false, outOfSyncSinceMs: 0,
+      state, virtualSizeBytes: size, allocatedBytes: 196608, message: "", outOfSync: false, outOfSyncSinceMs: 0, unreachableSinceMs: 0,
     }));
   }
 
@@ -108,6 +114,29 @@ class FakeCluster {
         v.spec!.sizeBytes = sizeBytes;
         return { volume: v };
       },
+      setVolumeReplicas: async ({ name, replicas, dryRun }) => {
+        const entry = this.volumes.get(name);
+        if (!entry) throw new NotFoundError("volume", name);
+        const v = entry.volume;
+        const from = v.spec!.replicas;
+        const added = Array.from({ length: Math.max(0, replicas - from) }, (_, i) => ({ node: `host${from + i + 1}`, pool: "default", score: 0.5 }));
+        const removed = Array.from({ length: Math.max(0, from - replicas) }, (_, i) => ({ id: `r${from - 1 - i}`, node: `host${from - i}`, reason: "in sync; not on a node the volume is attached to" }));
+        if (dryRun) return { volume: v, added, removed, rejections: [] };
+        const all = this.replicas({ ...v.spec!, replicas: Math.max(from, replicas) }, ReplicaState.REPLICA_STATE_HEALTHY, v.spec!.sizeBytes);
+        v.replicas = all.map((r, i) => (i >= from ? { ...r, outOfSync: true, job: { ...copying, volume: name, replicaId: r.id, node: r.node } } : r));
+        v.spec!.replicas = replicas;
+        this.change(name, VolumePhase.VOLUME_PHASE_DEGRADED);
+        return { volume: v, added, removed, rejections: [] };
+      },
+    };
+  }
+
+  jobService(): AsyncService<typeof JobServiceService> {
+    return {
+      listJobs: async () => ({
+        jobs: [copying, { ...copying, replicaId: "r9", node: "host2", state: JobState.JOB_STATE_WAITING, message: "node host2 offline", runner: "", totalBytes: 0, copiedBytes: 0, bytesPerSec: 0, etaSeconds: 0 }],
+        rebuildsPaused: "2 of 3 nodes offline: automatic rebuilds paused",
+      }),
     };
   }
 
@@ -119,9 +148,29 @@ class FakeCluster {
     };
     return {
       listNodes: async () => ({ nodes: [...this.nodes.values()] }),
-      getNode: async ({ name }) => ({ node: get(name) }),
+      getNode: async ({ name }) => {
+        const n = get(name);
+        // Each poll of a draining node moves one replica away.
+        if (n.drain && n.drain.replicasLeft > 0) {
+          n.drain.replicasLeft--;
+          n.drain.replicas = n.drain.replicas.slice(1);
+        }
+        return { node: n };
+      },
       cordonNode: async ({ name }) => ({ node: Object.assign(get(name), { cordoned: true }) }),
-      uncordonNode: async ({ name }) => ({ node: Object.assign(get(name), { cordoned: false }) }),
+      uncordonNode: async ({ name }) => ({ node: Object.assign(get(name), { cordoned: false, drain: undefined }) }),
+      drainNode: async ({ name, dryRun }) => {
+        const moves = [
+          { volume: "vm7", replicaId: "r0", fromNode: name, toNode: "host3", toPool: "default" },
+          { volume: "vm8", replicaId: "r1", fromNode: name, toNode: "", toPool: "" },
+        ];
+        if (dryRun) return { node: get(name), moves };
+        const replicas = [
+          { volume: "vm7", replicaId: "r0", message: "replacement r5 on host3 is being brought in sync", job: { ...copying, volume: "vm7", replicaId: "r5" } },
+          { volume: "vm8", replicaId: "r1", message: "removing: enough in-sync replicas elsewhere" },
+        ];
+        return { node: Object.assign(get(name), { cordoned: true, drain: { sinceMs: 1, replicasLeft: 2, replicas } }), moves };
+      },
     };
   }
 
@@ -149,13 +198,14 @@ beforeAll(async () => {
     addService(s, NodeServiceService, cluster.nodeService());
     addService(s, PoolServiceService, cluster.poolService());
     addService(s, VolumeServiceService, cluster.volumeService());
+    addService(s, JobServiceService, cluster.jobService());
   });
   const notLeader = (to: string) => async (): Promise<never> => {
     if (to) followerCalls++;
     throw new NotLeaderError(to);
   };
   follower = await serve((s) => {
-    for (const def of [NodeServiceService, PoolServiceService, VolumeServiceService] as Def[]) {
+    for (const def of [NodeServiceService, PoolServiceService, VolumeServiceService, JobServiceService] as Def[]) {
       addService(s, def, everyMethod(def, notLeader(leader.address)));
     }
   });
@@ -313,5 +363,59 @@ describe("nodes and pools", () => {
     const missing = await runCli([...at(leader.address), "pool", "get", "host9/default"]);
     expect(missing.code).toBe(1);
     expect(missing.err).toContain('error: pool "host9/default" not found\n');
+  });
+});
+
+describe("replica changes, drains and jobs", () => {
+  it("volume set --dry-run shows what would change; set waits with progress until every replica is in sync", async () => {
+    await runCli([...at(leader.address), "volume", "create", "vm5", "--size", "64MiB"]);
+    const dry = await runCli([...at(leader.address), "volume", "set", "vm5", "--replicas", "3", "--dry-run"]);
+    expect(dry).toMatchObject({ code: 0, out: "dry run: volume vm5:\n  would add a replica on host3 (pool default)\nnothing was changed\n" });
+    expect(cluster.volumes.get("vm5")!.volume.spec!.replicas).toBe(2);
+
+    const set = await runCli([...at(follower.address), "volume", "set", "vm5", "--replicas", "3"]);
+    expect(set.code, set.err).toBe(0);
+    expect(set.out).toContain("volume vm5:\n  add a replica on host3 (pool default)\n");
+    expect(set.out).toContain("vm5: 2/3 replicas in sync; r2 on host3 copying (full) 25% of 64MiB, 8MiB/s, ETA 6s\n");
+    expect(set.out).toMatch(/volume vm5 is healthy with 3 replicas, all in sync\n$/);
+
+    const down = await runCli([...at(leader.address), "volume", "set", "vm5", "--replicas", "1", "--no-wait"]);
+    expect(down.out).toBe("volume vm5:\n  remove r2 on host3 (in sync; not on a node the volume is attached to)\n  remove r1 on host2 (in sync; not on a node the volume is attached to)\n");
+  });
+
+  it("volume set refuses a count that is not a whole number of at least 1 before calling", async () => {
+    const r = await runCli([...at(dead), "volume", "set", "vm5", "--replicas", "0"]);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain(`option '--replicas': expected a whole number of at least 1, got "0"`);
+  });
+
+  it("node drain shows the moves, waits with progress until nothing is left, and get shows the drain", async () => {
+    const dry = await runCli([...at(leader.address), "node", "drain", "host1", "--dry-run"]);
+    expect(dry.out).toMatch(/^dry run: draining node host1 would move:\nVOLUME\s+REPLICA\s+TO NODE\s+TO POOL\nvm7\s+r0\s+host3\s+default\nvm8\s+r1\s+\(none: enough replicas elsewhere\)\s+-\nnothing was changed\n$/);
+    expect(cluster.nodes.get("host1")!.drain).toBeUndefined();
+
+    const r = await runCli([...at(follower.address), "node", "drain", "host1"]);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toContain("host1: 1 replica left; vm8: removing: enough in-sync replicas elsewhere\n");
+    expect(r.out).toMatch(/node host1 drained: no replicas left; it stays cordoned until 'stowctl node uncordon host1'\n$/);
+    const get = await runCli([...at(leader.address), "node", "get", "host1"]);
+    expect(get.out).toContain("Draining since 1970-01-01T00:00:00.001Z: drained, no replicas left\n");
+    const list = await runCli([...at(leader.address), "node", "list"]);
+    expect(list.out).toMatch(/host1\s+online,cordoned,drained\s/);
+    await runCli([...at(leader.address), "node", "uncordon", "host1"]);
+    expect(cluster.nodes.get("host1")!.drain).toBeUndefined();
+  });
+
+  it("job list: progress, rate and ETA of running copies, why the others wait, and a paused-rebuilds line", async () => {
+    const r = await runCli([...at(follower.address), "job", "list"]);
+    expect(r.code).toBe(0);
+    const lines = r.out.split("\n");
+    expect(lines[0]).toBe("2 of 3 nodes offline: automatic rebuilds paused");
+    expect(lines[1]).toMatch(/^VOLUME\s+REPLICA\s+KIND\s+TARGET\s+STATE\s+PROGRESS\s+RATE\s+ETA\s+MESSAGE$/);
+    expect(lines[2]).toMatch(/^vm5\s+r2\s+full\s+host3\s+running\s+25% of 64MiB\s+8MiB\/s\s+6s\s+copying from r0 on host1$/);
+    expect(lines[3]).toMatch(/^vm5\s+r9\s+full\s+host2\s+waiting\s+-\s+-\s+-\s+node host2 offline$/);
+    const json = JSON.parse((await runCli([...at(leader.address), "job", "list", "-o", "json"])).out);
+    expect(json.jobs[0]).toMatchObject({ volume: "vm5", state: "running", copiedBytes: 16 * 2 ** 20, etaSeconds: 6 });
+    expect(json.rebuildsPaused).toBe("2 of 3 nodes offline: automatic rebuilds paused");
   });
 });

@@ -48,6 +48,7 @@ describe("views", () => {
       pools: [pool],
       agentVersion: "0.1.0",
       libvirtUri: "",
+      replicaCount: 3,
     };
     expect(nodesTable([node], 13_000)).toBe(
       "NAME    STATUS            ADDRESS          ZONE   RACK   POOLS   HEARTBEAT   VERSION\n" +
@@ -67,8 +68,8 @@ describe("views", () => {
     spec: { name: "vm1", sizeBytes: 10 * GiB, replicas: 2, format: 1, preallocation: 1, pool: "" },
     phase: VolumePhase.VOLUME_PHASE_DEGRADED,
     replicas: [
-      { id: "r1", node: "host1", pool: "default", path: "/p/vm1.r1.qcow2", state: ReplicaState.REPLICA_STATE_HEALTHY, virtualSizeBytes: 10 * GiB, allocatedBytes: 1536 * 1024, message: "", outOfSync: false, outOfSyncSinceMs: 0 },
-      { id: "r2", node: "host2", pool: "default", path: "/p/vm1.r2.qcow2", state: ReplicaState.REPLICA_STATE_UNREACHABLE, virtualSizeBytes: 10 * GiB, allocatedBytes: 0, message: "node offline", outOfSync: false, outOfSyncSinceMs: 0 },
+      { id: "r1", node: "host1", pool: "default", path: "/p/vm1.r1.qcow2", state: ReplicaState.REPLICA_STATE_HEALTHY, virtualSizeBytes: 10 * GiB, allocatedBytes: 1536 * 1024, message: "", outOfSync: false, outOfSyncSinceMs: 0, unreachableSinceMs: 0 },
+      { id: "r2", node: "host2", pool: "default", path: "/p/vm1.r2.qcow2", state: ReplicaState.REPLICA_STATE_UNREACHABLE, virtualSizeBytes: 10 * GiB, allocatedBytes: 0, message: "node offline", outOfSync: false, outOfSyncSinceMs: 0, unreachableSinceMs: 0 },
     ],
     message: "1 of 2 replicas unreachable",
     createdAtMs: 0,
@@ -80,7 +81,7 @@ describe("views", () => {
     expect(volumesTable([volume])).toBe(
       "NAME   SIZE    REPLICAS   PHASE      FORMAT   ATTACHED\nvm1    10GiB   1/2        degraded   qcow2    -\n",
     );
-    const attached = { ...volume, attachments: [{ node: "n2", socketPath: "/s", nbdUri: "nbd+unix:///vm1?socket=/s", state: 2, message: "", migration: "" }] };
+    const attached = { ...volume, attachments: [{ node: "n2", socketPath: "/s", nbdUri: "nbd+unix:///vm1?socket=/s", state: 2, message: "", migration: "", unconfirmedSinceMs: 0 }] };
     expect(volumesTable([attached])).toContain("qcow2    n2\n");
     expect(volumesTable([])).toBe("no volumes found\n");
   });

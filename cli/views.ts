@@ -3,10 +3,11 @@ import type { CreateVolumeResponse } from "../gen/stowage/v1/controller.js";
 import { ReplicaState, type Node, type NodeRejection, type Pool, type Volume } from "../gen/stowage/v1/types.js";
 import { formatSize } from "../lib/sizes.js";
 import { ATTACHMENT_STATE, enumLabel, IMAGE_FORMAT, PREALLOCATION, REPLICA_STATE, VOLUME_PHASE } from "./convert.js";
+import { drainDetail, replicaCopyLines } from "./job-views.js";
 import { formatAge, formatFields, formatTable } from "./output.js";
 
 function nodeStatus(n: Node): string {
-  return (n.online ? "online" : "offline") + (n.cordoned ? ",cordoned" : "");
+  return (n.online ? "online" : "offline") + (n.cordoned ? ",cordoned" : "") + (n.drain ? (n.drain.replicasLeft > 0 ? ",draining" : ",drained") : "");
 }
 
 export function nodesTable(nodes: Node[], now: number): string {
@@ -35,8 +36,10 @@ export function nodeDetail(n: Node, now: number): string {
     ["Rack", n.labels?.rack || "-"],
     ["Last heartbeat", n.lastHeartbeatMs ? `${formatAge(n.lastHeartbeatMs, now)} ago` : "never"],
     ["Agent version", n.agentVersion || "-"],
+    ["Replicas", String(n.replicaCount)],
   ]);
-  return n.pools.length === 0 ? `${head}\nno pools\n` : `${head}\n${poolsTable(n.pools)}`;
+  const drain = n.drain ? drainDetail(n.drain) : "";
+  return (n.pools.length === 0 ? `${head}\nno pools\n` : `${head}\n${poolsTable(n.pools)}`) + (drain ? `\n${drain}` : "");
 }
 
 export function poolsTable(pools: Pool[]): string {
@@ -72,9 +75,9 @@ export function poolDetail(p: Pool): string {
   ]);
 }
 
-/** "2/2": healthy replicas out of those asked for. */
+/** "2/2": healthy, in-sync replicas out of those asked for. */
 function replicaCount(v: Volume): string {
-  const healthy = v.replicas.filter((r) => r.state === ReplicaState.REPLICA_STATE_HEALTHY).length;
+  const healthy = v.replicas.filter((r) => r.state === ReplicaState.REPLICA_STATE_HEALTHY && !r.outOfSync).length;
   return `${healthy}/${v.spec?.replicas ?? v.replicas.length}`;
 }
 
@@ -113,8 +116,9 @@ export function volumeDetail(v: Volume): string {
   ]);
   if (v.replicas.length === 0) return `${head}\nno replicas yet\n`;
   const table = formatTable(
-    ["node", "pool", "state", "virtual size", "allocated", "path", "message"],
+    ["id", "node", "pool", "state", "virtual size", "allocated", "path", "message"],
     v.replicas.map((r) => [
+      r.id,
       r.node,
       r.pool,
       r.outOfSync ? "out-of-sync" : enumLabel(REPLICA_STATE, r.state),
@@ -124,7 +128,8 @@ export function volumeDetail(v: Volume): string {
       r.message,
     ]),
   );
-  return `${head}\n${table}`;
+  const copies = replicaCopyLines(v);
+  return `${head}\n${table}${copies ? `\n${copies}` : ""}`;
 }
 
 /** "  node3: cordoned; pool full" lines. */

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { VolumePhase, type Volume } from "../gen/stowage/v1/types.js";
 import { DeadlineError, NotFoundError, UnavailableError } from "../lib/errors.js";
-import { createProgress, pollUntil, resizeProgress } from "./wait.js";
+import { createProgress, pollUntil, progressPrinter, replicasProgress, resizeProgress } from "./wait.js";
 
 function fakeClock() {
   let t = 0;
@@ -43,7 +43,7 @@ describe("pollUntil", () => {
 function vol(phase: VolumePhase, sizes: number[]): Volume {
   return {
     phase,
-    replicas: sizes.map((s, i) => ({ id: `r${i}`, node: "n", pool: "p", path: "", state: 2, virtualSizeBytes: s, allocatedBytes: 0, message: "", outOfSync: false, outOfSyncSinceMs: 0 })),
+    replicas: sizes.map((s, i) => ({ id: `r${i}`, node: "n", pool: "p", path: "", state: 2, virtualSizeBytes: s, allocatedBytes: 0, message: "", outOfSync: false, outOfSyncSinceMs: 0, unreachableSinceMs: 0 })),
     message: "",
     createdAtMs: 0,
     attachments: [],
@@ -65,5 +65,36 @@ describe("progress", () => {
     expect(resizeProgress(vol(VolumePhase.VOLUME_PHASE_HEALTHY, [20, 21]), 20)).toBe("done");
     expect(resizeProgress(vol(VolumePhase.VOLUME_PHASE_HEALTHY, []), 20)).toBe("pending");
     expect(resizeProgress(vol(VolumePhase.VOLUME_PHASE_FAILED, [20]), 20)).toBe("failed");
+  });
+});
+
+describe("replica changes", () => {
+  const cases: Record<string, [Volume, number, string]> = {
+    "done: healthy, as many replicas as asked, all in sync": [vol(VolumePhase.VOLUME_PHASE_HEALTHY, [1, 1, 1]), 3, "done"],
+    "pending: a new replica is still out of sync": [
+      { ...vol(VolumePhase.VOLUME_PHASE_DEGRADED, [1, 1, 1]), replicas: vol(VolumePhase.VOLUME_PHASE_DEGRADED, [1, 1, 1]).replicas.map((r, i) => ({ ...r, outOfSync: i === 2 })) },
+      3,
+      "pending",
+    ],
+    "pending: healthy but a removed replica has not left yet": [vol(VolumePhase.VOLUME_PHASE_HEALTHY, [1, 1, 1]), 2, "pending"],
+    "failed: the volume failed": [vol(VolumePhase.VOLUME_PHASE_FAILED, [1]), 1, "failed"],
+  };
+  for (const [name, [v, n, want]] of Object.entries(cases)) {
+    it(name, () => expect(replicasProgress(v, n)).toBe(want));
+  }
+
+  it("progress lines: printed when they change, a moving percentage at most every 2 s", () => {
+    let t = 0;
+    const said: string[] = [];
+    const say = progressPrinter((l) => said.push(l), () => t);
+    say("vm1: 1/2 in sync; copying 10%");
+    say("vm1: 1/2 in sync; copying 10%");
+    t = 500;
+    say("vm1: 1/2 in sync; copying 20%");
+    t = 2_100;
+    say("vm1: 1/2 in sync; copying 60%");
+    t = 2_200;
+    say("vm1: 2/2 in sync; removing r-1");
+    expect(said).toEqual(["vm1: 1/2 in sync; copying 10%", "vm1: 1/2 in sync; copying 60%", "vm1: 2/2 in sync; removing r-1"]);
   });
 });

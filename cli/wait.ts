@@ -1,9 +1,11 @@
 // Waiting for a volume to reach the state a command asked for, by polling GetVolume.
-import { VolumePhase, type Volume } from "../gen/stowage/v1/types.js";
+import { ReplicaState, VolumePhase, type Volume } from "../gen/stowage/v1/types.js";
 import { NotLeaderError, UnavailableError } from "../lib/errors.js";
 
 export const POLL_INTERVAL_MS = 100;
 export const DEFAULT_WAIT_MS = 60_000;
+/** Waits that include copying replicas: a copy takes as long as the data needs. */
+export const COPY_WAIT_MS = 3_600_000;
 
 export interface PollOptions {
   timeoutMs: number;
@@ -51,4 +53,28 @@ export function resizeProgress(v: Volume, sizeBytes: number): Progress {
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A replica change finished when the volume is healthy with exactly `replicas` replicas, all in sync. */
+export function replicasProgress(v: Volume, replicas: number): Progress {
+  if (v.phase === VolumePhase.VOLUME_PHASE_FAILED) return "failed";
+  const settled = v.replicas.length === replicas && v.replicas.every((r) => r.state === ReplicaState.REPLICA_STATE_HEALTHY && !r.outOfSync);
+  return v.phase === VolumePhase.VOLUME_PHASE_HEALTHY && settled ? "done" : "pending";
+}
+
+/**
+ * Calls `say` with a progress line when it differs from the last one, and at most
+ * every `everyMs` for lines that only move forward (a percentage).
+ */
+export function progressPrinter(say: (line: string) => void, now: () => number, everyMs = 2_000): (line: string) => void {
+  let last = "";
+  let lastAt = -Infinity;
+  const shape = (l: string) => l.replace(/\d+(\.\d+)?/g, "#");
+  return (line) => {
+    if (line === last) return;
+    if (shape(line) === shape(last) && now() - lastAt < everyMs) return;
+    say(line);
+    last = line;
+    lastAt = now();
+  };
 }

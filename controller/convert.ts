@@ -6,8 +6,10 @@ import {
   Preallocation,
   ReplicaState,
   VolumePhase,
+  type Job,
   type Migration,
   type Node,
+  type NodeDrain,
   type Pool,
   type Volume,
   type VolumeSpec as ApiVolumeSpec,
@@ -88,7 +90,7 @@ export function poolToApi(node: string, p: PoolRecord, provisionedBytes: number,
   };
 }
 
-export function nodeToApi(spec: NodeSpec, status: NodeStatus | undefined, pools: Pool[]): Node {
+export function nodeToApi(spec: NodeSpec, status: NodeStatus | undefined, pools: Pool[], extra: { replicaCount?: number; drain?: NodeDrain } = {}): Node {
   return {
     name: spec.name,
     address: spec.address,
@@ -99,6 +101,8 @@ export function nodeToApi(spec: NodeSpec, status: NodeStatus | undefined, pools:
     pools,
     agentVersion: spec.agentVersion,
     libvirtUri: spec.libvirt?.uri ?? "",
+    drain: extra.drain,
+    replicaCount: extra.replicaCount ?? 0,
   };
 }
 
@@ -113,7 +117,9 @@ export function volumeSpecToApi(spec: VolumeSpec): ApiVolumeSpec {
   };
 }
 
-export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined): Volume {
+/** `jobs`: the volume's copies (controller/jobs.ts), shown with their replica. */
+export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined, jobs: Job[] = []): Volume {
+  const jobOf = new Map(jobs.map((j) => [j.replicaId, j]));
   const observed = new Map((status?.replicas ?? []).map((r) => [r.id, r]));
   const frontends = new Map((status?.frontends ?? []).map((f) => [f.node, f]));
   const wanted = new Map((spec.attachments ?? []).map((a) => [a.node, a]));
@@ -128,6 +134,7 @@ export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined):
     state: attachmentStateToApi[f.state],
     message: f.message,
     migration: wanted.get(f.node)?.migration ?? "",
+    unconfirmedSinceMs: "detachingSinceMs" in f ? (f.detachingSinceMs ?? 0) : 0,
   }));
   return {
     attachments,
@@ -150,6 +157,11 @@ export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined):
         message: r?.message ?? "",
         outOfSync: p.outOfSync !== undefined,
         outOfSyncSinceMs: p.outOfSync?.sinceMs ?? 0,
+        lastResync: p.lastResync
+          ? { atMs: p.lastResync.atMs, kind: p.lastResync.kind, bytes: p.lastResync.bytes, durationMs: p.lastResync.ms }
+          : undefined,
+        job: jobOf.get(p.id),
+        unreachableSinceMs: r?.unreachableSinceMs ?? 0,
       };
     }),
   };

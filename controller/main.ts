@@ -5,6 +5,7 @@ import { Etcd3 } from "etcd3";
 import {
   AgentRegistryServiceService,
   ClusterServiceService,
+  JobServiceService,
   NodeServiceService,
   PoolServiceService,
   ReplicaSyncServiceService,
@@ -13,9 +14,12 @@ import {
 } from "../gen/stowage/v1/controller.js";
 import { errorMessage, NotLeaderError } from "../lib/errors.js";
 import { addService, createServer, INSECURE, listen, shutdown } from "../lib/grpc.js";
+import { KeyedMutex } from "../lib/keyed-mutex.js";
 import { createLogger } from "../lib/logger.js";
 import { AgentClients } from "./agents.js";
 import { ClusterView } from "./cluster-view.js";
+import { formatDuration, parseDuration } from "./durations.js";
+import { jobApi } from "./job-api.js";
 import { LeaderElection } from "./leader.js";
 import { Migrator } from "./migrator.js";
 import { nodeApis } from "./node-api.js";
@@ -37,6 +41,10 @@ const USAGE = `usage: stowage-controller [options]
   --heartbeat-ms MS      heartbeat interval asked of agents (default 1000)
   --resync SECONDS       full reconcile pass interval (default 30)
   --copy-rate-mib N      MiB/s for copies that bring a replica back (default 0: unlimited)
+  --replica-grace DURATION
+                         a replica unreachable or failed this long is replaced on another
+                         node (600s, 10m, 1h, 1500ms; default 10m); paused while more
+                         than a third of the nodes are offline
   -h, --help             show this help
 `;
 
@@ -52,6 +60,7 @@ async function main(): Promise<void> {
       "heartbeat-ms": { type: "string", default: "1000" },
       resync: { type: "string", default: "30" },
       "copy-rate-mib": { type: "string", default: "0" },
+      "replica-grace": { type: "string", default: "10m" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -70,6 +79,7 @@ async function main(): Promise<void> {
   const resyncSec = num("resync", values.resync!);
   const copyRateMib = Number(values["copy-rate-mib"]);
   if (!Number.isFinite(copyRateMib) || copyRateMib < 0) throw new Error(`--copy-rate-mib must be a number >= 0, got "${values["copy-rate-mib"]}"`);
+  const replicaGraceMs = parseDuration("--replica-grace", values["replica-grace"]!);
 
   const server = createServer();
   const port = await listen(server, values.listen!, INSECURE);
@@ -89,6 +99,8 @@ async function main(): Promise<void> {
     reconciler?.nodeRegistered(n),
   );
   const view = new ClusterView(store);
+  // Placements (creates, scaling, replacements, drains) are decided and written one at a time.
+  const placing = new KeyedMutex();
   const ensureLeader = async () => {
     if (!election.isLeader || !reconciler) throw new NotLeaderError(await election.leader());
   };
@@ -96,6 +108,7 @@ async function main(): Promise<void> {
     store,
     view,
     registry,
+    placing,
     instance,
     heartbeatIntervalMs,
     ensureLeader,
@@ -106,14 +119,18 @@ async function main(): Promise<void> {
   addService(server, PoolServiceService, apis.pools);
   addService(server, ClusterServiceService, apis.cluster);
   addService(server, AgentRegistryServiceService, apis.registry);
-  const volumes = volumeApi({ store, view, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) });
+  const volumes = volumeApi({ store, view, placing, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) });
   addService(server, VolumeServiceService, volumes);
-  addService(server, ReplicaSyncServiceService, syncApi({ store, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) }));
+  addService(server, JobServiceService, jobApi({ store, ensureLeader, brake: () => reconciler?.keeper.brake() }));
+  addService(server, ReplicaSyncServiceService, syncApi({ store, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), copyRateBytes: Math.round(copyRateMib * 2 ** 20) }));
   addService(server, VmServiceService, vmApi({ store, agents, registry, instance, ensureLeader, volumes, migrator: () => migrator }));
 
   election.on("elected", (fenceKey) => {
     store.fenceKey = fenceKey;
-    reconciler = new Reconciler(etcd, store, agents, registry, { resyncSec, concurrency: 16, copyRateBytes: Math.round(copyRateMib * 2 ** 20) }, log.child({ part: "reconciler" }));
+    reconciler = new Reconciler(
+      { etcd, store, agents, registry, view, placing, log: log.child({ part: "reconciler" }) },
+      { resyncSec, concurrency: 16, copyRateBytes: Math.round(copyRateMib * 2 ** 20), replicaGraceMs },
+    );
     reconciler.start();
     migrator = new Migrator({ store, agents, registry }, (v) => reconciler?.enqueueVolume(v), log.child({ part: "migrator" }));
     migrator.start();
@@ -127,7 +144,7 @@ async function main(): Promise<void> {
     store.fenceKey = "";
   });
   election.start();
-  log.info({ address: advertise }, "controller serving");
+  log.info({ address: advertise, replicaGrace: formatDuration(replicaGraceMs) }, "controller serving");
   process.stdout.write(`stowage-controller serving on ${advertise}\n`);
 
   let stopping = false;

@@ -33,6 +33,12 @@ export interface NodeSpec {
   pools: PoolRecord[];
   /** How other nodes reach the node's libvirtd (absent: no VM support). */
   libvirt?: { uri: string; migrationHost: string };
+  /**
+   * Set by `stowctl node drain` (with cordoned), cleared by uncordon: every replica on
+   * the node gets a replacement elsewhere, then leaves. Like cordoned, the operator's
+   * part of the spec: kept across agent registrations.
+   */
+  drain?: { sinceMs: number };
 }
 
 /** Kept under a lease that the leader refreshes on each heartbeat: gone means offline. */
@@ -96,6 +102,20 @@ export interface VolumeSpec {
   generation?: number;
   /** Nodes that should run a frontend for the volume (absent in older records). */
   attachments?: AttachmentSpec[];
+  /**
+   * Replicas taken out of the placement whose images are still to be deleted (their
+   * node was offline, or frontends may still hold them for a moment). The reconciler
+   * deletes each image, then the entry.
+   */
+  removedReplicas?: RemovedReplicaRecord[];
+}
+
+export interface RemovedReplicaRecord {
+  id: string;
+  node: string;
+  pool: string;
+  removedAtMs: number;
+  reason: string;
 }
 
 export interface AttachmentSpec {
@@ -114,6 +134,8 @@ export interface FrontendStatus {
   nbdUri: string;
   state: AttachmentStateName;
   message: string;
+  /** When a detach was first seen not confirmed by the node's agent (the fence counts from here). */
+  detachingSinceMs?: number;
 }
 
 export type ReplicaStateName = "creating" | "healthy" | "unreachable" | "failed" | "deleting";
@@ -132,6 +154,11 @@ export interface ReplicaStatusRecord {
   nodeEpoch: number;
   /** NBD URI of the replica's export, when it is exported. */
   exportUri?: string;
+  /**
+   * When the replica was first seen unreachable or failed (absent while it is fine).
+   * Kept in etcd so that a new leader counts the grace period from the same moment.
+   */
+  unreachableSinceMs?: number;
 }
 
 export interface VolumeStatus {

@@ -5,19 +5,26 @@ import type {
   NodeServiceService,
   PoolServiceService,
 } from "../gen/stowage/v1/controller.js";
-import { NotFoundError } from "../lib/errors.js";
+import { InsufficientCapacityError, NotFoundError } from "../lib/errors.js";
 import type { AsyncService } from "../lib/grpc.js";
+import type { KeyedMutex } from "../lib/keyed-mutex.js";
 import { validateName } from "../lib/names.js";
 import type { ClusterView } from "./cluster-view.js";
 import { nodeToApi } from "./convert.js";
+import { drainView, planDrain } from "./drain.js";
+import { jobsOf } from "./job-api.js";
 import { keys } from "./keys.js";
+import type { NodeSpec } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
+import { PLACEMENT_LOCK } from "./replica-keeper.js";
 import type { ClusterStore } from "./store.js";
 
 export interface NodeApiDeps {
   store: ClusterStore;
   view: ClusterView;
   registry: NodeRegistry;
+  /** Shared with the volume API and the reconciler: placements are decided one at a time. */
+  placing: KeyedMutex;
   instance: string;
   heartbeatIntervalMs: number;
   ensureLeader: () => Promise<void>;
@@ -34,17 +41,26 @@ export function nodeApis(d: NodeApiDeps) {
   };
   const nodeView = (name: string) => {
     const spec = node(name).value;
-    return nodeToApi(spec, d.store.nodeStatus(name)?.value, d.view.pools(name));
+    let drain;
+    if (spec.drain) {
+      const specs = d.store.volumeSpecs().map((e) => e.value).filter((v) => v.placement.some((p) => p.node === name));
+      drain = drainView(spec, specs, (v) => d.store.volumeStatus(v)?.value, jobsOf(d.store, specs));
+    }
+    return nodeToApi(spec, d.store.nodeStatus(name)?.value, d.view.pools(name), { replicaCount: d.view.usage().nodes.get(name) ?? 0, drain });
+  };
+  const writeNode = async (name: string, change: (spec: NodeSpec) => NodeSpec | undefined) => {
+    const e = node(name);
+    const next = change(e.value);
+    if (next) await d.store.write({ unchanged: [[keys.nodeSpec(name), e.modRevision]], put: [{ key: keys.nodeSpec(name), value: next }] });
   };
   const setCordon = async (name: string, cordoned: boolean) => {
     await d.ensureLeader();
-    const e = node(name);
-    if (e.value.cordoned !== cordoned) {
-      await d.store.write({
-        unchanged: [[keys.nodeSpec(name), e.modRevision]],
-        put: [{ key: keys.nodeSpec(name), value: { ...e.value, cordoned } }],
-      });
-    }
+    // Uncordon also ends a drain: replicas not moved yet stay where they are.
+    await writeNode(name, (n) => {
+      if (n.cordoned === cordoned && (cordoned || !n.drain)) return undefined;
+      const { drain: _, ...rest } = n;
+      return cordoned ? { ...n, cordoned } : { ...rest, cordoned };
+    });
     return { node: nodeView(name) };
   };
 
@@ -60,6 +76,29 @@ export function nodeApis(d: NodeApiDeps) {
     },
     cordonNode: (req) => setCordon(req.name, true),
     uncordonNode: (req) => setCordon(req.name, false),
+    async drainNode(req) {
+      await d.ensureLeader();
+      return d.placing.run(PLACEMENT_LOCK, async () => {
+        const already = node(req.name).value.drain !== undefined;
+        const draining = new Set(d.store.nodeSpecs().filter((e) => e.value.drain && e.value.name !== req.name).map((e) => e.value.name));
+        const plan = planDrain(req.name, d.store.volumeSpecs().map((e) => e.value), d.view.snapshot(), draining);
+        // A drain under way is not refused again: asking once more shows (and waits for) its progress.
+        if (plan.refusals.length > 0 && !already) {
+          const first = plan.refusals[0]!;
+          throw new InsufficientCapacityError(
+            `cannot drain node ${req.name}: nowhere to move ${plan.refusals.map((r) => `the replica of volume ${r.volume} (${r.reason})`).join("; ")}`,
+            {
+              hint: "add nodes or free space, uncordon a node, or lower the volume's replica count (stowctl volume set VOL --replicas N); nothing was changed",
+              rejections: first.rejections,
+            },
+          );
+        }
+        if (!req.dryRun) {
+          await writeNode(req.name, (n) => (n.drain && n.cordoned ? undefined : { ...n, cordoned: true, drain: n.drain ?? { sinceMs: Date.now() } }));
+        }
+        return { node: nodeView(req.name), moves: plan.moves };
+      });
+    },
   };
 
   const pools: AsyncService<typeof PoolServiceService> = {

@@ -61,7 +61,9 @@ export class NodeRegistry {
       name,
       address,
       labels: { zone: labels?.zone ?? "", rack: labels?.rack ?? "" },
+      // The operator's part of the spec outlives agent restarts.
       cordoned: prev?.value.cordoned ?? false,
+      ...(prev?.value.drain ? { drain: prev.value.drain } : {}),
       registeredAtMs: Date.now(),
       agentVersion,
       pools: poolRecords(pools),

@@ -1,21 +1,45 @@
 // Level-triggered reconciliation of volumes and nodes. Watches and API calls
 // only enqueue names; each pass re-reads spec and status from the store and
-// converges: creates or grows missing replicas, deletes the replicas of deleted
-// volumes, removes orphaned images from nodes, and writes the derived status.
+// converges: creates or grows missing replicas, keeps each volume's replica set as
+// asked (replica-keeper.ts: scaling, grace-period replacement, drains), copies
+// out-of-sync replicas of detached volumes (detached-resync.ts), deletes the
+// replicas of deleted volumes, removes orphaned images from nodes, and writes the
+// derived status.
 import type { Etcd3 } from "etcd3";
-import { ConflictError, errorMessage } from "../lib/errors.js";
+import { errorMessage } from "../lib/errors.js";
 import { faultPoint } from "../lib/faults.js";
+import type { KeyedMutex } from "../lib/keyed-mutex.js";
 import type { Logger } from "../lib/logger.js";
 import type { AgentClients } from "./agents.js";
+import type { ClusterView } from "./cluster-view.js";
 import { formatToApi, preallocationToApi } from "./convert.js";
+import { DetachedResync } from "./detached-resync.js";
 import { keys } from "./keys.js";
 import type { FrontendStatus, ReplicaPlacement, ReplicaStatusRecord, VolumeSpec, VolumeStatus } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
+import { ReplicaKeeper } from "./replica-keeper.js";
 import type { Change, ClusterStore } from "./store.js";
-import { withReplicaInSync } from "./sync-api.js";
-import { deriveVolumeStatus, statusChanged } from "./volume-status.js";
+import { deriveVolumeStatus, statusChanged, withUnreachableSince } from "./volume-status.js";
 import { WorkQueue } from "./work-queue.js";
 
+
+/**
+ * How long after an unconfirmed detach another frontend may start: the frontend
+ * lease (LEASE_MS in frontend/replica-set.ts, 6 s) plus a margin for requests in
+ * flight and clock-rate differences.
+ */
+export const FENCE_MS = 10_000;
+
+export interface ReconcilerDeps {
+  etcd: Etcd3;
+  store: ClusterStore;
+  agents: AgentClients;
+  registry: NodeRegistry;
+  view: ClusterView;
+  /** The placement lock shared with the volume API. */
+  placing: KeyedMutex;
+  log: Logger;
+}
 
 export interface ReconcilerOptions {
   /** Seconds between full passes over every volume and node. */
@@ -23,6 +47,8 @@ export interface ReconcilerOptions {
   concurrency: number;
   /** Bytes per second for copies that bring a replica back (0: unlimited). */
   copyRateBytes?: number;
+  /** How long a replica may stay unreachable or failed before it is replaced elsewhere. */
+  replicaGraceMs: number;
 }
 
 export class Reconciler {
@@ -30,15 +56,21 @@ export class Reconciler {
   private readonly nodes: WorkQueue;
   private resyncTimer?: NodeJS.Timeout;
   private readonly onChange = (c: Change) => this.changed(c);
+  private readonly etcd: Etcd3;
+  private readonly store: ClusterStore;
+  private readonly agents: AgentClients;
+  private readonly registry: NodeRegistry;
+  private readonly log: Logger;
+  readonly keeper: ReplicaKeeper;
+  private readonly resync: DetachedResync;
 
   constructor(
-    private readonly etcd: Etcd3,
-    private readonly store: ClusterStore,
-    private readonly agents: AgentClients,
-    private readonly registry: NodeRegistry,
+    deps: ReconcilerDeps,
     private readonly opts: ReconcilerOptions,
-    private readonly log: Logger,
   ) {
+    ({ etcd: this.etcd, store: this.store, agents: this.agents, registry: this.registry, log: this.log } = deps);
+    this.keeper = new ReplicaKeeper({ ...deps, graceMs: opts.replicaGraceMs, log: deps.log.child({ part: "replicas" }) });
+    this.resync = new DetachedResync({ store: deps.store, agents: deps.agents, log: deps.log, copyRateBytes: opts.copyRateBytes ?? 0 });
     const onError = (what: string) => (id: string, err: unknown) =>
       this.log.warn({ [what]: id, err: errorMessage(err) }, `${what} reconcile failed; will retry`);
     this.volumes = new WorkQueue((n) => this.reconcileVolume(n), opts.concurrency, onError("volume"));
@@ -80,12 +112,22 @@ export class Reconciler {
     if (c.kind === "volume-spec" || c.kind === "operation") this.volumes.add(c.name);
     // A node going online or offline changes its replicas' state; pool figures
     // refreshed by heartbeats do not.
-    else if (c.kind === "node-status" && c.transition !== "updated") this.enqueueVolumesOn(c.name);
+    else if (c.kind === "node-status" && c.transition !== "updated") this.enqueueAfterNodeChange(c.name);
+    // A drain starts or ends; and the rebuild brake depends on how many nodes exist.
+    else if (c.kind === "node-spec") this.enqueueAfterNodeChange(c.name);
   }
 
   private enqueueVolumesOn(node: string): void {
     for (const { value } of this.store.volumeSpecs()) {
-      if (value.placement.some((p) => p.node === node)) this.volumes.add(value.name);
+      if (value.placement.some((p) => p.node === node) || value.removedReplicas?.some((r) => r.node === node)) this.volumes.add(value.name);
+    }
+  }
+
+  /** A node went online or offline, or its spec changed: its volumes, and every degraded one (the brake may have moved). */
+  private enqueueAfterNodeChange(node: string): void {
+    this.enqueueVolumesOn(node);
+    for (const e of this.store.volumeSpecs()) {
+      if (this.store.volumeStatus(e.value.name)?.value.phase === "degraded") this.volumes.add(e.value.name);
     }
   }
 
@@ -113,8 +155,13 @@ export class Reconciler {
     const replicas = await Promise.all(
       spec.placement.map((p) => this.ensureReplica(spec, p, previous.get(p.id), attached || (resync && !p.outOfSync))),
     );
-    const frontends = [...(await this.startFrontends(spec, replicas, prevFrontends)), ...stopping];
+    const frontends = [...(await this.startFrontends(spec, replicas, prevFrontends, stopping)), ...stopping];
     const { status, operationDone } = deriveVolumeStatus(spec, replicas, opE?.value, frontends);
+    // What the replica set should become (and why not, if it cannot), decided before the
+    // status is written so that the status says it.
+    const plan = this.keeper.plan(spec, replicas);
+    const decision = this.keeper.decide(spec, plan);
+    status.message = [status.message, ...plan.notes, ...decision.notes].filter(Boolean).join("; ");
     if (statusChanged(statusE?.value, status) || operationDone) {
       const value: VolumeStatus = { ...status, updatedAtMs: Date.now() };
       await this.store.write({
@@ -124,60 +171,40 @@ export class Reconciler {
       });
       if (statusE?.value.phase !== status.phase) this.log.info({ volume: name, phase: status.phase }, "volume phase changed");
     }
-    if (resync) return this.resyncDetached(spec, specE.modRevision, replicas);
-    if (status.phase !== "healthy" || frontends.some((f) => f.state !== "attached")) return 2_000;
+    const changing = decision.changes.add.length > 0 || decision.changes.remove.length > 0;
+    // A new spec brings a new pass through the watch; the agents hear of it there.
+    if (changing && (await this.keeper.write(name, specE.modRevision, plan))) return;
+    const removal = await this.keeper.deleteRemovedImages(name, specE.modRevision, attached || prevFrontends.length > 0);
+    await this.keeper.dropStaleJobs(spec, specE.modRevision);
+    const again = [removal, plan.recheckInMs];
+    if (resync) again.push(await this.resync.run(spec, specE.modRevision, replicas));
+    if (status.phase !== "healthy" || frontends.some((f) => f.state !== "attached")) again.push(2_000);
+    const soonest = Math.min(...again.filter((x): x is number => x !== undefined));
+    if (Number.isFinite(soonest)) return Math.max(soonest, 50);
   }
 
   /**
-   * Brings the out-of-sync replicas of a DETACHED volume back: a full copy from an
-   * in-sync replica's export, then the in-sync record. The record is written only
-   * if the spec did not change during the copy: an attach meanwhile means a writer
-   * the copy may have missed, so the next pass copies again.
+   * Starts (or confirms) frontends on the nodes the volume is attached to. Never
+   * while a frontend it was detached from elsewhere is not confirmed stopped and
+   * may still serve: that one stops by itself when its lease runs out (it cannot
+   * read the record, or reads that it was detached), so a new one starts only
+   * FENCE_MS after the detach was first seen unconfirmed (a migration's destination
+   * is exempt: its source is attached, not detached).
    */
-  private async resyncDetached(spec: VolumeSpec, specRevision: number, replicas: ReplicaStatusRecord[]): Promise<number> {
-    const outOfSync = new Set(spec.placement.filter((p) => p.outOfSync).map((p) => p.id));
-    const source = replicas.find((r) => r.state === "healthy" && r.exportUri && !outOfSync.has(r.id));
-    if (!source) return 5_000;
-    for (const p of spec.placement.filter((x) => x.outOfSync)) {
-      const target = replicas.find((r) => r.id === p.id);
-      if (target?.state !== "healthy" || target.exportUri) continue;
-      this.log.info({ volume: spec.name, replica: p.id, source: source.id }, "resync of a detached volume: copying from an in-sync replica");
-      let res;
-      try {
-        res = await this.agents.for(p.node).copyReplica(
-          { id: p.id, pool: p.pool, sourceNbdUri: source.exportUri!, rateLimitBytes: this.opts.copyRateBytes ?? 0 },
-          { timeoutMs: 24 * 3600_000 },
-        );
-      } catch (err) {
-        this.log.warn({ volume: spec.name, replica: p.id, err: errorMessage(err) }, "resync copy failed; will retry");
-        return 10_000;
-      }
-      const cur = this.store.volumeSpec(spec.name);
-      if (!cur || cur.modRevision !== specRevision) return 500; // changed meanwhile: judge again
-      const next = withReplicaInSync(cur.value, p.id, { kind: "full", bytes: res.bytes, ms: res.durationMs });
-      try {
-        specRevision = await this.store.write({
-          unchanged: [[keys.volumeSpec(spec.name), specRevision]],
-          put: [{ key: keys.volumeSpec(spec.name), value: next }],
-          delete: [keys.job(p.id)],
-        });
-      } catch (err) {
-        if (err instanceof ConflictError) return 500;
-        throw err;
-      }
-      this.log.info({ volume: spec.name, replica: p.id, bytes: res.bytes, ms: res.durationMs, generation: next.generation }, "replica resynced; recorded in-sync");
-    }
-    return 500;
-  }
-
-  /** Starts (or confirms) frontends on the nodes the volume is attached to. */
-  private async startFrontends(spec: VolumeSpec, replicas: ReplicaStatusRecord[], prev: FrontendStatus[]): Promise<FrontendStatus[]> {
+  private async startFrontends(spec: VolumeSpec, replicas: ReplicaStatusRecord[], prev: FrontendStatus[], stopping: FrontendStatus[]): Promise<FrontendStatus[]> {
     const out: FrontendStatus[] = [];
     const before = new Map(prev.map((f) => [f.node, f]));
-    for (const { node } of spec.attachments ?? []) {
+    const fencedUntil = Math.max(0, ...stopping.map((f) => (f.detachingSinceMs ?? 0) + FENCE_MS));
+    for (const { node, migration } of spec.attachments ?? []) {
       const base: FrontendStatus = before.get(node) ?? { node, socketPath: "", nbdUri: "", state: "attaching", message: "" };
       if (!this.registry.isOnline(node)) {
         out.push({ ...base, message: `node ${node} is offline` });
+        continue;
+      }
+      const wait = fencedUntil - Date.now();
+      if (!migration && base.state !== "attached" && wait > 0) {
+        const old = stopping.map((f) => f.node).join(", ");
+        out.push({ ...base, state: "attaching", message: `waiting ${Math.ceil(wait / 1000)} s for the frontend on ${old} (not confirmed stopped) to lose its lease` });
         continue;
       }
       // Read preference: the attached node's own replica first. A replica recorded
@@ -207,20 +234,30 @@ export class Reconciler {
     const left: FrontendStatus[] = [];
     for (const f of prev) {
       if (wanted.has(f.node)) continue;
+      const detachingSinceMs = f.detachingSinceMs ?? Date.now();
       if (!this.registry.isOnline(f.node)) {
-        left.push({ ...f, state: "detaching", message: `node ${f.node} is offline` });
+        left.push({ ...f, state: "detaching", detachingSinceMs, message: `node ${f.node} is offline` });
         continue;
       }
       try {
         await this.agents.for(f.node).removeFrontend({ volume: spec.name }, { timeoutMs: 30_000 });
       } catch (err) {
-        left.push({ ...f, state: "detaching", message: errorMessage(err) });
+        left.push({ ...f, state: "detaching", detachingSinceMs, message: errorMessage(err) });
       }
     }
     return left;
   }
 
   private async ensureReplica(
+    spec: VolumeSpec,
+    p: ReplicaPlacement,
+    prev: ReplicaStatusRecord | undefined,
+    exported: boolean,
+  ): Promise<ReplicaStatusRecord> {
+    return withUnreachableSince(await this.applyReplica(spec, p, prev, exported), prev, Date.now());
+  }
+
+  private async applyReplica(
     spec: VolumeSpec,
     p: ReplicaPlacement,
     prev: ReplicaStatusRecord | undefined,
@@ -293,7 +330,8 @@ export class Reconciler {
         this.log.warn({ volume: spec.name, node: f.node, err: errorMessage(err) }, "frontend stop failed; will retry");
       }
     }
-    for (const p of spec.placement) {
+    // Replicas that left the volume earlier go too (their images may still be there).
+    for (const p of [...spec.placement, ...(spec.removedReplicas ?? [])]) {
       // An offline node keeps its image until it returns; the node sweep removes it then.
       if (!this.registry.isOnline(p.node)) continue;
       try {
@@ -306,24 +344,34 @@ export class Reconciler {
     if (waiting) return 2_000;
     await this.store.write({
       unchanged: [[keys.volumeSpec(spec.name), specRevision]],
-      delete: [keys.volumeSpec(spec.name), keys.volumeStatus(spec.name), keys.operation(spec.name)],
+      delete: [
+        keys.volumeSpec(spec.name),
+        keys.volumeStatus(spec.name),
+        keys.operation(spec.name),
+        ...this.store.jobs().filter((j) => j.value.volume === spec.name).map((j) => keys.job(j.value.replica)),
+      ],
     });
     this.log.info({ volume: spec.name, replicas: status?.replicas.length ?? 0 }, "volume deleted");
   }
 
-  /** Deletes replica images on a node that no volume spec places there. */
+  /**
+   * Deletes replica images on a node that no volume spec places there. Replicas that
+   * left a volume (removedReplicas) are the volume's own pass to delete: an attached
+   * volume's frontend may hold one for a few seconds more.
+   */
   async sweepNode(node: string): Promise<number | void> {
     if (!this.registry.isOnline(node)) return;
     const inventory = await this.agents.for(node).getInventory({}, { timeoutMs: 60_000 });
+    const known = (v: VolumeSpec, id: string) => v.placement.some((p) => p.id === id) || (v.removedReplicas ?? []).some((r) => r.id === id);
     const wanted = new Set<string>();
     for (const { value } of this.store.volumeSpecs()) {
-      for (const p of value.placement) if (p.node === node) wanted.add(p.id);
+      for (const p of [...value.placement, ...(value.removedReplicas ?? [])]) if (p.node === node) wanted.add(p.id);
     }
     for (const r of inventory.replicas) {
       if (wanted.has(r.id)) continue;
       // The mirror may lag etcd by a moment: confirm with a direct read before deleting.
       const raw = await this.etcd.get(keys.volumeSpec(r.volume)).string();
-      if (raw && (JSON.parse(raw) as VolumeSpec).placement.some((p) => p.id === r.id)) continue;
+      if (raw && known(JSON.parse(raw) as VolumeSpec, r.id)) continue;
       await this.agents.for(node).deleteReplica({ id: r.id, pool: r.pool }, { timeoutMs: 60_000 });
       this.log.info({ node, replica: r.id, volume: r.volume, path: r.path }, "deleted orphaned replica");
     }

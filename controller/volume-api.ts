@@ -2,8 +2,8 @@
 // state (and the operation) in etcd before any agent is called. The reconciler
 // does the rest, so a crash after any line leaves work the next leader finishes.
 import { randomBytes, randomUUID } from "node:crypto";
-import type { VolumeServiceService } from "../gen/stowage/v1/controller.js";
-import type { VolumeSpec as ApiVolumeSpec } from "../gen/stowage/v1/types.js";
+import type { RemovedReplica, VolumeServiceService } from "../gen/stowage/v1/controller.js";
+import type { Job, VolumeSpec as ApiVolumeSpec } from "../gen/stowage/v1/types.js";
 import {
   AlreadyExistsError,
   FailedPreconditionError,
@@ -14,12 +14,16 @@ import {
 import type { RequestHandlers } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
 import { faultPoint } from "../lib/faults.js";
-import { KeyedMutex } from "../lib/keyed-mutex.js";
+import type { KeyedMutex } from "../lib/keyed-mutex.js";
 import { formatSize } from "../lib/sizes.js";
 import type { ClusterView } from "./cluster-view.js";
 import { formatFromApi, preallocationFromApi, volumeToApi } from "./convert.js";
+import { jobsOf } from "./job-api.js";
 import { keys } from "./keys.js";
 import type { OperationRecord, VolumeSpec, VolumeStatus } from "./model.js";
+import { placeReplicas, withPlacementChanges } from "./placement-edits.js";
+import { PLACEMENT_LOCK } from "./replica-keeper.js";
+import { planReplicas, rebuildBrake, type ObservedReplica } from "./replica-plan.js";
 import { DEFAULT_OVERCOMMIT_RATIO, place } from "./scheduler.js";
 import type { ClusterStore } from "./store.js";
 
@@ -30,6 +34,8 @@ const MAX_SIZE = 2 ** 50; // 1 PiB
 export interface VolumeApiDeps {
   store: ClusterStore;
   view: ClusterView;
+  /** Shared with the reconciler: placements are decided and written one at a time. */
+  placing: KeyedMutex;
   instance: string;
   ensureLeader: () => Promise<void>;
   enqueue: (volume: string) => void;
@@ -69,9 +75,10 @@ function sameRequest(a: Requested, b: VolumeSpec): boolean {
 }
 
 export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServiceService> {
-  // Placement decisions run one at a time, so two creates never count the same free space.
-  const lock = new KeyedMutex();
-  const placing = { run: <T>(fn: () => Promise<T>) => lock.run("placement", fn) };
+  // Placement decisions run one at a time, so two of them never count the same free space.
+  const placing = { run: <T>(fn: () => Promise<T>) => d.placing.run(PLACEMENT_LOCK, fn) };
+  /** The API view of a volume, with its running and waiting copies. */
+  const apiVolume = (spec: VolumeSpec) => volumeToApi(spec, d.store.volumeStatus(spec.name)?.value, jobsOf(d.store, [spec]));
 
   const operation = (kind: OperationRecord["kind"], volume: string): OperationRecord => ({
     id: randomUUID(),
@@ -142,15 +149,16 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
 
     async getVolume(req) {
       await d.ensureLeader();
-      const e = existing(req.name);
-      return { volume: volumeToApi(e.value, d.store.volumeStatus(req.name)?.value) };
+      return { volume: apiVolume(existing(req.name).value) };
     },
 
     async listVolumes() {
       await d.ensureLeader();
-      const volumes = d.store
-        .volumeSpecs()
-        .map((e) => volumeToApi(e.value, d.store.volumeStatus(e.value.name)?.value))
+      const specs = d.store.volumeSpecs().map((e) => e.value);
+      const jobs = new Map<string, Job[]>();
+      for (const j of jobsOf(d.store, specs)) jobs.set(j.volume, [...(jobs.get(j.volume) ?? []), j]);
+      const volumes = specs
+        .map((s) => volumeToApi(s, d.store.volumeStatus(s.name)?.value, jobs.get(s.name)))
         .sort((a, b) => a.spec!.name.localeCompare(b.spec!.name));
       return { volumes };
     },
@@ -274,6 +282,68 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
         });
         d.enqueue(req.name);
         return { volume: volumeToApi(next, d.store.volumeStatus(req.name)?.value) };
+      });
+    },
+
+    async setVolumeReplicas(req) {
+      await d.ensureLeader();
+      return placing.run(async () => {
+        const e = existing(req.name);
+        const spec = e.value;
+        if (spec.deleting) throw new FailedPreconditionError(`volume ${req.name} is being deleted`, { hint: "its replicas cannot change any more" });
+        const n = req.replicas;
+        const nodes = d.store.nodeSpecs().map((x) => x.value);
+        if (!Number.isInteger(n) || n < 1 || n > MAX_REPLICAS) {
+          throw new InvalidArgumentError(`invalid replica count ${n}`, { hint: `use 1 to ${Math.min(MAX_REPLICAS, Math.max(1, nodes.length))}` });
+        }
+        if (n > nodes.length) {
+          throw new InvalidArgumentError(`volume ${req.name} cannot have ${n} replicas: the cluster has ${nodes.length} nodes and each replica needs its own`, {
+            hint: `use at most ${nodes.length}, or add nodes first`,
+          });
+        }
+        const wanted: VolumeSpec = { ...spec, replicas: n };
+        // The reconciler's own plan, for the count only: replacing unreachable replicas stays its job.
+        const observed = new Map<string, ObservedReplica>((d.store.volumeStatus(req.name)?.value.replicas ?? []).map((r) => [r.id, { state: r.state, unreachableSinceMs: r.unreachableSinceMs }]));
+        const online = (node: string) => d.store.nodeStatus(node) !== undefined;
+        const plan = planReplicas({
+          spec: wanted,
+          observed,
+          nodes: new Map(nodes.map((x) => [x.name, { online: online(x.name), draining: x.drain !== undefined }])),
+          now: Date.now(),
+          graceMs: 0,
+          brake: rebuildBrake(nodes.map((x) => ({ online: online(x.name) }))),
+          replaceUnreachable: false,
+        });
+        const placed = placeReplicas(wanted, plan.add.length, d.view.snapshot());
+        if (placed.placement.length < plan.add.length) {
+          const missing = plan.add.length - placed.placement.length;
+          throw new InsufficientCapacityError(`cannot place ${missing} more replica${missing === 1 ? "" : "s"} of volume ${req.name}: ${placed.reason}`, {
+            hint: "add nodes or pools, free space, or uncordon nodes; nothing was changed",
+            rejections: placed.rejections,
+            neededBytes: spec.sizeBytes,
+          });
+        }
+        const draining = new Set(nodes.filter((x) => x.drain).map((x) => x.name));
+        const gone = new Set(plan.remove.map((r) => r.id));
+        const staying = spec.placement.filter((p) => !draining.has(p.node) && !gone.has(p.id)).length;
+        if (staying > n) {
+          throw new FailedPreconditionError(`cannot remove ${staying - n} more replica${staying - n === 1 ? "" : "s"} of volume ${req.name} now: ${plan.notes.join("; ") || "each remaining one is needed"}`, {
+            hint: "nothing was changed; retry when the volume is healthy",
+          });
+        }
+        const removed: RemovedReplica[] = plan.remove.map((r) => ({ id: r.id, node: r.node, reason: r.reason }));
+        const changes = { add: placed.placement.map((p) => ({ node: p.node, pool: p.pool })), remove: plan.remove };
+        if (req.dryRun) return { volume: apiVolume(spec), added: placed.placement, removed, rejections: placed.rejections };
+        const next = withPlacementChanges(wanted, changes, Date.now());
+        if (next === wanted && n === spec.replicas) return { volume: apiVolume(spec), added: [], removed: [], rejections: [] };
+        await d.store.write({
+          unchanged: [[keys.volumeSpec(req.name), e.modRevision]],
+          put: [{ key: keys.volumeSpec(req.name), value: next }],
+          delete: plan.remove.map((r) => keys.job(r.id)),
+        });
+        faultPoint("set-replicas:recorded", req.name);
+        d.enqueue(req.name);
+        return { volume: apiVolume(next), added: placed.placement, removed, rejections: placed.rejections };
       });
     },
   };

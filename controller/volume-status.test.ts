@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { OperationRecord, ReplicaStatusRecord, VolumeSpec } from "./model.js";
-import { deriveVolumeStatus, statusChanged } from "./volume-status.js";
+import { deriveVolumeStatus, statusChanged, withUnreachableSince } from "./volume-status.js";
 
 const GiB = 2 ** 30;
 const spec: VolumeSpec = {
@@ -93,4 +93,18 @@ describe("deriveVolumeStatus", () => {
     expect(statusChanged(a, { ...b, phase: "failed" })).toBe(true);
     expect(statusChanged(undefined, b)).toBe(true);
   });
+});
+
+describe("withUnreachableSince", () => {
+  const since = (r: ReplicaStatusRecord, t: number): ReplicaStatusRecord => ({ ...r, unreachableSinceMs: t });
+  const cases: Record<string, [ReplicaStatusRecord, ReplicaStatusRecord | undefined, number | undefined]> = {
+    "first seen unreachable: now": [replica("a", "unreachable"), replica("a", "healthy"), 500],
+    "still unreachable: the first moment is kept (also across leaders: it comes from etcd)": [replica("a", "unreachable"), since(replica("a", "unreachable"), 100), 100],
+    "unreachable, then failed: the clock keeps running": [replica("a", "failed"), since(replica("a", "unreachable"), 100), 100],
+    "healthy again: cleared": [since(replica("a", "healthy"), 100), since(replica("a", "unreachable"), 100), undefined],
+    "creating: not counted": [replica("a", "creating"), undefined, undefined],
+  };
+  for (const [name, [r, prev, want]] of Object.entries(cases)) {
+    it(name, () => expect(withUnreachableSince(r, prev, 500).unreachableSinceMs).toBe(want));
+  }
 });

@@ -53,3 +53,14 @@ export function statusChanged(a: Omit<VolumeStatus, "updatedAtMs"> | undefined, 
     JSON.stringify(a.frontends ?? []) !== JSON.stringify(b.frontends ?? [])
   );
 }
+
+/**
+ * The replica record with the moment it was first seen unreachable or failed, carried
+ * over from the previous status (so a new leader counts the grace period from the
+ * same moment), or without it once the replica is fine again.
+ */
+export function withUnreachableSince(r: ReplicaStatusRecord, prev: ReplicaStatusRecord | undefined, now: number): ReplicaStatusRecord {
+  const { unreachableSinceMs: _, ...rest } = r;
+  if (r.state !== "unreachable" && r.state !== "failed") return rest;
+  return { ...rest, unreachableSinceMs: prev?.unreachableSinceMs ?? now };
+}

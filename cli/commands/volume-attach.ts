@@ -66,9 +66,20 @@ export function registerAttachCommands(volume: Command, session: Session): void 
       const ctx = session.context(cmd);
       const res = await ctx.controllers().service(VolumeServiceService).detachVolume({ name, node: opts.node });
       if (!opts.wait) return ctx.print(res, () => `volume ${name} is detaching from ${opts.node}\n`);
-      const detached = (v: Volume): Progress => (attachmentOn(v, opts.node) ? "pending" : "done");
+      // Done once the frontend stopped, or once it is fenced: its node is offline and it
+      // stops serving by itself when its lease runs out.
+      const detached = (v: Volume): Progress => {
+        const a = attachmentOn(v, opts.node);
+        return !a || a.unconfirmedSinceMs > 0 ? "done" : "pending";
+      };
       const v = (await waitForVolume(ctx, name, `detaching from ${opts.node}`, wait, detached)).volume;
-      ctx.print({ volume: v }, () => `volume ${name} detached from ${opts.node}\n`);
+      const left = attachmentOn(v, opts.node);
+      ctx.print({ volume: v }, () =>
+        left
+          ? `volume ${name} detached from ${opts.node}, but its frontend there is not confirmed stopped (${left.message || "node offline"}).\n` +
+            `It stops serving by itself within its 6 s lease; another node can attach the volume from ${new Date(left.unconfirmedSinceMs + 10_000).toISOString()} on.\n`
+          : `volume ${name} detached from ${opts.node}\n`,
+      );
     });
 
   volume

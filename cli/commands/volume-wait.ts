@@ -5,7 +5,7 @@ import { DeadlineError, NotFoundError, StowageError } from "../../lib/errors.js"
 import type { CliContext } from "../context.js";
 import { enumLabel, VOLUME_PHASE } from "../convert.js";
 import { parseSecondsFlag } from "../flags.js";
-import { createProgress, DEFAULT_WAIT_MS, pollUntil, resizeProgress, type Progress } from "../wait.js";
+import { COPY_WAIT_MS, createProgress, DEFAULT_WAIT_MS, pollUntil, resizeProgress, type Progress } from "../wait.js";
 
 function failed(name: string, v: Volume): StowageError {
   return new StowageError(`volume ${name} failed: ${v.message || "no reason given"}`, {
@@ -21,6 +21,7 @@ function stillBusy(name: string, doing: string, last: Volume | undefined, waitMs
 }
 
 export const WAIT_HELP = `wait at most this long (default: ${DEFAULT_WAIT_MS / 1000})`;
+export const COPY_WAIT_HELP = `wait at most this long (default: ${COPY_WAIT_MS / 1000})`;
 export const NO_WAIT_HELP = "return once the controller accepted the request, without waiting";
 
 export interface WaitFlags {
@@ -29,8 +30,8 @@ export interface WaitFlags {
 }
 
 /** The --wait-timeout flag in milliseconds (the default when absent). */
-export function waitMs(flags: WaitFlags): number {
-  return flags.waitTimeout === undefined ? DEFAULT_WAIT_MS : parseSecondsFlag("--wait-timeout", flags.waitTimeout);
+export function waitMs(flags: WaitFlags, defaultMs = DEFAULT_WAIT_MS): number {
+  return flags.waitTimeout === undefined ? defaultMs : parseSecondsFlag("--wait-timeout", flags.waitTimeout);
 }
 
 /**
@@ -43,6 +44,8 @@ export async function waitForVolume(
   doing: string,
   waitMs: number,
   progress: (v: Volume) => Progress,
+  onPoll?: (v: Volume) => void,
+  intervalMs?: number,
 ): Promise<GetVolumeResponse> {
   const volumes = ctx.controllers().service(VolumeServiceService);
   let last: Volume | undefined;
@@ -53,9 +56,10 @@ export async function waitForVolume(
       last = res.volume;
       const p = progress(res.volume);
       if (p === "failed") throw failed(name, res.volume);
+      if (p !== "done") onPoll?.(res.volume);
       return p === "done" ? res : undefined;
     },
-    { timeoutMs: waitMs, now: ctx.deps.now, sleep: ctx.deps.sleep, onTimeout: () => stillBusy(name, doing, last, waitMs) },
+    { timeoutMs: waitMs, intervalMs, now: ctx.deps.now, sleep: ctx.deps.sleep, onTimeout: () => stillBusy(name, doing, last, waitMs) },
   );
 }
 

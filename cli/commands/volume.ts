@@ -1,4 +1,4 @@
-// stowctl volume create | list | get | delete | resize (attach, detach, disk-xml: volume-attach.ts)
+// stowctl volume create | list | get | delete | resize (set: volume-set.ts; attach, detach, disk-xml: volume-attach.ts)
 import type { Command } from "commander";
 import { VolumeServiceService } from "../../gen/stowage/v1/controller.js";
 import { InvalidArgumentError } from "../../lib/errors.js";
@@ -10,12 +10,13 @@ import { plural } from "../output.js";
 import { createVolumeRequest, DEFAULT_FORMAT, DEFAULT_PREALLOCATION, DEFAULT_REPLICAS, resizeVolumeRequest, type CreateVolumeFlags } from "../requests.js";
 import { placementView, volumeDetail, volumesTable } from "../views.js";
 import { registerAttachCommands } from "./volume-attach.js";
+import { registerSetCommand } from "./volume-set.js";
 import { NO_WAIT_HELP, WAIT_HELP, waitCreated, waitDeleted, waitMs, waitResized, type WaitFlags } from "./volume-wait.js";
 
 export function registerVolumeCommands(program: Command, session: Session): void {
   const volume = program
     .command("volume")
-    .description("create, inspect, resize and delete replicated volumes")
+    .description("create, inspect, resize, scale and delete replicated volumes")
     .addHelpText("after", examples(["stowctl volume create vm1 --size 10GiB", "stowctl volume list"]));
 
   volume
@@ -125,5 +126,6 @@ export function registerVolumeCommands(program: Command, session: Session): void
       ctx.print(done, () => `volume ${name} resized to ${size} (${plural(replicas, "replica")})\n`);
     });
 
+  registerSetCommand(volume, session);
   registerAttachCommands(volume, session);
 }

@@ -20,6 +20,7 @@ import {
 } from "@grpc/grpc-js";
 import {
   Attachment,
+  Job,
   LibvirtEndpoint,
   Migration,
   Node,
@@ -35,6 +36,29 @@ import {
 export const protobufPackage = "stowage.v1";
 
 export const protobufFileName = "stowage/v1/controller.proto";
+
+export interface DrainNodeRequest {
+  name: string;
+  /** Only check that every replica has somewhere to go and show where; change nothing. */
+  dryRun: boolean;
+}
+
+export interface DrainNodeResponse {
+  node?:
+    | Node
+    | undefined;
+  /** Where each replica on the node goes (for a dry run: would go). */
+  moves: ReplicaMove[];
+}
+
+/** A replica leaving a node for another. */
+export interface ReplicaMove {
+  volume: string;
+  replicaId: string;
+  fromNode: string;
+  toNode: string;
+  toPool: string;
+}
 
 export interface ListNodesRequest {
 }
@@ -83,6 +107,32 @@ export interface GetPoolRequest {
 
 export interface GetPoolResponse {
   pool?: Pool | undefined;
+}
+
+export interface SetVolumeReplicasRequest {
+  name: string;
+  replicas: number;
+  /** Only compute what would be added and removed; change nothing. */
+  dryRun: boolean;
+}
+
+export interface SetVolumeReplicasResponse {
+  volume?:
+    | Volume
+    | undefined;
+  /** Replicas added (placed by the scheduler), or that would be for a dry run. */
+  added: PlacementItem[];
+  /** Replicas removed, or that would be for a dry run. */
+  removed: RemovedReplica[];
+  /** Nodes not chosen for the new replicas, and why. */
+  rejections: NodeRejection[];
+}
+
+export interface RemovedReplica {
+  id: string;
+  node: string;
+  /** Why this replica was chosen, for example "out of sync". */
+  reason: string;
 }
 
 export interface AttachVolumeRequest {
@@ -213,6 +263,20 @@ export interface GetMigrationResponse {
   migration?: Migration | undefined;
 }
 
+export interface ListJobsRequest {
+  /** Only this volume's jobs (empty: every volume). */
+  volume: string;
+}
+
+export interface ListJobsResponse {
+  jobs: Job[];
+  /**
+   * Set while automatic rebuilds (replacing replicas after the grace period) are
+   * paused, and why: "2 of 3 nodes offline: automatic rebuilds paused".
+   */
+  rebuildsPaused: string;
+}
+
 export interface GetSyncStateRequest {
   volume: string;
 }
@@ -265,6 +329,17 @@ export interface SyncState {
    * drops those that left the volume.
    */
   replicas: SyncReplica[];
+  /**
+   * Limit for resync and rebuild copies, bytes per second (0: none); the
+   * controller's --copy-rate-mib.
+   */
+  copyRateBytes: number;
+  /**
+   * Nodes the volume is attached to (two only inside a live-migration window). A
+   * frontend on a node not listed stops serving: it was detached, and another
+   * frontend may be writing.
+   */
+  attachedNodes: string[];
 }
 
 export interface SyncReplica {
@@ -320,6 +395,329 @@ export interface HeartbeatResponse {
    */
   reregister: boolean;
 }
+
+function createBaseDrainNodeRequest(): DrainNodeRequest {
+  return { name: "", dryRun: false };
+}
+
+export const DrainNodeRequest: MessageFns<DrainNodeRequest> = {
+  encode(message: DrainNodeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(16).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrainNodeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrainNodeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrainNodeRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: DrainNodeRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrainNodeRequest>, I>>(base?: I): DrainNodeRequest {
+    return DrainNodeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrainNodeRequest>, I>>(object: I): DrainNodeRequest {
+    const message = createBaseDrainNodeRequest();
+    message.name = object.name ?? "";
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseDrainNodeResponse(): DrainNodeResponse {
+  return { node: undefined, moves: [] };
+}
+
+export const DrainNodeResponse: MessageFns<DrainNodeResponse> = {
+  encode(message: DrainNodeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== undefined) {
+      Node.encode(message.node, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.moves) {
+      ReplicaMove.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrainNodeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrainNodeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = Node.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.moves.push(ReplicaMove.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrainNodeResponse {
+    return {
+      node: isSet(object.node) ? Node.fromJSON(object.node) : undefined,
+      moves: globalThis.Array.isArray(object?.moves) ? object.moves.map((e: any) => ReplicaMove.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: DrainNodeResponse): unknown {
+    const obj: any = {};
+    if (message.node !== undefined) {
+      obj.node = Node.toJSON(message.node);
+    }
+    if (message.moves?.length) {
+      obj.moves = message.moves.map((e) => ReplicaMove.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrainNodeResponse>, I>>(base?: I): DrainNodeResponse {
+    return DrainNodeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrainNodeResponse>, I>>(object: I): DrainNodeResponse {
+    const message = createBaseDrainNodeResponse();
+    message.node = (object.node !== undefined && object.node !== null) ? Node.fromPartial(object.node) : undefined;
+    message.moves = object.moves?.map((e) => ReplicaMove.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseReplicaMove(): ReplicaMove {
+  return { volume: "", replicaId: "", fromNode: "", toNode: "", toPool: "" };
+}
+
+export const ReplicaMove: MessageFns<ReplicaMove> = {
+  encode(message: ReplicaMove, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.fromNode !== "") {
+      writer.uint32(26).string(message.fromNode);
+    }
+    if (message.toNode !== "") {
+      writer.uint32(34).string(message.toNode);
+    }
+    if (message.toPool !== "") {
+      writer.uint32(42).string(message.toPool);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicaMove {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicaMove();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.fromNode = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.toNode = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.toPool = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplicaMove {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      fromNode: isSet(object.fromNode)
+        ? globalThis.String(object.fromNode)
+        : isSet(object.from_node)
+        ? globalThis.String(object.from_node)
+        : "",
+      toNode: isSet(object.toNode)
+        ? globalThis.String(object.toNode)
+        : isSet(object.to_node)
+        ? globalThis.String(object.to_node)
+        : "",
+      toPool: isSet(object.toPool)
+        ? globalThis.String(object.toPool)
+        : isSet(object.to_pool)
+        ? globalThis.String(object.to_pool)
+        : "",
+    };
+  },
+
+  toJSON(message: ReplicaMove): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.fromNode !== "") {
+      obj.fromNode = message.fromNode;
+    }
+    if (message.toNode !== "") {
+      obj.toNode = message.toNode;
+    }
+    if (message.toPool !== "") {
+      obj.toPool = message.toPool;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplicaMove>, I>>(base?: I): ReplicaMove {
+    return ReplicaMove.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplicaMove>, I>>(object: I): ReplicaMove {
+    const message = createBaseReplicaMove();
+    message.volume = object.volume ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.fromNode = object.fromNode ?? "";
+    message.toNode = object.toNode ?? "";
+    message.toPool = object.toPool ?? "";
+    return message;
+  },
+};
 
 function createBaseListNodesRequest(): ListNodesRequest {
   return {};
@@ -1124,6 +1522,335 @@ export const GetPoolResponse: MessageFns<GetPoolResponse> = {
   fromPartial<I extends Exact<DeepPartial<GetPoolResponse>, I>>(object: I): GetPoolResponse {
     const message = createBaseGetPoolResponse();
     message.pool = (object.pool !== undefined && object.pool !== null) ? Pool.fromPartial(object.pool) : undefined;
+    return message;
+  },
+};
+
+function createBaseSetVolumeReplicasRequest(): SetVolumeReplicasRequest {
+  return { name: "", replicas: 0, dryRun: false };
+}
+
+export const SetVolumeReplicasRequest: MessageFns<SetVolumeReplicasRequest> = {
+  encode(message: SetVolumeReplicasRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.replicas !== 0) {
+      writer.uint32(16).uint32(message.replicas);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(24).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetVolumeReplicasRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetVolumeReplicasRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replicas = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetVolumeReplicasRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      replicas: isSet(object.replicas) ? globalThis.Number(object.replicas) : 0,
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: SetVolumeReplicasRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.replicas !== 0) {
+      obj.replicas = Math.round(message.replicas);
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetVolumeReplicasRequest>, I>>(base?: I): SetVolumeReplicasRequest {
+    return SetVolumeReplicasRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetVolumeReplicasRequest>, I>>(object: I): SetVolumeReplicasRequest {
+    const message = createBaseSetVolumeReplicasRequest();
+    message.name = object.name ?? "";
+    message.replicas = object.replicas ?? 0;
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseSetVolumeReplicasResponse(): SetVolumeReplicasResponse {
+  return { volume: undefined, added: [], removed: [], rejections: [] };
+}
+
+export const SetVolumeReplicasResponse: MessageFns<SetVolumeReplicasResponse> = {
+  encode(message: SetVolumeReplicasResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== undefined) {
+      Volume.encode(message.volume, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.added) {
+      PlacementItem.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.removed) {
+      RemovedReplica.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.rejections) {
+      NodeRejection.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetVolumeReplicasResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetVolumeReplicasResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = Volume.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.added.push(PlacementItem.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.removed.push(RemovedReplica.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.rejections.push(NodeRejection.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetVolumeReplicasResponse {
+    return {
+      volume: isSet(object.volume) ? Volume.fromJSON(object.volume) : undefined,
+      added: globalThis.Array.isArray(object?.added) ? object.added.map((e: any) => PlacementItem.fromJSON(e)) : [],
+      removed: globalThis.Array.isArray(object?.removed)
+        ? object.removed.map((e: any) => RemovedReplica.fromJSON(e))
+        : [],
+      rejections: globalThis.Array.isArray(object?.rejections)
+        ? object.rejections.map((e: any) => NodeRejection.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetVolumeReplicasResponse): unknown {
+    const obj: any = {};
+    if (message.volume !== undefined) {
+      obj.volume = Volume.toJSON(message.volume);
+    }
+    if (message.added?.length) {
+      obj.added = message.added.map((e) => PlacementItem.toJSON(e));
+    }
+    if (message.removed?.length) {
+      obj.removed = message.removed.map((e) => RemovedReplica.toJSON(e));
+    }
+    if (message.rejections?.length) {
+      obj.rejections = message.rejections.map((e) => NodeRejection.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetVolumeReplicasResponse>, I>>(base?: I): SetVolumeReplicasResponse {
+    return SetVolumeReplicasResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetVolumeReplicasResponse>, I>>(object: I): SetVolumeReplicasResponse {
+    const message = createBaseSetVolumeReplicasResponse();
+    message.volume = (object.volume !== undefined && object.volume !== null)
+      ? Volume.fromPartial(object.volume)
+      : undefined;
+    message.added = object.added?.map((e) => PlacementItem.fromPartial(e)) || [];
+    message.removed = object.removed?.map((e) => RemovedReplica.fromPartial(e)) || [];
+    message.rejections = object.rejections?.map((e) => NodeRejection.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRemovedReplica(): RemovedReplica {
+  return { id: "", node: "", reason: "" };
+}
+
+export const RemovedReplica: MessageFns<RemovedReplica> = {
+  encode(message: RemovedReplica, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemovedReplica {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemovedReplica();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemovedReplica {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: RemovedReplica): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemovedReplica>, I>>(base?: I): RemovedReplica {
+    return RemovedReplica.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemovedReplica>, I>>(object: I): RemovedReplica {
+    const message = createBaseRemovedReplica();
+    message.id = object.id ?? "";
+    message.node = object.node ?? "";
+    message.reason = object.reason ?? "";
     return message;
   },
 };
@@ -3160,6 +3887,162 @@ export const GetMigrationResponse: MessageFns<GetMigrationResponse> = {
   },
 };
 
+function createBaseListJobsRequest(): ListJobsRequest {
+  return { volume: "" };
+}
+
+export const ListJobsRequest: MessageFns<ListJobsRequest> = {
+  encode(message: ListJobsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListJobsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListJobsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListJobsRequest {
+    return { volume: isSet(object.volume) ? globalThis.String(object.volume) : "" };
+  },
+
+  toJSON(message: ListJobsRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListJobsRequest>, I>>(base?: I): ListJobsRequest {
+    return ListJobsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListJobsRequest>, I>>(object: I): ListJobsRequest {
+    const message = createBaseListJobsRequest();
+    message.volume = object.volume ?? "";
+    return message;
+  },
+};
+
+function createBaseListJobsResponse(): ListJobsResponse {
+  return { jobs: [], rebuildsPaused: "" };
+}
+
+export const ListJobsResponse: MessageFns<ListJobsResponse> = {
+  encode(message: ListJobsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.jobs) {
+      Job.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.rebuildsPaused !== "") {
+      writer.uint32(18).string(message.rebuildsPaused);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListJobsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListJobsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobs.push(Job.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.rebuildsPaused = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListJobsResponse {
+    return {
+      jobs: globalThis.Array.isArray(object?.jobs) ? object.jobs.map((e: any) => Job.fromJSON(e)) : [],
+      rebuildsPaused: isSet(object.rebuildsPaused)
+        ? globalThis.String(object.rebuildsPaused)
+        : isSet(object.rebuilds_paused)
+        ? globalThis.String(object.rebuilds_paused)
+        : "",
+    };
+  },
+
+  toJSON(message: ListJobsResponse): unknown {
+    const obj: any = {};
+    if (message.jobs?.length) {
+      obj.jobs = message.jobs.map((e) => Job.toJSON(e));
+    }
+    if (message.rebuildsPaused !== "") {
+      obj.rebuildsPaused = message.rebuildsPaused;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListJobsResponse>, I>>(base?: I): ListJobsResponse {
+    return ListJobsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListJobsResponse>, I>>(object: I): ListJobsResponse {
+    const message = createBaseListJobsResponse();
+    message.jobs = object.jobs?.map((e) => Job.fromPartial(e)) || [];
+    message.rebuildsPaused = object.rebuildsPaused ?? "";
+    return message;
+  },
+};
+
 function createBaseGetSyncStateRequest(): GetSyncStateRequest {
   return { volume: "" };
 }
@@ -3756,7 +4639,7 @@ export const ReportResyncResponse: MessageFns<ReportResyncResponse> = {
 };
 
 function createBaseSyncState(): SyncState {
-  return { volume: "", generation: 0, inSync: [], outOfSync: [], replicas: [] };
+  return { volume: "", generation: 0, inSync: [], outOfSync: [], replicas: [], copyRateBytes: 0, attachedNodes: [] };
 }
 
 export const SyncState: MessageFns<SyncState> = {
@@ -3775,6 +4658,12 @@ export const SyncState: MessageFns<SyncState> = {
     }
     for (const v of message.replicas) {
       SyncReplica.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.copyRateBytes !== 0) {
+      writer.uint32(48).uint64(message.copyRateBytes);
+    }
+    for (const v of message.attachedNodes) {
+      writer.uint32(58).string(v!);
     }
     return writer;
   },
@@ -3832,6 +4721,22 @@ export const SyncState: MessageFns<SyncState> = {
             message.replicas.push(SyncReplica.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.copyRateBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.attachedNodes.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3861,6 +4766,16 @@ export const SyncState: MessageFns<SyncState> = {
       replicas: globalThis.Array.isArray(object?.replicas)
         ? object.replicas.map((e: any) => SyncReplica.fromJSON(e))
         : [],
+      copyRateBytes: isSet(object.copyRateBytes)
+        ? globalThis.Number(object.copyRateBytes)
+        : isSet(object.copy_rate_bytes)
+        ? globalThis.Number(object.copy_rate_bytes)
+        : 0,
+      attachedNodes: globalThis.Array.isArray(object?.attachedNodes)
+        ? object.attachedNodes.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.attached_nodes)
+        ? object.attached_nodes.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -3881,6 +4796,12 @@ export const SyncState: MessageFns<SyncState> = {
     if (message.replicas?.length) {
       obj.replicas = message.replicas.map((e) => SyncReplica.toJSON(e));
     }
+    if (message.copyRateBytes !== 0) {
+      obj.copyRateBytes = Math.round(message.copyRateBytes);
+    }
+    if (message.attachedNodes?.length) {
+      obj.attachedNodes = message.attachedNodes;
+    }
     return obj;
   },
 
@@ -3894,6 +4815,8 @@ export const SyncState: MessageFns<SyncState> = {
     message.inSync = object.inSync?.map((e) => e) || [];
     message.outOfSync = object.outOfSync?.map((e) => e) || [];
     message.replicas = object.replicas?.map((e) => SyncReplica.fromPartial(e)) || [];
+    message.copyRateBytes = object.copyRateBytes ?? 0;
+    message.attachedNodes = object.attachedNodes?.map((e) => e) || [];
     return message;
   },
 };
@@ -4661,6 +5584,7 @@ export const NodeServiceService = {
     responseSerialize: (value: CordonNodeResponse): Buffer => Buffer.from(CordonNodeResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CordonNodeResponse => CordonNodeResponse.decode(value),
   },
+  /** Also ends a drain: the node takes new replicas again; replicas not moved yet stay. */
   uncordonNode: {
     path: "/stowage.v1.NodeService/UncordonNode" as const,
     requestStream: false as const,
@@ -4671,13 +5595,36 @@ export const NodeServiceService = {
       Buffer.from(UncordonNodeResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UncordonNodeResponse => UncordonNodeResponse.decode(value),
   },
+  /**
+   * Cordons the node and moves every replica off it: for each, a replacement is
+   * placed elsewhere and copied first; the replica on the node is removed once
+   * its replacement is in sync. Refused (nothing changed) when some replica has
+   * nowhere to go. Recorded in the node's spec; poll GetNode for progress.
+   */
+  drainNode: {
+    path: "/stowage.v1.NodeService/DrainNode" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DrainNodeRequest): Buffer => Buffer.from(DrainNodeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DrainNodeRequest => DrainNodeRequest.decode(value),
+    responseSerialize: (value: DrainNodeResponse): Buffer => Buffer.from(DrainNodeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DrainNodeResponse => DrainNodeResponse.decode(value),
+  },
 } as const;
 
 export interface NodeServiceServer extends UntypedServiceImplementation {
   listNodes: handleUnaryCall<ListNodesRequest, ListNodesResponse>;
   getNode: handleUnaryCall<GetNodeRequest, GetNodeResponse>;
   cordonNode: handleUnaryCall<CordonNodeRequest, CordonNodeResponse>;
+  /** Also ends a drain: the node takes new replicas again; replicas not moved yet stay. */
   uncordonNode: handleUnaryCall<UncordonNodeRequest, UncordonNodeResponse>;
+  /**
+   * Cordons the node and moves every replica off it: for each, a replacement is
+   * placed elsewhere and copied first; the replica on the node is removed once
+   * its replacement is in sync. Refused (nothing changed) when some replica has
+   * nowhere to go. Recorded in the node's spec; poll GetNode for progress.
+   */
+  drainNode: handleUnaryCall<DrainNodeRequest, DrainNodeResponse>;
 }
 
 export interface NodeServiceClient extends Client {
@@ -4726,6 +5673,7 @@ export interface NodeServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CordonNodeResponse) => void,
   ): ClientUnaryCall;
+  /** Also ends a drain: the node takes new replicas again; replicas not moved yet stay. */
   uncordonNode(
     request: UncordonNodeRequest,
     callback: (error: ServiceError | null, response: UncordonNodeResponse) => void,
@@ -4740,6 +5688,27 @@ export interface NodeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: UncordonNodeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Cordons the node and moves every replica off it: for each, a replacement is
+   * placed elsewhere and copied first; the replica on the node is removed once
+   * its replacement is in sync. Refused (nothing changed) when some replica has
+   * nowhere to go. Recorded in the node's spec; poll GetNode for progress.
+   */
+  drainNode(
+    request: DrainNodeRequest,
+    callback: (error: ServiceError | null, response: DrainNodeResponse) => void,
+  ): ClientUnaryCall;
+  drainNode(
+    request: DrainNodeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DrainNodeResponse) => void,
+  ): ClientUnaryCall;
+  drainNode(
+    request: DrainNodeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DrainNodeResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -4892,6 +5861,23 @@ export const VolumeServiceService = {
       Buffer.from(DetachVolumeResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DetachVolumeResponse => DetachVolumeResponse.decode(value),
   },
+  /**
+   * Changes the number of replicas. New replicas are placed by the scheduler and
+   * copied from an in-sync replica; removed ones are chosen out-of-sync first, then
+   * those not on a node the volume is attached to. Asking for the current count
+   * changes nothing.
+   */
+  setVolumeReplicas: {
+    path: "/stowage.v1.VolumeService/SetVolumeReplicas" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetVolumeReplicasRequest): Buffer =>
+      Buffer.from(SetVolumeReplicasRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetVolumeReplicasRequest => SetVolumeReplicasRequest.decode(value),
+    responseSerialize: (value: SetVolumeReplicasResponse): Buffer =>
+      Buffer.from(SetVolumeReplicasResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetVolumeReplicasResponse => SetVolumeReplicasResponse.decode(value),
+  },
 } as const;
 
 export interface VolumeServiceServer extends UntypedServiceImplementation {
@@ -4903,6 +5889,13 @@ export interface VolumeServiceServer extends UntypedServiceImplementation {
   /** Starts a frontend for the volume on a node: an NBD endpoint VMs there can use. */
   attachVolume: handleUnaryCall<AttachVolumeRequest, AttachVolumeResponse>;
   detachVolume: handleUnaryCall<DetachVolumeRequest, DetachVolumeResponse>;
+  /**
+   * Changes the number of replicas. New replicas are placed by the scheduler and
+   * copied from an in-sync replica; removed ones are chosen out-of-sync first, then
+   * those not on a node the volume is attached to. Asking for the current count
+   * changes nothing.
+   */
+  setVolumeReplicas: handleUnaryCall<SetVolumeReplicasRequest, SetVolumeReplicasResponse>;
 }
 
 export interface VolumeServiceClient extends Client {
@@ -5011,6 +6004,27 @@ export interface VolumeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DetachVolumeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes the number of replicas. New replicas are placed by the scheduler and
+   * copied from an in-sync replica; removed ones are chosen out-of-sync first, then
+   * those not on a node the volume is attached to. Asking for the current count
+   * changes nothing.
+   */
+  setVolumeReplicas(
+    request: SetVolumeReplicasRequest,
+    callback: (error: ServiceError | null, response: SetVolumeReplicasResponse) => void,
+  ): ClientUnaryCall;
+  setVolumeReplicas(
+    request: SetVolumeReplicasRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetVolumeReplicasResponse) => void,
+  ): ClientUnaryCall;
+  setVolumeReplicas(
+    request: SetVolumeReplicasRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetVolumeReplicasResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -5225,6 +6239,51 @@ export interface VmServiceClient extends Client {
 export const VmServiceClient = makeGenericClientConstructor(VmServiceService, "stowage.v1.VmService") as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): VmServiceClient;
   service: typeof VmServiceService;
+  serviceName: string;
+};
+
+/** Copies that bring replicas in sync (repairs, new replicas, replacements, drains). */
+export type JobServiceService = typeof JobServiceService;
+export const JobServiceService = {
+  /** Running copies (reported by their runner) and out-of-sync replicas waiting for one. */
+  listJobs: {
+    path: "/stowage.v1.JobService/ListJobs" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListJobsRequest): Buffer => Buffer.from(ListJobsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListJobsRequest => ListJobsRequest.decode(value),
+    responseSerialize: (value: ListJobsResponse): Buffer => Buffer.from(ListJobsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListJobsResponse => ListJobsResponse.decode(value),
+  },
+} as const;
+
+export interface JobServiceServer extends UntypedServiceImplementation {
+  /** Running copies (reported by their runner) and out-of-sync replicas waiting for one. */
+  listJobs: handleUnaryCall<ListJobsRequest, ListJobsResponse>;
+}
+
+export interface JobServiceClient extends Client {
+  /** Running copies (reported by their runner) and out-of-sync replicas waiting for one. */
+  listJobs(
+    request: ListJobsRequest,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+  listJobs(
+    request: ListJobsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+  listJobs(
+    request: ListJobsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const JobServiceClient = makeGenericClientConstructor(JobServiceService, "stowage.v1.JobService") as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): JobServiceClient;
+  service: typeof JobServiceService;
   serviceName: string;
 };
 

@@ -161,6 +161,61 @@ export function replicaStateToJSON(object: ReplicaState): string {
   }
 }
 
+export enum JobState {
+  JOB_STATE_UNSPECIFIED = 0,
+  /** JOB_STATE_RUNNING - A copy is running (its runner reports progress). */
+  JOB_STATE_RUNNING = 1,
+  /** JOB_STATE_QUEUED - Ready to copy; the controller (detached volume) or the frontend (attached) starts it next. */
+  JOB_STATE_QUEUED = 2,
+  /** JOB_STATE_WAITING - Cannot start yet; the message says why (for example the target node is offline). */
+  JOB_STATE_WAITING = 3,
+  /** JOB_STATE_STALLED - A copy was reported but its runner has not reported for a while. */
+  JOB_STATE_STALLED = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function jobStateFromJSON(object: any): JobState {
+  switch (object) {
+    case 0:
+    case "JOB_STATE_UNSPECIFIED":
+      return JobState.JOB_STATE_UNSPECIFIED;
+    case 1:
+    case "JOB_STATE_RUNNING":
+      return JobState.JOB_STATE_RUNNING;
+    case 2:
+    case "JOB_STATE_QUEUED":
+      return JobState.JOB_STATE_QUEUED;
+    case 3:
+    case "JOB_STATE_WAITING":
+      return JobState.JOB_STATE_WAITING;
+    case 4:
+    case "JOB_STATE_STALLED":
+      return JobState.JOB_STATE_STALLED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return JobState.UNRECOGNIZED;
+  }
+}
+
+export function jobStateToJSON(object: JobState): string {
+  switch (object) {
+    case JobState.JOB_STATE_UNSPECIFIED:
+      return "JOB_STATE_UNSPECIFIED";
+    case JobState.JOB_STATE_RUNNING:
+      return "JOB_STATE_RUNNING";
+    case JobState.JOB_STATE_QUEUED:
+      return "JOB_STATE_QUEUED";
+    case JobState.JOB_STATE_WAITING:
+      return "JOB_STATE_WAITING";
+    case JobState.JOB_STATE_STALLED:
+      return "JOB_STATE_STALLED";
+    case JobState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export enum VolumePhase {
   VOLUME_PHASE_UNSPECIFIED = 0,
   VOLUME_PHASE_CREATING = 1,
@@ -380,6 +435,34 @@ export interface Node {
   agentVersion: string;
   /** libvirt URI other nodes use to reach this node's libvirtd (empty: no VM support). */
   libvirtUri: string;
+  /** Set while the node is being drained (stowctl node drain), and what is left. */
+  drain?:
+    | NodeDrain
+    | undefined;
+  /** Replicas placed on the node. */
+  replicaCount: number;
+}
+
+/**
+ * A drain: every replica on the node gets a replacement elsewhere, copied first;
+ * the replica on the node is removed once its replacement is in sync.
+ */
+export interface NodeDrain {
+  sinceMs: number;
+  /** Replicas still on the node (0: drained). */
+  replicasLeft: number;
+  /** One entry per replica still on the node. */
+  replicas: DrainReplica[];
+}
+
+/** A replica still on a draining node, and what it waits for. */
+export interface DrainReplica {
+  volume: string;
+  replicaId: string;
+  /** For example "replacement r-1a2b on node3 copying" or "waiting: no node to place a replacement". */
+  message: string;
+  /** The copy to the replacement, when one is running or queued. */
+  job?: Job | undefined;
 }
 
 /** How other nodes reach a node's libvirtd. */
@@ -416,6 +499,50 @@ export interface ReplicaStatus {
    */
   outOfSync: boolean;
   outOfSyncSinceMs: number;
+  /** The last copy that brought the replica in sync (absent: never copied). */
+  lastResync?:
+    | ReplicaResync
+    | undefined;
+  /** The copy that brings the replica in sync, while it is out of sync. */
+  job?:
+    | Job
+    | undefined;
+  /**
+   * When the replica was first seen unreachable or failed (0: it is not); it is
+   * replaced after the controller's grace period (--replica-grace).
+   */
+  unreachableSinceMs: number;
+}
+
+/** A copy that brought a replica in sync. */
+export interface ReplicaResync {
+  atMs: number;
+  /** "full" or "incremental". */
+  kind: string;
+  bytes: number;
+  durationMs: number;
+}
+
+/** A copy that brings an out-of-sync replica (repaired, new or a replacement) in sync. */
+export interface Job {
+  volume: string;
+  replicaId: string;
+  /** "full" or "incremental". */
+  kind: string;
+  /** Node holding the replica being copied to. */
+  node: string;
+  /** Node whose frontend or agent runs the copy (empty until one starts). */
+  runner: string;
+  state: JobState;
+  /** What the job does or waits for. */
+  message: string;
+  totalBytes: number;
+  copiedBytes: number;
+  bytesPerSec: number;
+  startedAtMs: number;
+  updatedAtMs: number;
+  /** Seconds left at the current rate (0: unknown). */
+  etaSeconds: number;
 }
 
 export interface Volume {
@@ -441,6 +568,12 @@ export interface Attachment {
   message: string;
   /** Set while the attachment is the target side of a live migration of this domain. */
   migration: string;
+  /**
+   * Detaching, but the node's agent could not confirm the frontend stopped (the
+   * node is offline): since when. The frontend stops serving by itself within its
+   * lease; another node may attach the volume 10 s after this.
+   */
+  unconfirmedSinceMs: number;
 }
 
 /** A libvirt domain as Stowage sees it. */
@@ -853,6 +986,8 @@ function createBaseNode(): Node {
     pools: [],
     agentVersion: "",
     libvirtUri: "",
+    drain: undefined,
+    replicaCount: 0,
   };
 }
 
@@ -884,6 +1019,12 @@ export const Node: MessageFns<Node> = {
     }
     if (message.libvirtUri !== "") {
       writer.uint32(74).string(message.libvirtUri);
+    }
+    if (message.drain !== undefined) {
+      NodeDrain.encode(message.drain, writer.uint32(82).fork()).join();
+    }
+    if (message.replicaCount !== 0) {
+      writer.uint32(88).uint32(message.replicaCount);
     }
     return writer;
   },
@@ -973,6 +1114,22 @@ export const Node: MessageFns<Node> = {
             message.libvirtUri = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.drain = NodeDrain.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.replicaCount = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1008,6 +1165,12 @@ export const Node: MessageFns<Node> = {
         : isSet(object.libvirt_uri)
         ? globalThis.String(object.libvirt_uri)
         : "",
+      drain: isSet(object.drain) ? NodeDrain.fromJSON(object.drain) : undefined,
+      replicaCount: isSet(object.replicaCount)
+        ? globalThis.Number(object.replicaCount)
+        : isSet(object.replica_count)
+        ? globalThis.Number(object.replica_count)
+        : 0,
     };
   },
 
@@ -1040,6 +1203,12 @@ export const Node: MessageFns<Node> = {
     if (message.libvirtUri !== "") {
       obj.libvirtUri = message.libvirtUri;
     }
+    if (message.drain !== undefined) {
+      obj.drain = NodeDrain.toJSON(message.drain);
+    }
+    if (message.replicaCount !== 0) {
+      obj.replicaCount = Math.round(message.replicaCount);
+    }
     return obj;
   },
 
@@ -1059,6 +1228,242 @@ export const Node: MessageFns<Node> = {
     message.pools = object.pools?.map((e) => Pool.fromPartial(e)) || [];
     message.agentVersion = object.agentVersion ?? "";
     message.libvirtUri = object.libvirtUri ?? "";
+    message.drain = (object.drain !== undefined && object.drain !== null)
+      ? NodeDrain.fromPartial(object.drain)
+      : undefined;
+    message.replicaCount = object.replicaCount ?? 0;
+    return message;
+  },
+};
+
+function createBaseNodeDrain(): NodeDrain {
+  return { sinceMs: 0, replicasLeft: 0, replicas: [] };
+}
+
+export const NodeDrain: MessageFns<NodeDrain> = {
+  encode(message: NodeDrain, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sinceMs !== 0) {
+      writer.uint32(8).int64(message.sinceMs);
+    }
+    if (message.replicasLeft !== 0) {
+      writer.uint32(16).uint32(message.replicasLeft);
+    }
+    for (const v of message.replicas) {
+      DrainReplica.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeDrain {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeDrain();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.sinceMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replicasLeft = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.replicas.push(DrainReplica.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeDrain {
+    return {
+      sinceMs: isSet(object.sinceMs)
+        ? globalThis.Number(object.sinceMs)
+        : isSet(object.since_ms)
+        ? globalThis.Number(object.since_ms)
+        : 0,
+      replicasLeft: isSet(object.replicasLeft)
+        ? globalThis.Number(object.replicasLeft)
+        : isSet(object.replicas_left)
+        ? globalThis.Number(object.replicas_left)
+        : 0,
+      replicas: globalThis.Array.isArray(object?.replicas)
+        ? object.replicas.map((e: any) => DrainReplica.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: NodeDrain): unknown {
+    const obj: any = {};
+    if (message.sinceMs !== 0) {
+      obj.sinceMs = Math.round(message.sinceMs);
+    }
+    if (message.replicasLeft !== 0) {
+      obj.replicasLeft = Math.round(message.replicasLeft);
+    }
+    if (message.replicas?.length) {
+      obj.replicas = message.replicas.map((e) => DrainReplica.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<NodeDrain>, I>>(base?: I): NodeDrain {
+    return NodeDrain.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<NodeDrain>, I>>(object: I): NodeDrain {
+    const message = createBaseNodeDrain();
+    message.sinceMs = object.sinceMs ?? 0;
+    message.replicasLeft = object.replicasLeft ?? 0;
+    message.replicas = object.replicas?.map((e) => DrainReplica.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDrainReplica(): DrainReplica {
+  return { volume: "", replicaId: "", message: "", job: undefined };
+}
+
+export const DrainReplica: MessageFns<DrainReplica> = {
+  encode(message: DrainReplica, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
+    }
+    if (message.job !== undefined) {
+      Job.encode(message.job, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrainReplica {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrainReplica();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.job = Job.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrainReplica {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      job: isSet(object.job) ? Job.fromJSON(object.job) : undefined,
+    };
+  },
+
+  toJSON(message: DrainReplica): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.job !== undefined) {
+      obj.job = Job.toJSON(message.job);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrainReplica>, I>>(base?: I): DrainReplica {
+    return DrainReplica.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrainReplica>, I>>(object: I): DrainReplica {
+    const message = createBaseDrainReplica();
+    message.volume = object.volume ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.message = object.message ?? "";
+    message.job = (object.job !== undefined && object.job !== null) ? Job.fromPartial(object.job) : undefined;
     return message;
   },
 };
@@ -1317,6 +1722,9 @@ function createBaseReplicaStatus(): ReplicaStatus {
     message: "",
     outOfSync: false,
     outOfSyncSinceMs: 0,
+    lastResync: undefined,
+    job: undefined,
+    unreachableSinceMs: 0,
   };
 }
 
@@ -1351,6 +1759,15 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
     }
     if (message.outOfSyncSinceMs !== 0) {
       writer.uint32(80).int64(message.outOfSyncSinceMs);
+    }
+    if (message.lastResync !== undefined) {
+      ReplicaResync.encode(message.lastResync, writer.uint32(90).fork()).join();
+    }
+    if (message.job !== undefined) {
+      Job.encode(message.job, writer.uint32(98).fork()).join();
+    }
+    if (message.unreachableSinceMs !== 0) {
+      writer.uint32(104).int64(message.unreachableSinceMs);
     }
     return writer;
   },
@@ -1448,6 +1865,30 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
             message.outOfSyncSinceMs = longToNumber(reader.int64());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.lastResync = ReplicaResync.decode(reader, reader.uint32());
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.job = Job.decode(reader, reader.uint32());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.unreachableSinceMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1488,6 +1929,17 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
         : isSet(object.out_of_sync_since_ms)
         ? globalThis.Number(object.out_of_sync_since_ms)
         : 0,
+      lastResync: isSet(object.lastResync)
+        ? ReplicaResync.fromJSON(object.lastResync)
+        : isSet(object.last_resync)
+        ? ReplicaResync.fromJSON(object.last_resync)
+        : undefined,
+      job: isSet(object.job) ? Job.fromJSON(object.job) : undefined,
+      unreachableSinceMs: isSet(object.unreachableSinceMs)
+        ? globalThis.Number(object.unreachableSinceMs)
+        : isSet(object.unreachable_since_ms)
+        ? globalThis.Number(object.unreachable_since_ms)
+        : 0,
     };
   },
 
@@ -1523,6 +1975,15 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
     if (message.outOfSyncSinceMs !== 0) {
       obj.outOfSyncSinceMs = Math.round(message.outOfSyncSinceMs);
     }
+    if (message.lastResync !== undefined) {
+      obj.lastResync = ReplicaResync.toJSON(message.lastResync);
+    }
+    if (message.job !== undefined) {
+      obj.job = Job.toJSON(message.job);
+    }
+    if (message.unreachableSinceMs !== 0) {
+      obj.unreachableSinceMs = Math.round(message.unreachableSinceMs);
+    }
     return obj;
   },
 
@@ -1541,6 +2002,439 @@ export const ReplicaStatus: MessageFns<ReplicaStatus> = {
     message.message = object.message ?? "";
     message.outOfSync = object.outOfSync ?? false;
     message.outOfSyncSinceMs = object.outOfSyncSinceMs ?? 0;
+    message.lastResync = (object.lastResync !== undefined && object.lastResync !== null)
+      ? ReplicaResync.fromPartial(object.lastResync)
+      : undefined;
+    message.job = (object.job !== undefined && object.job !== null) ? Job.fromPartial(object.job) : undefined;
+    message.unreachableSinceMs = object.unreachableSinceMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseReplicaResync(): ReplicaResync {
+  return { atMs: 0, kind: "", bytes: 0, durationMs: 0 };
+}
+
+export const ReplicaResync: MessageFns<ReplicaResync> = {
+  encode(message: ReplicaResync, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.atMs !== 0) {
+      writer.uint32(8).int64(message.atMs);
+    }
+    if (message.kind !== "") {
+      writer.uint32(18).string(message.kind);
+    }
+    if (message.bytes !== 0) {
+      writer.uint32(24).uint64(message.bytes);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(32).uint64(message.durationMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicaResync {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicaResync();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplicaResync {
+    return {
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: ReplicaResync): unknown {
+    const obj: any = {};
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.bytes !== 0) {
+      obj.bytes = Math.round(message.bytes);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplicaResync>, I>>(base?: I): ReplicaResync {
+    return ReplicaResync.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplicaResync>, I>>(object: I): ReplicaResync {
+    const message = createBaseReplicaResync();
+    message.atMs = object.atMs ?? 0;
+    message.kind = object.kind ?? "";
+    message.bytes = object.bytes ?? 0;
+    message.durationMs = object.durationMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseJob(): Job {
+  return {
+    volume: "",
+    replicaId: "",
+    kind: "",
+    node: "",
+    runner: "",
+    state: 0,
+    message: "",
+    totalBytes: 0,
+    copiedBytes: 0,
+    bytesPerSec: 0,
+    startedAtMs: 0,
+    updatedAtMs: 0,
+    etaSeconds: 0,
+  };
+}
+
+export const Job: MessageFns<Job> = {
+  encode(message: Job, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.kind !== "") {
+      writer.uint32(26).string(message.kind);
+    }
+    if (message.node !== "") {
+      writer.uint32(34).string(message.node);
+    }
+    if (message.runner !== "") {
+      writer.uint32(42).string(message.runner);
+    }
+    if (message.state !== 0) {
+      writer.uint32(48).int32(message.state);
+    }
+    if (message.message !== "") {
+      writer.uint32(58).string(message.message);
+    }
+    if (message.totalBytes !== 0) {
+      writer.uint32(64).uint64(message.totalBytes);
+    }
+    if (message.copiedBytes !== 0) {
+      writer.uint32(72).uint64(message.copiedBytes);
+    }
+    if (message.bytesPerSec !== 0) {
+      writer.uint32(80).uint64(message.bytesPerSec);
+    }
+    if (message.startedAtMs !== 0) {
+      writer.uint32(88).int64(message.startedAtMs);
+    }
+    if (message.updatedAtMs !== 0) {
+      writer.uint32(96).int64(message.updatedAtMs);
+    }
+    if (message.etaSeconds !== 0) {
+      writer.uint32(104).uint64(message.etaSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Job {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseJob();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.runner = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.totalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.copiedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.bytesPerSec = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.startedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.updatedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.etaSeconds = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Job {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      runner: isSet(object.runner) ? globalThis.String(object.runner) : "",
+      state: isSet(object.state) ? jobStateFromJSON(object.state) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      totalBytes: isSet(object.totalBytes)
+        ? globalThis.Number(object.totalBytes)
+        : isSet(object.total_bytes)
+        ? globalThis.Number(object.total_bytes)
+        : 0,
+      copiedBytes: isSet(object.copiedBytes)
+        ? globalThis.Number(object.copiedBytes)
+        : isSet(object.copied_bytes)
+        ? globalThis.Number(object.copied_bytes)
+        : 0,
+      bytesPerSec: isSet(object.bytesPerSec)
+        ? globalThis.Number(object.bytesPerSec)
+        : isSet(object.bytes_per_sec)
+        ? globalThis.Number(object.bytes_per_sec)
+        : 0,
+      startedAtMs: isSet(object.startedAtMs)
+        ? globalThis.Number(object.startedAtMs)
+        : isSet(object.started_at_ms)
+        ? globalThis.Number(object.started_at_ms)
+        : 0,
+      updatedAtMs: isSet(object.updatedAtMs)
+        ? globalThis.Number(object.updatedAtMs)
+        : isSet(object.updated_at_ms)
+        ? globalThis.Number(object.updated_at_ms)
+        : 0,
+      etaSeconds: isSet(object.etaSeconds)
+        ? globalThis.Number(object.etaSeconds)
+        : isSet(object.eta_seconds)
+        ? globalThis.Number(object.eta_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: Job): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.runner !== "") {
+      obj.runner = message.runner;
+    }
+    if (message.state !== 0) {
+      obj.state = jobStateToJSON(message.state);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.totalBytes !== 0) {
+      obj.totalBytes = Math.round(message.totalBytes);
+    }
+    if (message.copiedBytes !== 0) {
+      obj.copiedBytes = Math.round(message.copiedBytes);
+    }
+    if (message.bytesPerSec !== 0) {
+      obj.bytesPerSec = Math.round(message.bytesPerSec);
+    }
+    if (message.startedAtMs !== 0) {
+      obj.startedAtMs = Math.round(message.startedAtMs);
+    }
+    if (message.updatedAtMs !== 0) {
+      obj.updatedAtMs = Math.round(message.updatedAtMs);
+    }
+    if (message.etaSeconds !== 0) {
+      obj.etaSeconds = Math.round(message.etaSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Job>, I>>(base?: I): Job {
+    return Job.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Job>, I>>(object: I): Job {
+    const message = createBaseJob();
+    message.volume = object.volume ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.kind = object.kind ?? "";
+    message.node = object.node ?? "";
+    message.runner = object.runner ?? "";
+    message.state = object.state ?? 0;
+    message.message = object.message ?? "";
+    message.totalBytes = object.totalBytes ?? 0;
+    message.copiedBytes = object.copiedBytes ?? 0;
+    message.bytesPerSec = object.bytesPerSec ?? 0;
+    message.startedAtMs = object.startedAtMs ?? 0;
+    message.updatedAtMs = object.updatedAtMs ?? 0;
+    message.etaSeconds = object.etaSeconds ?? 0;
     return message;
   },
 };
@@ -1746,7 +2640,7 @@ export const Volume: MessageFns<Volume> = {
 };
 
 function createBaseAttachment(): Attachment {
-  return { node: "", socketPath: "", nbdUri: "", state: 0, message: "", migration: "" };
+  return { node: "", socketPath: "", nbdUri: "", state: 0, message: "", migration: "", unconfirmedSinceMs: 0 };
 }
 
 export const Attachment: MessageFns<Attachment> = {
@@ -1768,6 +2662,9 @@ export const Attachment: MessageFns<Attachment> = {
     }
     if (message.migration !== "") {
       writer.uint32(50).string(message.migration);
+    }
+    if (message.unconfirmedSinceMs !== 0) {
+      writer.uint32(56).uint64(message.unconfirmedSinceMs);
     }
     return writer;
   },
@@ -1833,6 +2730,14 @@ export const Attachment: MessageFns<Attachment> = {
             message.migration = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.unconfirmedSinceMs = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1861,6 +2766,11 @@ export const Attachment: MessageFns<Attachment> = {
       state: isSet(object.state) ? attachmentStateFromJSON(object.state) : 0,
       message: isSet(object.message) ? globalThis.String(object.message) : "",
       migration: isSet(object.migration) ? globalThis.String(object.migration) : "",
+      unconfirmedSinceMs: isSet(object.unconfirmedSinceMs)
+        ? globalThis.Number(object.unconfirmedSinceMs)
+        : isSet(object.unconfirmed_since_ms)
+        ? globalThis.Number(object.unconfirmed_since_ms)
+        : 0,
     };
   },
 
@@ -1884,6 +2794,9 @@ export const Attachment: MessageFns<Attachment> = {
     if (message.migration !== "") {
       obj.migration = message.migration;
     }
+    if (message.unconfirmedSinceMs !== 0) {
+      obj.unconfirmedSinceMs = Math.round(message.unconfirmedSinceMs);
+    }
     return obj;
   },
 
@@ -1898,6 +2811,7 @@ export const Attachment: MessageFns<Attachment> = {
     message.state = object.state ?? 0;
     message.message = object.message ?? "";
     message.migration = object.migration ?? "";
+    message.unconfirmedSinceMs = object.unconfirmedSinceMs ?? 0;
     return message;
   },
 };
