@@ -390,7 +390,7 @@ export class ReplicaSet implements NbdBackend {
         if (state !== "loaded" && !fresh) await map.markAll();
         if (fresh) {
           // Writes it took but may have lost with its own caches (not flushed yet).
-          for (const set of [this.unflushed, ...this.flushing]) for (const r of set) await map.markDirty(r * REGION_BYTES, 1);
+          await map.markRegions([this.unflushed, ...this.flushing].flatMap((set) => [...set]));
         }
         m.map = map;
         this.log?.info({ replica: id, generation, state, dirtyBytes: map.dirtyBytes, full: map.full }, "dirty map open");

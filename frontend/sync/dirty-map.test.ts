@@ -120,4 +120,13 @@ describe("DirtyMap", () => {
     await expect(DirtyMap.open(path, { ...opts, regionBytes: 3000 })).rejects.toThrow(/power of two/);
     await expect(DirtyMap.open(path, { ...opts, sizeBytes: 0 })).rejects.toThrow(/bad volume size/);
   });
+
+  it("marks many whole regions with one sync", async () => {
+    const { map } = await DirtyMap.open(path, opts);
+    const before = map.syncs;
+    await map.markRegions([3, 7, 7, 9, 1000, -1]);
+    expect([...map.dirtyRegions()]).toEqual([3, 7, 9]);
+    expect(map.syncs).toBe(before + 1);
+    await map.close();
+  });
 });

@@ -176,6 +176,17 @@ export class DirtyMap {
     await this.flush();
   }
 
+  /** Marks whole regions dirty (any number, one sync); resolves once that is on disk. */
+  async markRegions(regions: Iterable<number>): Promise<void> {
+    for (const r of regions) {
+      if (r < 0 || r >= this.regions || this.isDirty(r)) continue;
+      this.bits[r >> 3]! |= 1 << (r & 7);
+      this.dirtyCount++;
+      this.pending.add((r >> 3) >> 12);
+    }
+    await this.flush();
+  }
+
   /** Marks a region copied; persisted with the next flush. */
   clear(region: number): void {
     if (!this.isDirty(region)) return;

@@ -1,0 +1,188 @@
+// Part 2 of the replication benchmark: how fast a replica is rebuilt. Stowage rebuilds a
+// detached volume's stale replica with DirPool.copyFrom (node-agent/dir-pool.ts): `qemu-img
+// convert -n -t writeback` from the NBD export of an in-sync replica into the existing
+// image. Timed here through that very function, with no rate limit, against a plain
+// `qemu-img convert -O qcow2` of the same source file, in the same run, alternating.
+// An attached volume's new replica is copied by its frontend instead (only allocated
+// regions, under region locks): timed through the replica set itself.
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { run } from "../../lib/exec.js";
+import { DirPool } from "../../node-agent/dir-pool.js";
+import { Qsd } from "../harness/qsd.js";
+import { Replica } from "../../frontend/replica.js";
+import { ReplicaSet } from "../../frontend/replica-set.js";
+import { FakeRecord } from "../../frontend/testing/fake-record.js";
+import { median, progress, syncDisks, type Cleanups } from "./replication-common.js";
+
+export interface ResyncOptions {
+  dir: string;
+  reps: number;
+  /** Options of the source daemon's file blockdev ([] = the host page cache). */
+  fileOptions: string[];
+  cleanups: Cleanups;
+}
+
+export interface CopyFigure {
+  /** Median seconds and MB/s of data (the written part of the image). */
+  seconds: number;
+  mbps: number;
+  runs: number[];
+}
+
+export interface ResyncResult {
+  imageBytes: number;
+  dataBytes: number;
+  /** Stowage's rebuild path for a detached volume: DirPool.copyFrom from the source's NBD export. */
+  stowage: CopyFigure;
+  /** Stowage's rebuild path for an attached volume: the frontend's full copy (allocated regions) to a new replica. */
+  frontend: CopyFigure;
+  /** `qemu-img convert -O qcow2 SOURCE TARGET` (qemu-img's default target cache: unsafe, no flush). */
+  plain: CopyFigure;
+  /** The same with `-t writeback`: flushed at the end, like the rebuild. */
+  plainFlushed: CopyFigure;
+  /** The rebuild's copy from NBD without its final flush (qemu-img's default target cache): where its time goes. */
+  nbdUnflushed: CopyFigure;
+  /** `qemu-img compare` of source and rebuilt replica said identical. */
+  verified: boolean;
+}
+
+const IMAGE_BYTES = 1024 * 1024 * 1024;
+/** 8 MiB written, 8 MiB left a hole, over the whole image: 512 MiB of data. */
+const CHUNK = "8M";
+const DATA_BYTES = IMAGE_BYTES / 2;
+const REPLICA = { id: "r-0123456789abcdef", volume: "resync" };
+
+function figure(seconds: number[]): CopyFigure {
+  const s = median(seconds);
+  return { seconds: s, mbps: DATA_BYTES / 1e6 / s, runs: seconds };
+}
+
+export async function benchResync(o: ResyncOptions): Promise<ResyncResult> {
+  const dir = join(o.dir, "resync");
+  const poolDir = join(dir, "pool");
+  await mkdir(poolDir, { recursive: true });
+  const source = join(dir, "source.qcow2");
+  await run("qemu-img", ["create", "-q", "-f", "qcow2", source, String(IMAGE_BYTES)]);
+  const directIo = o.fileOptions.includes("cache.direct=on");
+  const startSource = async () => {
+    const qsd = await Qsd.start({ dir, image: source, format: "qcow2", exportName: "source", socket: join(dir, "source.sock"), fileOptions: o.fileOptions });
+    return { qsd, stop: o.cleanups.add("source qemu-storage-daemon", () => qsd.stop()) };
+  };
+
+  progress(`writing ${DATA_BYTES / 2 ** 20} MiB of data into the 1 GiB source image (${CHUNK} chunks, ${CHUNK} holes)`);
+  {
+    const { qsd, stop } = await startSource();
+    await run(
+      "fio",
+      ["--name=fill", "--ioengine=nbd", `--uri=${qsd.uri}`, `--rw=write:${CHUNK}`, `--bs=${CHUNK}`, "--iodepth=4", `--size=${IMAGE_BYTES}`, `--io_size=${DATA_BYTES}`, `--output=${join(dir, "fio.out")}`],
+      { timeoutMs: 300_000 },
+    );
+    // Stopped for the plain copies: the daemon holds the image's write lock.
+    await stop();
+  }
+
+  const pool = new DirPool({ name: "bench", type: "dir", path: poolDir, overcommitRatio: 4 });
+  const target = join(dir, "plain.qcow2");
+  const stowage: number[] = [];
+  const plain: number[] = [];
+  const plainFlushed: number[] = [];
+  const nbdUnflushed: number[] = [];
+  const frontend: number[] = [];
+  let verified = false;
+  let frontendVerified = false;
+
+  /** A fresh replica image filled from the source's export by `copy`, timed; compared with the source when `verify`. */
+  const viaNbd = async (into: number[], copy: (uri: string, path: string) => Promise<unknown>, verify = false) => {
+    const { replica } = await pool.ensureReplica({ ...REPLICA, sizeBytes: IMAGE_BYTES, format: "qcow2", preallocation: "off" });
+    const { qsd, stop } = await startSource();
+    try {
+      await syncDisks();
+      const t = performance.now();
+      await copy(qsd.uri, replica.path);
+      into.push((performance.now() - t) / 1000);
+    } finally {
+      await stop();
+    }
+    if (verify) {
+      const compare = ["compare", "-f", "qcow2", "-F", "qcow2", source, replica.path];
+      verified = await run("qemu-img", compare, { timeoutMs: 300_000 }).then(() => true, () => false);
+    }
+    await pool.deleteReplica(REPLICA.id);
+  };
+  /**
+   * The attached-volume path: a replica set over the source's export (as a frontend
+   * has it), told by its record that a new replica joined; timed from then until the
+   * copy is recorded in-sync (the record is read every 20 ms).
+   */
+  const viaFrontend = async (into: number[], verify = false) => {
+    const { replica } = await pool.ensureReplica({ ...REPLICA, sizeBytes: IMAGE_BYTES, format: "qcow2", preallocation: "off" });
+    const { qsd, stop } = await startSource();
+    const tq = await Qsd.start({ dir, image: replica.path, format: "qcow2", exportName: "target", socket: join(dir, "target.sock"), fileOptions: o.fileOptions });
+    const stopTarget = o.cleanups.add("target qemu-storage-daemon", () => tq.stop());
+    const maps = join(dir, "maps");
+    await mkdir(maps, { recursive: true });
+    const record = new FakeRecord(["source"]);
+    const set = new ReplicaSet([await Replica.open({ spec: qsd.uri, socketPath: qsd.socket, exportName: "source" }, 2)], undefined, {
+      recorder: record,
+      generation: 1,
+      stateDir: maps,
+      volume: "bench",
+      refreshMs: 20,
+    });
+    try {
+      await set.warmUp();
+      await syncDisks();
+      const t = performance.now();
+      record.add("target", tq.uri);
+      while (record.inSyncMarks.length === 0) await new Promise((r) => setTimeout(r, 5));
+      into.push((performance.now() - t) / 1000);
+    } finally {
+      await set.close();
+      await stopTarget();
+      await stop();
+    }
+    if (verify) {
+      const compare = ["compare", "-f", "qcow2", "-F", "qcow2", source, replica.path];
+      frontendVerified = await run("qemu-img", compare, { timeoutMs: 300_000 }).then(() => true, () => false);
+    }
+    await pool.deleteReplica(REPLICA.id);
+  };
+  const plainCopy = async (into: number[], flushed: boolean) => {
+    await syncDisks();
+    const t = performance.now();
+    await run("qemu-img", ["convert", ...(flushed ? ["-t", "writeback"] : []), ...(directIo ? ["-T", "none"] : []), "-f", "qcow2", "-O", "qcow2", source, target], {
+      timeoutMs: 600_000,
+    });
+    into.push((performance.now() - t) / 1000);
+    await rm(target, { force: true });
+  };
+
+  for (let rep = 0; rep < o.reps; rep++) {
+    const steps = [
+      ["Stowage rebuild (DirPool.copyFrom over NBD)", () => viaNbd(stowage, (uri) => pool.copyFrom(REPLICA.id, uri, 0), rep === 0)],
+      ["Stowage rebuild through the frontend (attached volume)", () => viaFrontend(frontend, rep === 0)],
+      ["plain qemu-img convert", () => plainCopy(plain, false)],
+      ["plain qemu-img convert -t writeback", () => plainCopy(plainFlushed, true)],
+      [
+        "the rebuild's convert from NBD without its flush",
+        () => viaNbd(nbdUnflushed, (uri, path) => run("qemu-img", ["convert", "-n", "-f", "raw", "-O", "qcow2", uri, path], { timeoutMs: 600_000 })),
+      ],
+    ] as const;
+    // Alternate the order so page-cache and write-back drift does not favour one side.
+    for (const [label, step] of rep % 2 ? [...steps].reverse() : steps) {
+      progress(`resync: run ${rep + 1}/${o.reps}, ${label}`);
+      await step();
+    }
+  }
+  return {
+    imageBytes: IMAGE_BYTES,
+    dataBytes: DATA_BYTES,
+    stowage: figure(stowage),
+    frontend: figure(frontend),
+    plain: figure(plain),
+    plainFlushed: figure(plainFlushed),
+    nbdUnflushed: figure(nbdUnflushed),
+    verified: verified && frontendVerified,
+  };
+}
