@@ -137,6 +137,14 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
       const spec = await update(req.volume, (s) => {
         const p = replica(s, req.replicaId);
         if (!p.outOfSync) return undefined;
+        // Inside a live-migration window the other frontend may write without this replica,
+        // so a copy made by one frontend does not bring it in sync.
+        const migrating = (s.attachments ?? []).find((a) => a.migration);
+        if (migrating) {
+          throw new FailedPreconditionError(`volume ${s.name} is in the live migration of domain ${migrating.migration}; replica ${p.id} stays out of sync until it ends`, {
+            hint: "resync it again after the migration",
+          });
+        }
         // Marked out-of-sync again after the resync started: that resync does not cover the new gap.
         if (p.outOfSync.generation > req.generation) {
           throw new FailedPreconditionError(`replica ${p.id} was marked out-of-sync again at generation ${p.outOfSync.generation}, after this resync started (${req.generation})`, {

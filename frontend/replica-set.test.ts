@@ -437,4 +437,23 @@ describe("ReplicaSet with the recorded write policy", () => {
     expect(copied).toEqual([...copied].sort((x, y) => x - y));
     expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
   });
+
+  it("does not resync while another frontend serves the volume too (a live migration's window)", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const record = new FakeRecord(["r-a"]);
+    record.attachedNodes = ["n1", "n2"];
+    const set = synced([a.r], record, { node: "n1" });
+    const c = await front(set);
+    await c.write(0, randomBytes(MiB));
+    record.add("r-b", b.uri);
+    await until("the new replica known", () => set.policy?.has("r-b") === true);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(set.policy!.state("r-b")).toBe("out-of-sync");
+    expect(record.inSyncMarks).toEqual([]);
+    // The window closes (this frontend stays): the copy runs.
+    record.attachedNodes = ["n1"];
+    await until("the copy", () => set.policy!.state("r-b") === "in-sync");
+    expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
+  });
 });

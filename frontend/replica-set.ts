@@ -151,6 +151,8 @@ export class ReplicaSet implements NbdBackend {
   private readAt: number | undefined;
   /** Set when the record says the volume is no longer attached to this node. */
   private fenced = false;
+  /** The record lists more than one attached node (a live migration's window). */
+  private sharedWrites = false;
   private waiting: (() => void)[] = [];
   private refreshing: Promise<void> | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
@@ -278,6 +280,7 @@ export class ReplicaSet implements NbdBackend {
   private async apply(state: RecordedSyncState): Promise<void> {
     if (state.copyRateBytes !== undefined) this.copyRateBytes = state.copyRateBytes;
     const node = this.sync!.node;
+    this.sharedWrites = (state.attachedNodes?.length ?? 1) > 1;
     if (node && state.attachedNodes && !state.attachedNodes.includes(node)) {
       if (!this.fenced) this.log?.error({ node, attached: state.attachedNodes }, "the volume is no longer attached to this node: no more I/O here");
       this.fenced = true;
@@ -431,9 +434,14 @@ export class ReplicaSet implements NbdBackend {
     return this.refreshing;
   }
 
-  /** Out-of-sync replicas whose export answers again are reopened and resynced. */
+  /**
+   * Out-of-sync replicas whose export answers again are reopened and resynced; never
+   * while another frontend serves the volume too (a live migration's window): its
+   * writes would not reach the copy (the controller refuses MarkInSync then, too).
+   */
   private reconnect(): void {
     const policy = this.policy!;
+    if (this.sharedWrites) return;
     for (const m of this.members.values()) {
       if (m.busy || !m.address || !policy.has(m.id) || policy.state(m.id) !== "out-of-sync") continue;
       if (!policy.readSources().length) return;
@@ -486,7 +494,7 @@ export class ReplicaSet implements NbdBackend {
           flush: async () => {
             await Promise.all(rep.usableConnections().map((c) => c.flush()));
           },
-          stillResyncing: () => policy.has(m.id) && policy.state(m.id) === "resyncing" && !this.closed,
+          stillResyncing: () => policy.has(m.id) && policy.state(m.id) === "resyncing" && !this.closed && !this.sharedWrites,
         },
       });
       const generation = await this.sync!.recorder.markInSync(m.id, map.options.generation, result);

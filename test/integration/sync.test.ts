@@ -93,6 +93,21 @@ describe("replica sync records", () => {
     // A resync that started before the replica was marked (generation 1) does not cover the gap.
     await expect(api.sync.markInSync({ volume: "sync1", replicaId: r2!, generation: 1, kind: "", copiedBytes: 0, durationMs: 0 })).rejects.toBeInstanceOf(FailedPreconditionError);
     expect(await c.dumpState()).toEqual(before);
+    // Nor inside a live-migration window: the other frontend's writes would not reach the copy.
+    const reopened = JSON.parse((await c.client.get(key).string())!);
+    await c.client.put(key).value(JSON.stringify({ ...reopened, attachments: [...reopened.attachments, { node: other, sinceMs: Date.now(), migration: "vm-y" }] }));
+    await eventually(async () => (await api.volumes.getVolume({ name: "sync1" })).volume!.attachments.length === 2, 10_000, "window open again");
+    await expect(api.sync.markInSync({ volume: "sync1", replicaId: r2!, generation: 2, kind: "full", copiedBytes: 1, durationMs: 1 })).rejects.toThrow(/live migration of domain vm-y/);
+    await c.client.put(key).value(JSON.stringify(reopened));
+    await eventually(
+      async () => {
+        const st = JSON.parse((await c.client.get("/stowage/v1/volumes/status/sync1").string())!);
+        return (await api.volumes.getVolume({ name: "sync1" })).volume!.attachments.length === 1 &&
+          (st.frontends ?? []).map((f: { node: string }) => f.node).join() === node && !existsSync(join(c.agentDirs.get(other)!, "frontends", "sync1.json"));
+      },
+      30_000,
+      "window closed again",
+    );
 
     // The record survives the leader: kill it, ask the next one.
     await c.controllers.get(api.address === c.addressOf("c1") ? "c1" : "c2")!.kill("SIGKILL");
