@@ -30,6 +30,8 @@ export interface FrontendArgs {
   node: string;
   /** Resync copy limit in MiB/s (0: none). */
   copyRateMiB: number;
+  /** A replica connection with requests in flight and no reply for this long is dropped (0: never). */
+  stallTimeoutMs: number;
 }
 
 export const USAGE = `usage: node dist/frontend/main.js --socket PATH --export NAME --backend SPEC[,SPEC...] [--connections N]
@@ -49,6 +51,8 @@ export const USAGE = `usage: node dist/frontend/main.js --socket PATH --export N
                       --controllers; keep it across restarts)
   --node NAME         the node this frontend runs on (shown in resync jobs)
   --copy-rate-mib N   limit resync copies to N MiB/s (default 0: no limit)
+  --stall-timeout S   drop a replica connection that answers nothing for S seconds while
+                      requests wait (a frozen or cut-off host; default 8, 0: never)
 `;
 
 export class ArgsError extends Error {
@@ -95,6 +99,7 @@ export function parseFrontendArgs(argv: string[]): FrontendArgs {
         "state-dir": { type: "string" },
         node: { type: "string" },
         "copy-rate-mib": { type: "string" },
+        "stall-timeout": { type: "string" },
       },
       strict: true,
       allowPositionals: false,
@@ -116,6 +121,8 @@ export function parseFrontendArgs(argv: string[]): FrontendArgs {
   if (controllers.length > 0 && !values["state-dir"]) throw new ArgsError("--state-dir is required with --controllers");
   const copyRateMiB = values["copy-rate-mib"] === undefined ? 0 : Number(values["copy-rate-mib"]);
   if (!Number.isFinite(copyRateMiB) || copyRateMiB < 0) throw new ArgsError("--copy-rate-mib takes a number of MiB/s, 0 for no limit");
+  const stallS = values["stall-timeout"] === undefined ? 8 : Number(values["stall-timeout"]);
+  if (!Number.isFinite(stallS) || stallS < 0) throw new ArgsError("--stall-timeout takes a number of seconds, 0 for never");
   return {
     socketPath: values.socket,
     exportName: values.export,
@@ -127,5 +134,6 @@ export function parseFrontendArgs(argv: string[]): FrontendArgs {
     stateDir: values["state-dir"],
     node: values.node ?? "",
     copyRateMiB,
+    stallTimeoutMs: Math.round(stallS * 1000),
   };
 }

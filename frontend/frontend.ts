@@ -24,7 +24,7 @@ export class Frontend {
    * Fails (and cleans up) otherwise.
    */
   static async start(args: FrontendArgs, log: Logger): Promise<Frontend> {
-    const opened = await Promise.allSettled(args.replicas.map((a) => Replica.open(a, args.connections, log)));
+    const opened = await Promise.allSettled(args.replicas.map((a) => Replica.open(a, args.connections, log, args.stallTimeoutMs)));
     const replicas = opened.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     const unreachable = args.replicas.filter((_, i) => opened[i]!.status === "rejected");
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === "rejected");
@@ -45,6 +45,7 @@ export class Frontend {
           copyRateBytes: args.copyRateMiB * 1024 * 1024,
           unreachable,
           node: args.node || undefined,
+          stallTimeoutMs: args.stallTimeoutMs,
         },
       );
       const server = new NbdServer({ name: args.exportName, description: `stowage volume ${args.exportName}`, backend: set, log });

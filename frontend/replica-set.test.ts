@@ -185,9 +185,9 @@ describe("ReplicaSet", () => {
 });
 
 describe("ReplicaSet with the recorded write policy", () => {
-  async function named(name: string, size = 4 * MiB): Promise<{ s: TestServer; r: Replica; uri: string }> {
+  async function named(name: string, size = 4 * MiB, stallTimeoutMs?: number): Promise<{ s: TestServer; r: Replica; uri: string }> {
     const s = await replicaServer(size, { name });
-    const r = await Replica.open({ spec: `unix:${s.socketPath}:${name}`, socketPath: s.socketPath, exportName: name }, 2);
+    const r = await Replica.open({ spec: `unix:${s.socketPath}:${name}`, socketPath: s.socketPath, exportName: name }, 2, undefined, stallTimeoutMs);
     cleanups.push(() => r.close());
     return { s, r, uri: `nbd+unix:///${name}?socket=${s.socketPath}` };
   }
@@ -455,5 +455,24 @@ describe("ReplicaSet with the recorded write policy", () => {
     record.attachedNodes = ["n1"];
     await until("the copy", () => set.policy!.state("r-b") === "in-sync");
     expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
+  });
+
+  it("drops a replica that stops answering (a frozen host) after the stall timeout, and writes go on", async () => {
+    const a = await named("r-a", 4 * MiB, 300);
+    const b = await named("r-b", 4 * MiB, 300);
+    const record = new FakeRecord(["r-a", "r-b"]);
+    const set = synced([a.r, b.r], record, { refreshMs: 60_000 });
+    const c = await front(set);
+    await c.write(0, randomBytes(4096));
+    // b takes requests and never answers them.
+    b.s.backend.write = () => undefined;
+    const t0 = Date.now();
+    await c.write(MiB, randomBytes(4096));
+    const ms = Date.now() - t0;
+    expect(ms).toBeGreaterThanOrEqual(250);
+    expect(ms).toBeLessThan(3_000);
+    expect(record.marks).toEqual(["r-b"]);
+    expect(set.policy!.state("r-b")).toBe("out-of-sync");
+    await c.write(2 * MiB, randomBytes(4096));
   });
 });

@@ -99,6 +99,8 @@ export interface SyncOptions {
   leaseMs?: number;
   /** This frontend's node: once the record no longer lists it as attached, I/O stops for good. */
   node?: string;
+  /** Stall timeout of replica connections opened later (see Replica). */
+  stallTimeoutMs?: number;
 }
 
 /** The default frontend lease; the controller waits longer (FENCE_MS) after a detach it could not confirm. */
@@ -117,8 +119,8 @@ const specOf = (uri: string): ReplicaAddress | undefined => {
 };
 
 /** Opens a replica, or gives up after `ms` (undefined: it did not answer). */
-async function openWithin(address: ReplicaAddress, connections: number, ms: number, log?: Logger): Promise<Replica | undefined> {
-  const opening = Replica.open(address, connections, log).catch(() => undefined);
+async function openWithin(address: ReplicaAddress, connections: number, ms: number, log?: Logger, stallTimeoutMs?: number): Promise<Replica | undefined> {
+  const opening = Replica.open(address, connections, log, stallTimeoutMs).catch(() => undefined);
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), ms)));
   const r = await Promise.race([opening, late]);
@@ -302,7 +304,7 @@ export class ReplicaSet implements NbdBackend {
         [...this.members.values()]
           .filter((m) => recorded.get(m.id)?.inSync && !m.replica?.healthy && m.address)
           .map(async (m) => {
-            const r = await openWithin(m.address!, this.sync!.connections ?? 2, 2_000, this.log);
+            const r = await openWithin(m.address!, this.sync!.connections ?? 2, 2_000, this.log, this.sync!.stallTimeoutMs);
             if (r && r.info.size === this.size) {
               m.replica?.destroy();
               m.replica = r;
@@ -453,7 +455,7 @@ export class ReplicaSet implements NbdBackend {
   private async resync(m: Member): Promise<void> {
     const policy = this.policy!;
     if (!m.replica?.healthy) {
-      const r = await openWithin(m.address!, this.sync!.connections ?? 2, 10_000, this.log);
+      const r = await openWithin(m.address!, this.sync!.connections ?? 2, 10_000, this.log, this.sync!.stallTimeoutMs);
       if (!r) return; // still away; tried again on the next refresh
       if (r.info.size !== this.size) {
         this.log?.error({ replica: m.id, size: r.info.size, volumeSize: this.size }, "reconnected replica has another size; not used");

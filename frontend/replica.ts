@@ -40,15 +40,41 @@ export class Gather implements NbdCompletion {
 /** Requests per connection before the next is used: QEMU 7.2 works on 16 at once per connection. */
 const FILL = 16;
 
+/** Default: a connection with requests in flight and no reply for this long is dropped. */
+export const STALL_TIMEOUT_MS = 8_000;
+
 export class Replica extends EventEmitter<ReplicaEvents> {
   private congestedCount = 0;
+  private readonly watchdog: NodeJS.Timeout | undefined;
 
   private constructor(
     readonly address: ReplicaAddress,
     readonly conns: NbdClient[],
     private readonly log: Logger | undefined,
+    stallTimeoutMs: number,
   ) {
     super();
+    // A frozen or cut-off host answers nothing and resets nothing: without this its
+    // requests would wait forever, and the volume's writes with them. A connection with
+    // requests in flight and no reply within the timeout is dropped; its requests fail
+    // (EIO), which records the replica out-of-sync like any failure.
+    if (stallTimeoutMs > 0) {
+      const seen = new Map<NbdClient, { completed: number; since: number }>();
+      const tick = Math.min(1_000, Math.max(10, stallTimeoutMs / 4));
+      this.watchdog = setInterval(() => {
+        const now = Date.now();
+        for (const c of this.conns) {
+          const last = seen.get(c);
+          if (c.inFlight === 0 || !c.usable || last?.completed !== c.completed) {
+            seen.set(c, { completed: c.completed, since: now });
+          } else if (now - last.since >= stallTimeoutMs) {
+            this.log?.error({ replica: this.address.spec, inFlight: c.inFlight, ms: now - last.since }, "replica stopped answering; dropping the connection");
+            c.destroy(new Error(`no reply from replica ${this.address.spec} for ${now - last.since} ms`));
+          }
+        }
+      }, tick);
+      this.watchdog.unref();
+    }
     for (const c of conns) {
       c.on("close", (err) => this.onConnectionClosed(c, err));
       c.on("congestion", (on) => {
@@ -60,7 +86,7 @@ export class Replica extends EventEmitter<ReplicaEvents> {
   }
 
   /** Opens `connections` connections to the replica's export; all must succeed. */
-  static async open(address: ReplicaAddress, connections: number, log?: Logger): Promise<Replica> {
+  static async open(address: ReplicaAddress, connections: number, log?: Logger, stallTimeoutMs = STALL_TIMEOUT_MS): Promise<Replica> {
     const opened = await Promise.allSettled(
       Array.from({ length: connections }, () =>
         NbdClient.connect({ socketPath: address.socketPath, host: address.host, port: address.port, exportName: address.exportName }),
@@ -74,7 +100,7 @@ export class Replica extends EventEmitter<ReplicaEvents> {
     }
     const sizes = new Set(conns.map((c) => c.size));
     if (sizes.size !== 1) throw new Error(`replica ${address.spec} reported different sizes on different connections`);
-    return new Replica(address, conns, log);
+    return new Replica(address, conns, log, stallTimeoutMs);
   }
 
   get info(): ExportInfo {
@@ -122,6 +148,7 @@ export class Replica extends EventEmitter<ReplicaEvents> {
 
   /** Flushes and soft-disconnects every connection. */
   async close(): Promise<void> {
+    clearInterval(this.watchdog);
     await Promise.all(
       this.conns.map(async (c) => {
         if (c.usable) await c.flush().catch((err) => this.log?.warn({ err, replica: this.address.spec }, "flush before disconnect failed"));
@@ -132,6 +159,7 @@ export class Replica extends EventEmitter<ReplicaEvents> {
 
   /** Drops every connection at once (the replica is gone or replaced). */
   destroy(): void {
+    clearInterval(this.watchdog);
     for (const c of this.conns) c.destroy();
   }
 

@@ -115,6 +115,8 @@ export class NbdClient extends EventEmitter<NbdClientEvents> {
   private freeSlots = new Uint32Array(0);
   private freeTop = 0;
   private inFlightCount = 0;
+  /** Requests completed so far (a stall watchdog compares it over time). */
+  completed = 0;
   private idleWaiters: (() => void)[] = [];
   // Receive state: a reply header split across chunks, and the READ payload being collected.
   private carry: Buffer | null = null;
@@ -379,6 +381,7 @@ export class NbdClient extends EventEmitter<NbdClientEvents> {
   private complete(slot: number, error: number, data: Buffer[] | undefined, header: Buffer | undefined): void {
     const done = this.dones[slot]!;
     this.dones[slot] = undefined;
+    this.completed++;
     this.gens[slot] = (this.gens[slot]! + 1) >>> 0;
     this.freeSlots[this.freeTop++] = slot;
     if (--this.inFlightCount === 0 && this.idleWaiters.length > 0) {
