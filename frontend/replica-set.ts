@@ -365,7 +365,8 @@ export class ReplicaSet implements NbdBackend {
         return;
       }
     }
-    const m = this.members.get(id)!;
+    const m = this.members.get(id);
+    if (!m) return;
     this.members.delete(id);
     this.log?.warn({ replica: id }, "replica left the volume; disconnected");
     m.replica?.destroy();
@@ -606,9 +607,17 @@ export class ReplicaSet implements NbdBackend {
       for (let r = Math.floor(offset / R), last = Math.floor((offset + Math.max(length, 1) - 1) / R); r <= last; r++) this.unflushed.add(r);
     }
     if (!this.policy!.degraded) return undefined;
+    return this.markIn((m) => this.policy!.state(m.id) === "out-of-sync", offset, length);
+  }
+
+  /**
+   * Marks offset/length dirty in the maps of the members `which` picks (waiting for a
+   * map still opening); undefined when nothing needs waiting for.
+   */
+  private markIn(which: (m: Member) => boolean, offset: number, length: number): Promise<void> | undefined {
     let waits: Promise<void>[] | undefined;
     for (const m of this.members.values()) {
-      if (!this.policy!.has(m.id) || this.policy!.state(m.id) !== "out-of-sync") continue;
+      if (!this.policy!.has(m.id) || !which(m)) continue;
       const p = m.mapOpening ? m.mapOpening.then(() => m.map?.markDirty(offset, length)) : m.map && !m.map.covers(offset, length) ? m.map.markDirty(offset, length) : undefined;
       if (p) (waits ??= []).push(p);
     }
@@ -678,18 +687,13 @@ export class ReplicaSet implements NbdBackend {
       this.flushing.delete(per.flushed);
       return req.done(0);
     }
-    let waits: Promise<void>[] | undefined;
-    if (this.policy!.degraded) {
-      for (const m of this.members.values()) {
-        if (per.results.get(m.id) || !this.policy!.has(m.id)) continue;
-        const s = this.policy!.state(m.id);
-        if (s !== "out-of-sync" && s !== "resyncing") continue;
-        const p = m.mapOpening ? m.mapOpening.then(() => m.map?.markDirty(req.offset, req.length)) : m.map?.markDirty(req.offset, req.length);
-        if (p) (waits ??= []).push(p);
-      }
-    }
-    if (!waits) return req.done(0);
-    Promise.all(waits).then(
+    const missed = (m: Member) => {
+      const s = this.policy!.state(m.id);
+      return !per.results.get(m.id) && (s === "out-of-sync" || s === "resyncing");
+    };
+    const marking = this.policy!.degraded ? this.markIn(missed, req.offset, req.length) : undefined;
+    if (!marking) return req.done(0);
+    marking.then(
       () => req.done(0),
       (err: unknown) => {
         this.log?.error({ err: errorMessage(err) }, "cannot mark a dirty region; failing the write");
@@ -714,12 +718,7 @@ export class ReplicaSet implements NbdBackend {
           if (!policy.has(id) || policy.state(id) !== "faulted") return;
           if (err instanceof NotFoundError) {
             // It left the volume meanwhile: it needs no more writes.
-            this.log?.warn({ replica: id }, "faulted replica left the volume");
-            policy.removed(id);
-            const m = this.members.get(id);
-            this.members.delete(id);
-            m?.replica?.destroy();
-            if (m) await this.discardMap(m);
+            await this.drop(id);
             return;
           }
           policy.markRefused(id);

@@ -97,12 +97,13 @@ export class TestCluster {
     await eventually(async () => (await this.client.get("probe").string(), true), 20_000, "etcd ready");
   }
 
-  /** Starts a controller; `faults` arms fault points (see lib/faults.ts). */
-  async startController(name: string, opts: { faults?: string[]; address?: string; leaderTtlSec?: number } = {}): Promise<string> {
+  /** Starts a controller; `faults` arms fault points (see lib/faults.ts); `flags` are passed on. */
+  async startController(name: string, opts: { faults?: string[]; address?: string; leaderTtlSec?: number; flags?: string[] } = {}): Promise<string> {
     const address = opts.address ?? `127.0.0.1:${await freePort()}`;
     // TTL 2 by default: under CI load a 1 s lease can lapse without any crash.
     const ttl = String(opts.leaderTtlSec ?? 2);
-    const p = Proc.start(name, "node", [join(ROOT, "dist/controller/main.js"), "--listen", address, "--etcd", this.etcdUrl, "--leader-ttl", ttl], {
+    const argv = [join(ROOT, "dist/controller/main.js"), "--listen", address, "--etcd", this.etcdUrl, "--leader-ttl", ttl, ...(opts.flags ?? [])];
+    const p = Proc.start(name, "node", argv, {
       STOWAGE_FAULTS: (opts.faults ?? []).join(","),
     });
     this.controllers.set(name, p);

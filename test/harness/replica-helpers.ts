@@ -6,24 +6,11 @@ import { join } from "node:path";
 import { execa } from "execa";
 import { VolumePhase, type Volume } from "../../gen/stowage/v1/types.js";
 import type { TestCluster } from "./cluster.js";
-import { freePort } from "./ports.js";
-import { eventually, Proc } from "./processes.js";
-import { ROOT } from "./root.js";
+import { eventually } from "./processes.js";
 
-/** Like TestCluster.startController, with extra controller flags. */
-export async function startControllerWith(
-  c: TestCluster,
-  name: string,
-  flags: string[],
-  opts: { faults?: string[]; address?: string } = {},
-): Promise<string> {
-  const address = opts.address ?? `127.0.0.1:${await freePort()}`;
-  const p = Proc.start(name, "node", [join(ROOT, "dist/controller/main.js"), "--listen", address, "--etcd", c.etcdUrl, "--leader-ttl", "2", ...flags], {
-    STOWAGE_FAULTS: (opts.faults ?? []).join(","),
-  });
-  c.controllers.set(name, p);
-  await p.waitFor("serving on");
-  return address;
+/** TestCluster.startController with extra controller flags. */
+export function startControllerWith(c: TestCluster, name: string, flags: string[], opts: { faults?: string[]; address?: string } = {}): Promise<string> {
+  return c.startController(name, { ...opts, flags });
 }
 
 /** The name of the controller process that leads now. */
