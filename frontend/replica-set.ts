@@ -560,7 +560,7 @@ export class ReplicaSet implements NbdBackend {
   }
 
   /** Reads from the first source with a usable connection; on an error, from the next one. */
-  private readFrom(req: NbdRequest, sources: string[], from: number): void {
+  private readFrom(req: NbdRequest, sources: readonly string[], from: number): void {
     for (let i = from; i < sources.length; i++) {
       const c = this.replicaOf(sources[i]!)?.pick();
       if (c === undefined) continue;

@@ -110,6 +110,7 @@ describe("WritePolicy", () => {
     const clone = (w: World): World => {
       const p = Object.assign(Object.create(WritePolicy.prototype), w.p) as WritePolicy;
       (p as any).states = new Map((w.p as any).states);
+      (p as any).cache = undefined;
       return { p, hasAll: new Map(w.hasAll), parked: [...w.parked], acks: w.acks };
     };
     const check = (w: World, trace: string[]) => {

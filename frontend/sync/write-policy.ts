@@ -27,6 +27,8 @@ export type WriteVerdict =
 
 export class WritePolicy {
   private readonly states = new Map<string, ReplicaSyncState>();
+  /** Read sources and write targets, asked for on every request: kept until a state changes. */
+  private cache: { reads: readonly string[]; targets: readonly string[]; degraded: boolean } | undefined;
 
   /** `replicas` in read preference order (the local one first), with their recorded state. */
   constructor(
@@ -51,23 +53,36 @@ export class WritePolicy {
     return [...this.states.keys()];
   }
 
+  private put(id: string, state: ReplicaSyncState): void {
+    this.states.set(id, state);
+    this.cache = undefined;
+  }
+
   private having(...wanted: ReplicaSyncState[]): string[] {
     return [...this.states].filter(([, s]) => wanted.includes(s)).map(([id]) => id);
   }
 
+  private get cached(): NonNullable<WritePolicy["cache"]> {
+    if (!this.cache) {
+      const reads = this.having("in-sync");
+      this.cache = { reads, targets: this.having("in-sync", "resyncing"), degraded: reads.length < this.states.size };
+    }
+    return this.cache;
+  }
+
   /** Where reads go, best first: in-sync replicas only. */
-  readSources(): string[] {
-    return this.having("in-sync");
+  readSources(): readonly string[] {
+    return this.cached.reads;
   }
 
   /** Where a write (or flush, trim, write-zeroes) goes now. */
-  writeTargets(): string[] {
-    return this.having("in-sync", "resyncing");
+  writeTargets(): readonly string[] {
+    return this.cached.targets;
   }
 
   /** True while some replica misses writes (the dirty map must record them). */
   get degraded(): boolean {
-    return this.having("in-sync").length < this.states.size;
+    return this.cached.degraded;
   }
 
   /**
@@ -83,16 +98,16 @@ export class WritePolicy {
       if (ok) continue;
       const s = this.states.get(id);
       if (s === "in-sync") {
-        this.states.set(id, "faulted");
+        this.put(id, "faulted");
         faultedNow.push(id);
       } else if (s === "resyncing") {
-        this.states.set(id, "out-of-sync");
+        this.put(id, "out-of-sync");
       }
     }
     if (!this.held(results)) {
       // No in-sync replica has the write: it fails, and nothing is given up for it
       // (the replicas this write faulted hold no acknowledged write the others lack).
-      for (const id of faultedNow) this.states.set(id, "in-sync");
+      for (const id of faultedNow) this.put(id, "in-sync");
       return { kind: "fail", reason: "no in-sync replica took the write" };
     }
     return this.finish(results);
@@ -122,7 +137,7 @@ export class WritePolicy {
   /** The controller recorded `id` out-of-sync at `generation`. */
   markConfirmed(id: string, generation: number): void {
     if (this.state(id) !== "faulted") throw new Error(`replica ${id} is ${this.state(id)}, not faulted`);
-    this.states.set(id, "out-of-sync");
+    this.put(id, "out-of-sync");
     this.generation = Math.max(this.generation, generation);
   }
 
@@ -133,7 +148,7 @@ export class WritePolicy {
    */
   markRefused(id: string): void {
     if (this.state(id) !== "faulted") throw new Error(`replica ${id} is ${this.state(id)}, not faulted`);
-    this.states.set(id, "in-sync");
+    this.put(id, "in-sync");
   }
 
   /**
@@ -142,13 +157,13 @@ export class WritePolicy {
    */
   recordedOutOfSync(id: string): void {
     const s = this.state(id);
-    if (s === "in-sync" || s === "resyncing") this.states.set(id, "out-of-sync");
+    if (s === "in-sync" || s === "resyncing") this.put(id, "out-of-sync");
   }
 
   /** An out-of-sync replica is reachable again: it gets live writes from now on while dirty regions are copied. */
   reconnected(id: string): void {
     if (this.state(id) !== "out-of-sync") throw new Error(`replica ${id} is ${this.state(id)}, not out-of-sync`);
-    this.states.set(id, "resyncing");
+    this.put(id, "resyncing");
   }
 
   /**
@@ -159,7 +174,7 @@ export class WritePolicy {
    */
   added(id: string, recordedInSync = false): void {
     if (this.states.has(id)) throw new Error(`replica ${id} is known already`);
-    this.states.set(id, recordedInSync ? "faulted" : "out-of-sync");
+    this.put(id, recordedInSync ? "faulted" : "out-of-sync");
   }
 
   /**
@@ -170,12 +185,13 @@ export class WritePolicy {
     const s = this.state(id);
     if (s === "in-sync" && this.having("in-sync").length === 1) throw new Error(`replica ${id} is the last in-sync replica`);
     this.states.delete(id);
+    this.cache = undefined;
   }
 
   /** Copying finished and the controller recorded the replica in-sync at `generation`. */
   resynced(id: string, generation: number): void {
     if (this.state(id) !== "resyncing") throw new Error(`replica ${id} is ${this.state(id)}, not resyncing`);
-    this.states.set(id, "in-sync");
+    this.put(id, "in-sync");
     this.generation = Math.max(this.generation, generation);
   }
 }
