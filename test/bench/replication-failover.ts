@@ -14,13 +14,30 @@ import { NbdDisconnectedError } from "../../lib/nbd/errors.js";
 import { TestCluster } from "../harness/cluster.js";
 import { eventually } from "../harness/processes.js";
 import { Qsd } from "../harness/qsd.js";
-import { AGENT_FILE_OPTIONS, median, progress, type Cleanups } from "./replication-common.js";
+import { AGENT_FILE_OPTIONS, fioFill, fioWrite, median, progress, type Cleanups } from "./replication-common.js";
+import { WRITE_WORKLOADS } from "./replication-write.js";
 
 export interface FailoverOptions {
   /** For the baseline's daemon and image. */
   dir: string;
   reps: number;
   cleanups: Cleanups;
+  /** Seconds per fio run of the in-cluster write figures (0: skip them). */
+  writeRuntimeSec: number;
+}
+
+/**
+ * Writes in the same cluster, through frontends that follow the recorded write policy
+ * (as every frontend a cluster starts does; the write part drives plain fan-out ones):
+ * fio at one replica's export (the agent's daemon, over TCP) against fio through the
+ * frontend of a 1-replica and of a 2-replica volume.
+ */
+export interface ClusterWrites {
+  workload: string;
+  direct: number;
+  replicas1: number;
+  replicas2: number;
+  unit: "IOPS" | "MB/s";
 }
 
 export interface FailoverRun {
@@ -54,6 +71,7 @@ export interface FailoverResult {
   /** Baseline, median: kill → a plain NBD client's write fails, straight at a daemon opened as the agent does. */
   plainDeathMs: number;
   plainDeathRuns: number[];
+  clusterWrites: ClusterWrites[];
 }
 
 const VOLUME_SIZE = 64 * 1024 * 1024;
@@ -81,6 +99,7 @@ export async function benchFailover(o: FailoverOptions): Promise<FailoverResult>
       puts.push(performance.now() - t);
     }
     await c.client.delete().key("bench/probe");
+    const clusterWrites = o.writeRuntimeSec > 0 ? await writesInCluster(c, o) : [];
     const runs: FailoverRun[] = [];
     const plain: number[] = [];
     for (let rep = 0; rep < o.reps; rep++) {
@@ -100,6 +119,7 @@ export async function benchFailover(o: FailoverOptions): Promise<FailoverResult>
       etcdPutMs: median(puts),
       plainDeathMs: median(plain),
       plainDeathRuns: plain,
+      clusterWrites,
     };
   } catch (err) {
     // What the cluster's processes printed last, unless the run was stopped on purpose.
@@ -112,6 +132,40 @@ export async function benchFailover(o: FailoverOptions): Promise<FailoverResult>
   } finally {
     await stop();
   }
+}
+
+async function writesInCluster(c: TestCluster, o: FailoverOptions): Promise<ClusterWrites[]> {
+  const size = 1024 * 1024 * 1024;
+  const uris: Record<"direct" | "replicas1" | "replicas2", string> = { direct: "", replicas1: "", replicas2: "" };
+  for (const [name, replicas] of [["wr1", 1], ["wr2", 2]] as const) {
+    await stowctl(c, ["volume", "create", name, "--size", "1GiB", "--replicas", String(replicas)]);
+    const att = JSON.parse(await stowctl(c, ["volume", "attach", name, "--node", NODES[0]!.name, "-o", "json"]));
+    uris[replicas === 1 ? "replicas1" : "replicas2"] = att.attachment.nbdUri;
+  }
+  // The baseline: the 2-replica volume's replica on the frontend's node, at its agent's export.
+  const v = JSON.parse(await stowctl(c, ["volume", "get", "wr2", "-o", "json"])).volume;
+  const local = v.replicas.find((r: { node: string }) => r.node === NODES[0]!.name);
+  const exportUri = JSON.parse((await c.client.get(keys.volumeStatus("wr2")).string())!).replicas.find((r: { id: string }) => r.id === local.id).exportUri as string;
+  uris.direct = exportUri;
+  progress("cluster writes: filling the images");
+  for (const u of [uris.replicas1, uris.replicas2]) await fioFill([u], size, join(o.dir, "cluster-fill.json"));
+  const out: ClusterWrites[] = [];
+  for (const w of WRITE_WORKLOADS) {
+    const fig: Record<string, number[]> = { direct: [], replicas1: [], replicas2: [] };
+    for (let rep = 0; rep < o.reps; rep++) {
+      for (const setup of ["direct", "replicas1", "replicas2"] as const) {
+        progress(`cluster writes: ${w.rw} ${w.bs}, ${setup}, run ${rep + 1}/${o.reps}`);
+        const [s] = await fioWrite([uris[setup]], w, { sizeBytes: size, runtimeSec: o.writeRuntimeSec, out: join(o.dir, "cluster-fio.json") });
+        fig[setup]!.push(w.unit === "IOPS" ? s!.iops : s!.mbps);
+      }
+    }
+    out.push({ workload: `${w.rw} ${w.bs} QD${w.iodepth}`, unit: w.unit, direct: median(fig.direct!), replicas1: median(fig.replicas1!), replicas2: median(fig.replicas2!) });
+  }
+  for (const name of ["wr1", "wr2"]) {
+    await stowctl(c, ["volume", "detach", name, "--node", NODES[0]!.name]);
+    await stowctl(c, ["volume", "delete", name]);
+  }
+  return out;
 }
 
 async function stowctl(c: TestCluster, args: string[]): Promise<string> {

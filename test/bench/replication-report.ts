@@ -103,6 +103,24 @@ export function resyncLines(r: ResyncResult, reps: number): string[] {
   ];
 }
 
+function clusterWriteLines(r: FailoverResult): string[] {
+  if (r.clusterWrites.length === 0) return [];
+  const lines = [
+    "",
+    "Writes in that cluster, through frontends that follow the recorded write policy (fio at the",
+    "agent's export of the frontend node's replica, over TCP, as the baseline):",
+    "",
+    `${"workload".padEnd(28)}${"direct".padStart(12)}${"1 replica".padStart(12)}${"2 replicas".padStart(12)}${"1 / direct".padStart(12)}${"2 / direct".padStart(12)}`,
+  ];
+  for (const w of r.clusterWrites) {
+    lines.push(
+      `${`${w.workload} (${w.unit})`.padEnd(28)}${fmt(w.direct).padStart(12)}${fmt(w.replicas1).padStart(12)}${fmt(w.replicas2).padStart(12)}` +
+        `${(w.replicas1 / w.direct).toFixed(2).padStart(12)}${(w.replicas2 / w.direct).toFixed(2).padStart(12)}`,
+    );
+  }
+  return lines;
+}
+
 export function failoverLines(r: FailoverResult): string[] {
   const row = (label: string, ms: number, extra = "") => `${label.padEnd(60)}${`${ms.toFixed(ms < 10 ? 2 : 0)} ms`.padStart(10)}${extra}`;
   const failed = r.runs.reduce((n, x) => n + x.failedWrites, 0);
@@ -120,5 +138,6 @@ export function failoverLines(r: FailoverResult): string[] {
     "",
     `every run (next write): ${r.runs.map((x) => `${x.nextWriteMs.toFixed(0)} ms`).join(", ")}; failed writes: ${failed}; ` +
       `replica recorded out-of-sync at the controller: ${r.runs.every((x) => x.recordedOutOfSync) ? "every run" : "NOT every run"}`,
+    ...clusterWriteLines(r),
   ];
 }

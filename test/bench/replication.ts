@@ -123,7 +123,7 @@ async function main(): Promise<void> {
     json.resync = { ...r, ratio: round(r.stowage.mbps / r.plain.mbps, 2), target: RESYNC_TARGET };
   }
   if (opts.parts.includes("failover")) {
-    const r = await benchFailover({ dir, reps: FAILOVERS, cleanups });
+    const r = await benchFailover({ dir, reps: FAILOVERS, cleanups, writeRuntimeSec: RUNTIME });
     sections.push(failoverLines(r));
     json.failover = { ...r, targetMs: FAILOVER_TARGET_MS };
   }
