@@ -1,6 +1,6 @@
 // The one door to host commands. Every subprocess goes through run(), which
 // applies a timeout and turns failures into ExecError with the command's stderr.
-import { execa } from "execa";
+import { execa, type Options } from "execa";
 import { StowageError } from "./errors.js";
 
 export class ExecError extends StowageError {
@@ -17,6 +17,8 @@ export class ExecError extends StowageError {
 export interface RunOptions {
   timeoutMs?: number;
   input?: string;
+  /** Open file descriptors of this process the child gets as its fd 3, 4, ... */
+  fds?: number[];
 }
 
 export interface RunResult {
@@ -30,6 +32,8 @@ export async function run(file: string, args: string[], opts: RunOptions = {}): 
     const r = await execa(file, args, {
       timeout: opts.timeoutMs ?? 60_000,
       input: opts.input,
+      // Extra descriptors by number: execa passes them on (its types only list streams there).
+      ...(opts.fds?.length ? { stdio: [opts.input === undefined ? "ignore" : "pipe", "pipe", "pipe", ...opts.fds] as unknown as Options["stdio"] } : {}),
       stripFinalNewline: false,
       env: { LC_ALL: "C" },
     });

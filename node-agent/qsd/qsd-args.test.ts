@@ -47,6 +47,12 @@ describe("qsdArgs", () => {
     ]);
   });
 
+  it("takes a TCP listening socket handed over as an fd (its address then comes from elsewhere)", () => {
+    const args = qsdArgs(paths, { type: "tcp", host: "10.0.0.5", port: 10809 }, 3);
+    expect(args[args.indexOf("--nbd-server") + 1]).toBe("addr.type=fd,addr.str=3");
+    expect(parseQsdArgv(["qemu-storage-daemon", ...args])).toEqual({ qmpSocket: paths.qmpSocket });
+  });
+
   it("escapes commas in paths", () => {
     expect(qsdArgs(qsdPaths("/data/a,b"), { type: "unix" })[1]).toBe("socket,id=qmp,path=/data/a,,b/qsd/qmp.sock,server=on,wait=off");
   });

@@ -74,8 +74,13 @@ export function nbdEndpointOf(nbd: NbdServerConfig, paths: QsdPaths): NbdEndpoin
   return { tcp: { host: nbd.host, port: nbd.port }, ...(nbd.tls ? { tlsCredsId: nbd.tls.id } : {}) };
 }
 
-/** Arguments that start a daemonized QSD with a QMP monitor and the NBD server, and nothing exported yet. */
-export function qsdArgs(paths: QsdPaths, nbd: NbdServerConfig): string[] {
+/**
+ * Arguments that start a daemonized QSD with a QMP monitor and the NBD server, and
+ * nothing exported yet. `listenFd`: a TCP server socket the caller opened (with
+ * TCP_NODELAY: QEMU 7.2's NBD server does not set it on the connections it accepts,
+ * and Nagle then stalls small replies; accepted sockets inherit it from the listener).
+ */
+export function qsdArgs(paths: QsdPaths, nbd: NbdServerConfig, listenFd?: number): string[] {
   checkNbdConfig(nbd);
   const args = [
     "--chardev",
@@ -89,7 +94,7 @@ export function qsdArgs(paths: QsdPaths, nbd: NbdServerConfig): string[] {
   if (nbd.type === "unix") {
     server = `addr.type=unix,addr.path=${esc(paths.nbdSocket)}`;
   } else {
-    server = `addr.type=inet,addr.host=${esc(nbd.host)},addr.port=${nbd.port}`;
+    server = listenFd === undefined ? `addr.type=inet,addr.host=${esc(nbd.host)},addr.port=${nbd.port}` : `addr.type=fd,addr.str=${listenFd}`;
     if (nbd.tls) {
       // The object must exist before the server that names it.
       args.push("--object", `tls-creds-x509,id=${esc(nbd.tls.id)},dir=${esc(nbd.tls.dir)},endpoint=server,verify-peer=on`);
@@ -138,6 +143,8 @@ export function parseQsdArgv(argv: string[]): RunningQsd | undefined {
     if (argv[i] === "--chardev" && opts().id === "qmp") out.qmpSocket = opts().path;
     if (argv[i] === "--nbd-server") {
       const o = opts();
+      // A listening socket handed over (addr.type=fd): its address is the config's.
+      if (o["addr.type"] === "fd") continue;
       out.nbd =
         o["addr.type"] === "unix"
           ? { unixSocket: o["addr.path"] }

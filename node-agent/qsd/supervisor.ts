@@ -3,11 +3,13 @@
 // is reparented away from the agent), so it and its NBD exports outlive an agent
 // restart: the next agent finds it through `${dataDir}/qsd/qsd.pid`, checks that
 // the process is that QSD and that its QMP socket answers, and adopts it.
-import { mkdir, readFile, rm } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { errorMessage, UnavailableError } from "../../lib/errors.js";
 import { run } from "../../lib/exec.js";
 import type { Logger } from "../../lib/logger.js";
 import { KeyedMutex } from "../../lib/keyed-mutex.js";
+import { createServer, type Server } from "node:net";
 import { readArgv, waitForExit } from "../../lib/proc.js";
 import { QsdExports, type ExportDescriptor, type ExportSpec, type FileBackend } from "./exports.js";
 import { QmpClient } from "./qmp-client.js";
@@ -157,7 +159,8 @@ export class QsdSupervisor {
           cause: err,
         });
       }
-      const nbd = found.nbd ?? this.nbd;
+      // A daemon given its listening socket (addr.type=fd) has the address in a file beside it.
+      const nbd = found.nbd ?? (await this.readEndpoint()) ?? this.nbd;
       this.attach({ pid, client, nbd });
       this.opts.logger?.info({ pid, nbd }, "adopted running qemu-storage-daemon");
       return { pid, adopted: true, started: false, nbd };
@@ -170,12 +173,25 @@ export class QsdSupervisor {
     await mkdir(stateDir, { recursive: true, mode: 0o750 });
     // Leftovers of a daemon that died without cleaning up (SIGKILL, host crash).
     await Promise.all([pidFile, qmpSocket, nbdSocket].map((p) => rm(p, { force: true })));
-    // With --daemonize the command returns once the daemon is ready (sockets listening, pidfile written).
-    await run(this.opts.binary ?? QSD_BINARY, qsdArgs(this.paths, this.opts.nbd), { timeoutMs: this.opts.startTimeoutMs ?? 30_000 });
+    // A TCP export listens on a socket opened here with TCP_NODELAY, handed to the daemon as
+    // its fd 3 (see qsdArgs): without it, small NBD replies wait for delayed ACKs (measured:
+    // 2 replicas over TCP at 4k, 7,600-12,954 IOPS before, 26,736-31,661 after).
+    const listener = this.opts.nbd.type === "tcp" ? await listenNoDelay(this.opts.nbd.host, this.opts.nbd.port) : undefined;
+    try {
+      // With --daemonize the command returns once the daemon is ready (sockets listening, pidfile written).
+      await run(this.opts.binary ?? QSD_BINARY, qsdArgs(this.paths, this.opts.nbd, listener && 3), {
+        timeoutMs: this.opts.startTimeoutMs ?? 30_000,
+        fds: listener ? [listener.fd] : undefined,
+      });
+    } finally {
+      // The daemon holds its own copy; this process must not accept on it.
+      listener?.server.close();
+    }
     const pid = await this.readPid();
     if (pid === undefined) throw new UnavailableError(`qemu-storage-daemon started but wrote no pidfile ${pidFile}`);
     const client = await this.connect();
     const nbd = nbdEndpointOf(this.opts.nbd, this.paths);
+    await writeFile(this.endpointFile, JSON.stringify(nbd));
     this.attach({ pid, client, nbd });
     this.opts.logger?.info({ pid, nbd, version: client.greeting.version.package }, "started qemu-storage-daemon");
     return { pid, adopted: false, started: true, nbd };
@@ -205,6 +221,18 @@ export class QsdSupervisor {
     }
   }
 
+  private get endpointFile(): string {
+    return join(this.paths.stateDir, "nbd-endpoint.json");
+  }
+
+  private async readEndpoint(): Promise<NbdEndpoint | undefined> {
+    try {
+      return JSON.parse(await readFile(this.endpointFile, "utf8")) as NbdEndpoint;
+    } catch {
+      return undefined;
+    }
+  }
+
   private async readPid(): Promise<number | undefined> {
     try {
       const pid = Number((await readFile(this.paths.pidFile, "utf8")).trim());
@@ -221,4 +249,24 @@ export class QsdSupervisor {
     const parsed = argv && parseQsdArgv(argv);
     return parsed?.qmpSocket === this.paths.qmpSocket ? parsed : undefined;
   }
+}
+
+/**
+ * A TCP server socket with TCP_NODELAY, for the daemon to inherit. Node accepts on it
+ * until it is closed right after the daemon started; nothing is exported then, so a
+ * connection it takes in that moment would have failed anyway, and clients retry.
+ */
+async function listenNoDelay(host: string, port: number): Promise<{ server: Server; fd: number }> {
+  const server = createServer((sock) => sock.destroy());
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen({ host, port, exclusive: true }, () => resolve());
+  });
+  const handle = (server as unknown as { _handle?: { fd?: number; setNoDelay?: (on: boolean) => number } })._handle;
+  if (!handle || typeof handle.fd !== "number" || handle.fd < 0) {
+    server.close();
+    throw new UnavailableError(`cannot hand the NBD listening socket on ${host}:${port} to qemu-storage-daemon`);
+  }
+  handle.setNoDelay?.(true);
+  return { server, fd: handle.fd };
 }
