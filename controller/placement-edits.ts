@@ -14,7 +14,7 @@ export function newReplicaId(): string {
   return "r-" + randomBytes(6).toString("hex");
 }
 
-export function isThin(spec: VolumeSpec): boolean {
+export function isThin(spec: Pick<VolumeSpec, "preallocation">): boolean {
   return spec.preallocation === "off" || spec.preallocation === "metadata";
 }
 

@@ -1,7 +1,7 @@
 // VolumeService: validates requests, places replicas, and records the desired
 // state (and the operation) in etcd before any agent is called. The reconciler
 // does the rest, so a crash after any line leaves work the next leader finishes.
-import { randomBytes, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import type { RemovedReplica, VolumeServiceService } from "../gen/stowage/v1/controller.js";
 import type { Job, VolumeSpec as ApiVolumeSpec } from "../gen/stowage/v1/types.js";
 import {
@@ -21,7 +21,7 @@ import { formatFromApi, preallocationFromApi, volumeToApi } from "./convert.js";
 import { jobsOf } from "./job-api.js";
 import { keys } from "./keys.js";
 import type { OperationRecord, VolumeSpec, VolumeStatus } from "./model.js";
-import { placeReplicas, withPlacementChanges } from "./placement-edits.js";
+import { isThin, newReplicaId, placeReplicas, withPlacementChanges } from "./placement-edits.js";
 import { PLACEMENT_LOCK } from "./replica-keeper.js";
 import { planReplicas, rebuildBrake, type ObservedReplica } from "./replica-plan.js";
 import { DEFAULT_OVERCOMMIT_RATIO, place } from "./scheduler.js";
@@ -114,7 +114,7 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
           throw new NotFoundError("pool", want.pool);
         }
         const result = place(
-          { sizeBytes: want.sizeBytes, replicas: want.replicas, thin: want.preallocation === "off" || want.preallocation === "metadata", pool: want.pool },
+          { sizeBytes: want.sizeBytes, replicas: want.replicas, thin: isThin(want), pool: want.pool },
           snapshot,
         );
         if (!result.ok) {
@@ -130,7 +130,7 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
           uid: randomUUID(),
           createdAtMs: Date.now(),
           deleting: false,
-          placement: result.placement.map((p) => ({ id: "r-" + randomBytes(6).toString("hex"), node: p.node, pool: p.pool })),
+          placement: result.placement.map((p) => ({ id: newReplicaId(), node: p.node, pool: p.pool })),
         };
         const status: VolumeStatus = { phase: "creating", message: "", replicas: [], updatedAtMs: Date.now() };
         await d.store.write({
