@@ -592,12 +592,17 @@ export class ReplicaSet implements NbdBackend {
       return this.send(req, payload, undefined, flushed);
     }
     const marking = this.markMissing(req.offset, req.length);
-    const go = () => this.locks.enter(req.offset, req.length, (token) => this.send(req, payload, token));
-    if (marking === undefined) return go();
-    marking.then(go, (err: unknown) => {
+    if (marking === undefined) return this.enter(req, payload);
+    marking.then(() => this.enter(req, payload), (err: unknown) => {
       this.log?.error({ err: errorMessage(err) }, "cannot mark a dirty region; failing the write");
       req.done(Errno.EIO);
     });
+  }
+
+  /** Sends a write through the region locks (no closure while no resync runs: the common case). */
+  private enter(req: NbdRequest, payload: Buffer[] | undefined): void {
+    if (!this.locks.active) return this.send(req, payload, this.locks.untrackedWrite());
+    this.locks.enter(req.offset, req.length, (token) => this.send(req, payload, token));
   }
 
   /** Marks offset/length dirty for every out-of-sync replica; undefined when nothing needs waiting for. */

@@ -46,10 +46,7 @@ export class RegionLocks {
    * write completed.
    */
   enter(offset: number, length: number, send: (token: Token) => void): void {
-    if (!this.active) {
-      this.untracked++;
-      return send(UNTRACKED);
-    }
+    if (!this.active) return send(this.untrackedWrite());
     const [first, last] = this.span(offset, length);
     for (let r = first; r <= last; r++) {
       const queue = this.locked.get(r);
@@ -60,6 +57,15 @@ export class RegionLocks {
     }
     for (let r = first; r <= last; r++) this.inFlight.set(r, (this.inFlight.get(r) ?? 0) + 1);
     send({ first, last });
+  }
+
+  /**
+   * A write sent while no resync runs (check `active` first): counted only so that
+   * `drained()` can wait for it. The data path calls this directly, with no closure.
+   */
+  untrackedWrite(): Token {
+    this.untracked++;
+    return UNTRACKED;
   }
 
   /** The write of `token` completed (on every target). */
