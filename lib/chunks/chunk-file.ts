@@ -1,0 +1,74 @@
+// One chunk on disk: chunks/<first two hex digits of its id>/<id>, a 12-byte header
+// and the payload.
+//
+//   bytes 0-3   "SCK1"
+//   byte  4     codec: 0 stored as is, 1 zstd
+//   bytes 5-7   zero
+//   bytes 8-11  length of the chunk's data, little endian
+//   bytes 12-   payload
+//
+// The id is the SHA-256 of the uncompressed data, so a chunk file checks itself:
+// decode it, hash it, compare with its name.
+import { createHash } from "node:crypto";
+import { Compressor, Decompressor } from "zstd-napi";
+import { CorruptChunkError } from "./errors.js";
+
+export const ID_BYTES = 32;
+export const HEADER_BYTES = 12;
+const MAGIC = Buffer.from("SCK1", "latin1");
+export const CODEC_RAW = 0;
+export const CODEC_ZSTD = 1;
+
+export const sha256 = (data: Uint8Array): Buffer => createHash("sha256").update(data).digest();
+
+/** Shard directory name of an id (hex). */
+export const shardOf = (idHex: string): string => idHex.slice(0, 2);
+
+export const isIdHex = (s: string): boolean => s.length === ID_BYTES * 2 && /^[0-9a-f]+$/.test(s);
+
+export function encodeHeader(length: number, zstd: boolean): Buffer {
+  const header = Buffer.alloc(HEADER_BYTES);
+  MAGIC.copy(header, 0);
+  header[4] = zstd ? CODEC_ZSTD : CODEC_RAW;
+  header.writeUInt32LE(length, 8);
+  return header;
+}
+
+/** Compresses chunks with one reused zstd context. */
+export class ChunkEncoder {
+  private readonly zstd = new Compressor();
+
+  constructor(readonly level: number) {
+    this.zstd.setParameters({ compressionLevel: level, checksumFlag: false, contentSizeFlag: true });
+  }
+
+  /** Header and payload of a chunk file; the payload is stored as is if zstd does not shrink it. */
+  encode(data: Uint8Array): [Buffer, Buffer] {
+    const packed = this.zstd.compress(data);
+    if (packed.length < data.length) return [encodeHeader(data.length, true), packed];
+    return [encodeHeader(data.length, false), Buffer.from(data)];
+  }
+}
+
+export class ChunkDecoder {
+  private readonly zstd = new Decompressor();
+
+  /** The chunk's data, checked against `idHex`; throws CorruptChunkError. */
+  decode(file: Buffer, idHex: string): Buffer {
+    if (file.length < HEADER_BYTES || !file.subarray(0, 4).equals(MAGIC)) throw new CorruptChunkError(idHex, "bad header");
+    const length = file.readUInt32LE(8);
+    const payload = file.subarray(HEADER_BYTES);
+    let data: Buffer;
+    if (file[4] === CODEC_RAW) data = payload;
+    else if (file[4] === CODEC_ZSTD) {
+      try {
+        data = this.zstd.decompress(payload);
+      } catch (err) {
+        throw new CorruptChunkError(idHex, `zstd: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    } else throw new CorruptChunkError(idHex, `unknown codec ${file[4]}`);
+    if (data.length !== length) throw new CorruptChunkError(idHex, `length ${data.length}, header says ${length}`);
+    if (sha256(data).toString("hex") !== idHex) throw new CorruptChunkError(idHex, "content does not match its id");
+    return data;
+  }
+}

@@ -1,0 +1,10 @@
+// The chunk store library: what other parts of Stowage import.
+export { ChunkStore, type CreateOptions } from "./store.js";
+export { CDC_DEFAULTS, FIXED_DEFAULTS, chunkerParams, createChunker, type Chunker, type ChunkerKind, type ChunkerParams } from "./chunker.js";
+export { chunkStream, type ChunkView, type ImageSource } from "./chunk-stream.js";
+export { CorruptChunkError, MissingChunkError, StoreFormatError } from "./errors.js";
+export type { GcOptions, GcStats } from "./gc.js";
+export type { Manifest, ManifestEntry, ManifestHeader } from "./manifest.js";
+export type { RestoreOptions, RestoreStats, RestoreTarget } from "./restore.js";
+export type { VerifyOptions, VerifyReport } from "./verify.js";
+export type { WriteOptions, WriteStats } from "./writer.js";

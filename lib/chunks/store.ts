@@ -1,0 +1,81 @@
+// ChunkStore: the content-addressed, deduplicating, zstd-compressed store of
+// volume images in one directory. What each operation guarantees is explained
+// where it is implemented: writer.ts (ingest and commit), gc.ts (mark and sweep
+// alongside running writes), verify.ts, restore.ts; the format in layout.ts,
+// chunk-file.ts and manifest.ts.
+import { stat } from "node:fs/promises";
+import { type ChunkerKind, chunkerParams } from "./chunker.js";
+import type { ImageSource } from "./chunk-stream.js";
+import { collectGarbage, type GcOptions, type GcStats } from "./gc.js";
+import { createLayout, DEFAULT_CONFIG, Layout, readConfig, type StoreConfig } from "./layout.js";
+import type { Manifest } from "./manifest.js";
+import { deleteManifest, listManifestNames, readManifest } from "./manifests.js";
+import { restoreImage, type RestoreOptions, type RestoreStats, type RestoreTarget } from "./restore.js";
+import { verifyStore, type VerifyOptions, type VerifyReport } from "./verify.js";
+import { writeImage, type WriteOptions, type WriteStats } from "./writer.js";
+
+export interface CreateOptions {
+  chunker?: ChunkerKind;
+  zstdLevel?: number;
+}
+
+export class ChunkStore {
+  private constructor(
+    private readonly layout: Layout,
+    readonly config: StoreConfig,
+  ) {}
+
+  get root(): string {
+    return this.layout.root;
+  }
+
+  /** Opens the store in `dir`, creating it (with `opts`) if the directory has none. */
+  static async open(dir: string, opts: CreateOptions = {}): Promise<ChunkStore> {
+    const layout = new Layout(dir);
+    const present = await stat(layout.config()).then(
+      () => true,
+      () => false,
+    );
+    if (!present) {
+      const config: StoreConfig = { ...DEFAULT_CONFIG, chunker: chunkerParams(opts.chunker ?? "cdc"), zstdLevel: opts.zstdLevel ?? DEFAULT_CONFIG.zstdLevel };
+      await createLayout(layout, config);
+    }
+    return new ChunkStore(layout, await readConfig(layout));
+  }
+
+  /** Stores an image under a new manifest name. */
+  write(name: string, source: ImageSource, opts?: WriteOptions): Promise<WriteStats> {
+    return writeImage(this.layout, this.config, name, source, opts);
+  }
+
+  restore(name: string, target: RestoreTarget, opts?: RestoreOptions): Promise<RestoreStats> {
+    return restoreImage(this.layout, name, target, opts);
+  }
+
+  list(): Promise<string[]> {
+    return listManifestNames(this.layout);
+  }
+
+  manifest(name: string): Promise<Manifest> {
+    return readManifest(this.layout, name);
+  }
+
+  delete(name: string): Promise<void> {
+    return deleteManifest(this.layout, name);
+  }
+
+  gc(opts?: GcOptions): Promise<GcStats> {
+    return collectGarbage(this.layout, opts);
+  }
+
+  verify(opts?: VerifyOptions): Promise<VerifyReport> {
+    return verifyStore(this.layout, opts);
+  }
+
+  /** How many committed manifests reference each chunk (computed from the manifests). */
+  async refcounts(): Promise<Map<string, number>> {
+    const counts = new Map<string, number>();
+    for (const name of await this.list()) for (const id of (await this.manifest(name)).chunkIds()) counts.set(id, (counts.get(id) ?? 0) + 1);
+    return counts;
+  }
+}
