@@ -83,6 +83,11 @@ export class CliContext {
     return this.controllersCache;
   }
 
+  /** The controller addresses this command uses (HOST:PORT). */
+  controllerAddresses(): string[] {
+    return resolveControllers({ flag: this.globals.controller, env: this.deps.env, readFile: this.deps.readFile, homeDir: homedir() }).addresses;
+  }
+
   /** Prints the API response as JSON, or the table/text view of it. */
   print(response: unknown, table: () => string): void {
     this.deps.io.out(this.output === "json" ? jsonText(response) : table());

@@ -3,9 +3,11 @@
 import { Command, CommanderError, Option } from "commander";
 import { DeadlineError, errorMessage, InsufficientCapacityError, StowageError } from "../lib/errors.js";
 import { registerClusterCommands } from "./commands/cluster.js";
+import { registerEventCommands } from "./commands/event.js";
 import { registerJobCommands } from "./commands/job.js";
 import { registerNodeCommands } from "./commands/node.js";
 import { registerPoolCommands } from "./commands/pool.js";
+import { registerSnapshotCommands } from "./commands/snapshot.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerVolumeCommands } from "./commands/volume.js";
 import { NO_CONTROLLER_HINT } from "./connect.js";
@@ -46,9 +48,11 @@ export function buildProgram(session: Session): Command {
   registerNodeCommands(program, session);
   registerPoolCommands(program, session);
   registerVolumeCommands(program, session);
+  registerSnapshotCommands(program, session);
   registerVmCommands(program, session);
   registerJobCommands(program, session);
   registerClusterCommands(program, session);
+  registerEventCommands(program, session);
   configureTree(program, session.deps.io);
   return program;
 }

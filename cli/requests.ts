@@ -5,6 +5,7 @@ import type {
   GetPoolRequest,
   ListPoolsRequest,
   ResizeVolumeRequest,
+  SetPoolRequest,
   SetVolumeReplicasRequest,
 } from "../gen/stowage/v1/controller.js";
 import { ImageFormat, Preallocation } from "../gen/stowage/v1/types.js";
@@ -77,4 +78,45 @@ function checkName(kind: string, name: string): void {
     if (!(err instanceof StowageError)) throw err;
     throw new UsageError(err.hint ? `${err.message}: ${err.hint}` : err.message);
   }
+}
+
+/** The options of `pool set` as commander hands them over. */
+export interface SetPoolFlags {
+  overcommit?: string;
+  warning?: string;
+  critical?: string;
+  thresholds?: string;
+  force?: boolean;
+}
+
+/** A number > 0 (ratio) or a percentage in (0, 100]. */
+function positiveNumber(flag: string, text: string, max?: number): number {
+  const n = /^\s*\d+(\.\d+)?\s*$/.test(text) ? Number(text) : NaN;
+  if (!(n > 0) || (max !== undefined && n > max)) {
+    const what = max === undefined ? "a number greater than 0" : `a percentage above 0 and at most ${max}`;
+    throw new UsageError(`option '${flag}': expected ${what}, got "${text}"`);
+  }
+  return n;
+}
+
+export function setPoolRequest(first: string, second: string | undefined, flags: SetPoolFlags): SetPoolRequest {
+  const ref = parsePoolRef(first, second);
+  const req: SetPoolRequest = { ...ref, resetOvercommit: false, resetThresholds: false, force: flags.force ?? false };
+  if (flags.overcommit !== undefined) {
+    if (flags.overcommit.trim() === "default") req.resetOvercommit = true;
+    else req.overcommitRatio = positiveNumber("--overcommit", flags.overcommit);
+  }
+  if (flags.thresholds !== undefined) {
+    if (flags.thresholds.trim() !== "default") throw new UsageError(`option '--thresholds': only "default" is accepted (80% and 90%), got "${flags.thresholds}"`);
+    req.resetThresholds = true;
+  }
+  if (flags.warning !== undefined) req.warningPercent = positiveNumber("--warning", flags.warning.replace(/%$/, ""), 100);
+  if (flags.critical !== undefined) req.criticalPercent = positiveNumber("--critical", flags.critical.replace(/%$/, ""), 100);
+  if (req.warningPercent !== undefined && req.criticalPercent !== undefined && req.warningPercent >= req.criticalPercent) {
+    throw new UsageError(`option '--warning': ${req.warningPercent}% must be below --critical ${req.criticalPercent}%`);
+  }
+  if (req.overcommitRatio === undefined && !req.resetOvercommit && req.warningPercent === undefined && req.criticalPercent === undefined && !req.resetThresholds) {
+    throw new UsageError("nothing to set: give --overcommit RATIO, --warning PERCENT, --critical PERCENT or --thresholds default");
+  }
+  return req;
 }

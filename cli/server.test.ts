@@ -3,6 +3,7 @@ import type { Server } from "@grpc/grpc-js";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import {
   JobServiceService,
+  type SetPoolRequest,
   NodeServiceService,
   PoolServiceService,
   VolumeServiceService,
@@ -46,6 +47,7 @@ const host1: Node = {
 class FakeCluster {
   volumes = new Map<string, { volume: Volume; polls: number }>();
   nodes = new Map([[host1.name, structuredClone(host1)]]);
+  poolSets: SetPoolRequest[] = [];
 
   private replicas(spec: VolumeSpec, state: ReplicaState, size: number) {
     return Array.from({ length: spec.replicas }, (_, i) => ({
@@ -181,6 +183,11 @@ class FakeCluster {
         if (node !== pool.node || name !== pool.name) throw new NotFoundError("pool", `${node}/${name}`);
         return { pool };
       },
+      setPool: async (req) => {
+        if (req.node !== pool.node || req.name !== pool.name) throw new NotFoundError("pool", `${req.node}/${req.name}`);
+        this.poolSets.push(req);
+        return { pool: { ...pool, overcommitRatio: req.overcommitRatio ?? pool.overcommitRatio }, changed: true };
+      },
     };
   }
 }
@@ -244,7 +251,7 @@ describe("finding the leader", () => {
     const r = await runCli([...at(dead, electing.address, leader.address), "node", "get", "host1"]);
     expect(r.code).toBe(0);
     expect(r.out).toContain("Name:            host1\n");
-    expect(r.out).toMatch(/NODE\s+NAME\s+TYPE/);
+    expect(r.out).toMatch(/NODE\s+NAME\s+CAPACITY\s+USED/);
   });
 
   it("reports the last error when no address answers", async () => {
@@ -357,12 +364,36 @@ describe("nodes and pools", () => {
 
   it("pool list and get", async () => {
     const list = await runCli([...at(leader.address), "pool", "list", "--node", "host1"]);
-    expect(list.out).toMatch(/\nhost1\s+default\s+dir\s+100GiB\s+80GiB\s+1GiB\s+20GiB\s+2x\s+2\n$/);
+    expect(list.out).toMatch(/\nhost1\s+default\s+100GiB\s+20GiB 20%\s+80GiB\s+1GiB\s+20GiB 10%\s+2x\s+2\s+-\n$/);
     const get = await runCli([...at(leader.address), "pool", "get", "host1", "default"]);
     expect(get.out).toContain("Path:         /srv/stowage/default\n");
     const missing = await runCli([...at(leader.address), "pool", "get", "host9/default"]);
     expect(missing.code).toBe(1);
     expect(missing.err).toContain('error: pool "host9/default" not found\n');
+  });
+
+  it("pool set sends the ratio, and refuses bad values before any call", async () => {
+    const ok = await runCli([...at(follower.address), "pool", "set", "host1/default", "--overcommit", "3"]);
+    expect(ok.code, ok.err).toBe(0);
+    expect(ok.out).toContain("pool host1/default updated\n");
+    expect(ok.out).toContain("Overcommit:   3x");
+    expect(cluster.poolSets.at(-1)).toMatchObject({ node: "host1", name: "default", overcommitRatio: 3, resetOvercommit: false, force: false });
+    const sets = cluster.poolSets.length;
+    for (const [args, err] of [
+      [["--overcommit", "-1"], "option '--overcommit': expected a number greater than 0, got \"-1\""],
+      [["--overcommit", "0"], "expected a number greater than 0"],
+      [["--warning", "120"], "option '--warning': expected a percentage above 0 and at most 100"],
+      [["--warning", "90", "--critical", "80"], "90% must be below --critical 80%"],
+      [[], "nothing to set"],
+    ] as const) {
+      const bad = await runCli([...at(leader.address), "pool", "set", "host1/default", ...args]);
+      expect(bad.code).toBe(2);
+      expect(bad.err).toContain(err);
+    }
+    const missing = await runCli([...at(leader.address), "pool", "set", "host9/default", "--overcommit", "2"]);
+    expect(missing.code).toBe(1);
+    expect(missing.err).toContain('pool "host9/default" not found');
+    expect(cluster.poolSets.length).toBe(sets);
   });
 });
 

@@ -1,8 +1,9 @@
 // Table and detail views of API objects. Pure: objects (and `now`) in, text out.
 import type { CreateVolumeResponse } from "../gen/stowage/v1/controller.js";
-import { ReplicaState, type Node, type NodeRejection, type Pool, type Volume } from "../gen/stowage/v1/types.js";
+import { ReplicaState, type Node, type NodeRejection, type Volume } from "../gen/stowage/v1/types.js";
 import { formatSize } from "../lib/sizes.js";
 import { ATTACHMENT_STATE, enumLabel, IMAGE_FORMAT, PREALLOCATION, REPLICA_STATE, VOLUME_PHASE } from "./convert.js";
+import { poolDetail, poolsTable, totalsFields, volumeCapacityField } from "./capacity-views.js";
 import { drainDetail, replicaCopyLines } from "./job-views.js";
 import { formatAge, formatFields, formatTable } from "./output.js";
 
@@ -39,41 +40,12 @@ export function nodeDetail(n: Node, now: number): string {
     ["Replicas", String(n.replicaCount)],
   ]);
   const drain = n.drain ? drainDetail(n.drain) : "";
-  return (n.pools.length === 0 ? `${head}\nno pools\n` : `${head}\n${poolsTable(n.pools)}`) + (drain ? `\n${drain}` : "");
+  const totals = n.capacity && n.pools.length > 0 ? formatFields(totalsFields(n.capacity)) : "";
+  return (n.pools.length === 0 ? `${head}\nno pools\n` : `${head}${totals}\n${poolsTable(n.pools)}`) + (drain ? `\n${drain}` : "");
 }
 
-export function poolsTable(pools: Pool[]): string {
-  if (pools.length === 0) return "no pools found\n";
-  return formatTable(
-    ["node", "name", "type", "capacity", "available", "allocated", "provisioned", "overcommit", "replicas"],
-    pools.map((p) => [
-      p.node,
-      p.name,
-      p.type,
-      formatSize(p.capacityBytes),
-      formatSize(p.availableBytes),
-      formatSize(p.allocatedBytes),
-      formatSize(p.provisionedBytes),
-      `${p.overcommitRatio}x`,
-      String(p.replicaCount),
-    ]),
-  );
-}
-
-export function poolDetail(p: Pool): string {
-  return formatFields([
-    ["Node", p.node],
-    ["Name", p.name],
-    ["Type", p.type],
-    ["Path", p.path],
-    ["Capacity", formatSize(p.capacityBytes)],
-    ["Available", formatSize(p.availableBytes)],
-    ["Allocated", formatSize(p.allocatedBytes)],
-    ["Provisioned", `${formatSize(p.provisionedBytes)} (limit ${formatSize(p.capacityBytes * p.overcommitRatio)})`],
-    ["Overcommit", `${p.overcommitRatio}x`],
-    ["Replicas", String(p.replicaCount)],
-  ]);
-}
+// Pool views live with the other capacity views.
+export { poolDetail, poolsTable };
 
 /** "2/2": healthy, in-sync replicas out of those asked for. */
 function replicaCount(v: Volume): string {
@@ -111,6 +83,7 @@ export function volumeDetail(v: Volume): string {
     ["Preallocation", enumLabel(PREALLOCATION, s?.preallocation ?? 0)],
     ["Pool", s?.pool || "(any)"],
     ["Created", v.createdAtMs ? new Date(v.createdAtMs).toISOString() : "-"],
+    ...(volumeCapacityField(v) ? [volumeCapacityField(v)!] : []),
     ...(v.message ? ([["Message", v.message]] as Array<[string, string]>) : []),
     ...(attached.length > 0 ? ([["Attached", attached.join("; ")]] as Array<[string, string]>) : []),
   ]);

@@ -1,6 +1,7 @@
 // Derived capacity figures: what is provisioned on each node and pool, and the
 // snapshot the scheduler places against. Pure reads of the store.
 import type { Pool } from "../gen/stowage/v1/types.js";
+import { effectivePool, poolCapacity, type EffectivePool } from "./capacity.js";
 import { poolToApi } from "./convert.js";
 import type { PoolRecord, VolumeSpec } from "./model.js";
 import type { ClusterSnapshot } from "./scheduler.js";
@@ -52,15 +53,21 @@ export class ClusterView {
     return { pools: this.poolUsage, nodes: this.nodeReplicas };
   }
 
-  /** Live pool figures when the node is online, the registered ones otherwise. */
-  poolRecords(node: string): PoolRecord[] {
-    return this.store.nodeStatus(node)?.value.pools ?? this.store.nodeSpec(node)?.value.pools ?? [];
+  /**
+   * Live pool figures when the node is online, the registered ones otherwise, with
+   * the operator's settings (stowctl pool set) applied: the overcommit ratio here
+   * is the one placement and resizing go by.
+   */
+  poolRecords(node: string): EffectivePool[] {
+    const records: PoolRecord[] = this.store.nodeStatus(node)?.value.pools ?? this.store.nodeSpec(node)?.value.pools ?? [];
+    const settings = this.store.nodeSpec(node)?.value.poolSettings;
+    return records.map((p) => effectivePool(p, settings?.[p.name]));
   }
 
   pools(node: string, usage = this.usage()): Pool[] {
     return this.poolRecords(node).map((p) => {
       const u = usage.pools.get(`${node}/${p.name}`);
-      return poolToApi(node, p, u?.provisionedBytes ?? 0, u?.replicaCount ?? 0);
+      return { ...poolToApi(node, p, u?.provisionedBytes ?? 0, u?.replicaCount ?? 0), capacity: poolCapacity(p, u?.provisionedBytes ?? 0) };
     });
   }
 

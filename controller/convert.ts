@@ -138,6 +138,11 @@ export function volumeToApi(spec: VolumeSpec, status: VolumeStatus | undefined, 
   }));
   return {
     attachments,
+    // Logical: what the replicas are promised; allocated: what their images take on disk.
+    capacity: {
+      logicalBytes: spec.sizeBytes * spec.placement.length,
+      allocatedBytes: spec.placement.reduce((sum, p) => sum + (observed.get(p.id)?.allocatedBytes ?? 0), 0),
+    },
     spec: volumeSpecToApi(spec),
     phase: phaseToApi[spec.deleting ? "deleting" : (status?.phase ?? "creating")],
     message: status?.message ?? "",

@@ -3,7 +3,7 @@
 
 export const PREFIX = "/stowage/v1/";
 
-export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job";
+export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template";
 
 const SEGMENTS: Record<KeyKind, string> = {
   "node-spec": "nodes/spec/",
@@ -13,6 +13,9 @@ const SEGMENTS: Record<KeyKind, string> = {
   operation: "operations/",
   migration: "migrations/",
   job: "jobs/",
+  event: "events/",
+  snapshot: "snapshots/",
+  template: "templates/",
 };
 
 export const keys = {
@@ -26,6 +29,12 @@ export const keys = {
   migration: (domain: string) => PREFIX + SEGMENTS.migration + domain,
   /** The resync or rebuild of one replica (named by the replica id). */
   job: (replica: string) => PREFIX + SEGMENTS.job + replica,
+  /** An event (capacity thresholds); ids sort by time. */
+  event: (id: string) => PREFIX + SEGMENTS.event + id,
+  /** A snapshot of a volume: snapshots/VOLUME@NAME. */
+  snapshot: (volume: string, name: string) => PREFIX + SEGMENTS.snapshot + `${volume}@${name}`,
+  /** A template: templates/NAME. */
+  template: (name: string) => PREFIX + SEGMENTS.template + name,
   prefixOf: (kind: KeyKind) => PREFIX + SEGMENTS[kind],
   /** Election keys live under this prefix (etcd3 adds its own suffix). */
   election: PREFIX + "leader",

@@ -5,10 +5,14 @@ import { Etcd3 } from "etcd3";
 import {
   AgentRegistryServiceService,
   ClusterServiceService,
+  EventServiceService,
   JobServiceService,
   NodeServiceService,
   PoolServiceService,
   ReplicaSyncServiceService,
+  SnapshotServiceService,
+  TemplateServiceService,
+  TransferServiceService,
   VmServiceService,
   VolumeServiceService,
 } from "../gen/stowage/v1/controller.js";
@@ -17,14 +21,22 @@ import { addService, createServer, INSECURE, listen, shutdown } from "../lib/grp
 import { KeyedMutex } from "../lib/keyed-mutex.js";
 import { createLogger } from "../lib/logger.js";
 import { AgentClients } from "./agents.js";
+import { CapacityEvents } from "./capacity-events.js";
 import { ClusterView } from "./cluster-view.js";
 import { formatDuration, parseDuration } from "./durations.js";
+import { eventApi } from "./event-api.js";
 import { jobApi } from "./job-api.js";
 import { LeaderElection } from "./leader.js";
+import { collectMetrics, renderMetrics, serveMetrics } from "./metrics.js";
 import { Migrator } from "./migrator.js";
 import { nodeApis } from "./node-api.js";
 import { NodeRegistry } from "./nodes.js";
 import { Reconciler } from "./reconciler.js";
+import { snapshotApi } from "./snapshot-api.js";
+import { transferApi } from "./transfer-api.js";
+import { Snapshots } from "./snapshots.js";
+import { templateApi } from "./template-api.js";
+import { Templates } from "./templates.js";
 import { ClusterStore } from "./store.js";
 import { syncApi } from "./sync-api.js";
 import { vmApi } from "./vm-api.js";
@@ -45,6 +57,8 @@ const USAGE = `usage: stowage-controller [options]
                          a replica unreachable or failed this long is replaced on another
                          node (600s, 10m, 1h, 1500ms; default 10m); paused while more
                          than a third of the nodes are offline
+  --metrics-port PORT    serve Prometheus metrics at http://HOST:PORT/metrics, HOST being
+                         --listen's (pool capacity, thresholds, volumes; default 0: off)
   -h, --help             show this help
 `;
 
@@ -61,6 +75,7 @@ async function main(): Promise<void> {
       resync: { type: "string", default: "30" },
       "copy-rate-mib": { type: "string", default: "0" },
       "replica-grace": { type: "string", default: "10m" },
+      "metrics-port": { type: "string", default: "0" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -80,6 +95,10 @@ async function main(): Promise<void> {
   const copyRateMib = Number(values["copy-rate-mib"]);
   if (!Number.isFinite(copyRateMib) || copyRateMib < 0) throw new Error(`--copy-rate-mib must be a number >= 0, got "${values["copy-rate-mib"]}"`);
   const replicaGraceMs = parseDuration("--replica-grace", values["replica-grace"]!);
+  const metricsPort = Number(values["metrics-port"]);
+  if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535) {
+    throw new Error(`--metrics-port must be a port number 0-65535 (0: no metrics), got "${values["metrics-port"]}"`);
+  }
 
   const server = createServer();
   const port = await listen(server, values.listen!, INSECURE);
@@ -95,6 +114,9 @@ async function main(): Promise<void> {
   const agents = new AgentClients(store, INSECURE);
   let reconciler: Reconciler | undefined;
   let migrator: Migrator | undefined;
+  let snapshots: Snapshots | undefined;
+  let templates: Templates | undefined;
+  let capacityEvents: CapacityEvents | undefined;
   const registry = new NodeRegistry(etcd, store, { heartbeatIntervalMs, nodeTtlSec: nodeTtl }, log.child({ part: "nodes" }), (n) =>
     reconciler?.nodeRegistered(n),
   );
@@ -121,21 +143,55 @@ async function main(): Promise<void> {
   addService(server, AgentRegistryServiceService, apis.registry);
   const volumes = volumeApi({ store, view, placing, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) });
   addService(server, VolumeServiceService, volumes);
+  addService(server, EventServiceService, eventApi({ store, ensureLeader }));
   addService(server, JobServiceService, jobApi({ store, ensureLeader, brake: () => reconciler?.keeper.brake() }));
   addService(server, ReplicaSyncServiceService, syncApi({ store, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), copyRateBytes: Math.round(copyRateMib * 2 ** 20) }));
+  addService(
+    server,
+    SnapshotServiceService,
+    snapshotApi({ store, view, placing, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), isOnline: (n) => registry.isOnline(n), snapshots: () => snapshots! }),
+  );
+  addService(
+    server,
+    TransferServiceService,
+    transferApi({ store, agents, isOnline: (n) => registry.isOnline(n), ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), volumes }),
+  );
+  addService(server, TemplateServiceService, templateApi({ store, ensureLeader, templates: () => templates! }));
   addService(server, VmServiceService, vmApi({ store, agents, registry, instance, ensureLeader, volumes, migrator: () => migrator }));
 
   election.on("elected", (fenceKey) => {
     store.fenceKey = fenceKey;
+    templates = new Templates({
+      store,
+      agents,
+      view,
+      placing,
+      isOnline: (n) => registry.isOnline(n),
+      enqueue: (v) => reconciler?.enqueueVolume(v),
+      instance,
+      copyRateBytes: Math.round(copyRateMib * 2 ** 20),
+      log: log.child({ part: "templates" }),
+    });
     reconciler = new Reconciler(
-      { etcd, store, agents, registry, view, placing, log: log.child({ part: "reconciler" }) },
+      { etcd, store, agents, registry, view, placing, templates, log: log.child({ part: "reconciler" }) },
       { resyncSec, concurrency: 16, copyRateBytes: Math.round(copyRateMib * 2 ** 20), replicaGraceMs },
     );
     reconciler.start();
     migrator = new Migrator({ store, agents, registry }, (v) => reconciler?.enqueueVolume(v), log.child({ part: "migrator" }));
     migrator.start();
+    snapshots = new Snapshots({ store, agents, isOnline: (n) => registry.isOnline(n), instance, log: log.child({ part: "snapshots" }) });
+    snapshots.start();
+    templates.start();
+    capacityEvents = new CapacityEvents(store, view, log.child({ part: "capacity" }));
+    capacityEvents.start();
   });
   election.on("lost", () => {
+    snapshots?.stop();
+    snapshots = undefined;
+    templates?.stop();
+    templates = undefined;
+    capacityEvents?.stop();
+    capacityEvents = undefined;
     migrator?.stop();
     migrator = undefined;
     reconciler?.stop();
@@ -144,6 +200,12 @@ async function main(): Promise<void> {
     store.fenceKey = "";
   });
   election.start();
+  let metrics: Awaited<ReturnType<typeof serveMetrics>> | undefined;
+  if (metricsPort > 0) {
+    const host = values.listen!.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+    metrics = await serveMetrics(host, metricsPort, () => renderMetrics(collectMetrics(store, view, election.isLeader)));
+    log.info({ host, port: metrics.port }, "metrics served at /metrics");
+  }
   log.info({ address: advertise, replicaGrace: formatDuration(replicaGraceMs) }, "controller serving");
   process.stdout.write(`stowage-controller serving on ${advertise}\n`);
 
@@ -153,8 +215,10 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal }, "stopping");
     migrator?.stop();
+    capacityEvents?.stop();
     reconciler?.stop();
     registry.stop();
+    metrics?.server.close();
     await election.stop();
     await shutdown(server, 1_000);
     agents.close();

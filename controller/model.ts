@@ -39,6 +39,18 @@ export interface NodeSpec {
    * part of the spec: kept across agent registrations.
    */
   drain?: { sinceMs: number };
+  /**
+   * The operator's settings per pool name (stowctl pool set), over the agent's
+   * config. Like cordoned, kept across agent registrations.
+   */
+  poolSettings?: Record<string, PoolSettings>;
+}
+
+/** What the operator set for one pool; an absent field means the default (or the agent's ratio). */
+export interface PoolSettings {
+  overcommitRatio?: number;
+  warningPercent?: number;
+  criticalPercent?: number;
 }
 
 /** Kept under a lease that the leader refreshes on each heartbeat: gone means offline. */
@@ -108,6 +120,31 @@ export interface VolumeSpec {
    * deletes each image, then the entry.
    */
   removedReplicas?: RemovedReplicaRecord[];
+  /**
+   * Set by `stowctl volume revert` until every reachable replica holding the
+   * snapshot is rolled back (the others are then recorded out-of-sync). The volume
+   * cannot be attached meanwhile.
+   */
+  reverting?: { snapshot: string; tag: string; sinceMs: number };
+  /**
+   * Set on a volume cloned from a snapshot until its replicas exist: a replica on a
+   * node holding the snapshot is made from it there (`sources`: new replica id ->
+   * source replica); the others are created out-of-sync and copied from those.
+   */
+  clone?: { volume: string; snapshot: string; tag: string; sources: Record<string, { replicaId: string; pool: string }> };
+  /** Set by `stowctl volume import` until the source is copied in (attach is refused meanwhile). */
+  importing?: { sinceMs: number; source: string };
+  /**
+   * Set by `stowctl volume export` while stowctl copies out of one in-sync replica,
+   * which stays exported until untilMs (attach is refused meanwhile).
+   */
+  exporting?: { replica: string; untilMs: number };
+  /**
+   * A linked clone of this template (set at creation, never changed): every
+   * replica is made as a qcow2 image with the template's copy on its node as
+   * backing file, copied there first (controller/templates.ts).
+   */
+  template?: string;
 }
 
 export interface RemovedReplicaRecord {
@@ -198,4 +235,81 @@ export interface MigrationRecord {
   memoryProcessedBytes: number;
   memoryRemainingBytes: number;
   downtimeMs: number;
+}
+
+export type Severity = "info" | "warning" | "critical";
+
+/**
+ * Something the cluster noticed (key events/ID; ids sort by time). A capacity
+ * event stays active until its condition clears, then gets resolvedAtMs. The
+ * leader keeps the last MAX_EVENTS (controller/capacity-events.ts).
+ */
+export interface EventRecord {
+  id: string;
+  atMs: number;
+  severity: Severity;
+  /** "pool node1/default" */
+  object: string;
+  /** The condition: "pool-used", "pool-provisioned". */
+  reason: string;
+  message: string;
+  resolvedAtMs?: number;
+  resolution?: string;
+}
+
+export type SnapshotStateName = "creating" | "ready" | "deleting";
+
+/** A snapshot of a volume (key snapshots/VOLUME@NAME): internal snapshots of its replicas' images. */
+export interface SnapshotRecord {
+  volume: string;
+  name: string;
+  /** The tag inside the images: unique, so a name used again never meets an old leftover. */
+  tag: string;
+  state: SnapshotStateName;
+  createdAtMs: number;
+  sizeBytes: number;
+  /** Replicas holding it (while creating: those it is being taken on). */
+  replicas: { id: string; node: string; pool: string }[];
+  /** Writes were held on the frontend of this node while it was taken. */
+  attachedTo?: string;
+  heldMs: number;
+  /** Leader instance that started the creation (a creation of another is stale). */
+  startedBy: string;
+  message: string;
+}
+
+export type TemplateStateName = "creating" | "ready" | "deleting";
+export type TemplateCopyStateName = "copying" | "ready" | "deleting";
+
+/** One node's copy of a template image (recorded before it is made or removed). */
+export interface TemplateCopyRecord {
+  node: string;
+  pool: string;
+  /** POOL/templates/NAME.UID.qcow2 on that node ("" until made). */
+  path: string;
+  state: TemplateCopyStateName;
+  allocatedBytes: number;
+  /** The copy made at creation: kept while the template exists. */
+  home?: boolean;
+  sinceMs: number;
+  message: string;
+}
+
+/**
+ * A template (key templates/NAME): a named, immutable qcow2 image that linked
+ * clones use as backing file, with the nodes holding a copy of it.
+ */
+export interface TemplateRecord {
+  name: string;
+  /** Part of every copy's file name: a name used again never meets an old leftover. */
+  uid: string;
+  state: TemplateStateName;
+  sizeBytes: number;
+  /** "volume web1", "snapshot web1@gold", "file debian.qcow2". */
+  source: string;
+  createdAtMs: number;
+  /** Leader instance that started the creation (a creation of another is stale). */
+  startedBy: string;
+  copies: TemplateCopyRecord[];
+  message: string;
 }

@@ -9,13 +9,16 @@ import { InsufficientCapacityError, NotFoundError } from "../lib/errors.js";
 import type { AsyncService } from "../lib/grpc.js";
 import type { KeyedMutex } from "../lib/keyed-mutex.js";
 import { validateName } from "../lib/names.js";
+import { capacityTotals } from "./capacity.js";
 import type { ClusterView } from "./cluster-view.js";
+import { clusterStatus } from "./cluster-status.js";
 import { nodeToApi } from "./convert.js";
 import { drainView, planDrain } from "./drain.js";
 import { jobsOf } from "./job-api.js";
 import { keys } from "./keys.js";
 import type { NodeSpec } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
+import { setPool } from "./pool-settings.js";
 import { PLACEMENT_LOCK } from "./replica-keeper.js";
 import type { ClusterStore } from "./store.js";
 
@@ -46,7 +49,8 @@ export function nodeApis(d: NodeApiDeps) {
       const specs = d.store.volumeSpecs().map((e) => e.value).filter((v) => v.placement.some((p) => p.node === name));
       drain = drainView(spec, specs, (v) => d.store.volumeStatus(v)?.value, jobsOf(d.store, specs));
     }
-    return nodeToApi(spec, d.store.nodeStatus(name)?.value, d.view.pools(name), { replicaCount: d.view.usage().nodes.get(name) ?? 0, drain });
+    const pools = d.view.pools(name);
+    return { ...nodeToApi(spec, d.store.nodeStatus(name)?.value, pools, { replicaCount: d.view.usage().nodes.get(name) ?? 0, drain }), capacity: capacityTotals(pools) };
   };
   const writeNode = async (name: string, change: (spec: NodeSpec) => NodeSpec | undefined) => {
     const e = node(name);
@@ -116,11 +120,31 @@ export function nodeApis(d: NodeApiDeps) {
       if (!pool) throw new NotFoundError("pool", `${req.node}/${req.name}`);
       return { pool };
     },
+    async setPool(req) {
+      await d.ensureLeader();
+      return setPool(d.store, d.view, req);
+    },
   };
 
   const cluster: AsyncService<typeof ClusterServiceService> = {
     async getLeader() {
       return { leader: await d.leader(), isLeader: d.isLeader(), instance: d.instance };
+    },
+    async getClusterStatus() {
+      await d.ensureLeader();
+      const usage = d.view.usage();
+      const nodes = d.store.nodeSpecs().map(({ value: n }) => ({
+        name: n.name,
+        online: d.store.nodeStatus(n.name) !== undefined,
+        cordoned: n.cordoned,
+        pools: d.view.pools(n.name, usage),
+      }));
+      const volumes = d.store.volumeSpecs().map(({ value: v }) => ({
+        name: v.name,
+        phase: v.deleting ? ("deleting" as const) : (d.store.volumeStatus(v.name)?.value.phase ?? "creating"),
+      }));
+      const active = d.store.events().map((e) => e.value).filter((e) => !e.resolvedAtMs);
+      return clusterStatus({ nodes, volumes, active, leader: await d.leader() });
     },
   };
 

@@ -64,6 +64,7 @@ export class NodeRegistry {
       // The operator's part of the spec outlives agent restarts.
       cordoned: prev?.value.cordoned ?? false,
       ...(prev?.value.drain ? { drain: prev.value.drain } : {}),
+      ...(prev?.value.poolSettings ? { poolSettings: prev.value.poolSettings } : {}),
       registeredAtMs: Date.now(),
       agentVersion,
       pools: poolRecords(pools),

@@ -28,13 +28,14 @@ export interface Placed {
 /**
  * Places up to `count` new replicas of `spec`, one at a time so that some can be
  * placed when not all can: never on a node that holds one already (`alsoExclude`
- * adds more), spread over zones and racks from the replicas it has.
+ * adds more), spread over zones and racks from the replicas it has, on `preferNodes`
+ * first where spreading allows (a linked clone's template copies).
  */
-export function placeReplicas(spec: VolumeSpec, count: number, snapshot: ClusterSnapshot, alsoExclude: string[] = []): Placed {
+export function placeReplicas(spec: VolumeSpec, count: number, snapshot: ClusterSnapshot, alsoExclude: string[] = [], preferNodes: string[] = []): Placed {
   const exclude = new Set([...spec.placement.map((p) => p.node), ...alsoExclude]);
   const out: Placed = { placement: [], rejections: [] };
   for (let i = 0; i < count; i++) {
-    const r = place({ sizeBytes: spec.sizeBytes, replicas: 1, thin: isThin(spec), pool: spec.pool, excludeNodes: [...exclude] }, snapshot);
+    const r = place({ sizeBytes: spec.sizeBytes, replicas: 1, thin: isThin(spec), pool: spec.pool, excludeNodes: [...exclude], preferNodes }, snapshot);
     out.rejections = r.rejections;
     if (!r.ok) {
       out.reason = r.reason;

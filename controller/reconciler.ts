@@ -14,6 +14,7 @@ import type { AgentClients } from "./agents.js";
 import type { ClusterView } from "./cluster-view.js";
 import { formatToApi, preallocationToApi } from "./convert.js";
 import { DetachedResync } from "./detached-resync.js";
+import { activeExport } from "./transfer-api.js";
 import { keys } from "./keys.js";
 import type { FrontendStatus, ReplicaPlacement, ReplicaStatusRecord, VolumeSpec, VolumeStatus } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
@@ -21,6 +22,7 @@ import { ReplicaKeeper } from "./replica-keeper.js";
 import type { Change, ClusterStore } from "./store.js";
 import { deriveVolumeStatus, statusChanged, withUnreachableSince } from "./volume-status.js";
 import { WorkQueue } from "./work-queue.js";
+import type { TemplateRef, Templates } from "./templates.js";
 
 
 /**
@@ -39,6 +41,8 @@ export interface ReconcilerDeps {
   /** The placement lock shared with the volume API. */
   placing: KeyedMutex;
   log: Logger;
+  /** Copies a linked clone's template to a node before a replica is made there (the leader's controller/templates.ts). */
+  templates?: Pick<Templates, "ensureCopy">;
 }
 
 export interface ReconcilerOptions {
@@ -63,12 +67,13 @@ export class Reconciler {
   private readonly log: Logger;
   readonly keeper: ReplicaKeeper;
   private readonly resync: DetachedResync;
+  private readonly templates?: Pick<Templates, "ensureCopy">;
 
   constructor(
     deps: ReconcilerDeps,
     private readonly opts: ReconcilerOptions,
   ) {
-    ({ etcd: this.etcd, store: this.store, agents: this.agents, registry: this.registry, log: this.log } = deps);
+    ({ etcd: this.etcd, store: this.store, agents: this.agents, registry: this.registry, log: this.log, templates: this.templates } = deps);
     this.keeper = new ReplicaKeeper({ ...deps, graceMs: opts.replicaGraceMs, log: deps.log.child({ part: "replicas" }) });
     this.resync = new DetachedResync({ store: deps.store, agents: deps.agents, log: deps.log, copyRateBytes: opts.copyRateBytes ?? 0 });
     const onError = (what: string) => (id: string, err: unknown) =>
@@ -151,10 +156,20 @@ export class Reconciler {
     // Replicas are exported over NBD only while the volume is attached somewhere, or as
     // the source of a resync of a detached volume (the copy's target is never exported).
     const attached = (spec.attachments ?? []).length > 0 || stopping.length > 0;
-    const resync = !attached && prevFrontends.length === 0 && spec.placement.some((p) => p.outOfSync);
+    // Nothing is copied while a revert rolls the in-sync replicas back (a copy would mix old and new).
+    const resync = !attached && prevFrontends.length === 0 && !spec.reverting && spec.placement.some((p) => p.outOfSync);
+    // And the replica `stowctl volume export` reads from, while its lease lasts.
+    const exporting = activeExport(spec)?.replica;
     const replicas = await Promise.all(
-      spec.placement.map((p) => this.ensureReplica(spec, p, previous.get(p.id), attached || (resync && !p.outOfSync))),
+      spec.placement.map((p) => this.ensureReplica(spec, p, previous.get(p.id), attached || (resync && !p.outOfSync) || p.id === exporting)),
     );
+    // A clone's replicas made from the snapshot exist: forget the source, so that an image lost
+    // later is never made again from the (older) snapshot.
+    if (spec.clone && Object.keys(spec.clone.sources).every((id) => replicas.some((r) => r.id === id && r.state === "healthy"))) {
+      const { clone: _, ...rest } = spec;
+      await this.store.write({ unchanged: [[keys.volumeSpec(name), specE.modRevision]], put: [{ key: keys.volumeSpec(name), value: rest }] });
+      return 50;
+    }
     const frontends = [...(await this.startFrontends(spec, replicas, prevFrontends, stopping)), ...stopping];
     const { status, operationDone } = deriveVolumeStatus(spec, replicas, opE?.value, frontends);
     // What the replica set should become (and why not, if it cannot), decided before the
@@ -179,6 +194,8 @@ export class Reconciler {
     const again = [removal, plan.recheckInMs];
     if (resync) again.push(await this.resync.run(spec, specE.modRevision, replicas));
     if (status.phase !== "healthy" || frontends.some((f) => f.state !== "attached")) again.push(2_000);
+    // Closes the export once its lease ran out.
+    if (exporting) again.push(Math.max(spec.exporting!.untilMs - Date.now(), 0) + 100);
     const soonest = Math.min(...again.filter((x): x is number => x !== undefined));
     if (Number.isFinite(soonest)) return Math.max(soonest, 50);
   }
@@ -288,6 +305,17 @@ export class Reconciler {
     ) {
       return prev;
     }
+    // A linked clone's replica is made over the template's copy on its node: that copy comes first.
+    let backing: TemplateRef | undefined;
+    if (spec.template) {
+      try {
+        if (!this.templates) throw new Error("no template worker");
+        backing = await this.templates.ensureCopy(spec.template, p.node, p.pool);
+      } catch (err) {
+        return { ...base, state: base.state === "creating" ? "creating" : "failed", message: `template ${spec.template}: ${errorMessage(err)}` };
+      }
+    }
+    const from = spec.clone?.sources[p.id];
     try {
       const res = await this.agents.for(p.node).ensureReplica(
         {
@@ -298,8 +326,12 @@ export class Reconciler {
           format: formatToApi[spec.format],
           preallocation: preallocationToApi[spec.preallocation],
           exported,
+          source: from && { replicaId: from.replicaId, pool: from.pool, snapshotTag: spec.clone!.tag },
+          // Used by the agent only if the image does not exist yet.
+          backing,
         },
-        { timeoutMs: 120_000 },
+        // Made from a snapshot, the image is a copy of its data.
+        { timeoutMs: from ? 3_600_000 : 120_000 },
       );
       const r = res.replica!;
       faultPoint("reconcile:replica-ensured", spec.name);

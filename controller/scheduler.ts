@@ -39,6 +39,11 @@ export interface PlacementRequest {
   excludeNodes?: string[];
   /** Labels of nodes that already hold replicas, for spreading. */
   usedDomains?: { zone: string; rack: string }[];
+  /**
+   * Nodes to choose first among equally spread ones (data locality: those holding a
+   * copy of a linked clone's template need none copied). Never beats zone or rack spreading.
+   */
+  preferNodes?: string[];
 }
 
 export type PlacementResult =
@@ -91,8 +96,9 @@ export function place(req: PlacementRequest, snapshot: ClusterSnapshot): Placeme
 
   const placement: PlacementItem[] = [];
   const remaining = [...candidates];
+  const preferred = new Set(req.preferNodes ?? []);
   for (let i = 0; i < req.replicas; i++) {
-    remaining.sort((a, b) => compareForSpreading(a, b, domains));
+    remaining.sort((a, b) => compareForSpreading(a, b, domains, preferred));
     const chosen = remaining.shift()!;
     domains.add(chosen.node.labels);
     placement.push({ node: chosen.node.name, pool: chosen.pool, score: chosen.score });
@@ -212,12 +218,14 @@ function rackKey(labels: { zone: string; rack: string }): string {
   return JSON.stringify([labels.zone, labels.rack]);
 }
 
-/** New zone first, then new rack, then score, then name: spreading beats free space. */
-function compareForSpreading(a: Candidate, b: Candidate, domains: UsedDomains): number {
+/** New zone first, then new rack, then preferred nodes, then score, then name: spreading beats locality beats free space. */
+function compareForSpreading(a: Candidate, b: Candidate, domains: UsedDomains, preferred: Set<string> = new Set()): number {
   const zone = Number(domains.zoneUsed(a.node.labels)) - Number(domains.zoneUsed(b.node.labels));
   if (zone !== 0) return zone;
   const rack = Number(domains.rackUsed(a.node.labels)) - Number(domains.rackUsed(b.node.labels));
   if (rack !== 0) return rack;
+  const pref = Number(preferred.has(b.node.name)) - Number(preferred.has(a.node.name));
+  if (pref !== 0) return pref;
   if (a.score !== b.score) return b.score - a.score;
   return compareNames(a.node.name, b.node.name);
 }

@@ -7,7 +7,7 @@ import type { Etcd3, IKeyValue, Watcher } from "etcd3";
 import { ConflictError } from "../lib/errors.js";
 import type { Logger } from "../lib/logger.js";
 import { keys, parseKey, PREFIX, type KeyKind, type ParsedKey } from "./keys.js";
-import type { FrontendStatus, JobRecord, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, VolumeSpec, VolumeStatus } from "./model.js";
+import type { EventRecord, FrontendStatus, JobRecord, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, SnapshotRecord, TemplateRecord, VolumeSpec, VolumeStatus } from "./model.js";
 
 export interface Entry<T> {
   value: T;
@@ -175,4 +175,11 @@ export class ClusterStore extends EventEmitter<{ change: [Change] }> {
   migrations = () => this.all<MigrationRecord>("migration");
   job = (replica: string) => this.get<JobRecord>(keys.job(replica));
   jobs = () => this.all<JobRecord>("job");
+  snapshot = (volume: string, name: string) => this.get<SnapshotRecord>(keys.snapshot(volume, name));
+  snapshots = () => this.all<SnapshotRecord>("snapshot");
+  /** The snapshots of one volume. */
+  snapshotsOf = (volume: string) => this.snapshots().filter((e) => e.value.volume === volume);
+  events = () => this.all<EventRecord>("event");
+  template = (name: string) => this.get<TemplateRecord>(keys.template(name));
+  templates = () => this.all<TemplateRecord>("template");
 }

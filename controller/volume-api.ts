@@ -23,6 +23,7 @@ import { keys } from "./keys.js";
 import type { OperationRecord, VolumeSpec, VolumeStatus } from "./model.js";
 import { isThin, newReplicaId, placeReplicas, withPlacementChanges } from "./placement-edits.js";
 import { PLACEMENT_LOCK } from "./replica-keeper.js";
+import { activeExport } from "./transfer-api.js";
 import { planReplicas, rebuildBrake, type ObservedReplica } from "./replica-plan.js";
 import { DEFAULT_OVERCOMMIT_RATIO, place } from "./scheduler.js";
 import type { ClusterStore } from "./store.js";
@@ -119,7 +120,9 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
         );
         if (!result.ok) {
           throw new InsufficientCapacityError(`cannot place volume ${want.name}: ${result.reason}`, {
-            hint: "add nodes or pools, free space, uncordon nodes, or ask for fewer replicas; --dry-run shows every node's reasons",
+            hint:
+              "add nodes or pools, free space, uncordon nodes, raise a full pool's overcommit ratio (stowctl pool set NODE/POOL --overcommit N), " +
+              "or ask for fewer replicas; --dry-run shows every node's reasons; nothing was created",
             rejections: result.rejections,
             neededBytes: want.sizeBytes,
           });
@@ -195,6 +198,16 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
       }
       const spec = e.value;
       if (spec.deleting) throw new FailedPreconditionError(`volume ${req.name} is being deleted`);
+      if (spec.reverting) throw new FailedPreconditionError(`volume ${req.name} is being reverted to snapshot ${spec.reverting.snapshot}`, { hint: "retry once the revert finished" });
+      if (spec.importing) throw new FailedPreconditionError(`volume ${req.name} is being imported`, { hint: "retry once stowctl volume import finished (or repeat the import if it was interrupted)" });
+      const exporting = activeExport(spec);
+      if (exporting) {
+        throw new FailedPreconditionError(`volume ${req.name} is being exported (stowctl volume export) until ${new Date(exporting.untilMs).toISOString()}`, { hint: "retry once the export finished" });
+      }
+      const taking = d.store.snapshotsOf(req.name).find((s) => s.value.state === "creating");
+      if (taking && !(spec.attachments ?? []).some((a) => a.node === req.node)) {
+        throw new FailedPreconditionError(`snapshot ${req.name}@${taking.value.name} is being taken`, { hint: "retry in a moment" });
+      }
       const attachments = spec.attachments ?? [];
       if (!attachments.some((a) => a.node === req.node)) {
         if (attachments.length > 0) {

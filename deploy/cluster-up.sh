@@ -48,8 +48,9 @@ wait_for etcd 20 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" endpoint health
 
 for i in "${!CONTROLLERS[@]}"; do
   addr=${CONTROLLERS[$i]}
-  echo "==> starting controller $((i + 1)) on $addr"
-  start "controller$((i + 1))" node dist/controller/main.js --listen "$addr" --etcd "http://127.0.0.1:$ETCD_PORT" --leader-ttl 1
+  echo "==> starting controller $((i + 1)) on $addr (metrics: http://127.0.0.1:$((9400 + i))/metrics)"
+  start "controller$((i + 1))" node dist/controller/main.js --listen "$addr" --etcd "http://127.0.0.1:$ETCD_PORT" --leader-ttl 1 \
+    --metrics-port "$((9400 + i))"
 done
 
 controllers=$(IFS=,; echo "${CONTROLLERS[*]}")

@@ -6,6 +6,7 @@ import type { FrontendArgs } from "./args.js";
 import { Replica } from "./replica.js";
 import { ReplicaSet } from "./replica-set.js";
 import { SyncClient } from "./sync/sync-client.js";
+import { ControlServer, controlSocketPath } from "./control.js";
 
 export class Frontend {
   private stopping: Promise<void> | undefined;
@@ -15,6 +16,7 @@ export class Frontend {
     readonly replicas: ReplicaSet,
     private readonly log: Logger,
     private readonly sync: SyncClient | undefined,
+    private readonly control: ControlServer | undefined,
   ) {}
 
   /**
@@ -29,6 +31,7 @@ export class Frontend {
     const unreachable = args.replicas.filter((_, i) => opened[i]!.status === "rejected");
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === "rejected");
     let set: ReplicaSet | undefined;
+    let control: ControlServer | undefined;
     const sync = args.controllers.length > 0 ? new SyncClient({ controllers: args.controllers, volume: args.exportName, node: args.node, log }) : undefined;
     try {
       if (failed && (!sync || replicas.length === 0)) throw failed.reason;
@@ -55,13 +58,17 @@ export class Frontend {
       if (sync && !set.policy && unreachable.length > 0) {
         throw new Error(`cannot start with ${unreachable.map((a) => a.spec).join(", ")} unreachable: the sync record could not be read, or no replica recorded in-sync answers (see the log)`);
       }
+      // Snapshots hold writes through the control socket; only with the sync record (a cluster's frontend).
+      control = sync ? new ControlServer(set, controlSocketPath(args.socketPath), log) : undefined;
+      await control?.listen();
       await server.listenUnix(args.socketPath, args.socketMode);
       log.info(
         { socket: args.socketPath, replicas: args.replicas.map((r) => r.spec), connections: args.connections, size: set.size },
         "frontend listening",
       );
-      return new Frontend(server, set, log, sync);
+      return new Frontend(server, set, log, sync, control);
     } catch (err) {
+      await control?.close().catch(() => undefined);
       sync?.close();
       await Promise.all(replicas.map((r) => r.close().catch(() => undefined)));
       throw err;
@@ -74,6 +81,7 @@ export class Frontend {
    */
   stop(timeoutMs = 10_000): Promise<void> {
     this.stopping ??= (async () => {
+      await this.control?.close(); // held writes go first, or the shutdown would wait for them
       await this.server.shutdown(timeoutMs);
       await this.replicas.close();
       this.sync?.close();

@@ -11,7 +11,7 @@ import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Replica } from "./replica.js";
-import { ReplicaSet } from "./replica-set.js";
+import { NO_SPACE_BACKOFF_MS, ReplicaSet } from "./replica-set.js";
 import { FakeRecord } from "./testing/fake-record.js";
 
 const MiB = 1 << 20;
@@ -457,6 +457,78 @@ describe("ReplicaSet with the recorded write policy", () => {
     expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
   });
 
+  const fullDisk = (s: TestServer) => {
+    const write = s.backend.write.bind(s.backend);
+    let calls = 0;
+    s.backend.write = (req) => {
+      calls++;
+      req.done(Errno.ENOSPC);
+    };
+    return { restore: () => (s.backend.write = write), calls: () => calls };
+  };
+
+  it("returns ENOSPC (not EIO) when the only replica is full, marks nothing, and takes the write once space is freed", async () => {
+    const a = await named("r-a");
+    const record = new FakeRecord(["r-a"]);
+    const c = await front(synced([a.r], record));
+    const before = randomBytes(64 * 1024);
+    await c.write(0, before);
+    const full = fullDisk(a.s);
+    const data = randomBytes(64 * 1024);
+    await expect(c.write(MiB, data)).rejects.toMatchObject({ errno: Errno.ENOSPC });
+    expect(record.marks).toEqual([]);
+    expect((await c.read(0, before.length)).equals(before)).toBe(true);
+    full.restore();
+    await c.write(MiB, data);
+    expect((await c.read(MiB, data.length)).equals(data)).toBe(true);
+  });
+
+  it("returns ENOSPC when every in-sync replica is full, and keeps them all in-sync", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const record = new FakeRecord(["r-a", "r-b"]);
+    const set = synced([a.r, b.r], record);
+    const c = await front(set);
+    const fa = fullDisk(a.s);
+    const fb = fullDisk(b.s);
+    await expect(c.write(0, randomBytes(4096))).rejects.toMatchObject({ errno: Errno.ENOSPC });
+    await expect(c.writeZeroes(0, 4096)).resolves.toBeUndefined();
+    expect(record.marks).toEqual([]);
+    expect([set.policy!.state("r-a"), set.policy!.state("r-b")]).toEqual(["in-sync", "in-sync"]);
+    // One full, the other broken: that is not a full disk, so EIO.
+    b.s.backend.write = (req) => req.done(Errno.EIO);
+    await expect(c.write(0, randomBytes(4096))).rejects.toMatchObject({ errno: Errno.EIO });
+    fa.restore();
+    fb.restore();
+    await c.write(0, randomBytes(4096));
+  });
+
+  it("marks only the full replica out-of-sync when the other took the write, and retries its resync with a growing wait", async () => {
+    const saved = { ...NO_SPACE_BACKOFF_MS };
+    NO_SPACE_BACKOFF_MS.first = 200;
+    NO_SPACE_BACKOFF_MS.max = 800;
+    cleanups.push(() => Object.assign(NO_SPACE_BACKOFF_MS, saved));
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const record = new FakeRecord(["r-a", "r-b"]);
+    const set = synced([a.r, b.r], record, { refreshMs: 20 });
+    const c = await front(set);
+    const full = fullDisk(b.s);
+    const data = randomBytes(256 * 1024);
+    await c.write(0, data);
+    expect(record.marks).toEqual(["r-b"]);
+    expect(set.policy!.state("r-b")).toBe("out-of-sync");
+    // Refreshes every 20 ms; the resync tries at 200 ms, then waits 400, 800, 800 ms.
+    await new Promise((r) => setTimeout(r, 1_600));
+    const tries = full.calls();
+    expect(tries).toBeGreaterThanOrEqual(2); // the write, then at least one resync attempt
+    expect(tries).toBeLessThanOrEqual(1 + 4 * 4); // a handful of attempts (each a few regions), not one per refresh
+    expect(set.policy!.state("r-b")).toBe("out-of-sync");
+    full.restore();
+    await until("the resync once space is back", () => set.policy!.state("r-b") === "in-sync", 5_000);
+    expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
+  });
+
   it("drops a replica that stops answering (a frozen host) after the stall timeout, and writes go on", async () => {
     const a = await named("r-a", 4 * MiB, 300);
     const b = await named("r-b", 4 * MiB, 300);
@@ -474,5 +546,35 @@ describe("ReplicaSet with the recorded write policy", () => {
     expect(record.marks).toEqual(["r-b"]);
     expect(set.policy!.state("r-b")).toBe("out-of-sync");
     await c.write(2 * MiB, randomBytes(4096));
+  });
+  it("freeze holds new writes until thaw, once those in flight and the marks they caused are done; reads go on", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const record = new FakeRecord(["r-a", "r-b"]);
+    record.markDelayMs = 100;
+    const set = synced([a.r, b.r], record, { refreshMs: 60_000 });
+    const c = await front(set);
+    await c.write(0, Buffer.alloc(4096, 1));
+    // A write in flight that b fails: recording b out-of-sync takes 100 ms, and the freeze waits for it.
+    const restore = failWrites(b.s);
+    const inFlight = c.write(4096, Buffer.alloc(4096, 2));
+    await until("b's mark pending", () => set.policy!.state("r-b") === "faulted");
+    await set.freeze();
+    // Resolved only once the mark was recorded.
+    expect(set.policy!.state("r-b")).toBe("out-of-sync");
+    expect(record.marks).toEqual(["r-b"]);
+    await inFlight;
+    restore();
+    await expect(set.freeze()).rejects.toThrow(/held already/);
+    let acked = false;
+    const held = c.write(8192, Buffer.alloc(4096, 3)).then(() => (acked = true));
+    expect((await c.read(0, 4096))[0]).toBe(1);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(acked).toBe(false);
+    expect(a.s.backend.data[8192]).toBe(0);
+    set.thaw();
+    await held;
+    expect(a.s.backend.data[8192]).toBe(3);
+    expect(set.frozen).toBe(false);
   });
 });

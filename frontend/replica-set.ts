@@ -23,6 +23,7 @@ import type { NbdBackend, NbdRequest } from "../lib/nbd/backend.js";
 import type { NbdCompletion } from "../lib/nbd/client.js";
 import { Cmd, DEFAULT_BLOCK_SIZES, Errno, TxFlag, type BlockSizes } from "../lib/nbd/protocol.js";
 import { NotFoundError, errorMessage } from "../lib/errors.js";
+import { NbdError } from "../lib/nbd/errors.js";
 import { formatNbdUri, parseNbdUri } from "../lib/nbd-uri.js";
 import { exportMap, markDataRegions } from "./sync/allocation.js";
 import type { ReplicaAddress } from "./args.js";
@@ -75,7 +76,12 @@ interface Member {
   mapOpening?: Promise<void>;
   /** Being reconnected or resynced. */
   busy: boolean;
+  /** Ran out of space (ENOSPC): no resync before `until`; the wait doubles each time. */
+  noSpace?: { until: number; backoffMs: number };
 }
+
+/** Resync attempts on a replica that ran out of space wait this long, doubling up to the max. */
+export const NO_SPACE_BACKOFF_MS = { first: 5_000, max: 60_000 };
 
 export interface SyncOptions {
   recorder: SyncRecorder;
@@ -159,6 +165,8 @@ export class ReplicaSet implements NbdBackend {
   private refreshing: Promise<void> | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
   private readonly locks = new RegionLocks(REGION_BYTES);
+  /** Set while writes are held for a snapshot (see freeze): the writes waiting. */
+  private held: (() => void)[] | undefined;
   /**
    * Regions written since the last flush began: a replica that fails may have lost
    * them (its QSD's caches), so they go into its dirty map with everything after.
@@ -447,6 +455,7 @@ export class ReplicaSet implements NbdBackend {
     if (this.sharedWrites) return;
     for (const m of this.members.values()) {
       if (m.busy || !m.address || !policy.has(m.id) || policy.state(m.id) !== "out-of-sync") continue;
+      if (m.noSpace && Date.now() < m.noSpace.until) continue;
       if (!policy.readSources().length) return;
       m.busy = true;
       void this.resync(m).finally(() => (m.busy = false));
@@ -504,10 +513,13 @@ export class ReplicaSet implements NbdBackend {
       if (!policy.has(m.id) || policy.state(m.id) !== "resyncing") return;
       policy.resynced(m.id, generation);
       this.resyncs.push({ replica: m.id, ...result });
+      m.noSpace = undefined;
       this.log?.info({ replica: m.id, ...result, generation }, "replica resynced; recorded in-sync");
       await this.discardMap(m);
     } catch (err) {
       if (policy.has(m.id) && policy.state(m.id) === "resyncing") policy.recordedOutOfSync(m.id);
+      if (err instanceof NbdError && err.errno === Errno.ENOSPC) this.noteNoSpace(m.id);
+      if (m.noSpace) this.log?.warn({ replica: m.id, retryInMs: Math.max(0, m.noSpace.until - Date.now()) }, "the replica is out of space; the resync is tried again later");
       const level = err instanceof ResyncAborted ? "warn" : "error";
       this.log?.[level]({ replica: m.id, err: errorMessage(err) }, "resync stopped; it resumes when the replica answers again");
     } finally {
@@ -601,6 +613,7 @@ export class ReplicaSet implements NbdBackend {
 
   /** Sends a write through the region locks (no closure while no resync runs: the common case). */
   private enter(req: NbdRequest, payload: Buffer[] | undefined): void {
+    if (this.held) return void this.held.push(() => this.enter(req, payload));
     if (!this.locks.active) return this.send(req, payload, this.locks.untrackedWrite());
     this.locks.enter(req.offset, req.length, (token) => this.send(req, payload, token));
   }
@@ -664,20 +677,35 @@ export class ReplicaSet implements NbdBackend {
   /** Every target of a request answered: judge it by the write policy (called by PerReplica). */
   settled(req: NbdRequest, per: PerReplica): void {
     if (per.token !== undefined) this.locks.leave(per.token);
-    this.judge(req, per, this.policy!.settle(per.results));
+    if (per.errors.size > 0) for (const [id, e] of per.errors) if (e === Errno.ENOSPC) this.noteNoSpace(id);
+    this.judge(req, per, this.policy!.settle(per.results, per.errors));
   }
 
   private judge(req: NbdRequest, per: PerReplica, verdict: WriteVerdict): void {
     if (verdict.kind === "ack") return this.ack(req, per);
     if (verdict.kind === "fail") {
-      this.log?.error({ offset: req.offset, length: req.length, errors: Object.fromEntries(per.errors), reason: verdict.reason }, "write failed");
+      const noSpace = verdict.errno === Errno.ENOSPC;
+      this.log?.[noSpace ? "warn" : "error"]({ offset: req.offset, length: req.length, errors: Object.fromEntries(per.errors), reason: verdict.reason }, noSpace ? "write failed: no space left (ENOSPC to the client)" : "write failed");
       if (per.flushed) this.unflush(per.flushed);
-      return req.done(Errno.EIO);
+      return req.done(noSpace ? Errno.ENOSPC : Errno.EIO);
     }
     // Record every faulted replica out-of-sync first; only then may the write be acknowledged.
     void Promise.all(verdict.replicas.map((id) => this.mark(id, `errno ${per.errors.get(id) ?? "?"} on a ${Object.entries(Cmd).find(([, v]) => v === req.type)?.[0] ?? req.type}`))).then(() =>
       this.judge(req, per, this.policy!.finish(per.results)),
     );
+  }
+
+  /**
+   * A replica answered ENOSPC: its resync waits (5 s, doubling to 60 s) instead of
+   * copying into a full pool every refresh. Many writes failing at once count once.
+   */
+  private noteNoSpace(id: string): void {
+    const m = this.members.get(id);
+    if (!m) return;
+    const now = Date.now();
+    if (m.noSpace && now < m.noSpace.until) return;
+    const backoffMs = m.noSpace ? Math.min(NO_SPACE_BACKOFF_MS.max, m.noSpace.backoffMs * 2) : NO_SPACE_BACKOFF_MS.first;
+    m.noSpace = { until: now + backoffMs, backoffMs };
   }
 
   /** A failed flush: the regions it covered are unflushed again. */
@@ -734,6 +762,34 @@ export class ReplicaSet implements NbdBackend {
       this.marking.set(id, p);
     }
     return p;
+  }
+
+  /**
+   * Holds every new write, trim and write-zeroes (reads and flushes go on) and
+   * resolves once the writes already sent have completed on every target and
+   * every out-of-sync mark they caused is recorded: from then until `thaw`, each
+   * in-sync replica holds the same writes, so snapshots taken of them meanwhile
+   * are at one write boundary. Writes still being marked in dirty maps reach the
+   * hold a moment later and wait there too.
+   */
+  async freeze(): Promise<void> {
+    if (!this.sync) throw new Error("freeze needs the sync record (a frontend started with controllers)");
+    if (this.held) throw new Error("writes are held already");
+    this.held = [];
+    await this.locks.idle();
+    while (this.marking.size > 0) await Promise.allSettled([...this.marking.values()]);
+  }
+
+  /** Lets the held writes go, in the order they arrived. */
+  thaw(): void {
+    const held = this.held;
+    this.held = undefined;
+    for (const run of held ?? []) run();
+  }
+
+  /** True while writes are held. */
+  get frozen(): boolean {
+    return this.held !== undefined;
   }
 
   /** Flushes and disconnects every replica. */

@@ -2,13 +2,19 @@
 // of replica images, their NBD exports and volume frontends. Every call may be
 // repeated; the answer describes what is on the node.
 import type { AgentServiceService, ReplicaExport } from "../gen/stowage/v1/agent.js";
-import { FailedPreconditionError } from "../lib/errors.js";
+import { FailedPreconditionError, InvalidArgumentError } from "../lib/errors.js";
 import type { AsyncService } from "../lib/grpc.js";
 import type { AgentPools } from "./agent-pools.js";
 import type { FrontendManager, RunningFrontend } from "./frontends.js";
 import type { DomainManager } from "./libvirt/domains.js";
 import { formatFromProto, preallocationFromProto, replicaToProto } from "./proto-mapping.js";
 import type { QsdSupervisor } from "./qsd/supervisor.js";
+import { TemplateImages } from "./templates.js";
+
+function templateRef(t: { name: string; uid: string; pool: string } | undefined) {
+  if (!t) throw new InvalidArgumentError("the request names no template");
+  return t;
+}
 
 function frontendToProto(f: RunningFrontend) {
   return { volume: f.volume, socketPath: f.socketPath, nbdUri: f.nbdUri, pid: f.pid };
@@ -25,6 +31,7 @@ export function createAgentService(
     return domains;
   };
   const exportsById = async () => new Map((await qsd.exports.listExports()).map((e) => [e.replicaId, e]));
+  const templates = new TemplateImages(pools, qsd.exports);
 
   return {
     getInventory: async () => {
@@ -46,7 +53,16 @@ export function createAgentService(
       const exported = (await exportsById()).get(req.id);
       // An exported image is locked by the daemon: it grows through QMP, not qemu-img.
       if (exported) await qsd.exports.resizeExport(req.id, req.sizeBytes);
+      let source: { path: string; tag: string } | undefined;
+      if (req.source) {
+        const path = await pools.get(req.source.pool).imagePath(req.source.replicaId);
+        if (!path) throw new FailedPreconditionError(`the source replica ${req.source.replicaId} of ${req.id} is not on this node`);
+        source = { path, tag: req.source.snapshotTag };
+      }
       const r = await pool.ensureReplica({
+        source,
+        // Used only if the image is made now: a linked clone of the template copy on this node.
+        backing: req.backing && { path: templates.pathOf(req.backing) },
         id: req.id,
         volume: req.volume,
         sizeBytes: req.sizeBytes,
@@ -102,5 +118,42 @@ export function createAgentService(
     migrateDomain: async (req) => ({ job: await vms().migrate(req) }),
 
     getDomainJob: async (req) => vms().job(req.domain),
+
+    snapshotReplica: async (req) => {
+      if (await qsd.exports.isExported(req.replicaId)) return qsd.exports.snapshot(req.replicaId, req.tag);
+      return { created: await pools.get(req.pool).snapshot(req.replicaId, req.tag) };
+    },
+
+    deleteReplicaSnapshot: async (req) => {
+      if (await qsd.exports.isExported(req.replicaId)) return qsd.exports.deleteSnapshot(req.replicaId, req.tag);
+      return { deleted: await pools.get(req.pool).deleteSnapshot(req.replicaId, req.tag) };
+    },
+
+    revertReplica: async (req) => {
+      const pool = pools.get(req.pool);
+      // The daemon holds the image open: it is closed for the revert and opened again after.
+      await qsd.exports.whileClosed(req.replicaId, () => pool.revert(req.replicaId, req.tag, req.sizeBytes));
+      return {};
+    },
+
+    freezeFrontend: async (req) => frontends.freeze(req.volume, req.timeoutMs || 10_000),
+
+    thawFrontend: async (req) => frontends.thaw(req.volume, Number(req.token)),
+
+    ensureTemplateImage: async (req) => {
+      const src = req.sourceSnapshot
+        ? ({ kind: "snapshot", replicaId: req.sourceSnapshot.replicaId, pool: req.sourceSnapshot.pool, tag: req.sourceSnapshot.snapshotTag } as const)
+        : req.sourceNbdUri
+          ? ({ kind: "nbd", uri: req.sourceNbdUri, rateLimitBytes: req.rateLimitBytes } as const)
+          : undefined;
+      const r = await templates.ensure(templateRef(req.template), src, req.sizeBytes);
+      return { path: r.path, virtualSizeBytes: r.virtualSizeBytes, allocatedBytes: r.allocatedBytes, created: r.created };
+    },
+
+    deleteTemplateImage: async (req) => ({ deleted: await templates.delete(templateRef(req.template)) }),
+
+    openTemplateExport: async (req) => ({ nbdUri: await templates.openExport(templateRef(req.template)) }),
+
+    closeTemplateExport: async (req) => ({ closed: await templates.closeExport(templateRef(req.template)) }),
   };
 }

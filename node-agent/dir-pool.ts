@@ -13,10 +13,15 @@ import { KeyedMutex } from "../lib/keyed-mutex.js";
 import { mapLimit } from "../lib/map-limit.js";
 import {
   checkPreallocation,
+  cloneImage,
   copyImage,
   createImage,
   imageInfo,
   resizeImage,
+  revertImage,
+  deleteImageSnapshot,
+  createImageSnapshot,
+  snapshotTags,
   type ImageFormatName,
   type ImageInfo,
   type PreallocationName,
@@ -29,6 +34,7 @@ import {
   validateReplicaId,
   type ReplicaFileName,
 } from "./replica-file-name.js";
+import { createLinkedClone } from "./template-images.js";
 
 export interface ReplicaSpec {
   id: string;
@@ -36,6 +42,10 @@ export interface ReplicaSpec {
   sizeBytes: number;
   format: ImageFormatName;
   preallocation: PreallocationName;
+  /** A new image is made from this internal snapshot of another qcow2 image instead of empty. */
+  source?: { path: string; tag: string };
+  /** A new image is a linked clone: qcow2 with this template copy (on the node) as backing file. */
+  backing?: { path: string };
 }
 
 /** A replica image as observed on disk. */
@@ -152,6 +162,54 @@ export class DirPool {
     });
   }
 
+  /** The path of the replica's image, or undefined when the pool has none. */
+  async imagePath(id: string): Promise<string | undefined> {
+    validateReplicaId(id);
+    return (await this.filesOf(id)).files[0]?.path;
+  }
+
+  /** Rolls the replica's image back to an internal snapshot, at the volume's size. The image must not be open (exported). */
+  async revert(id: string, tag: string, sizeBytes: number): Promise<void> {
+    validateReplicaId(id);
+    return this.mutex.run(id, async () => {
+      const f = (await this.filesOf(id)).files[0];
+      if (!f) throw new NotFoundError("replica", id, { hint: `pool ${this.name} has no image of it` });
+      await revertImage(f.path, tag);
+      // The image is back at the size it had then; the volume may have grown since.
+      if ((await this.freshInfo(f.path, f.format)).virtualSizeBytes < sizeBytes) await resizeImage({ path: f.path, format: f.format, sizeBytes });
+      await syncFile(f.path);
+      this.infoCache.delete(f.path);
+      this.opts.logger?.info({ pool: this.name, replica: id, tag }, "replica image reverted to a snapshot");
+    });
+  }
+
+  /** Records an internal snapshot in the replica's qcow2 image (not open elsewhere); false when it had it already. */
+  async snapshot(id: string, tag: string): Promise<boolean> {
+    validateReplicaId(id);
+    return this.mutex.run(id, async () => {
+      const f = (await this.filesOf(id)).files[0];
+      if (!f) throw new NotFoundError("replica", id, { hint: `pool ${this.name} has no image of it` });
+      if (f.format !== "qcow2") throw new FailedPreconditionError(`replica ${id} is a ${f.format} image: snapshots need qcow2`);
+      if ((await snapshotTags(f.path)).includes(tag)) return false;
+      await createImageSnapshot(f.path, tag);
+      this.infoCache.delete(f.path);
+      this.opts.logger?.info({ pool: this.name, replica: id, tag }, "snapshot recorded");
+      return true;
+    });
+  }
+
+  /** Removes an internal snapshot from the replica's image (not open elsewhere); false when it had none. */
+  async deleteSnapshot(id: string, tag: string): Promise<boolean> {
+    validateReplicaId(id);
+    return this.mutex.run(id, async () => {
+      const f = (await this.filesOf(id)).files[0];
+      if (!f || f.format !== "qcow2" || !(await snapshotTags(f.path)).includes(tag)) return false;
+      await deleteImageSnapshot(f.path, tag);
+      this.infoCache.delete(f.path);
+      return true;
+    });
+  }
+
   /** Removes the replica's image (in whatever format). Idempotent. */
   async deleteReplica(id: string): Promise<{ deleted: boolean }> {
     validateReplicaId(id);
@@ -198,7 +256,19 @@ export class DirPool {
     // Made under a temp name and renamed, so a crash never leaves a half-made image under the real name.
     const tmp = `${this.path}/${tempFileName(name, randomBytes(6).toString("hex"))}`;
     try {
-      await createImage({ path: tmp, format: spec.format, sizeBytes: spec.sizeBytes, preallocation: spec.preallocation });
+      if (spec.source) {
+        if (spec.format !== "qcow2") throw new InvalidArgumentError("an image made from a snapshot is qcow2");
+        await cloneImage({ sourcePath: spec.source.path, tag: spec.source.tag, targetPath: tmp });
+        // The copy takes the source's current size; the snapshot (and so the clone) may be smaller,
+        // and reads as zeroes past its own size.
+        const made = (await imageInfo(tmp, { format: "qcow2" })).virtualSizeBytes;
+        if (made !== spec.sizeBytes) await resizeImage({ path: tmp, format: "qcow2", sizeBytes: spec.sizeBytes, shrink: made > spec.sizeBytes });
+      } else if (spec.backing) {
+        if (spec.format !== "qcow2") throw new InvalidArgumentError("a linked clone is a qcow2 image");
+        await createLinkedClone({ path: tmp, backingPath: spec.backing.path, sizeBytes: spec.sizeBytes });
+      } else {
+        await createImage({ path: tmp, format: spec.format, sizeBytes: spec.sizeBytes, preallocation: spec.preallocation });
+      }
       await syncFile(tmp);
       await rename(tmp, path);
     } catch (err) {
@@ -208,7 +278,7 @@ export class DirPool {
     await syncDir(this.path);
     const info = await this.freshInfo(path, spec.format);
     const stat = await lstat(path);
-    this.opts.logger?.info({ pool: this.name, replica: spec.id, volume: spec.volume, path }, "replica image created");
+    this.opts.logger?.info({ pool: this.name, replica: spec.id, volume: spec.volume, path, from: spec.source }, "replica image created");
     return { replica: this.replica({ ...name, path }, info, stat), created: true, resized: false };
   }
 

@@ -14,6 +14,8 @@ import { validateName } from "../lib/names.js";
 import { readArgv, waitForExit } from "../lib/proc.js";
 import { formatNbdUri, parseNbdUri } from "../lib/nbd-uri.js";
 import { KeyedMutex } from "../lib/keyed-mutex.js";
+import { controlRequest, controlSocketPath, type ControlReply } from "../frontend/control.js";
+import { FailedPreconditionError, NotFoundError } from "../lib/errors.js";
 
 const FRONTEND_MAIN = fileURLToPath(new URL("../frontend/main.js", import.meta.url));
 
@@ -141,12 +143,33 @@ export class FrontendManager {
       }
       await rm(this.statePath(volume), { force: true });
       await rm(this.socketPath(volume), { force: true });
+      await rm(controlSocketPath(this.socketPath(volume)), { force: true });
       // Dirty maps of a detached volume are of no use: the next frontend copies in full.
       for (const f of await readdir(this.stateDir).catch(() => [] as string[])) {
         if (f.startsWith(`${volume}.r-`) && f.endsWith(".dirty") && !f.slice(volume.length + 1, -6).includes(".")) await rm(join(this.stateDir, f), { force: true });
       }
       return running !== undefined;
     });
+  }
+
+  /** Has the volume's frontend hold new writes until thaw (or until timeoutMs passed). */
+  async freeze(volume: string, timeoutMs: number): Promise<{ token: number; drainMs: number }> {
+    const r = await this.control(volume, { op: "freeze", timeoutMs }, timeoutMs + 5_000);
+    return { token: r.token ?? 0, drainMs: r.drainMs ?? 0 };
+  }
+
+  /** Lets the writes held by `token` go; held=false when they were let go before (timeout, restart). */
+  async thaw(volume: string, token: number): Promise<{ held: boolean; heldMs: number }> {
+    const r = await this.control(volume, { op: "thaw", token }, 10_000);
+    return { held: r.held ?? false, heldMs: r.heldMs ?? 0 };
+  }
+
+  private async control(volume: string, req: Parameters<typeof controlRequest>[1], timeoutMs: number): Promise<ControlReply & { ok: true }> {
+    validateName("volume", volume);
+    if (!(await this.read(volume))) throw new NotFoundError("frontend", volume, { hint: `the volume is not attached on this node` });
+    const reply = await controlRequest(controlSocketPath(this.socketPath(volume)), req, timeoutMs);
+    if (!reply.ok) throw new FailedPreconditionError(`the frontend of ${volume} refused to ${req.op}: ${reply.error}`);
+    return reply;
   }
 
   async list(): Promise<RunningFrontend[]> {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { InternalError, InvalidArgumentError } from "../lib/errors.js";
-import { checkPreallocation, copyArgs, createArgs, infoArgs, parseInfo, resizeArgs } from "./qemu-img.js";
+import { checkPreallocation, cloneArgs, copyArgs, createArgs, infoArgs, parseInfo, resizeArgs, revertArgs } from "./qemu-img.js";
 
 // Captured from qemu-img 7.2.22 (Debian 12): `qemu-img create -f qcow2 a.qcow2 1G; qemu-img info --output=json a.qcow2`
 const QCOW2_INFO = `{
@@ -105,5 +105,22 @@ describe("copyArgs", () => {
     expect(() => copyArgs({ sourceUri: "json:{}", targetPath: "/p/x", targetFormat: "raw", rateLimitBytes: 0 })).toThrow(/not an NBD URI/);
     expect(() => copyArgs({ sourceUri: "nbd://h:1/e", targetPath: "p/x", targetFormat: "raw", rateLimitBytes: 0 })).toThrow(/not absolute/);
     expect(() => copyArgs({ sourceUri: "nbd://h:1/e", targetPath: "/p/x", targetFormat: "raw", rateLimitBytes: -1 })).toThrow(/rate limit/);
+  });
+});
+
+describe("snapshot commands", () => {
+  it("reverts and clones by tag, reading the source alongside the storage daemon", () => {
+    expect(revertArgs("/p/v.r-1.qcow2", "stow-abc")).toEqual(["snapshot", "-a", "stow-abc", "/p/v.r-1.qcow2"]);
+    expect(cloneArgs({ sourcePath: "/p/a.qcow2", tag: "stow-abc", targetPath: "/p/b.qcow2" })).toEqual([
+      "convert", "-U", "-f", "qcow2", "-l", "snapshot.name=stow-abc", "-O", "qcow2", "-t", "writeback", "/p/a.qcow2", "/p/b.qcow2",
+    ]);
+  });
+
+  it("refuses tags that could be read as options or other snapshot parameters", () => {
+    for (const tag of ["", "-x", "a,b", "a=b", "x".repeat(65), "a b"]) {
+      expect(() => revertArgs("/p/a.qcow2", tag), tag).toThrow(/invalid snapshot tag/);
+      expect(() => cloneArgs({ sourcePath: "/p/a.qcow2", tag, targetPath: "/p/b" }), tag).toThrow(/invalid snapshot tag/);
+    }
+    expect(() => cloneArgs({ sourcePath: "a.qcow2", tag: "t", targetPath: "/p/b" })).toThrow(/not absolute/);
   });
 });

@@ -35,6 +35,8 @@ export interface ResizeImageSpec {
   sizeBytes: number;
   /** Allocation of the added space; qemu-img's default (off) when absent. */
   preallocation?: PreallocationName;
+  /** Allow a smaller size (the data past it is lost): only for images known to be zero there. */
+  shrink?: boolean;
 }
 
 export interface InfoOptions {
@@ -90,7 +92,7 @@ export function resizeArgs(spec: ResizeImageSpec): string[] {
   checkSize(spec.sizeBytes);
   const pre = spec.preallocation === undefined ? [] : [`--preallocation=${spec.preallocation}`];
   if (spec.preallocation !== undefined) checkPreallocation(spec.format, spec.preallocation);
-  return ["resize", "-q", "-f", spec.format, ...pre, spec.path, String(spec.sizeBytes)];
+  return ["resize", "-q", "-f", spec.format, ...pre, ...(spec.shrink ? ["--shrink"] : []), spec.path, String(spec.sizeBytes)];
 }
 
 function num(v: unknown): number | undefined {
@@ -162,4 +164,68 @@ export function copyArgs(spec: CopySpec): string[] {
 
 export async function copyImage(spec: CopySpec, timeoutMs = 24 * 3600_000): Promise<void> {
   await run(QEMU_IMG, copyArgs(spec), { timeoutMs });
+}
+
+/** Internal snapshot tags Stowage writes: the controller's snapshot uid. */
+const TAG_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+export function checkSnapshotTag(tag: string): void {
+  if (!TAG_RE.test(tag)) throw new InvalidArgumentError(`invalid snapshot tag ${JSON.stringify(tag)}`, { hint: "letters, digits, - and _, at most 64" });
+}
+
+/** Rolls a qcow2 image back to an internal snapshot (the image must not be open elsewhere). */
+export function revertArgs(path: string, tag: string): string[] {
+  checkPath(path);
+  checkSnapshotTag(tag);
+  return ["snapshot", "-a", tag, path];
+}
+
+export async function revertImage(path: string, tag: string, timeoutMs = 10 * 60_000): Promise<void> {
+  await run(QEMU_IMG, revertArgs(path, tag), { timeoutMs });
+}
+
+export interface CloneSpec {
+  /** A qcow2 image holding the snapshot; it may be open in the storage daemon. */
+  sourcePath: string;
+  tag: string;
+  targetPath: string;
+}
+
+/**
+ * A new qcow2 image with the content of an internal snapshot of another image.
+ * `-U`: the source stays open (and written) in the storage daemon; a snapshot's
+ * clusters never change while it exists, so reading them alongside is safe.
+ * Zero ranges stay holes; `-t writeback` flushes the copy at the end.
+ */
+export function cloneArgs(spec: CloneSpec): string[] {
+  checkPath(spec.sourcePath);
+  checkPath(spec.targetPath);
+  checkSnapshotTag(spec.tag);
+  return ["convert", "-U", "-f", "qcow2", "-l", `snapshot.name=${spec.tag}`, "-O", "qcow2", "-t", "writeback", spec.sourcePath, spec.targetPath];
+}
+
+export async function cloneImage(spec: CloneSpec, timeoutMs = 24 * 3600_000): Promise<void> {
+  await run(QEMU_IMG, cloneArgs(spec), { timeoutMs });
+}
+
+/** The internal snapshot tags of an image (`-U`: it may be open in the storage daemon). */
+export async function snapshotTags(path: string): Promise<string[]> {
+  checkPath(path);
+  const { stdout } = await run(QEMU_IMG, ["info", "-U", "-f", "qcow2", "--output=json", path], { timeoutMs: 60_000 });
+  const info = JSON.parse(stdout) as { snapshots?: { name: string }[] };
+  return (info.snapshots ?? []).map((s) => s.name);
+}
+
+/** Removes an internal snapshot from an image that is not open elsewhere. */
+export async function deleteImageSnapshot(path: string, tag: string, timeoutMs = 10 * 60_000): Promise<void> {
+  checkPath(path);
+  checkSnapshotTag(tag);
+  await run(QEMU_IMG, ["snapshot", "-d", tag, path], { timeoutMs });
+}
+
+/** Records an internal snapshot in an image that is not open elsewhere. */
+export async function createImageSnapshot(path: string, tag: string, timeoutMs = 10 * 60_000): Promise<void> {
+  checkPath(path);
+  checkSnapshotTag(tag);
+  await run(QEMU_IMG, ["snapshot", "-c", tag, path], { timeoutMs });
 }

@@ -5,7 +5,8 @@ import { DeadlineError, NotFoundError, StowageError } from "../../lib/errors.js"
 import type { CliContext } from "../context.js";
 import { enumLabel, VOLUME_PHASE } from "../convert.js";
 import { parseSecondsFlag } from "../flags.js";
-import { COPY_WAIT_MS, createProgress, DEFAULT_WAIT_MS, pollUntil, resizeProgress, type Progress } from "../wait.js";
+import { COPY_WAIT_MS, createProgress, DEFAULT_WAIT_MS, pollUntil, progressPrinter, replicasProgress, resizeProgress, type Progress } from "../wait.js";
+import { volumeProgressLine } from "../job-views.js";
 
 function failed(name: string, v: Volume): StowageError {
   return new StowageError(`volume ${name} failed: ${v.message || "no reason given"}`, {
@@ -87,4 +88,10 @@ export async function waitDeleted(ctx: CliContext, name: string, waitMs: number)
     },
     { timeoutMs: waitMs, now: ctx.deps.now, sleep: ctx.deps.sleep, onTimeout: () => stillBusy(name, "deleting", last, waitMs) },
   );
+}
+
+/** Until the volume is healthy with every replica in sync, printing copy progress (imports, clones). */
+export function waitInSync(ctx: CliContext, name: string, doing: string, waitMs: number): Promise<GetVolumeResponse> {
+  const say = progressPrinter((l) => ctx.say(l), ctx.deps.now);
+  return waitForVolume(ctx, name, doing, waitMs, (v) => replicasProgress(v, v.spec?.replicas ?? v.replicas.length), (v) => say(volumeProgressLine(v)), 500);
 }

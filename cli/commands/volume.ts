@@ -11,6 +11,8 @@ import { createVolumeRequest, DEFAULT_FORMAT, DEFAULT_PREALLOCATION, DEFAULT_REP
 import { placementView, volumeDetail, volumesTable } from "../views.js";
 import { registerAttachCommands } from "./volume-attach.js";
 import { registerSetCommand } from "./volume-set.js";
+import { registerSnapshotVolumeCommands } from "./snapshot.js";
+import { registerTransferCommands } from "./transfer.js";
 import { NO_WAIT_HELP, WAIT_HELP, waitCreated, waitDeleted, waitMs, waitResized, type WaitFlags } from "./volume-wait.js";
 
 export function registerVolumeCommands(program: Command, session: Session): void {
@@ -128,4 +130,6 @@ export function registerVolumeCommands(program: Command, session: Session): void
 
   registerSetCommand(volume, session);
   registerAttachCommands(volume, session);
+  registerSnapshotVolumeCommands(volume, session);
+  registerTransferCommands(volume, session);
 }

@@ -15,6 +15,7 @@ export class RegionLocks {
   private readonly lockWaiters = new Map<number, () => void>();
   private untracked = 0;
   private drainWaiters: (() => void)[] = [];
+  private idleWaiters: (() => void)[] = [];
   private activeCount = 0;
 
   constructor(readonly regionBytes: number) {
@@ -72,6 +73,7 @@ export class RegionLocks {
   leave(token: Token): void {
     if (token === UNTRACKED) {
       if (--this.untracked === 0) for (const run of this.drainWaiters.splice(0)) run();
+      if (this.idleWaiters.length > 0) this.wakeIdle();
       return;
     }
     for (let r = token.first; r <= token.last; r++) {
@@ -87,6 +89,17 @@ export class RegionLocks {
         waiter();
       }
     }
+    if (this.idleWaiters.length > 0) this.wakeIdle();
+  }
+
+  /** Resolves once no write is in flight at all, tracked or not (a snapshot's freeze waits for this). */
+  idle(): Promise<void> {
+    if (this.untracked === 0 && this.inFlight.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private wakeIdle(): void {
+    if (this.untracked === 0 && this.inFlight.size === 0) for (const run of this.idleWaiters.splice(0)) run();
   }
 
   /** Resolves when every write sent before counting started has completed. */

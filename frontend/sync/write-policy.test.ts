@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { WritePolicy, type WriteVerdict } from "./write-policy.js";
+import { NO_SPACE, WritePolicy, type WriteVerdict } from "./write-policy.js";
 
 const results = (entries: [string, boolean][]) => new Map(entries);
 
@@ -40,6 +40,35 @@ describe("WritePolicy", () => {
     const both = new WritePolicy([{ id: "a", inSync: true }, { id: "b", inSync: true }], 1);
     expect(both.settle(results([["a", false], ["b", false]]))).toMatchObject({ kind: "fail" });
     expect([both.state("a"), both.state("b")]).toEqual(["in-sync", "in-sync"]);
+  });
+
+  it("fails with ENOSPC, marking nothing, when every in-sync replica that failed ran out of space", () => {
+    const ENOSPC = 28;
+    const EIO = 5;
+    const one = new WritePolicy([{ id: "a", inSync: true }], 1);
+    expect(one.settle(results([["a", false]]), new Map([["a", ENOSPC]]))).toEqual({ kind: "fail", reason: expect.any(String), errno: NO_SPACE });
+    expect(one.state("a")).toBe("in-sync");
+    const both = new WritePolicy([{ id: "a", inSync: true }, { id: "b", inSync: true }], 1);
+    expect(both.settle(results([["a", false], ["b", false]]), new Map([["a", ENOSPC], ["b", ENOSPC]]))).toMatchObject({ kind: "fail", errno: NO_SPACE });
+    expect([both.state("a"), both.state("b")]).toEqual(["in-sync", "in-sync"]);
+    expect(both.generation).toBe(1);
+    // One full, one broken: not a plain "disk full", so EIO (no errno).
+    const mixed = both.settle(results([["a", false], ["b", false]]), new Map([["a", ENOSPC], ["b", EIO]]));
+    expect(mixed).toMatchObject({ kind: "fail" });
+    expect(mixed).not.toHaveProperty("errno");
+    // A resyncing replica took it but no in-sync one did: still ENOSPC, and the resyncing one stays.
+    const r = new WritePolicy([{ id: "a", inSync: true }, { id: "b", inSync: false }], 3);
+    r.reconnected("b");
+    expect(r.settle(results([["a", false], ["b", true]]), new Map([["a", ENOSPC]]))).toMatchObject({ kind: "fail", errno: NO_SPACE });
+    expect(r.state("b")).toBe("resyncing");
+  });
+
+  it("marks only the full replica out-of-sync when another in-sync replica took the write", () => {
+    const p = new WritePolicy([{ id: "a", inSync: true }, { id: "b", inSync: true }], 1);
+    const r = results([["a", true], ["b", false]]);
+    expect(p.settle(r, new Map([["b", 28]]))).toEqual({ kind: "mark", replicas: ["b"] });
+    p.markConfirmed("b", 2);
+    expect(p.finish(r)).toEqual({ kind: "ack" });
   });
 
   it("resyncs: a reconnected replica gets writes but no reads until it is recorded in-sync", () => {

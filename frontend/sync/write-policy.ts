@@ -14,6 +14,15 @@
 // at least one in-sync replica. The last in-sync replica is never given up: if
 // it fails, the write fails (EIO) and the replica stays in-sync (the controller
 // refuses to mark it out-of-sync too).
+//
+// Out of space: when every in-sync replica that failed a write did so with ENOSPC
+// and none took it, the write fails with ENOSPC (not EIO), and nothing is marked:
+// no replica has a write the others lack. The guest sees a full disk and may retry
+// once space is freed. When some in-sync replica took it, a full one is marked
+// out-of-sync like any other failure and resynced later.
+
+/** NBD_ENOSPC (lib/nbd/protocol.ts Errno.ENOSPC), kept here so the policy stays free of I/O modules. */
+export const NO_SPACE = 28;
 
 export type ReplicaSyncState = "in-sync" | "faulted" | "out-of-sync" | "resyncing";
 
@@ -22,8 +31,8 @@ export type WriteVerdict =
   | { kind: "ack" }
   /** Ask the controller to record these replicas out-of-sync; call `settle` again when done. */
   | { kind: "mark"; replicas: string[] }
-  /** Fail the write with EIO (no in-sync replica has it). */
-  | { kind: "fail"; reason: string };
+  /** Fail the write (no in-sync replica has it): with `errno` (NO_SPACE) when given, else EIO. */
+  | { kind: "fail"; reason: string; errno?: number };
 
 export class WritePolicy {
   private readonly states = new Map<string, ReplicaSyncState>();
@@ -91,8 +100,9 @@ export class WritePolicy {
    * marked); a failed resyncing target falls back to out-of-sync (it is recorded
    * as such already). After a "mark" verdict, record the marks, then call
    * `finish` with the same results (again after every further "mark").
+   * `errors` (target -> NBD errno) tell a full replica (NO_SPACE) from a broken one.
    */
-  settle(results: Map<string, boolean>): WriteVerdict {
+  settle(results: Map<string, boolean>, errors?: ReadonlyMap<string, number>): WriteVerdict {
     const faultedNow: string[] = [];
     for (const [id, ok] of results) {
       if (ok) continue;
@@ -108,6 +118,9 @@ export class WritePolicy {
       // No in-sync replica has the write: it fails, and nothing is given up for it
       // (the replicas this write faulted hold no acknowledged write the others lack).
       for (const id of faultedNow) this.put(id, "in-sync");
+      if (faultedNow.length > 0 && faultedNow.every((id) => errors?.get(id) === NO_SPACE)) {
+        return { kind: "fail", reason: "no space left on any in-sync replica", errno: NO_SPACE };
+      }
       return { kind: "fail", reason: "no in-sync replica took the write" };
     }
     return this.finish(results);

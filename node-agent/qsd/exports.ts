@@ -8,6 +8,7 @@ import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "..
 import type { Logger } from "../../lib/logger.js";
 import { KeyedMutex } from "../../lib/keyed-mutex.js";
 import { validateReplicaId } from "../replica-file-name.js";
+import { TEMPLATE_EXPORT_RE } from "../template-images.js";
 import type { QmpClient } from "./qmp-client.js";
 import type { AioMode, BlockDeviceInfo, BlockExportInfo } from "./qmp-commands.js";
 import { QmpError } from "./qmp-protocol.js";
@@ -66,6 +67,11 @@ export function nodeNames(replicaId: string): { file: string; format: string } {
   return { file: `file-${h}`, format: `fmt-${h}` };
 }
 
+/** Export ids are replica ids, or `t-` ids of template copies exported read-only (node-agent/templates.ts). */
+function validateExportId(id: string): void {
+  if (!TEMPLATE_EXPORT_RE.test(id)) validateReplicaId(id);
+}
+
 interface Observed {
   exp?: BlockExportInfo;
   file?: BlockDeviceInfo;
@@ -90,7 +96,7 @@ export class QsdExports {
 
   /** Opens the image and exports it, unless an identical export exists. */
   async ensureExport(spec: ExportSpec): Promise<ExportDescriptor & { created: boolean }> {
-    validateReplicaId(spec.replicaId);
+    validateExportId(spec.replicaId);
     if (!spec.path.startsWith("/")) throw new InvalidArgumentError(`image path "${spec.path}" is not absolute`);
     if (spec.format !== "qcow2" && spec.format !== "raw") throw new InvalidArgumentError(`unknown image format "${spec.format}"`);
     return this.mutex.run(spec.replicaId, async () => {
@@ -118,7 +124,7 @@ export class QsdExports {
    * clients are connected; with `force` it disconnects them. Idempotent.
    */
   async removeExport(replicaId: string, opts: { force?: boolean } = {}): Promise<{ removed: boolean }> {
-    validateReplicaId(replicaId);
+    validateExportId(replicaId);
     return this.mutex.run(replicaId, async () => {
       let o = await this.observe(replicaId);
       const removed = o.exp !== undefined || o.file !== undefined || o.format !== undefined;
@@ -187,6 +193,73 @@ export class QsdExports {
       this.deps.logger?.info({ replica: replicaId, from: current, to: after }, "exported image grown");
       return { virtualSizeBytes: after, resized: true };
     });
+  }
+
+  /**
+   * Records an internal snapshot named `tag` in an exported qcow2 replica, through
+   * the daemon that holds it open (qemu-img cannot write to an image in use). It
+   * lands at whatever write the image has reached: holding writes for a consistent
+   * point is the caller's part. Idempotent.
+   */
+  async snapshot(replicaId: string, tag: string): Promise<{ created: boolean }> {
+    validateReplicaId(replicaId);
+    return this.mutex.run(replicaId, async () => {
+      const format = await this.exportedQcow2(replicaId);
+      if (format.image.snapshots?.some((s) => s.name === tag)) return { created: false };
+      await this.deps.qmp().execute("blockdev-snapshot-internal-sync", { device: format["node-name"]!, name: tag });
+      this.deps.logger?.info({ replica: replicaId, tag }, "snapshot recorded");
+      return { created: true };
+    });
+  }
+
+  /** Removes an internal snapshot from an exported replica; false when it had none of that name. */
+  async deleteSnapshot(replicaId: string, tag: string): Promise<{ deleted: boolean }> {
+    validateReplicaId(replicaId);
+    return this.mutex.run(replicaId, async () => {
+      const format = await this.exportedQcow2(replicaId);
+      if (!format.image.snapshots?.some((s) => s.name === tag)) return { deleted: false };
+      await this.deps.qmp().execute("blockdev-snapshot-delete-internal-sync", { device: format["node-name"]!, name: tag });
+      this.deps.logger?.info({ replica: replicaId, tag }, "snapshot deleted");
+      return { deleted: true };
+    });
+  }
+
+  /** Whether the replica is exported by this daemon. */
+  async isExported(replicaId: string): Promise<boolean> {
+    return (await this.observe(replicaId)).exp !== undefined;
+  }
+
+  /**
+   * Runs `fn` with the replica's export and image closed (for qemu-img commands
+   * that need the image to themselves), then opens and exports it again as it was,
+   * whether `fn` succeeded or not. Fails, changing nothing, while a client is connected.
+   */
+  async whileClosed<T>(replicaId: string, fn: () => Promise<T>): Promise<T> {
+    validateReplicaId(replicaId);
+    return this.mutex.run(replicaId, async () => {
+      const o = await this.observe(replicaId);
+      if (!o.exp || !o.file || !o.format || o.exp["shutting-down"]) return fn();
+      const spec: ExportSpec = { replicaId, path: o.file.file, format: o.format.drv as ExportFormat, writable: !o.format.ro };
+      await this.deleteExport(replicaId, false);
+      await this.deleteNodes(await this.observe(replicaId));
+      try {
+        return await fn();
+      } finally {
+        await this.create(spec);
+      }
+    });
+  }
+
+  /** The format node of an exported qcow2 replica, or a clear error. */
+  private async exportedQcow2(replicaId: string): Promise<BlockDeviceInfo> {
+    const o = await this.observe(replicaId);
+    if (!o.exp || !o.format || o.exp["shutting-down"]) {
+      throw new NotFoundError("export", replicaId, { hint: "the replica is not open in this node's storage daemon; is the node up to date?" });
+    }
+    if (o.format.drv !== "qcow2") {
+      throw new FailedPreconditionError(`replica ${replicaId} is a ${o.format.drv} image: snapshots need qcow2`, { hint: "snapshot qcow2 volumes only" });
+    }
+    return o.format;
   }
 
   private get removeTimeoutMs(): number {

@@ -57,6 +57,16 @@ export interface BlockDeviceImageInfo {
   format: string;
   "virtual-size": number;
   "actual-size"?: number;
+  /** Internal snapshots (qcow2). */
+  snapshots?: SnapshotInfo[];
+}
+
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  "date-sec": number;
+  "date-nsec": number;
+  "vm-state-size": number;
 }
 
 export interface BlockDeviceInfo {
@@ -87,6 +97,8 @@ export interface QmpCommandMap {
   "query-block-exports": [undefined, BlockExportInfo[]];
   "query-named-block-nodes": [{ flat?: boolean } | undefined, BlockDeviceInfo[]];
   block_resize: [{ "node-name": string; size: number }, Empty];
+  "blockdev-snapshot-internal-sync": [{ device: string; name: string }, Empty];
+  "blockdev-snapshot-delete-internal-sync": [{ device: string; name: string }, SnapshotInfo];
   "nbd-server-start": [{ addr: SocketAddress; "tls-creds"?: string; "max-connections"?: number }, Empty];
 }
 

@@ -71,6 +71,33 @@ export interface EnsureReplicaRequest {
   preallocation: Preallocation;
   /** Also export the replica over NBD through the node's qemu-storage-daemon. */
   exported: boolean;
+  /**
+   * When the image does not exist yet: make it from this snapshot of another
+   * replica on the same node instead of empty.
+   */
+  source?:
+    | ReplicaSource
+    | undefined;
+  /**
+   * When the image does not exist yet: make it a linked clone, a qcow2 image with
+   * this template's copy on the node as its backing file.
+   */
+  backing?: TemplateRef | undefined;
+}
+
+/** A template image in a pool of a node: POOL/templates/NAME.UID.qcow2. */
+export interface TemplateRef {
+  name: string;
+  uid: string;
+  pool: string;
+}
+
+/** An internal snapshot of a replica image on the same node. */
+export interface ReplicaSource {
+  replicaId: string;
+  pool: string;
+  /** The snapshot's tag inside the image. */
+  snapshotTag: string;
 }
 
 export interface EnsureReplicaResponse {
@@ -247,6 +274,123 @@ export interface CopyReplicaRequest {
 export interface CopyReplicaResponse {
   bytes: number;
   durationMs: number;
+}
+
+export interface SnapshotReplicaRequest {
+  replicaId: string;
+  /** The tag inside the image (the controller's unique id of the snapshot). */
+  tag: string;
+  pool: string;
+}
+
+export interface SnapshotReplicaResponse {
+  /** False when the image had this snapshot already. */
+  created: boolean;
+}
+
+export interface DeleteReplicaSnapshotRequest {
+  replicaId: string;
+  pool: string;
+  tag: string;
+}
+
+export interface DeleteReplicaSnapshotResponse {
+  deleted: boolean;
+}
+
+export interface RevertReplicaRequest {
+  replicaId: string;
+  pool: string;
+  tag: string;
+  /**
+   * The volume's size: the image takes the size it had when the snapshot was
+   * taken, and is grown back to this if that was smaller.
+   */
+  sizeBytes: number;
+}
+
+export interface RevertReplicaResponse {
+}
+
+export interface FreezeFrontendRequest {
+  volume: string;
+  timeoutMs: number;
+}
+
+export interface FreezeFrontendResponse {
+  /** Pass to ThawFrontend. */
+  token: number;
+  /** How long the frontend waited for writes in flight. */
+  drainMs: number;
+}
+
+export interface ThawFrontendRequest {
+  volume: string;
+  token: number;
+}
+
+export interface ThawFrontendResponse {
+  /**
+   * True when writes were held from the freeze until this thaw (the timeout did
+   * not run out and the frontend did not restart meanwhile).
+   */
+  held: boolean;
+  heldMs: number;
+}
+
+export interface EnsureTemplateImageRequest {
+  template?:
+    | TemplateRef
+    | undefined;
+  /**
+   * Used only when the image does not exist yet; exactly one of source_nbd_uri
+   * (an NBD export read as raw: another node's copy, a replica, or a file
+   * stowctl serves) and source_snapshot (an internal snapshot of a replica on
+   * this node).
+   */
+  sourceNbdUri: string;
+  sourceSnapshot?:
+    | ReplicaSource
+    | undefined;
+  /** The template's virtual size (a copy made from a snapshot is cut or grown to it). */
+  sizeBytes: number;
+  /** Bytes per second for a copy over NBD; 0 = unlimited. */
+  rateLimitBytes: number;
+}
+
+export interface EnsureTemplateImageResponse {
+  path: string;
+  virtualSizeBytes: number;
+  allocatedBytes: number;
+  /** True when this call made the image. */
+  created: boolean;
+}
+
+export interface DeleteTemplateImageRequest {
+  template?: TemplateRef | undefined;
+}
+
+export interface DeleteTemplateImageResponse {
+  /** False when there was nothing to delete. */
+  deleted: boolean;
+}
+
+export interface OpenTemplateExportRequest {
+  template?: TemplateRef | undefined;
+}
+
+export interface OpenTemplateExportResponse {
+  /** nbd://HOST:PORT/NAME: read it as raw. */
+  nbdUri: string;
+}
+
+export interface CloseTemplateExportRequest {
+  template?: TemplateRef | undefined;
+}
+
+export interface CloseTemplateExportResponse {
+  /** False when it was not exported. */
+  closed: boolean;
 }
 
 function createBaseGetInventoryRequest(): GetInventoryRequest {
@@ -716,7 +860,17 @@ export const GetInventoryResponse: MessageFns<GetInventoryResponse> = {
 };
 
 function createBaseEnsureReplicaRequest(): EnsureReplicaRequest {
-  return { id: "", volume: "", pool: "", sizeBytes: 0, format: 0, preallocation: 0, exported: false };
+  return {
+    id: "",
+    volume: "",
+    pool: "",
+    sizeBytes: 0,
+    format: 0,
+    preallocation: 0,
+    exported: false,
+    source: undefined,
+    backing: undefined,
+  };
 }
 
 export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
@@ -741,6 +895,12 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
     }
     if (message.exported !== false) {
       writer.uint32(56).bool(message.exported);
+    }
+    if (message.source !== undefined) {
+      ReplicaSource.encode(message.source, writer.uint32(66).fork()).join();
+    }
+    if (message.backing !== undefined) {
+      TemplateRef.encode(message.backing, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -814,6 +974,22 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
             message.exported = reader.bool();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.source = ReplicaSource.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.backing = TemplateRef.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -839,6 +1015,8 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
       format: isSet(object.format) ? imageFormatFromJSON(object.format) : 0,
       preallocation: isSet(object.preallocation) ? preallocationFromJSON(object.preallocation) : 0,
       exported: isSet(object.exported) ? globalThis.Boolean(object.exported) : false,
+      source: isSet(object.source) ? ReplicaSource.fromJSON(object.source) : undefined,
+      backing: isSet(object.backing) ? TemplateRef.fromJSON(object.backing) : undefined,
     };
   },
 
@@ -865,6 +1043,12 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
     if (message.exported !== false) {
       obj.exported = message.exported;
     }
+    if (message.source !== undefined) {
+      obj.source = ReplicaSource.toJSON(message.source);
+    }
+    if (message.backing !== undefined) {
+      obj.backing = TemplateRef.toJSON(message.backing);
+    }
     return obj;
   },
 
@@ -880,6 +1064,222 @@ export const EnsureReplicaRequest: MessageFns<EnsureReplicaRequest> = {
     message.format = object.format ?? 0;
     message.preallocation = object.preallocation ?? 0;
     message.exported = object.exported ?? false;
+    message.source = (object.source !== undefined && object.source !== null)
+      ? ReplicaSource.fromPartial(object.source)
+      : undefined;
+    message.backing = (object.backing !== undefined && object.backing !== null)
+      ? TemplateRef.fromPartial(object.backing)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTemplateRef(): TemplateRef {
+  return { name: "", uid: "", pool: "" };
+}
+
+export const TemplateRef: MessageFns<TemplateRef> = {
+  encode(message: TemplateRef, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.uid !== "") {
+      writer.uint32(18).string(message.uid);
+    }
+    if (message.pool !== "") {
+      writer.uint32(26).string(message.pool);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TemplateRef {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTemplateRef();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.uid = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TemplateRef {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      uid: isSet(object.uid) ? globalThis.String(object.uid) : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+    };
+  },
+
+  toJSON(message: TemplateRef): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.uid !== "") {
+      obj.uid = message.uid;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TemplateRef>, I>>(base?: I): TemplateRef {
+    return TemplateRef.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TemplateRef>, I>>(object: I): TemplateRef {
+    const message = createBaseTemplateRef();
+    message.name = object.name ?? "";
+    message.uid = object.uid ?? "";
+    message.pool = object.pool ?? "";
+    return message;
+  },
+};
+
+function createBaseReplicaSource(): ReplicaSource {
+  return { replicaId: "", pool: "", snapshotTag: "" };
+}
+
+export const ReplicaSource: MessageFns<ReplicaSource> = {
+  encode(message: ReplicaSource, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.pool !== "") {
+      writer.uint32(18).string(message.pool);
+    }
+    if (message.snapshotTag !== "") {
+      writer.uint32(26).string(message.snapshotTag);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicaSource {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicaSource();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.snapshotTag = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplicaSource {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      snapshotTag: isSet(object.snapshotTag)
+        ? globalThis.String(object.snapshotTag)
+        : isSet(object.snapshot_tag)
+        ? globalThis.String(object.snapshot_tag)
+        : "",
+    };
+  },
+
+  toJSON(message: ReplicaSource): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.snapshotTag !== "") {
+      obj.snapshotTag = message.snapshotTag;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplicaSource>, I>>(base?: I): ReplicaSource {
+    return ReplicaSource.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplicaSource>, I>>(object: I): ReplicaSource {
+    const message = createBaseReplicaSource();
+    message.replicaId = object.replicaId ?? "";
+    message.pool = object.pool ?? "";
+    message.snapshotTag = object.snapshotTag ?? "";
     return message;
   },
 };
@@ -3267,6 +3667,1573 @@ export const CopyReplicaResponse: MessageFns<CopyReplicaResponse> = {
   },
 };
 
+function createBaseSnapshotReplicaRequest(): SnapshotReplicaRequest {
+  return { replicaId: "", tag: "", pool: "" };
+}
+
+export const SnapshotReplicaRequest: MessageFns<SnapshotReplicaRequest> = {
+  encode(message: SnapshotReplicaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.tag !== "") {
+      writer.uint32(18).string(message.tag);
+    }
+    if (message.pool !== "") {
+      writer.uint32(26).string(message.pool);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotReplicaRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotReplicaRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tag = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotReplicaRequest {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      tag: isSet(object.tag) ? globalThis.String(object.tag) : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+    };
+  },
+
+  toJSON(message: SnapshotReplicaRequest): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.tag !== "") {
+      obj.tag = message.tag;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SnapshotReplicaRequest>, I>>(base?: I): SnapshotReplicaRequest {
+    return SnapshotReplicaRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SnapshotReplicaRequest>, I>>(object: I): SnapshotReplicaRequest {
+    const message = createBaseSnapshotReplicaRequest();
+    message.replicaId = object.replicaId ?? "";
+    message.tag = object.tag ?? "";
+    message.pool = object.pool ?? "";
+    return message;
+  },
+};
+
+function createBaseSnapshotReplicaResponse(): SnapshotReplicaResponse {
+  return { created: false };
+}
+
+export const SnapshotReplicaResponse: MessageFns<SnapshotReplicaResponse> = {
+  encode(message: SnapshotReplicaResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.created !== false) {
+      writer.uint32(8).bool(message.created);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotReplicaResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotReplicaResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.created = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotReplicaResponse {
+    return { created: isSet(object.created) ? globalThis.Boolean(object.created) : false };
+  },
+
+  toJSON(message: SnapshotReplicaResponse): unknown {
+    const obj: any = {};
+    if (message.created !== false) {
+      obj.created = message.created;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SnapshotReplicaResponse>, I>>(base?: I): SnapshotReplicaResponse {
+    return SnapshotReplicaResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SnapshotReplicaResponse>, I>>(object: I): SnapshotReplicaResponse {
+    const message = createBaseSnapshotReplicaResponse();
+    message.created = object.created ?? false;
+    return message;
+  },
+};
+
+function createBaseDeleteReplicaSnapshotRequest(): DeleteReplicaSnapshotRequest {
+  return { replicaId: "", pool: "", tag: "" };
+}
+
+export const DeleteReplicaSnapshotRequest: MessageFns<DeleteReplicaSnapshotRequest> = {
+  encode(message: DeleteReplicaSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.pool !== "") {
+      writer.uint32(18).string(message.pool);
+    }
+    if (message.tag !== "") {
+      writer.uint32(26).string(message.tag);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteReplicaSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteReplicaSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.tag = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteReplicaSnapshotRequest {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      tag: isSet(object.tag) ? globalThis.String(object.tag) : "",
+    };
+  },
+
+  toJSON(message: DeleteReplicaSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.tag !== "") {
+      obj.tag = message.tag;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteReplicaSnapshotRequest>, I>>(base?: I): DeleteReplicaSnapshotRequest {
+    return DeleteReplicaSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteReplicaSnapshotRequest>, I>>(object: I): DeleteReplicaSnapshotRequest {
+    const message = createBaseDeleteReplicaSnapshotRequest();
+    message.replicaId = object.replicaId ?? "";
+    message.pool = object.pool ?? "";
+    message.tag = object.tag ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteReplicaSnapshotResponse(): DeleteReplicaSnapshotResponse {
+  return { deleted: false };
+}
+
+export const DeleteReplicaSnapshotResponse: MessageFns<DeleteReplicaSnapshotResponse> = {
+  encode(message: DeleteReplicaSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteReplicaSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteReplicaSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteReplicaSnapshotResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteReplicaSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteReplicaSnapshotResponse>, I>>(base?: I): DeleteReplicaSnapshotResponse {
+    return DeleteReplicaSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteReplicaSnapshotResponse>, I>>(
+    object: I,
+  ): DeleteReplicaSnapshotResponse {
+    const message = createBaseDeleteReplicaSnapshotResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
+function createBaseRevertReplicaRequest(): RevertReplicaRequest {
+  return { replicaId: "", pool: "", tag: "", sizeBytes: 0 };
+}
+
+export const RevertReplicaRequest: MessageFns<RevertReplicaRequest> = {
+  encode(message: RevertReplicaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.pool !== "") {
+      writer.uint32(18).string(message.pool);
+    }
+    if (message.tag !== "") {
+      writer.uint32(26).string(message.tag);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(32).uint64(message.sizeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevertReplicaRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevertReplicaRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.tag = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevertReplicaRequest {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      tag: isSet(object.tag) ? globalThis.String(object.tag) : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: RevertReplicaRequest): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.tag !== "") {
+      obj.tag = message.tag;
+    }
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevertReplicaRequest>, I>>(base?: I): RevertReplicaRequest {
+    return RevertReplicaRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevertReplicaRequest>, I>>(object: I): RevertReplicaRequest {
+    const message = createBaseRevertReplicaRequest();
+    message.replicaId = object.replicaId ?? "";
+    message.pool = object.pool ?? "";
+    message.tag = object.tag ?? "";
+    message.sizeBytes = object.sizeBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseRevertReplicaResponse(): RevertReplicaResponse {
+  return {};
+}
+
+export const RevertReplicaResponse: MessageFns<RevertReplicaResponse> = {
+  encode(_: RevertReplicaResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevertReplicaResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevertReplicaResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): RevertReplicaResponse {
+    return {};
+  },
+
+  toJSON(_: RevertReplicaResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevertReplicaResponse>, I>>(base?: I): RevertReplicaResponse {
+    return RevertReplicaResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevertReplicaResponse>, I>>(_: I): RevertReplicaResponse {
+    const message = createBaseRevertReplicaResponse();
+    return message;
+  },
+};
+
+function createBaseFreezeFrontendRequest(): FreezeFrontendRequest {
+  return { volume: "", timeoutMs: 0 };
+}
+
+export const FreezeFrontendRequest: MessageFns<FreezeFrontendRequest> = {
+  encode(message: FreezeFrontendRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.timeoutMs !== 0) {
+      writer.uint32(16).uint32(message.timeoutMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FreezeFrontendRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFreezeFrontendRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.timeoutMs = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FreezeFrontendRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      timeoutMs: isSet(object.timeoutMs)
+        ? globalThis.Number(object.timeoutMs)
+        : isSet(object.timeout_ms)
+        ? globalThis.Number(object.timeout_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: FreezeFrontendRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.timeoutMs !== 0) {
+      obj.timeoutMs = Math.round(message.timeoutMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FreezeFrontendRequest>, I>>(base?: I): FreezeFrontendRequest {
+    return FreezeFrontendRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FreezeFrontendRequest>, I>>(object: I): FreezeFrontendRequest {
+    const message = createBaseFreezeFrontendRequest();
+    message.volume = object.volume ?? "";
+    message.timeoutMs = object.timeoutMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseFreezeFrontendResponse(): FreezeFrontendResponse {
+  return { token: 0, drainMs: 0 };
+}
+
+export const FreezeFrontendResponse: MessageFns<FreezeFrontendResponse> = {
+  encode(message: FreezeFrontendResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== 0) {
+      writer.uint32(8).uint64(message.token);
+    }
+    if (message.drainMs !== 0) {
+      writer.uint32(16).uint32(message.drainMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FreezeFrontendResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFreezeFrontendResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.token = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.drainMs = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FreezeFrontendResponse {
+    return {
+      token: isSet(object.token) ? globalThis.Number(object.token) : 0,
+      drainMs: isSet(object.drainMs)
+        ? globalThis.Number(object.drainMs)
+        : isSet(object.drain_ms)
+        ? globalThis.Number(object.drain_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: FreezeFrontendResponse): unknown {
+    const obj: any = {};
+    if (message.token !== 0) {
+      obj.token = Math.round(message.token);
+    }
+    if (message.drainMs !== 0) {
+      obj.drainMs = Math.round(message.drainMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FreezeFrontendResponse>, I>>(base?: I): FreezeFrontendResponse {
+    return FreezeFrontendResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FreezeFrontendResponse>, I>>(object: I): FreezeFrontendResponse {
+    const message = createBaseFreezeFrontendResponse();
+    message.token = object.token ?? 0;
+    message.drainMs = object.drainMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseThawFrontendRequest(): ThawFrontendRequest {
+  return { volume: "", token: 0 };
+}
+
+export const ThawFrontendRequest: MessageFns<ThawFrontendRequest> = {
+  encode(message: ThawFrontendRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.token !== 0) {
+      writer.uint32(16).uint64(message.token);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ThawFrontendRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseThawFrontendRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.token = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ThawFrontendRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      token: isSet(object.token) ? globalThis.Number(object.token) : 0,
+    };
+  },
+
+  toJSON(message: ThawFrontendRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.token !== 0) {
+      obj.token = Math.round(message.token);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ThawFrontendRequest>, I>>(base?: I): ThawFrontendRequest {
+    return ThawFrontendRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ThawFrontendRequest>, I>>(object: I): ThawFrontendRequest {
+    const message = createBaseThawFrontendRequest();
+    message.volume = object.volume ?? "";
+    message.token = object.token ?? 0;
+    return message;
+  },
+};
+
+function createBaseThawFrontendResponse(): ThawFrontendResponse {
+  return { held: false, heldMs: 0 };
+}
+
+export const ThawFrontendResponse: MessageFns<ThawFrontendResponse> = {
+  encode(message: ThawFrontendResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.held !== false) {
+      writer.uint32(8).bool(message.held);
+    }
+    if (message.heldMs !== 0) {
+      writer.uint32(16).uint32(message.heldMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ThawFrontendResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseThawFrontendResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.held = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.heldMs = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ThawFrontendResponse {
+    return {
+      held: isSet(object.held) ? globalThis.Boolean(object.held) : false,
+      heldMs: isSet(object.heldMs)
+        ? globalThis.Number(object.heldMs)
+        : isSet(object.held_ms)
+        ? globalThis.Number(object.held_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: ThawFrontendResponse): unknown {
+    const obj: any = {};
+    if (message.held !== false) {
+      obj.held = message.held;
+    }
+    if (message.heldMs !== 0) {
+      obj.heldMs = Math.round(message.heldMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ThawFrontendResponse>, I>>(base?: I): ThawFrontendResponse {
+    return ThawFrontendResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ThawFrontendResponse>, I>>(object: I): ThawFrontendResponse {
+    const message = createBaseThawFrontendResponse();
+    message.held = object.held ?? false;
+    message.heldMs = object.heldMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseEnsureTemplateImageRequest(): EnsureTemplateImageRequest {
+  return { template: undefined, sourceNbdUri: "", sourceSnapshot: undefined, sizeBytes: 0, rateLimitBytes: 0 };
+}
+
+export const EnsureTemplateImageRequest: MessageFns<EnsureTemplateImageRequest> = {
+  encode(message: EnsureTemplateImageRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.template !== undefined) {
+      TemplateRef.encode(message.template, writer.uint32(10).fork()).join();
+    }
+    if (message.sourceNbdUri !== "") {
+      writer.uint32(18).string(message.sourceNbdUri);
+    }
+    if (message.sourceSnapshot !== undefined) {
+      ReplicaSource.encode(message.sourceSnapshot, writer.uint32(26).fork()).join();
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(32).uint64(message.sizeBytes);
+    }
+    if (message.rateLimitBytes !== 0) {
+      writer.uint32(40).uint64(message.rateLimitBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnsureTemplateImageRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnsureTemplateImageRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.template = TemplateRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sourceNbdUri = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sourceSnapshot = ReplicaSource.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.rateLimitBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnsureTemplateImageRequest {
+    return {
+      template: isSet(object.template) ? TemplateRef.fromJSON(object.template) : undefined,
+      sourceNbdUri: isSet(object.sourceNbdUri)
+        ? globalThis.String(object.sourceNbdUri)
+        : isSet(object.source_nbd_uri)
+        ? globalThis.String(object.source_nbd_uri)
+        : "",
+      sourceSnapshot: isSet(object.sourceSnapshot)
+        ? ReplicaSource.fromJSON(object.sourceSnapshot)
+        : isSet(object.source_snapshot)
+        ? ReplicaSource.fromJSON(object.source_snapshot)
+        : undefined,
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+      rateLimitBytes: isSet(object.rateLimitBytes)
+        ? globalThis.Number(object.rateLimitBytes)
+        : isSet(object.rate_limit_bytes)
+        ? globalThis.Number(object.rate_limit_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: EnsureTemplateImageRequest): unknown {
+    const obj: any = {};
+    if (message.template !== undefined) {
+      obj.template = TemplateRef.toJSON(message.template);
+    }
+    if (message.sourceNbdUri !== "") {
+      obj.sourceNbdUri = message.sourceNbdUri;
+    }
+    if (message.sourceSnapshot !== undefined) {
+      obj.sourceSnapshot = ReplicaSource.toJSON(message.sourceSnapshot);
+    }
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    if (message.rateLimitBytes !== 0) {
+      obj.rateLimitBytes = Math.round(message.rateLimitBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnsureTemplateImageRequest>, I>>(base?: I): EnsureTemplateImageRequest {
+    return EnsureTemplateImageRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnsureTemplateImageRequest>, I>>(object: I): EnsureTemplateImageRequest {
+    const message = createBaseEnsureTemplateImageRequest();
+    message.template = (object.template !== undefined && object.template !== null)
+      ? TemplateRef.fromPartial(object.template)
+      : undefined;
+    message.sourceNbdUri = object.sourceNbdUri ?? "";
+    message.sourceSnapshot = (object.sourceSnapshot !== undefined && object.sourceSnapshot !== null)
+      ? ReplicaSource.fromPartial(object.sourceSnapshot)
+      : undefined;
+    message.sizeBytes = object.sizeBytes ?? 0;
+    message.rateLimitBytes = object.rateLimitBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseEnsureTemplateImageResponse(): EnsureTemplateImageResponse {
+  return { path: "", virtualSizeBytes: 0, allocatedBytes: 0, created: false };
+}
+
+export const EnsureTemplateImageResponse: MessageFns<EnsureTemplateImageResponse> = {
+  encode(message: EnsureTemplateImageResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.virtualSizeBytes !== 0) {
+      writer.uint32(16).uint64(message.virtualSizeBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      writer.uint32(24).uint64(message.allocatedBytes);
+    }
+    if (message.created !== false) {
+      writer.uint32(32).bool(message.created);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnsureTemplateImageResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnsureTemplateImageResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.virtualSizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.allocatedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.created = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnsureTemplateImageResponse {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      virtualSizeBytes: isSet(object.virtualSizeBytes)
+        ? globalThis.Number(object.virtualSizeBytes)
+        : isSet(object.virtual_size_bytes)
+        ? globalThis.Number(object.virtual_size_bytes)
+        : 0,
+      allocatedBytes: isSet(object.allocatedBytes)
+        ? globalThis.Number(object.allocatedBytes)
+        : isSet(object.allocated_bytes)
+        ? globalThis.Number(object.allocated_bytes)
+        : 0,
+      created: isSet(object.created) ? globalThis.Boolean(object.created) : false,
+    };
+  },
+
+  toJSON(message: EnsureTemplateImageResponse): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.virtualSizeBytes !== 0) {
+      obj.virtualSizeBytes = Math.round(message.virtualSizeBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      obj.allocatedBytes = Math.round(message.allocatedBytes);
+    }
+    if (message.created !== false) {
+      obj.created = message.created;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnsureTemplateImageResponse>, I>>(base?: I): EnsureTemplateImageResponse {
+    return EnsureTemplateImageResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnsureTemplateImageResponse>, I>>(object: I): EnsureTemplateImageResponse {
+    const message = createBaseEnsureTemplateImageResponse();
+    message.path = object.path ?? "";
+    message.virtualSizeBytes = object.virtualSizeBytes ?? 0;
+    message.allocatedBytes = object.allocatedBytes ?? 0;
+    message.created = object.created ?? false;
+    return message;
+  },
+};
+
+function createBaseDeleteTemplateImageRequest(): DeleteTemplateImageRequest {
+  return { template: undefined };
+}
+
+export const DeleteTemplateImageRequest: MessageFns<DeleteTemplateImageRequest> = {
+  encode(message: DeleteTemplateImageRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.template !== undefined) {
+      TemplateRef.encode(message.template, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteTemplateImageRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteTemplateImageRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.template = TemplateRef.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteTemplateImageRequest {
+    return { template: isSet(object.template) ? TemplateRef.fromJSON(object.template) : undefined };
+  },
+
+  toJSON(message: DeleteTemplateImageRequest): unknown {
+    const obj: any = {};
+    if (message.template !== undefined) {
+      obj.template = TemplateRef.toJSON(message.template);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteTemplateImageRequest>, I>>(base?: I): DeleteTemplateImageRequest {
+    return DeleteTemplateImageRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteTemplateImageRequest>, I>>(object: I): DeleteTemplateImageRequest {
+    const message = createBaseDeleteTemplateImageRequest();
+    message.template = (object.template !== undefined && object.template !== null)
+      ? TemplateRef.fromPartial(object.template)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeleteTemplateImageResponse(): DeleteTemplateImageResponse {
+  return { deleted: false };
+}
+
+export const DeleteTemplateImageResponse: MessageFns<DeleteTemplateImageResponse> = {
+  encode(message: DeleteTemplateImageResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteTemplateImageResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteTemplateImageResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteTemplateImageResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteTemplateImageResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteTemplateImageResponse>, I>>(base?: I): DeleteTemplateImageResponse {
+    return DeleteTemplateImageResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteTemplateImageResponse>, I>>(object: I): DeleteTemplateImageResponse {
+    const message = createBaseDeleteTemplateImageResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
+function createBaseOpenTemplateExportRequest(): OpenTemplateExportRequest {
+  return { template: undefined };
+}
+
+export const OpenTemplateExportRequest: MessageFns<OpenTemplateExportRequest> = {
+  encode(message: OpenTemplateExportRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.template !== undefined) {
+      TemplateRef.encode(message.template, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenTemplateExportRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenTemplateExportRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.template = TemplateRef.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenTemplateExportRequest {
+    return { template: isSet(object.template) ? TemplateRef.fromJSON(object.template) : undefined };
+  },
+
+  toJSON(message: OpenTemplateExportRequest): unknown {
+    const obj: any = {};
+    if (message.template !== undefined) {
+      obj.template = TemplateRef.toJSON(message.template);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenTemplateExportRequest>, I>>(base?: I): OpenTemplateExportRequest {
+    return OpenTemplateExportRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenTemplateExportRequest>, I>>(object: I): OpenTemplateExportRequest {
+    const message = createBaseOpenTemplateExportRequest();
+    message.template = (object.template !== undefined && object.template !== null)
+      ? TemplateRef.fromPartial(object.template)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseOpenTemplateExportResponse(): OpenTemplateExportResponse {
+  return { nbdUri: "" };
+}
+
+export const OpenTemplateExportResponse: MessageFns<OpenTemplateExportResponse> = {
+  encode(message: OpenTemplateExportResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nbdUri !== "") {
+      writer.uint32(10).string(message.nbdUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenTemplateExportResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenTemplateExportResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenTemplateExportResponse {
+    return {
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: OpenTemplateExportResponse): unknown {
+    const obj: any = {};
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenTemplateExportResponse>, I>>(base?: I): OpenTemplateExportResponse {
+    return OpenTemplateExportResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenTemplateExportResponse>, I>>(object: I): OpenTemplateExportResponse {
+    const message = createBaseOpenTemplateExportResponse();
+    message.nbdUri = object.nbdUri ?? "";
+    return message;
+  },
+};
+
+function createBaseCloseTemplateExportRequest(): CloseTemplateExportRequest {
+  return { template: undefined };
+}
+
+export const CloseTemplateExportRequest: MessageFns<CloseTemplateExportRequest> = {
+  encode(message: CloseTemplateExportRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.template !== undefined) {
+      TemplateRef.encode(message.template, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CloseTemplateExportRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCloseTemplateExportRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.template = TemplateRef.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CloseTemplateExportRequest {
+    return { template: isSet(object.template) ? TemplateRef.fromJSON(object.template) : undefined };
+  },
+
+  toJSON(message: CloseTemplateExportRequest): unknown {
+    const obj: any = {};
+    if (message.template !== undefined) {
+      obj.template = TemplateRef.toJSON(message.template);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CloseTemplateExportRequest>, I>>(base?: I): CloseTemplateExportRequest {
+    return CloseTemplateExportRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CloseTemplateExportRequest>, I>>(object: I): CloseTemplateExportRequest {
+    const message = createBaseCloseTemplateExportRequest();
+    message.template = (object.template !== undefined && object.template !== null)
+      ? TemplateRef.fromPartial(object.template)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCloseTemplateExportResponse(): CloseTemplateExportResponse {
+  return { closed: false };
+}
+
+export const CloseTemplateExportResponse: MessageFns<CloseTemplateExportResponse> = {
+  encode(message: CloseTemplateExportResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.closed !== false) {
+      writer.uint32(8).bool(message.closed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CloseTemplateExportResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCloseTemplateExportResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.closed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CloseTemplateExportResponse {
+    return { closed: isSet(object.closed) ? globalThis.Boolean(object.closed) : false };
+  },
+
+  toJSON(message: CloseTemplateExportResponse): unknown {
+    const obj: any = {};
+    if (message.closed !== false) {
+      obj.closed = message.closed;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CloseTemplateExportResponse>, I>>(base?: I): CloseTemplateExportResponse {
+    return CloseTemplateExportResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CloseTemplateExportResponse>, I>>(object: I): CloseTemplateExportResponse {
+    const message = createBaseCloseTemplateExportResponse();
+    message.closed = object.closed ?? false;
+    return message;
+  },
+};
+
 /** Served by each node agent; called by the controller. Every call is idempotent. */
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
@@ -3392,6 +5359,127 @@ export const AgentServiceService = {
       Buffer.from(GetDomainJobResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetDomainJobResponse => GetDomainJobResponse.decode(value),
   },
+  /**
+   * Records an internal snapshot in a qcow2 replica, through the storage daemon
+   * when it has the image open (idempotent).
+   */
+  snapshotReplica: {
+    path: "/stowage.v1.AgentService/SnapshotReplica" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SnapshotReplicaRequest): Buffer =>
+      Buffer.from(SnapshotReplicaRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SnapshotReplicaRequest => SnapshotReplicaRequest.decode(value),
+    responseSerialize: (value: SnapshotReplicaResponse): Buffer =>
+      Buffer.from(SnapshotReplicaResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SnapshotReplicaResponse => SnapshotReplicaResponse.decode(value),
+  },
+  /** Removes an internal snapshot from a replica (idempotent). */
+  deleteReplicaSnapshot: {
+    path: "/stowage.v1.AgentService/DeleteReplicaSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteReplicaSnapshotRequest): Buffer =>
+      Buffer.from(DeleteReplicaSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteReplicaSnapshotRequest => DeleteReplicaSnapshotRequest.decode(value),
+    responseSerialize: (value: DeleteReplicaSnapshotResponse): Buffer =>
+      Buffer.from(DeleteReplicaSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteReplicaSnapshotResponse => DeleteReplicaSnapshotResponse.decode(value),
+  },
+  /**
+   * Rolls a replica's image back to an internal snapshot. Refused while a
+   * frontend or other client is connected to its export.
+   */
+  revertReplica: {
+    path: "/stowage.v1.AgentService/RevertReplica" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RevertReplicaRequest): Buffer => Buffer.from(RevertReplicaRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RevertReplicaRequest => RevertReplicaRequest.decode(value),
+    responseSerialize: (value: RevertReplicaResponse): Buffer =>
+      Buffer.from(RevertReplicaResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RevertReplicaResponse => RevertReplicaResponse.decode(value),
+  },
+  /**
+   * Has the volume's frontend on this node hold new writes and wait for those in
+   * flight; it lets them go by itself after timeout_ms.
+   */
+  freezeFrontend: {
+    path: "/stowage.v1.AgentService/FreezeFrontend" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FreezeFrontendRequest): Buffer =>
+      Buffer.from(FreezeFrontendRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FreezeFrontendRequest => FreezeFrontendRequest.decode(value),
+    responseSerialize: (value: FreezeFrontendResponse): Buffer =>
+      Buffer.from(FreezeFrontendResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FreezeFrontendResponse => FreezeFrontendResponse.decode(value),
+  },
+  /** Lets the held writes go; says whether they were held all along. */
+  thawFrontend: {
+    path: "/stowage.v1.AgentService/ThawFrontend" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ThawFrontendRequest): Buffer => Buffer.from(ThawFrontendRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ThawFrontendRequest => ThawFrontendRequest.decode(value),
+    responseSerialize: (value: ThawFrontendResponse): Buffer =>
+      Buffer.from(ThawFrontendResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ThawFrontendResponse => ThawFrontendResponse.decode(value),
+  },
+  /**
+   * Makes this node's copy of a template image (read-only, under the pool's
+   * templates/ directory) from a source, unless it exists (idempotent).
+   */
+  ensureTemplateImage: {
+    path: "/stowage.v1.AgentService/EnsureTemplateImage" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: EnsureTemplateImageRequest): Buffer =>
+      Buffer.from(EnsureTemplateImageRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): EnsureTemplateImageRequest => EnsureTemplateImageRequest.decode(value),
+    responseSerialize: (value: EnsureTemplateImageResponse): Buffer =>
+      Buffer.from(EnsureTemplateImageResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EnsureTemplateImageResponse => EnsureTemplateImageResponse.decode(value),
+  },
+  /** Removes this node's copy of a template image (and its export); idempotent. */
+  deleteTemplateImage: {
+    path: "/stowage.v1.AgentService/DeleteTemplateImage" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteTemplateImageRequest): Buffer =>
+      Buffer.from(DeleteTemplateImageRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteTemplateImageRequest => DeleteTemplateImageRequest.decode(value),
+    responseSerialize: (value: DeleteTemplateImageResponse): Buffer =>
+      Buffer.from(DeleteTemplateImageResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteTemplateImageResponse => DeleteTemplateImageResponse.decode(value),
+  },
+  /**
+   * Exports this node's copy of a template read-only over NBD, so another node
+   * can copy it.
+   */
+  openTemplateExport: {
+    path: "/stowage.v1.AgentService/OpenTemplateExport" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: OpenTemplateExportRequest): Buffer =>
+      Buffer.from(OpenTemplateExportRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenTemplateExportRequest => OpenTemplateExportRequest.decode(value),
+    responseSerialize: (value: OpenTemplateExportResponse): Buffer =>
+      Buffer.from(OpenTemplateExportResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenTemplateExportResponse => OpenTemplateExportResponse.decode(value),
+  },
+  /** Takes that export down again; fails while a copy still reads from it. */
+  closeTemplateExport: {
+    path: "/stowage.v1.AgentService/CloseTemplateExport" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CloseTemplateExportRequest): Buffer =>
+      Buffer.from(CloseTemplateExportRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CloseTemplateExportRequest => CloseTemplateExportRequest.decode(value),
+    responseSerialize: (value: CloseTemplateExportResponse): Buffer =>
+      Buffer.from(CloseTemplateExportResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CloseTemplateExportResponse => CloseTemplateExportResponse.decode(value),
+  },
 } as const;
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
@@ -3420,6 +5508,39 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   migrateDomain: handleUnaryCall<MigrateDomainRequest, MigrateDomainResponse>;
   /** The domain's current (or last completed) libvirt job, for progress. */
   getDomainJob: handleUnaryCall<GetDomainJobRequest, GetDomainJobResponse>;
+  /**
+   * Records an internal snapshot in a qcow2 replica, through the storage daemon
+   * when it has the image open (idempotent).
+   */
+  snapshotReplica: handleUnaryCall<SnapshotReplicaRequest, SnapshotReplicaResponse>;
+  /** Removes an internal snapshot from a replica (idempotent). */
+  deleteReplicaSnapshot: handleUnaryCall<DeleteReplicaSnapshotRequest, DeleteReplicaSnapshotResponse>;
+  /**
+   * Rolls a replica's image back to an internal snapshot. Refused while a
+   * frontend or other client is connected to its export.
+   */
+  revertReplica: handleUnaryCall<RevertReplicaRequest, RevertReplicaResponse>;
+  /**
+   * Has the volume's frontend on this node hold new writes and wait for those in
+   * flight; it lets them go by itself after timeout_ms.
+   */
+  freezeFrontend: handleUnaryCall<FreezeFrontendRequest, FreezeFrontendResponse>;
+  /** Lets the held writes go; says whether they were held all along. */
+  thawFrontend: handleUnaryCall<ThawFrontendRequest, ThawFrontendResponse>;
+  /**
+   * Makes this node's copy of a template image (read-only, under the pool's
+   * templates/ directory) from a source, unless it exists (idempotent).
+   */
+  ensureTemplateImage: handleUnaryCall<EnsureTemplateImageRequest, EnsureTemplateImageResponse>;
+  /** Removes this node's copy of a template image (and its export); idempotent. */
+  deleteTemplateImage: handleUnaryCall<DeleteTemplateImageRequest, DeleteTemplateImageResponse>;
+  /**
+   * Exports this node's copy of a template read-only over NBD, so another node
+   * can copy it.
+   */
+  openTemplateExport: handleUnaryCall<OpenTemplateExportRequest, OpenTemplateExportResponse>;
+  /** Takes that export down again; fails while a copy still reads from it. */
+  closeTemplateExport: handleUnaryCall<CloseTemplateExportRequest, CloseTemplateExportResponse>;
 }
 
 export interface AgentServiceClient extends Client {
@@ -3601,6 +5722,165 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetDomainJobResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Records an internal snapshot in a qcow2 replica, through the storage daemon
+   * when it has the image open (idempotent).
+   */
+  snapshotReplica(
+    request: SnapshotReplicaRequest,
+    callback: (error: ServiceError | null, response: SnapshotReplicaResponse) => void,
+  ): ClientUnaryCall;
+  snapshotReplica(
+    request: SnapshotReplicaRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SnapshotReplicaResponse) => void,
+  ): ClientUnaryCall;
+  snapshotReplica(
+    request: SnapshotReplicaRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SnapshotReplicaResponse) => void,
+  ): ClientUnaryCall;
+  /** Removes an internal snapshot from a replica (idempotent). */
+  deleteReplicaSnapshot(
+    request: DeleteReplicaSnapshotRequest,
+    callback: (error: ServiceError | null, response: DeleteReplicaSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  deleteReplicaSnapshot(
+    request: DeleteReplicaSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteReplicaSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  deleteReplicaSnapshot(
+    request: DeleteReplicaSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteReplicaSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Rolls a replica's image back to an internal snapshot. Refused while a
+   * frontend or other client is connected to its export.
+   */
+  revertReplica(
+    request: RevertReplicaRequest,
+    callback: (error: ServiceError | null, response: RevertReplicaResponse) => void,
+  ): ClientUnaryCall;
+  revertReplica(
+    request: RevertReplicaRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RevertReplicaResponse) => void,
+  ): ClientUnaryCall;
+  revertReplica(
+    request: RevertReplicaRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RevertReplicaResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Has the volume's frontend on this node hold new writes and wait for those in
+   * flight; it lets them go by itself after timeout_ms.
+   */
+  freezeFrontend(
+    request: FreezeFrontendRequest,
+    callback: (error: ServiceError | null, response: FreezeFrontendResponse) => void,
+  ): ClientUnaryCall;
+  freezeFrontend(
+    request: FreezeFrontendRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FreezeFrontendResponse) => void,
+  ): ClientUnaryCall;
+  freezeFrontend(
+    request: FreezeFrontendRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FreezeFrontendResponse) => void,
+  ): ClientUnaryCall;
+  /** Lets the held writes go; says whether they were held all along. */
+  thawFrontend(
+    request: ThawFrontendRequest,
+    callback: (error: ServiceError | null, response: ThawFrontendResponse) => void,
+  ): ClientUnaryCall;
+  thawFrontend(
+    request: ThawFrontendRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ThawFrontendResponse) => void,
+  ): ClientUnaryCall;
+  thawFrontend(
+    request: ThawFrontendRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ThawFrontendResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Makes this node's copy of a template image (read-only, under the pool's
+   * templates/ directory) from a source, unless it exists (idempotent).
+   */
+  ensureTemplateImage(
+    request: EnsureTemplateImageRequest,
+    callback: (error: ServiceError | null, response: EnsureTemplateImageResponse) => void,
+  ): ClientUnaryCall;
+  ensureTemplateImage(
+    request: EnsureTemplateImageRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: EnsureTemplateImageResponse) => void,
+  ): ClientUnaryCall;
+  ensureTemplateImage(
+    request: EnsureTemplateImageRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EnsureTemplateImageResponse) => void,
+  ): ClientUnaryCall;
+  /** Removes this node's copy of a template image (and its export); idempotent. */
+  deleteTemplateImage(
+    request: DeleteTemplateImageRequest,
+    callback: (error: ServiceError | null, response: DeleteTemplateImageResponse) => void,
+  ): ClientUnaryCall;
+  deleteTemplateImage(
+    request: DeleteTemplateImageRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteTemplateImageResponse) => void,
+  ): ClientUnaryCall;
+  deleteTemplateImage(
+    request: DeleteTemplateImageRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteTemplateImageResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Exports this node's copy of a template read-only over NBD, so another node
+   * can copy it.
+   */
+  openTemplateExport(
+    request: OpenTemplateExportRequest,
+    callback: (error: ServiceError | null, response: OpenTemplateExportResponse) => void,
+  ): ClientUnaryCall;
+  openTemplateExport(
+    request: OpenTemplateExportRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenTemplateExportResponse) => void,
+  ): ClientUnaryCall;
+  openTemplateExport(
+    request: OpenTemplateExportRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenTemplateExportResponse) => void,
+  ): ClientUnaryCall;
+  /** Takes that export down again; fails while a copy still reads from it. */
+  closeTemplateExport(
+    request: CloseTemplateExportRequest,
+    callback: (error: ServiceError | null, response: CloseTemplateExportResponse) => void,
+  ): ClientUnaryCall;
+  closeTemplateExport(
+    request: CloseTemplateExportRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CloseTemplateExportResponse) => void,
+  ): ClientUnaryCall;
+  closeTemplateExport(
+    request: CloseTemplateExportRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CloseTemplateExportResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -20,6 +20,8 @@ import {
 } from "@grpc/grpc-js";
 import {
   Attachment,
+  CapacityTotals,
+  Event,
   Job,
   LibvirtEndpoint,
   Migration,
@@ -28,6 +30,8 @@ import {
   NodeRejection,
   PlacementItem,
   Pool,
+  Snapshot,
+  Template,
   Vm,
   Volume,
   VolumeSpec,
@@ -394,6 +398,229 @@ export interface HeartbeatResponse {
    * registration expired): the agent registers again.
    */
   reregister: boolean;
+}
+
+export interface CreateSnapshotRequest {
+  volume: string;
+  name: string;
+}
+
+export interface CreateSnapshotResponse {
+  snapshot?:
+    | Snapshot
+    | undefined;
+  /** False when a snapshot of this name existed already. */
+  created: boolean;
+}
+
+export interface GetSnapshotRequest {
+  volume: string;
+  name: string;
+}
+
+export interface GetSnapshotResponse {
+  snapshot?: Snapshot | undefined;
+}
+
+export interface ListSnapshotsRequest {
+  /** Only this volume's snapshots (empty: all). */
+  volume: string;
+}
+
+export interface ListSnapshotsResponse {
+  snapshots: Snapshot[];
+}
+
+export interface DeleteSnapshotRequest {
+  volume: string;
+  name: string;
+}
+
+export interface DeleteSnapshotResponse {
+  /** False when there was no such snapshot. */
+  deleted: boolean;
+}
+
+export interface RevertVolumeRequest {
+  volume: string;
+  snapshot: string;
+}
+
+export interface RevertVolumeResponse {
+  volume?:
+    | Volume
+    | undefined;
+  /** Replicas reverted in place; the others are copied from them. */
+  revertedReplicaIds: string[];
+}
+
+export interface CloneVolumeRequest {
+  /** The source snapshot. */
+  volume: string;
+  snapshot: string;
+  /** The new volume's name. */
+  name: string;
+  /** Replica count (0: the source volume's). */
+  replicas: number;
+}
+
+export interface CloneVolumeResponse {
+  volume?: Volume | undefined;
+}
+
+export interface SetPoolRequest {
+  node: string;
+  name: string;
+  /** New overcommit ratio (> 0); absent: unchanged. */
+  overcommitRatio?:
+    | number
+    | undefined;
+  /** Forget the operator's ratio: the agent's config applies again. */
+  resetOvercommit: boolean;
+  /** Thresholds in percent (0 < warning < critical <= 100); absent: unchanged. */
+  warningPercent?: number | undefined;
+  criticalPercent?:
+    | number
+    | undefined;
+  /** Forget the operator's thresholds: the defaults (80, 90) apply again. */
+  resetThresholds: boolean;
+  /** Set a ratio below what is provisioned in the pool already. */
+  force: boolean;
+}
+
+export interface SetPoolResponse {
+  pool?:
+    | Pool
+    | undefined;
+  /** False when nothing changed. */
+  changed: boolean;
+}
+
+export interface GetClusterStatusRequest {
+}
+
+export interface GetClusterStatusResponse {
+  capacity?: CapacityTotals | undefined;
+  nodeCount: number;
+  nodesOnline: number;
+  nodesCordoned: number;
+  volumeCount: number;
+  /** Volumes by phase: "healthy", "degraded", ... -> count. */
+  volumesByPhase: { [key: string]: number };
+  /** "ok", "warning" or "critical": the worst active event, offline nodes and failed volumes. */
+  health: string;
+  /** Why health is not ok, one line each. */
+  problems: string[];
+  /** Capacity events not resolved yet (thresholds crossed). */
+  activeEvents: Event[];
+  leader: string;
+}
+
+export interface GetClusterStatusResponse_VolumesByPhaseEntry {
+  key: string;
+  value: number;
+}
+
+export interface ListEventsRequest {
+  /** Only events not resolved yet. */
+  activeOnly: boolean;
+  /** Only events about this object ("pool node1/default") or whose object starts with it ("pool node1/"). */
+  object: string;
+  /** At most this many, newest first (0: all that are kept). */
+  limit: number;
+}
+
+export interface ListEventsResponse {
+  /** Newest first. */
+  events: Event[];
+}
+
+export interface ImportVolumeRequest {
+  spec?:
+    | VolumeSpec
+    | undefined;
+  /** nbd://HOST:PORT/NAME that the volume's nodes can reach. */
+  sourceNbdUri: string;
+}
+
+export interface ImportVolumeResponse {
+  volume?:
+    | Volume
+    | undefined;
+  /** The replica copied from the source; the others are copied from it. */
+  replicaId: string;
+  bytes: number;
+  durationMs: number;
+}
+
+export interface OpenVolumeExportRequest {
+  volume: string;
+  /** How long the export stays without another call (default 60, at most 600). */
+  leaseSeconds: number;
+}
+
+export interface OpenVolumeExportResponse {
+  /** nbd://HOST:PORT/REPLICA: read it as raw. */
+  nbdUri: string;
+  replicaId: string;
+  node: string;
+  untilMs: number;
+  sizeBytes: number;
+}
+
+export interface CloseVolumeExportRequest {
+  volume: string;
+}
+
+export interface CloseVolumeExportResponse {
+  /** False when no export was open. */
+  closed: boolean;
+}
+
+export interface CreateTemplateRequest {
+  name: string;
+  /** Exactly one source: a detached volume, a snapshot (with snapshot), or an NBD address. */
+  volume: string;
+  snapshot: string;
+  /** nbd://HOST:PORT/NAME of an image stowctl serves (stowctl template create --from-file). */
+  sourceNbdUri: string;
+  /** With source_nbd_uri: the image's virtual size, and its file name for the record. */
+  sourceSizeBytes: number;
+  sourceFile: string;
+  /** Make the first image in a pool of this name (empty: any). */
+  pool: string;
+}
+
+export interface CreateTemplateResponse {
+  template?:
+    | Template
+    | undefined;
+  /** False when a template of this name existed already. */
+  created: boolean;
+}
+
+export interface GetTemplateRequest {
+  name: string;
+}
+
+export interface GetTemplateResponse {
+  template?: Template | undefined;
+}
+
+export interface ListTemplatesRequest {
+}
+
+export interface ListTemplatesResponse {
+  templates: Template[];
+}
+
+export interface DeleteTemplateRequest {
+  name: string;
+}
+
+export interface DeleteTemplateResponse {
+  /** False when there was no such template. */
+  deleted: boolean;
 }
 
 function createBaseDrainNodeRequest(): DrainNodeRequest {
@@ -5555,6 +5782,3133 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
   },
 };
 
+function createBaseCreateSnapshotRequest(): CreateSnapshotRequest {
+  return { volume: "", name: "" };
+}
+
+export const CreateSnapshotRequest: MessageFns<CreateSnapshotRequest> = {
+  encode(message: CreateSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateSnapshotRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: CreateSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateSnapshotRequest>, I>>(base?: I): CreateSnapshotRequest {
+    return CreateSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateSnapshotRequest>, I>>(object: I): CreateSnapshotRequest {
+    const message = createBaseCreateSnapshotRequest();
+    message.volume = object.volume ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateSnapshotResponse(): CreateSnapshotResponse {
+  return { snapshot: undefined, created: false };
+}
+
+export const CreateSnapshotResponse: MessageFns<CreateSnapshotResponse> = {
+  encode(message: CreateSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      Snapshot.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    if (message.created !== false) {
+      writer.uint32(16).bool(message.created);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = Snapshot.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.created = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateSnapshotResponse {
+    return {
+      snapshot: isSet(object.snapshot) ? Snapshot.fromJSON(object.snapshot) : undefined,
+      created: isSet(object.created) ? globalThis.Boolean(object.created) : false,
+    };
+  },
+
+  toJSON(message: CreateSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = Snapshot.toJSON(message.snapshot);
+    }
+    if (message.created !== false) {
+      obj.created = message.created;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateSnapshotResponse>, I>>(base?: I): CreateSnapshotResponse {
+    return CreateSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateSnapshotResponse>, I>>(object: I): CreateSnapshotResponse {
+    const message = createBaseCreateSnapshotResponse();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? Snapshot.fromPartial(object.snapshot)
+      : undefined;
+    message.created = object.created ?? false;
+    return message;
+  },
+};
+
+function createBaseGetSnapshotRequest(): GetSnapshotRequest {
+  return { volume: "", name: "" };
+}
+
+export const GetSnapshotRequest: MessageFns<GetSnapshotRequest> = {
+  encode(message: GetSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSnapshotRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: GetSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSnapshotRequest>, I>>(base?: I): GetSnapshotRequest {
+    return GetSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSnapshotRequest>, I>>(object: I): GetSnapshotRequest {
+    const message = createBaseGetSnapshotRequest();
+    message.volume = object.volume ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetSnapshotResponse(): GetSnapshotResponse {
+  return { snapshot: undefined };
+}
+
+export const GetSnapshotResponse: MessageFns<GetSnapshotResponse> = {
+  encode(message: GetSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      Snapshot.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = Snapshot.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSnapshotResponse {
+    return { snapshot: isSet(object.snapshot) ? Snapshot.fromJSON(object.snapshot) : undefined };
+  },
+
+  toJSON(message: GetSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = Snapshot.toJSON(message.snapshot);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSnapshotResponse>, I>>(base?: I): GetSnapshotResponse {
+    return GetSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSnapshotResponse>, I>>(object: I): GetSnapshotResponse {
+    const message = createBaseGetSnapshotResponse();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? Snapshot.fromPartial(object.snapshot)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListSnapshotsRequest(): ListSnapshotsRequest {
+  return { volume: "" };
+}
+
+export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
+  encode(message: ListSnapshotsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSnapshotsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSnapshotsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSnapshotsRequest {
+    return { volume: isSet(object.volume) ? globalThis.String(object.volume) : "" };
+  },
+
+  toJSON(message: ListSnapshotsRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSnapshotsRequest>, I>>(base?: I): ListSnapshotsRequest {
+    return ListSnapshotsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSnapshotsRequest>, I>>(object: I): ListSnapshotsRequest {
+    const message = createBaseListSnapshotsRequest();
+    message.volume = object.volume ?? "";
+    return message;
+  },
+};
+
+function createBaseListSnapshotsResponse(): ListSnapshotsResponse {
+  return { snapshots: [] };
+}
+
+export const ListSnapshotsResponse: MessageFns<ListSnapshotsResponse> = {
+  encode(message: ListSnapshotsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.snapshots) {
+      Snapshot.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSnapshotsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSnapshotsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshots.push(Snapshot.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSnapshotsResponse {
+    return {
+      snapshots: globalThis.Array.isArray(object?.snapshots)
+        ? object.snapshots.map((e: any) => Snapshot.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListSnapshotsResponse): unknown {
+    const obj: any = {};
+    if (message.snapshots?.length) {
+      obj.snapshots = message.snapshots.map((e) => Snapshot.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSnapshotsResponse>, I>>(base?: I): ListSnapshotsResponse {
+    return ListSnapshotsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSnapshotsResponse>, I>>(object: I): ListSnapshotsResponse {
+    const message = createBaseListSnapshotsResponse();
+    message.snapshots = object.snapshots?.map((e) => Snapshot.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeleteSnapshotRequest(): DeleteSnapshotRequest {
+  return { volume: "", name: "" };
+}
+
+export const DeleteSnapshotRequest: MessageFns<DeleteSnapshotRequest> = {
+  encode(message: DeleteSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteSnapshotRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: DeleteSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteSnapshotRequest>, I>>(base?: I): DeleteSnapshotRequest {
+    return DeleteSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteSnapshotRequest>, I>>(object: I): DeleteSnapshotRequest {
+    const message = createBaseDeleteSnapshotRequest();
+    message.volume = object.volume ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteSnapshotResponse(): DeleteSnapshotResponse {
+  return { deleted: false };
+}
+
+export const DeleteSnapshotResponse: MessageFns<DeleteSnapshotResponse> = {
+  encode(message: DeleteSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteSnapshotResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteSnapshotResponse>, I>>(base?: I): DeleteSnapshotResponse {
+    return DeleteSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteSnapshotResponse>, I>>(object: I): DeleteSnapshotResponse {
+    const message = createBaseDeleteSnapshotResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
+function createBaseRevertVolumeRequest(): RevertVolumeRequest {
+  return { volume: "", snapshot: "" };
+}
+
+export const RevertVolumeRequest: MessageFns<RevertVolumeRequest> = {
+  encode(message: RevertVolumeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.snapshot !== "") {
+      writer.uint32(18).string(message.snapshot);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevertVolumeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevertVolumeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevertVolumeRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+    };
+  },
+
+  toJSON(message: RevertVolumeRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevertVolumeRequest>, I>>(base?: I): RevertVolumeRequest {
+    return RevertVolumeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevertVolumeRequest>, I>>(object: I): RevertVolumeRequest {
+    const message = createBaseRevertVolumeRequest();
+    message.volume = object.volume ?? "";
+    message.snapshot = object.snapshot ?? "";
+    return message;
+  },
+};
+
+function createBaseRevertVolumeResponse(): RevertVolumeResponse {
+  return { volume: undefined, revertedReplicaIds: [] };
+}
+
+export const RevertVolumeResponse: MessageFns<RevertVolumeResponse> = {
+  encode(message: RevertVolumeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== undefined) {
+      Volume.encode(message.volume, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.revertedReplicaIds) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevertVolumeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevertVolumeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = Volume.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.revertedReplicaIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevertVolumeResponse {
+    return {
+      volume: isSet(object.volume) ? Volume.fromJSON(object.volume) : undefined,
+      revertedReplicaIds: globalThis.Array.isArray(object?.revertedReplicaIds)
+        ? object.revertedReplicaIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.reverted_replica_ids)
+        ? object.reverted_replica_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: RevertVolumeResponse): unknown {
+    const obj: any = {};
+    if (message.volume !== undefined) {
+      obj.volume = Volume.toJSON(message.volume);
+    }
+    if (message.revertedReplicaIds?.length) {
+      obj.revertedReplicaIds = message.revertedReplicaIds;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevertVolumeResponse>, I>>(base?: I): RevertVolumeResponse {
+    return RevertVolumeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevertVolumeResponse>, I>>(object: I): RevertVolumeResponse {
+    const message = createBaseRevertVolumeResponse();
+    message.volume = (object.volume !== undefined && object.volume !== null)
+      ? Volume.fromPartial(object.volume)
+      : undefined;
+    message.revertedReplicaIds = object.revertedReplicaIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseCloneVolumeRequest(): CloneVolumeRequest {
+  return { volume: "", snapshot: "", name: "", replicas: 0 };
+}
+
+export const CloneVolumeRequest: MessageFns<CloneVolumeRequest> = {
+  encode(message: CloneVolumeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.snapshot !== "") {
+      writer.uint32(18).string(message.snapshot);
+    }
+    if (message.name !== "") {
+      writer.uint32(26).string(message.name);
+    }
+    if (message.replicas !== 0) {
+      writer.uint32(32).uint32(message.replicas);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CloneVolumeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCloneVolumeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.replicas = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CloneVolumeRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      replicas: isSet(object.replicas) ? globalThis.Number(object.replicas) : 0,
+    };
+  },
+
+  toJSON(message: CloneVolumeRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.replicas !== 0) {
+      obj.replicas = Math.round(message.replicas);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CloneVolumeRequest>, I>>(base?: I): CloneVolumeRequest {
+    return CloneVolumeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CloneVolumeRequest>, I>>(object: I): CloneVolumeRequest {
+    const message = createBaseCloneVolumeRequest();
+    message.volume = object.volume ?? "";
+    message.snapshot = object.snapshot ?? "";
+    message.name = object.name ?? "";
+    message.replicas = object.replicas ?? 0;
+    return message;
+  },
+};
+
+function createBaseCloneVolumeResponse(): CloneVolumeResponse {
+  return { volume: undefined };
+}
+
+export const CloneVolumeResponse: MessageFns<CloneVolumeResponse> = {
+  encode(message: CloneVolumeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== undefined) {
+      Volume.encode(message.volume, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CloneVolumeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCloneVolumeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = Volume.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CloneVolumeResponse {
+    return { volume: isSet(object.volume) ? Volume.fromJSON(object.volume) : undefined };
+  },
+
+  toJSON(message: CloneVolumeResponse): unknown {
+    const obj: any = {};
+    if (message.volume !== undefined) {
+      obj.volume = Volume.toJSON(message.volume);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CloneVolumeResponse>, I>>(base?: I): CloneVolumeResponse {
+    return CloneVolumeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CloneVolumeResponse>, I>>(object: I): CloneVolumeResponse {
+    const message = createBaseCloneVolumeResponse();
+    message.volume = (object.volume !== undefined && object.volume !== null)
+      ? Volume.fromPartial(object.volume)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetPoolRequest(): SetPoolRequest {
+  return {
+    node: "",
+    name: "",
+    overcommitRatio: undefined,
+    resetOvercommit: false,
+    warningPercent: undefined,
+    criticalPercent: undefined,
+    resetThresholds: false,
+    force: false,
+  };
+}
+
+export const SetPoolRequest: MessageFns<SetPoolRequest> = {
+  encode(message: SetPoolRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.overcommitRatio !== undefined) {
+      writer.uint32(25).double(message.overcommitRatio);
+    }
+    if (message.resetOvercommit !== false) {
+      writer.uint32(32).bool(message.resetOvercommit);
+    }
+    if (message.warningPercent !== undefined) {
+      writer.uint32(41).double(message.warningPercent);
+    }
+    if (message.criticalPercent !== undefined) {
+      writer.uint32(49).double(message.criticalPercent);
+    }
+    if (message.resetThresholds !== false) {
+      writer.uint32(56).bool(message.resetThresholds);
+    }
+    if (message.force !== false) {
+      writer.uint32(64).bool(message.force);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetPoolRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetPoolRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.overcommitRatio = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.resetOvercommit = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.warningPercent = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.criticalPercent = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.resetThresholds = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.force = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetPoolRequest {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      overcommitRatio: isSet(object.overcommitRatio)
+        ? globalThis.Number(object.overcommitRatio)
+        : isSet(object.overcommit_ratio)
+        ? globalThis.Number(object.overcommit_ratio)
+        : undefined,
+      resetOvercommit: isSet(object.resetOvercommit)
+        ? globalThis.Boolean(object.resetOvercommit)
+        : isSet(object.reset_overcommit)
+        ? globalThis.Boolean(object.reset_overcommit)
+        : false,
+      warningPercent: isSet(object.warningPercent)
+        ? globalThis.Number(object.warningPercent)
+        : isSet(object.warning_percent)
+        ? globalThis.Number(object.warning_percent)
+        : undefined,
+      criticalPercent: isSet(object.criticalPercent)
+        ? globalThis.Number(object.criticalPercent)
+        : isSet(object.critical_percent)
+        ? globalThis.Number(object.critical_percent)
+        : undefined,
+      resetThresholds: isSet(object.resetThresholds)
+        ? globalThis.Boolean(object.resetThresholds)
+        : isSet(object.reset_thresholds)
+        ? globalThis.Boolean(object.reset_thresholds)
+        : false,
+      force: isSet(object.force) ? globalThis.Boolean(object.force) : false,
+    };
+  },
+
+  toJSON(message: SetPoolRequest): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.overcommitRatio !== undefined) {
+      obj.overcommitRatio = floatToJson(message.overcommitRatio);
+    }
+    if (message.resetOvercommit !== false) {
+      obj.resetOvercommit = message.resetOvercommit;
+    }
+    if (message.warningPercent !== undefined) {
+      obj.warningPercent = floatToJson(message.warningPercent);
+    }
+    if (message.criticalPercent !== undefined) {
+      obj.criticalPercent = floatToJson(message.criticalPercent);
+    }
+    if (message.resetThresholds !== false) {
+      obj.resetThresholds = message.resetThresholds;
+    }
+    if (message.force !== false) {
+      obj.force = message.force;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetPoolRequest>, I>>(base?: I): SetPoolRequest {
+    return SetPoolRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetPoolRequest>, I>>(object: I): SetPoolRequest {
+    const message = createBaseSetPoolRequest();
+    message.node = object.node ?? "";
+    message.name = object.name ?? "";
+    message.overcommitRatio = object.overcommitRatio ?? undefined;
+    message.resetOvercommit = object.resetOvercommit ?? false;
+    message.warningPercent = object.warningPercent ?? undefined;
+    message.criticalPercent = object.criticalPercent ?? undefined;
+    message.resetThresholds = object.resetThresholds ?? false;
+    message.force = object.force ?? false;
+    return message;
+  },
+};
+
+function createBaseSetPoolResponse(): SetPoolResponse {
+  return { pool: undefined, changed: false };
+}
+
+export const SetPoolResponse: MessageFns<SetPoolResponse> = {
+  encode(message: SetPoolResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pool !== undefined) {
+      Pool.encode(message.pool, writer.uint32(10).fork()).join();
+    }
+    if (message.changed !== false) {
+      writer.uint32(16).bool(message.changed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetPoolResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetPoolResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pool = Pool.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.changed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetPoolResponse {
+    return {
+      pool: isSet(object.pool) ? Pool.fromJSON(object.pool) : undefined,
+      changed: isSet(object.changed) ? globalThis.Boolean(object.changed) : false,
+    };
+  },
+
+  toJSON(message: SetPoolResponse): unknown {
+    const obj: any = {};
+    if (message.pool !== undefined) {
+      obj.pool = Pool.toJSON(message.pool);
+    }
+    if (message.changed !== false) {
+      obj.changed = message.changed;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetPoolResponse>, I>>(base?: I): SetPoolResponse {
+    return SetPoolResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetPoolResponse>, I>>(object: I): SetPoolResponse {
+    const message = createBaseSetPoolResponse();
+    message.pool = (object.pool !== undefined && object.pool !== null) ? Pool.fromPartial(object.pool) : undefined;
+    message.changed = object.changed ?? false;
+    return message;
+  },
+};
+
+function createBaseGetClusterStatusRequest(): GetClusterStatusRequest {
+  return {};
+}
+
+export const GetClusterStatusRequest: MessageFns<GetClusterStatusRequest> = {
+  encode(_: GetClusterStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetClusterStatusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetClusterStatusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetClusterStatusRequest {
+    return {};
+  },
+
+  toJSON(_: GetClusterStatusRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetClusterStatusRequest>, I>>(base?: I): GetClusterStatusRequest {
+    return GetClusterStatusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetClusterStatusRequest>, I>>(_: I): GetClusterStatusRequest {
+    const message = createBaseGetClusterStatusRequest();
+    return message;
+  },
+};
+
+function createBaseGetClusterStatusResponse(): GetClusterStatusResponse {
+  return {
+    capacity: undefined,
+    nodeCount: 0,
+    nodesOnline: 0,
+    nodesCordoned: 0,
+    volumeCount: 0,
+    volumesByPhase: {},
+    health: "",
+    problems: [],
+    activeEvents: [],
+    leader: "",
+  };
+}
+
+export const GetClusterStatusResponse: MessageFns<GetClusterStatusResponse> = {
+  encode(message: GetClusterStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.capacity !== undefined) {
+      CapacityTotals.encode(message.capacity, writer.uint32(10).fork()).join();
+    }
+    if (message.nodeCount !== 0) {
+      writer.uint32(16).uint32(message.nodeCount);
+    }
+    if (message.nodesOnline !== 0) {
+      writer.uint32(24).uint32(message.nodesOnline);
+    }
+    if (message.nodesCordoned !== 0) {
+      writer.uint32(32).uint32(message.nodesCordoned);
+    }
+    if (message.volumeCount !== 0) {
+      writer.uint32(40).uint32(message.volumeCount);
+    }
+    globalThis.Object.entries(message.volumesByPhase).forEach(([key, value]: [string, number]) => {
+      GetClusterStatusResponse_VolumesByPhaseEntry.encode({ key: key as any, value }, writer.uint32(50).fork()).join();
+    });
+    if (message.health !== "") {
+      writer.uint32(58).string(message.health);
+    }
+    for (const v of message.problems) {
+      writer.uint32(66).string(v!);
+    }
+    for (const v of message.activeEvents) {
+      Event.encode(v!, writer.uint32(74).fork()).join();
+    }
+    if (message.leader !== "") {
+      writer.uint32(82).string(message.leader);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetClusterStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetClusterStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.capacity = CapacityTotals.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.nodeCount = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.nodesOnline = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.nodesCordoned = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.volumeCount = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            const entry6 = GetClusterStatusResponse_VolumesByPhaseEntry.decode(reader, reader.uint32());
+            if (entry6.value !== undefined) {
+              message.volumesByPhase[entry6.key] = entry6.value;
+            }
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.health = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.problems.push(reader.string());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.activeEvents.push(Event.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.leader = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetClusterStatusResponse {
+    return {
+      capacity: isSet(object.capacity) ? CapacityTotals.fromJSON(object.capacity) : undefined,
+      nodeCount: isSet(object.nodeCount)
+        ? globalThis.Number(object.nodeCount)
+        : isSet(object.node_count)
+        ? globalThis.Number(object.node_count)
+        : 0,
+      nodesOnline: isSet(object.nodesOnline)
+        ? globalThis.Number(object.nodesOnline)
+        : isSet(object.nodes_online)
+        ? globalThis.Number(object.nodes_online)
+        : 0,
+      nodesCordoned: isSet(object.nodesCordoned)
+        ? globalThis.Number(object.nodesCordoned)
+        : isSet(object.nodes_cordoned)
+        ? globalThis.Number(object.nodes_cordoned)
+        : 0,
+      volumeCount: isSet(object.volumeCount)
+        ? globalThis.Number(object.volumeCount)
+        : isSet(object.volume_count)
+        ? globalThis.Number(object.volume_count)
+        : 0,
+      volumesByPhase: isObject(object.volumesByPhase)
+        ? (globalThis.Object.entries(object.volumesByPhase) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.volumes_by_phase)
+        ? (globalThis.Object.entries(object.volumes_by_phase) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      health: isSet(object.health) ? globalThis.String(object.health) : "",
+      problems: globalThis.Array.isArray(object?.problems)
+        ? object.problems.map((e: any) => globalThis.String(e))
+        : [],
+      activeEvents: globalThis.Array.isArray(object?.activeEvents)
+        ? object.activeEvents.map((e: any) => Event.fromJSON(e))
+        : globalThis.Array.isArray(object?.active_events)
+        ? object.active_events.map((e: any) => Event.fromJSON(e))
+        : [],
+      leader: isSet(object.leader) ? globalThis.String(object.leader) : "",
+    };
+  },
+
+  toJSON(message: GetClusterStatusResponse): unknown {
+    const obj: any = {};
+    if (message.capacity !== undefined) {
+      obj.capacity = CapacityTotals.toJSON(message.capacity);
+    }
+    if (message.nodeCount !== 0) {
+      obj.nodeCount = Math.round(message.nodeCount);
+    }
+    if (message.nodesOnline !== 0) {
+      obj.nodesOnline = Math.round(message.nodesOnline);
+    }
+    if (message.nodesCordoned !== 0) {
+      obj.nodesCordoned = Math.round(message.nodesCordoned);
+    }
+    if (message.volumeCount !== 0) {
+      obj.volumeCount = Math.round(message.volumeCount);
+    }
+    if (message.volumesByPhase) {
+      const entries = globalThis.Object.entries(message.volumesByPhase) as [string, number][];
+      if (entries.length > 0) {
+        obj.volumesByPhase = {};
+        entries.forEach(([k, v]) => {
+          obj.volumesByPhase[k] = Math.round(v);
+        });
+      }
+    }
+    if (message.health !== "") {
+      obj.health = message.health;
+    }
+    if (message.problems?.length) {
+      obj.problems = message.problems;
+    }
+    if (message.activeEvents?.length) {
+      obj.activeEvents = message.activeEvents.map((e) => Event.toJSON(e));
+    }
+    if (message.leader !== "") {
+      obj.leader = message.leader;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetClusterStatusResponse>, I>>(base?: I): GetClusterStatusResponse {
+    return GetClusterStatusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetClusterStatusResponse>, I>>(object: I): GetClusterStatusResponse {
+    const message = createBaseGetClusterStatusResponse();
+    message.capacity = (object.capacity !== undefined && object.capacity !== null)
+      ? CapacityTotals.fromPartial(object.capacity)
+      : undefined;
+    message.nodeCount = object.nodeCount ?? 0;
+    message.nodesOnline = object.nodesOnline ?? 0;
+    message.nodesCordoned = object.nodesCordoned ?? 0;
+    message.volumeCount = object.volumeCount ?? 0;
+    message.volumesByPhase = (globalThis.Object.entries(object.volumesByPhase ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.health = object.health ?? "";
+    message.problems = object.problems?.map((e) => e) || [];
+    message.activeEvents = object.activeEvents?.map((e) => Event.fromPartial(e)) || [];
+    message.leader = object.leader ?? "";
+    return message;
+  },
+};
+
+function createBaseGetClusterStatusResponse_VolumesByPhaseEntry(): GetClusterStatusResponse_VolumesByPhaseEntry {
+  return { key: "", value: 0 };
+}
+
+export const GetClusterStatusResponse_VolumesByPhaseEntry: MessageFns<GetClusterStatusResponse_VolumesByPhaseEntry> = {
+  encode(
+    message: GetClusterStatusResponse_VolumesByPhaseEntry,
+    writer: BinaryWriter = new BinaryWriter(),
+  ): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).uint32(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetClusterStatusResponse_VolumesByPhaseEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetClusterStatusResponse_VolumesByPhaseEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetClusterStatusResponse_VolumesByPhaseEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: GetClusterStatusResponse_VolumesByPhaseEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetClusterStatusResponse_VolumesByPhaseEntry>, I>>(
+    base?: I,
+  ): GetClusterStatusResponse_VolumesByPhaseEntry {
+    return GetClusterStatusResponse_VolumesByPhaseEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetClusterStatusResponse_VolumesByPhaseEntry>, I>>(
+    object: I,
+  ): GetClusterStatusResponse_VolumesByPhaseEntry {
+    const message = createBaseGetClusterStatusResponse_VolumesByPhaseEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseListEventsRequest(): ListEventsRequest {
+  return { activeOnly: false, object: "", limit: 0 };
+}
+
+export const ListEventsRequest: MessageFns<ListEventsRequest> = {
+  encode(message: ListEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.activeOnly !== false) {
+      writer.uint32(8).bool(message.activeOnly);
+    }
+    if (message.object !== "") {
+      writer.uint32(18).string(message.object);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(24).uint32(message.limit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.activeOnly = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.object = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEventsRequest {
+    return {
+      activeOnly: isSet(object.activeOnly)
+        ? globalThis.Boolean(object.activeOnly)
+        : isSet(object.active_only)
+        ? globalThis.Boolean(object.active_only)
+        : false,
+      object: isSet(object.object) ? globalThis.String(object.object) : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+    };
+  },
+
+  toJSON(message: ListEventsRequest): unknown {
+    const obj: any = {};
+    if (message.activeOnly !== false) {
+      obj.activeOnly = message.activeOnly;
+    }
+    if (message.object !== "") {
+      obj.object = message.object;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListEventsRequest>, I>>(base?: I): ListEventsRequest {
+    return ListEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListEventsRequest>, I>>(object: I): ListEventsRequest {
+    const message = createBaseListEventsRequest();
+    message.activeOnly = object.activeOnly ?? false;
+    message.object = object.object ?? "";
+    message.limit = object.limit ?? 0;
+    return message;
+  },
+};
+
+function createBaseListEventsResponse(): ListEventsResponse {
+  return { events: [] };
+}
+
+export const ListEventsResponse: MessageFns<ListEventsResponse> = {
+  encode(message: ListEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.events) {
+      Event.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.events.push(Event.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEventsResponse {
+    return { events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => Event.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: ListEventsResponse): unknown {
+    const obj: any = {};
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => Event.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListEventsResponse>, I>>(base?: I): ListEventsResponse {
+    return ListEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListEventsResponse>, I>>(object: I): ListEventsResponse {
+    const message = createBaseListEventsResponse();
+    message.events = object.events?.map((e) => Event.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseImportVolumeRequest(): ImportVolumeRequest {
+  return { spec: undefined, sourceNbdUri: "" };
+}
+
+export const ImportVolumeRequest: MessageFns<ImportVolumeRequest> = {
+  encode(message: ImportVolumeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.spec !== undefined) {
+      VolumeSpec.encode(message.spec, writer.uint32(10).fork()).join();
+    }
+    if (message.sourceNbdUri !== "") {
+      writer.uint32(18).string(message.sourceNbdUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportVolumeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportVolumeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.spec = VolumeSpec.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sourceNbdUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportVolumeRequest {
+    return {
+      spec: isSet(object.spec) ? VolumeSpec.fromJSON(object.spec) : undefined,
+      sourceNbdUri: isSet(object.sourceNbdUri)
+        ? globalThis.String(object.sourceNbdUri)
+        : isSet(object.source_nbd_uri)
+        ? globalThis.String(object.source_nbd_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: ImportVolumeRequest): unknown {
+    const obj: any = {};
+    if (message.spec !== undefined) {
+      obj.spec = VolumeSpec.toJSON(message.spec);
+    }
+    if (message.sourceNbdUri !== "") {
+      obj.sourceNbdUri = message.sourceNbdUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportVolumeRequest>, I>>(base?: I): ImportVolumeRequest {
+    return ImportVolumeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportVolumeRequest>, I>>(object: I): ImportVolumeRequest {
+    const message = createBaseImportVolumeRequest();
+    message.spec = (object.spec !== undefined && object.spec !== null)
+      ? VolumeSpec.fromPartial(object.spec)
+      : undefined;
+    message.sourceNbdUri = object.sourceNbdUri ?? "";
+    return message;
+  },
+};
+
+function createBaseImportVolumeResponse(): ImportVolumeResponse {
+  return { volume: undefined, replicaId: "", bytes: 0, durationMs: 0 };
+}
+
+export const ImportVolumeResponse: MessageFns<ImportVolumeResponse> = {
+  encode(message: ImportVolumeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== undefined) {
+      Volume.encode(message.volume, writer.uint32(10).fork()).join();
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.bytes !== 0) {
+      writer.uint32(24).uint64(message.bytes);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(32).uint64(message.durationMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportVolumeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportVolumeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = Volume.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportVolumeResponse {
+    return {
+      volume: isSet(object.volume) ? Volume.fromJSON(object.volume) : undefined,
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: ImportVolumeResponse): unknown {
+    const obj: any = {};
+    if (message.volume !== undefined) {
+      obj.volume = Volume.toJSON(message.volume);
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.bytes !== 0) {
+      obj.bytes = Math.round(message.bytes);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportVolumeResponse>, I>>(base?: I): ImportVolumeResponse {
+    return ImportVolumeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportVolumeResponse>, I>>(object: I): ImportVolumeResponse {
+    const message = createBaseImportVolumeResponse();
+    message.volume = (object.volume !== undefined && object.volume !== null)
+      ? Volume.fromPartial(object.volume)
+      : undefined;
+    message.replicaId = object.replicaId ?? "";
+    message.bytes = object.bytes ?? 0;
+    message.durationMs = object.durationMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseOpenVolumeExportRequest(): OpenVolumeExportRequest {
+  return { volume: "", leaseSeconds: 0 };
+}
+
+export const OpenVolumeExportRequest: MessageFns<OpenVolumeExportRequest> = {
+  encode(message: OpenVolumeExportRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.leaseSeconds !== 0) {
+      writer.uint32(16).uint32(message.leaseSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenVolumeExportRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenVolumeExportRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.leaseSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenVolumeExportRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      leaseSeconds: isSet(object.leaseSeconds)
+        ? globalThis.Number(object.leaseSeconds)
+        : isSet(object.lease_seconds)
+        ? globalThis.Number(object.lease_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: OpenVolumeExportRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.leaseSeconds !== 0) {
+      obj.leaseSeconds = Math.round(message.leaseSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenVolumeExportRequest>, I>>(base?: I): OpenVolumeExportRequest {
+    return OpenVolumeExportRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenVolumeExportRequest>, I>>(object: I): OpenVolumeExportRequest {
+    const message = createBaseOpenVolumeExportRequest();
+    message.volume = object.volume ?? "";
+    message.leaseSeconds = object.leaseSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseOpenVolumeExportResponse(): OpenVolumeExportResponse {
+  return { nbdUri: "", replicaId: "", node: "", untilMs: 0, sizeBytes: 0 };
+}
+
+export const OpenVolumeExportResponse: MessageFns<OpenVolumeExportResponse> = {
+  encode(message: OpenVolumeExportResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nbdUri !== "") {
+      writer.uint32(10).string(message.nbdUri);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.node !== "") {
+      writer.uint32(26).string(message.node);
+    }
+    if (message.untilMs !== 0) {
+      writer.uint32(32).int64(message.untilMs);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(40).uint64(message.sizeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenVolumeExportResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenVolumeExportResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.untilMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenVolumeExportResponse {
+    return {
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      untilMs: isSet(object.untilMs)
+        ? globalThis.Number(object.untilMs)
+        : isSet(object.until_ms)
+        ? globalThis.Number(object.until_ms)
+        : 0,
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: OpenVolumeExportResponse): unknown {
+    const obj: any = {};
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.untilMs !== 0) {
+      obj.untilMs = Math.round(message.untilMs);
+    }
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenVolumeExportResponse>, I>>(base?: I): OpenVolumeExportResponse {
+    return OpenVolumeExportResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenVolumeExportResponse>, I>>(object: I): OpenVolumeExportResponse {
+    const message = createBaseOpenVolumeExportResponse();
+    message.nbdUri = object.nbdUri ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.node = object.node ?? "";
+    message.untilMs = object.untilMs ?? 0;
+    message.sizeBytes = object.sizeBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseCloseVolumeExportRequest(): CloseVolumeExportRequest {
+  return { volume: "" };
+}
+
+export const CloseVolumeExportRequest: MessageFns<CloseVolumeExportRequest> = {
+  encode(message: CloseVolumeExportRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CloseVolumeExportRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCloseVolumeExportRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CloseVolumeExportRequest {
+    return { volume: isSet(object.volume) ? globalThis.String(object.volume) : "" };
+  },
+
+  toJSON(message: CloseVolumeExportRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CloseVolumeExportRequest>, I>>(base?: I): CloseVolumeExportRequest {
+    return CloseVolumeExportRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CloseVolumeExportRequest>, I>>(object: I): CloseVolumeExportRequest {
+    const message = createBaseCloseVolumeExportRequest();
+    message.volume = object.volume ?? "";
+    return message;
+  },
+};
+
+function createBaseCloseVolumeExportResponse(): CloseVolumeExportResponse {
+  return { closed: false };
+}
+
+export const CloseVolumeExportResponse: MessageFns<CloseVolumeExportResponse> = {
+  encode(message: CloseVolumeExportResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.closed !== false) {
+      writer.uint32(8).bool(message.closed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CloseVolumeExportResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCloseVolumeExportResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.closed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CloseVolumeExportResponse {
+    return { closed: isSet(object.closed) ? globalThis.Boolean(object.closed) : false };
+  },
+
+  toJSON(message: CloseVolumeExportResponse): unknown {
+    const obj: any = {};
+    if (message.closed !== false) {
+      obj.closed = message.closed;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CloseVolumeExportResponse>, I>>(base?: I): CloseVolumeExportResponse {
+    return CloseVolumeExportResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CloseVolumeExportResponse>, I>>(object: I): CloseVolumeExportResponse {
+    const message = createBaseCloseVolumeExportResponse();
+    message.closed = object.closed ?? false;
+    return message;
+  },
+};
+
+function createBaseCreateTemplateRequest(): CreateTemplateRequest {
+  return { name: "", volume: "", snapshot: "", sourceNbdUri: "", sourceSizeBytes: 0, sourceFile: "", pool: "" };
+}
+
+export const CreateTemplateRequest: MessageFns<CreateTemplateRequest> = {
+  encode(message: CreateTemplateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.volume !== "") {
+      writer.uint32(18).string(message.volume);
+    }
+    if (message.snapshot !== "") {
+      writer.uint32(26).string(message.snapshot);
+    }
+    if (message.sourceNbdUri !== "") {
+      writer.uint32(34).string(message.sourceNbdUri);
+    }
+    if (message.sourceSizeBytes !== 0) {
+      writer.uint32(40).uint64(message.sourceSizeBytes);
+    }
+    if (message.sourceFile !== "") {
+      writer.uint32(50).string(message.sourceFile);
+    }
+    if (message.pool !== "") {
+      writer.uint32(58).string(message.pool);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateTemplateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateTemplateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sourceNbdUri = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sourceSizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.sourceFile = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateTemplateRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      sourceNbdUri: isSet(object.sourceNbdUri)
+        ? globalThis.String(object.sourceNbdUri)
+        : isSet(object.source_nbd_uri)
+        ? globalThis.String(object.source_nbd_uri)
+        : "",
+      sourceSizeBytes: isSet(object.sourceSizeBytes)
+        ? globalThis.Number(object.sourceSizeBytes)
+        : isSet(object.source_size_bytes)
+        ? globalThis.Number(object.source_size_bytes)
+        : 0,
+      sourceFile: isSet(object.sourceFile)
+        ? globalThis.String(object.sourceFile)
+        : isSet(object.source_file)
+        ? globalThis.String(object.source_file)
+        : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+    };
+  },
+
+  toJSON(message: CreateTemplateRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.sourceNbdUri !== "") {
+      obj.sourceNbdUri = message.sourceNbdUri;
+    }
+    if (message.sourceSizeBytes !== 0) {
+      obj.sourceSizeBytes = Math.round(message.sourceSizeBytes);
+    }
+    if (message.sourceFile !== "") {
+      obj.sourceFile = message.sourceFile;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateTemplateRequest>, I>>(base?: I): CreateTemplateRequest {
+    return CreateTemplateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateTemplateRequest>, I>>(object: I): CreateTemplateRequest {
+    const message = createBaseCreateTemplateRequest();
+    message.name = object.name ?? "";
+    message.volume = object.volume ?? "";
+    message.snapshot = object.snapshot ?? "";
+    message.sourceNbdUri = object.sourceNbdUri ?? "";
+    message.sourceSizeBytes = object.sourceSizeBytes ?? 0;
+    message.sourceFile = object.sourceFile ?? "";
+    message.pool = object.pool ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateTemplateResponse(): CreateTemplateResponse {
+  return { template: undefined, created: false };
+}
+
+export const CreateTemplateResponse: MessageFns<CreateTemplateResponse> = {
+  encode(message: CreateTemplateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.template !== undefined) {
+      Template.encode(message.template, writer.uint32(10).fork()).join();
+    }
+    if (message.created !== false) {
+      writer.uint32(16).bool(message.created);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateTemplateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateTemplateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.template = Template.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.created = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateTemplateResponse {
+    return {
+      template: isSet(object.template) ? Template.fromJSON(object.template) : undefined,
+      created: isSet(object.created) ? globalThis.Boolean(object.created) : false,
+    };
+  },
+
+  toJSON(message: CreateTemplateResponse): unknown {
+    const obj: any = {};
+    if (message.template !== undefined) {
+      obj.template = Template.toJSON(message.template);
+    }
+    if (message.created !== false) {
+      obj.created = message.created;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateTemplateResponse>, I>>(base?: I): CreateTemplateResponse {
+    return CreateTemplateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateTemplateResponse>, I>>(object: I): CreateTemplateResponse {
+    const message = createBaseCreateTemplateResponse();
+    message.template = (object.template !== undefined && object.template !== null)
+      ? Template.fromPartial(object.template)
+      : undefined;
+    message.created = object.created ?? false;
+    return message;
+  },
+};
+
+function createBaseGetTemplateRequest(): GetTemplateRequest {
+  return { name: "" };
+}
+
+export const GetTemplateRequest: MessageFns<GetTemplateRequest> = {
+  encode(message: GetTemplateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetTemplateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetTemplateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetTemplateRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetTemplateRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetTemplateRequest>, I>>(base?: I): GetTemplateRequest {
+    return GetTemplateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetTemplateRequest>, I>>(object: I): GetTemplateRequest {
+    const message = createBaseGetTemplateRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetTemplateResponse(): GetTemplateResponse {
+  return { template: undefined };
+}
+
+export const GetTemplateResponse: MessageFns<GetTemplateResponse> = {
+  encode(message: GetTemplateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.template !== undefined) {
+      Template.encode(message.template, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetTemplateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetTemplateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.template = Template.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetTemplateResponse {
+    return { template: isSet(object.template) ? Template.fromJSON(object.template) : undefined };
+  },
+
+  toJSON(message: GetTemplateResponse): unknown {
+    const obj: any = {};
+    if (message.template !== undefined) {
+      obj.template = Template.toJSON(message.template);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetTemplateResponse>, I>>(base?: I): GetTemplateResponse {
+    return GetTemplateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetTemplateResponse>, I>>(object: I): GetTemplateResponse {
+    const message = createBaseGetTemplateResponse();
+    message.template = (object.template !== undefined && object.template !== null)
+      ? Template.fromPartial(object.template)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListTemplatesRequest(): ListTemplatesRequest {
+  return {};
+}
+
+export const ListTemplatesRequest: MessageFns<ListTemplatesRequest> = {
+  encode(_: ListTemplatesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListTemplatesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListTemplatesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListTemplatesRequest {
+    return {};
+  },
+
+  toJSON(_: ListTemplatesRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListTemplatesRequest>, I>>(base?: I): ListTemplatesRequest {
+    return ListTemplatesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListTemplatesRequest>, I>>(_: I): ListTemplatesRequest {
+    const message = createBaseListTemplatesRequest();
+    return message;
+  },
+};
+
+function createBaseListTemplatesResponse(): ListTemplatesResponse {
+  return { templates: [] };
+}
+
+export const ListTemplatesResponse: MessageFns<ListTemplatesResponse> = {
+  encode(message: ListTemplatesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.templates) {
+      Template.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListTemplatesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListTemplatesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.templates.push(Template.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListTemplatesResponse {
+    return {
+      templates: globalThis.Array.isArray(object?.templates)
+        ? object.templates.map((e: any) => Template.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListTemplatesResponse): unknown {
+    const obj: any = {};
+    if (message.templates?.length) {
+      obj.templates = message.templates.map((e) => Template.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListTemplatesResponse>, I>>(base?: I): ListTemplatesResponse {
+    return ListTemplatesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListTemplatesResponse>, I>>(object: I): ListTemplatesResponse {
+    const message = createBaseListTemplatesResponse();
+    message.templates = object.templates?.map((e) => Template.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeleteTemplateRequest(): DeleteTemplateRequest {
+  return { name: "" };
+}
+
+export const DeleteTemplateRequest: MessageFns<DeleteTemplateRequest> = {
+  encode(message: DeleteTemplateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteTemplateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteTemplateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteTemplateRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: DeleteTemplateRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteTemplateRequest>, I>>(base?: I): DeleteTemplateRequest {
+    return DeleteTemplateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteTemplateRequest>, I>>(object: I): DeleteTemplateRequest {
+    const message = createBaseDeleteTemplateRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteTemplateResponse(): DeleteTemplateResponse {
+  return { deleted: false };
+}
+
+export const DeleteTemplateResponse: MessageFns<DeleteTemplateResponse> = {
+  encode(message: DeleteTemplateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteTemplateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteTemplateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteTemplateResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteTemplateResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteTemplateResponse>, I>>(base?: I): DeleteTemplateResponse {
+    return DeleteTemplateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteTemplateResponse>, I>>(object: I): DeleteTemplateResponse {
+    const message = createBaseDeleteTemplateResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
 export type NodeServiceService = typeof NodeServiceService;
 export const NodeServiceService = {
   listNodes: {
@@ -5741,11 +9095,33 @@ export const PoolServiceService = {
     responseSerialize: (value: GetPoolResponse): Buffer => Buffer.from(GetPoolResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetPoolResponse => GetPoolResponse.decode(value),
   },
+  /**
+   * Operator settings of one pool (overcommit ratio, thresholds), recorded in
+   * etcd in the node's spec: they outlive agent and controller restarts and
+   * override the agent's config. Refused, changing nothing, when the new ratio
+   * would leave less than what is already provisioned there (unless forced).
+   */
+  setPool: {
+    path: "/stowage.v1.PoolService/SetPool" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetPoolRequest): Buffer => Buffer.from(SetPoolRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetPoolRequest => SetPoolRequest.decode(value),
+    responseSerialize: (value: SetPoolResponse): Buffer => Buffer.from(SetPoolResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetPoolResponse => SetPoolResponse.decode(value),
+  },
 } as const;
 
 export interface PoolServiceServer extends UntypedServiceImplementation {
   listPools: handleUnaryCall<ListPoolsRequest, ListPoolsResponse>;
   getPool: handleUnaryCall<GetPoolRequest, GetPoolResponse>;
+  /**
+   * Operator settings of one pool (overcommit ratio, thresholds), recorded in
+   * etcd in the node's spec: they outlive agent and controller restarts and
+   * override the agent's config. Refused, changing nothing, when the new ratio
+   * would leave less than what is already provisioned there (unless forced).
+   */
+  setPool: handleUnaryCall<SetPoolRequest, SetPoolResponse>;
 }
 
 export interface PoolServiceClient extends Client {
@@ -5778,6 +9154,27 @@ export interface PoolServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetPoolResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Operator settings of one pool (overcommit ratio, thresholds), recorded in
+   * etcd in the node's spec: they outlive agent and controller restarts and
+   * override the agent's config. Refused, changing nothing, when the new ratio
+   * would leave less than what is already provisioned there (unless forced).
+   */
+  setPool(
+    request: SetPoolRequest,
+    callback: (error: ServiceError | null, response: SetPoolResponse) => void,
+  ): ClientUnaryCall;
+  setPool(
+    request: SetPoolRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetPoolResponse) => void,
+  ): ClientUnaryCall;
+  setPool(
+    request: SetPoolRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetPoolResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -6049,10 +9446,24 @@ export const ClusterServiceService = {
     responseSerialize: (value: GetLeaderResponse): Buffer => Buffer.from(GetLeaderResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetLeaderResponse => GetLeaderResponse.decode(value),
   },
+  /** Capacity totals, node and pool counts, volume health and active capacity events. */
+  getClusterStatus: {
+    path: "/stowage.v1.ClusterService/GetClusterStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetClusterStatusRequest): Buffer =>
+      Buffer.from(GetClusterStatusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetClusterStatusRequest => GetClusterStatusRequest.decode(value),
+    responseSerialize: (value: GetClusterStatusResponse): Buffer =>
+      Buffer.from(GetClusterStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetClusterStatusResponse => GetClusterStatusResponse.decode(value),
+  },
 } as const;
 
 export interface ClusterServiceServer extends UntypedServiceImplementation {
   getLeader: handleUnaryCall<GetLeaderRequest, GetLeaderResponse>;
+  /** Capacity totals, node and pool counts, volume health and active capacity events. */
+  getClusterStatus: handleUnaryCall<GetClusterStatusRequest, GetClusterStatusResponse>;
 }
 
 export interface ClusterServiceClient extends Client {
@@ -6070,6 +9481,22 @@ export interface ClusterServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetLeaderResponse) => void,
+  ): ClientUnaryCall;
+  /** Capacity totals, node and pool counts, volume health and active capacity events. */
+  getClusterStatus(
+    request: GetClusterStatusRequest,
+    callback: (error: ServiceError | null, response: GetClusterStatusResponse) => void,
+  ): ClientUnaryCall;
+  getClusterStatus(
+    request: GetClusterStatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetClusterStatusResponse) => void,
+  ): ClientUnaryCall;
+  getClusterStatus(
+    request: GetClusterStatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetClusterStatusResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -6503,6 +9930,564 @@ export const AgentRegistryServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+/** Snapshots of volumes, reverting a volume to one, and new volumes cloned from one. */
+export type SnapshotServiceService = typeof SnapshotServiceService;
+export const SnapshotServiceService = {
+  /**
+   * Takes a crash-consistent snapshot of every in-sync replica of a qcow2 volume.
+   * On an attached volume, the frontend holds new writes (and waits for those in
+   * flight) while the replicas record it, for a few milliseconds. Idempotent: the
+   * same name again returns the snapshot.
+   */
+  createSnapshot: {
+    path: "/stowage.v1.SnapshotService/CreateSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateSnapshotRequest): Buffer =>
+      Buffer.from(CreateSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateSnapshotRequest => CreateSnapshotRequest.decode(value),
+    responseSerialize: (value: CreateSnapshotResponse): Buffer =>
+      Buffer.from(CreateSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateSnapshotResponse => CreateSnapshotResponse.decode(value),
+  },
+  getSnapshot: {
+    path: "/stowage.v1.SnapshotService/GetSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSnapshotRequest): Buffer => Buffer.from(GetSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSnapshotRequest => GetSnapshotRequest.decode(value),
+    responseSerialize: (value: GetSnapshotResponse): Buffer => Buffer.from(GetSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSnapshotResponse => GetSnapshotResponse.decode(value),
+  },
+  listSnapshots: {
+    path: "/stowage.v1.SnapshotService/ListSnapshots" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSnapshotsRequest): Buffer => Buffer.from(ListSnapshotsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSnapshotsRequest => ListSnapshotsRequest.decode(value),
+    responseSerialize: (value: ListSnapshotsResponse): Buffer =>
+      Buffer.from(ListSnapshotsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSnapshotsResponse => ListSnapshotsResponse.decode(value),
+  },
+  /** Removes the snapshot from every replica that holds it; the record goes last. */
+  deleteSnapshot: {
+    path: "/stowage.v1.SnapshotService/DeleteSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteSnapshotRequest): Buffer =>
+      Buffer.from(DeleteSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteSnapshotRequest => DeleteSnapshotRequest.decode(value),
+    responseSerialize: (value: DeleteSnapshotResponse): Buffer =>
+      Buffer.from(DeleteSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteSnapshotResponse => DeleteSnapshotResponse.decode(value),
+  },
+  /**
+   * Rolls a detached volume back to a snapshot: its replicas holding the snapshot
+   * are reverted; any other replica is recorded out-of-sync and copied from them.
+   */
+  revertVolume: {
+    path: "/stowage.v1.SnapshotService/RevertVolume" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RevertVolumeRequest): Buffer => Buffer.from(RevertVolumeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RevertVolumeRequest => RevertVolumeRequest.decode(value),
+    responseSerialize: (value: RevertVolumeResponse): Buffer =>
+      Buffer.from(RevertVolumeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RevertVolumeResponse => RevertVolumeResponse.decode(value),
+  },
+  /**
+   * A new, independent volume with the content of a snapshot. Its replicas are
+   * made from the snapshot on the nodes that hold it; more replicas than that are
+   * copied from them.
+   */
+  cloneVolume: {
+    path: "/stowage.v1.SnapshotService/CloneVolume" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CloneVolumeRequest): Buffer => Buffer.from(CloneVolumeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CloneVolumeRequest => CloneVolumeRequest.decode(value),
+    responseSerialize: (value: CloneVolumeResponse): Buffer => Buffer.from(CloneVolumeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CloneVolumeResponse => CloneVolumeResponse.decode(value),
+  },
+} as const;
+
+export interface SnapshotServiceServer extends UntypedServiceImplementation {
+  /**
+   * Takes a crash-consistent snapshot of every in-sync replica of a qcow2 volume.
+   * On an attached volume, the frontend holds new writes (and waits for those in
+   * flight) while the replicas record it, for a few milliseconds. Idempotent: the
+   * same name again returns the snapshot.
+   */
+  createSnapshot: handleUnaryCall<CreateSnapshotRequest, CreateSnapshotResponse>;
+  getSnapshot: handleUnaryCall<GetSnapshotRequest, GetSnapshotResponse>;
+  listSnapshots: handleUnaryCall<ListSnapshotsRequest, ListSnapshotsResponse>;
+  /** Removes the snapshot from every replica that holds it; the record goes last. */
+  deleteSnapshot: handleUnaryCall<DeleteSnapshotRequest, DeleteSnapshotResponse>;
+  /**
+   * Rolls a detached volume back to a snapshot: its replicas holding the snapshot
+   * are reverted; any other replica is recorded out-of-sync and copied from them.
+   */
+  revertVolume: handleUnaryCall<RevertVolumeRequest, RevertVolumeResponse>;
+  /**
+   * A new, independent volume with the content of a snapshot. Its replicas are
+   * made from the snapshot on the nodes that hold it; more replicas than that are
+   * copied from them.
+   */
+  cloneVolume: handleUnaryCall<CloneVolumeRequest, CloneVolumeResponse>;
+}
+
+export interface SnapshotServiceClient extends Client {
+  /**
+   * Takes a crash-consistent snapshot of every in-sync replica of a qcow2 volume.
+   * On an attached volume, the frontend holds new writes (and waits for those in
+   * flight) while the replicas record it, for a few milliseconds. Idempotent: the
+   * same name again returns the snapshot.
+   */
+  createSnapshot(
+    request: CreateSnapshotRequest,
+    callback: (error: ServiceError | null, response: CreateSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  createSnapshot(
+    request: CreateSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  createSnapshot(
+    request: CreateSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  getSnapshot(
+    request: GetSnapshotRequest,
+    callback: (error: ServiceError | null, response: GetSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  getSnapshot(
+    request: GetSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  getSnapshot(
+    request: GetSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  listSnapshots(
+    request: ListSnapshotsRequest,
+    callback: (error: ServiceError | null, response: ListSnapshotsResponse) => void,
+  ): ClientUnaryCall;
+  listSnapshots(
+    request: ListSnapshotsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSnapshotsResponse) => void,
+  ): ClientUnaryCall;
+  listSnapshots(
+    request: ListSnapshotsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSnapshotsResponse) => void,
+  ): ClientUnaryCall;
+  /** Removes the snapshot from every replica that holds it; the record goes last. */
+  deleteSnapshot(
+    request: DeleteSnapshotRequest,
+    callback: (error: ServiceError | null, response: DeleteSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  deleteSnapshot(
+    request: DeleteSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  deleteSnapshot(
+    request: DeleteSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Rolls a detached volume back to a snapshot: its replicas holding the snapshot
+   * are reverted; any other replica is recorded out-of-sync and copied from them.
+   */
+  revertVolume(
+    request: RevertVolumeRequest,
+    callback: (error: ServiceError | null, response: RevertVolumeResponse) => void,
+  ): ClientUnaryCall;
+  revertVolume(
+    request: RevertVolumeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RevertVolumeResponse) => void,
+  ): ClientUnaryCall;
+  revertVolume(
+    request: RevertVolumeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RevertVolumeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A new, independent volume with the content of a snapshot. Its replicas are
+   * made from the snapshot on the nodes that hold it; more replicas than that are
+   * copied from them.
+   */
+  cloneVolume(
+    request: CloneVolumeRequest,
+    callback: (error: ServiceError | null, response: CloneVolumeResponse) => void,
+  ): ClientUnaryCall;
+  cloneVolume(
+    request: CloneVolumeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CloneVolumeResponse) => void,
+  ): ClientUnaryCall;
+  cloneVolume(
+    request: CloneVolumeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CloneVolumeResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const SnapshotServiceClient = makeGenericClientConstructor(
+  SnapshotServiceService,
+  "stowage.v1.SnapshotService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): SnapshotServiceClient;
+  service: typeof SnapshotServiceService;
+  serviceName: string;
+};
+
+/** Events the controller recorded (capacity thresholds crossed and cleared). */
+export type EventServiceService = typeof EventServiceService;
+export const EventServiceService = {
+  listEvents: {
+    path: "/stowage.v1.EventService/ListEvents" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListEventsRequest): Buffer => Buffer.from(ListEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListEventsRequest => ListEventsRequest.decode(value),
+    responseSerialize: (value: ListEventsResponse): Buffer => Buffer.from(ListEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListEventsResponse => ListEventsResponse.decode(value),
+  },
+} as const;
+
+export interface EventServiceServer extends UntypedServiceImplementation {
+  listEvents: handleUnaryCall<ListEventsRequest, ListEventsResponse>;
+}
+
+export interface EventServiceClient extends Client {
+  listEvents(
+    request: ListEventsRequest,
+    callback: (error: ServiceError | null, response: ListEventsResponse) => void,
+  ): ClientUnaryCall;
+  listEvents(
+    request: ListEventsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListEventsResponse) => void,
+  ): ClientUnaryCall;
+  listEvents(
+    request: ListEventsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListEventsResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const EventServiceClient = makeGenericClientConstructor(
+  EventServiceService,
+  "stowage.v1.EventService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): EventServiceClient;
+  service: typeof EventServiceService;
+  serviceName: string;
+};
+
+/**
+ * Images in and out of the cluster. Import: stowctl serves a local image file
+ * over NBD (read-only) and a node copies it into a new volume. Export: one
+ * in-sync replica of a detached volume is exported for a while, and stowctl
+ * copies from it into a local file.
+ */
+export type TransferServiceService = typeof TransferServiceService;
+export const TransferServiceService = {
+  /**
+   * Creates the volume (recorded with an "importing" mark: it cannot be attached
+   * meanwhile), copies the source into one replica, then has the others copied
+   * from that one (`stowctl job list`). Answers when the first copy is done.
+   * Repeating it after an interruption copies again; it never overwrites a
+   * volume that was not created by an import.
+   */
+  importVolume: {
+    path: "/stowage.v1.TransferService/ImportVolume" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ImportVolumeRequest): Buffer => Buffer.from(ImportVolumeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ImportVolumeRequest => ImportVolumeRequest.decode(value),
+    responseSerialize: (value: ImportVolumeResponse): Buffer =>
+      Buffer.from(ImportVolumeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ImportVolumeResponse => ImportVolumeResponse.decode(value),
+  },
+  /**
+   * Exports an in-sync replica of a detached volume for lease_seconds (call again
+   * to extend); the volume cannot be attached meanwhile.
+   */
+  openVolumeExport: {
+    path: "/stowage.v1.TransferService/OpenVolumeExport" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: OpenVolumeExportRequest): Buffer =>
+      Buffer.from(OpenVolumeExportRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenVolumeExportRequest => OpenVolumeExportRequest.decode(value),
+    responseSerialize: (value: OpenVolumeExportResponse): Buffer =>
+      Buffer.from(OpenVolumeExportResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenVolumeExportResponse => OpenVolumeExportResponse.decode(value),
+  },
+  closeVolumeExport: {
+    path: "/stowage.v1.TransferService/CloseVolumeExport" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CloseVolumeExportRequest): Buffer =>
+      Buffer.from(CloseVolumeExportRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CloseVolumeExportRequest => CloseVolumeExportRequest.decode(value),
+    responseSerialize: (value: CloseVolumeExportResponse): Buffer =>
+      Buffer.from(CloseVolumeExportResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CloseVolumeExportResponse => CloseVolumeExportResponse.decode(value),
+  },
+} as const;
+
+export interface TransferServiceServer extends UntypedServiceImplementation {
+  /**
+   * Creates the volume (recorded with an "importing" mark: it cannot be attached
+   * meanwhile), copies the source into one replica, then has the others copied
+   * from that one (`stowctl job list`). Answers when the first copy is done.
+   * Repeating it after an interruption copies again; it never overwrites a
+   * volume that was not created by an import.
+   */
+  importVolume: handleUnaryCall<ImportVolumeRequest, ImportVolumeResponse>;
+  /**
+   * Exports an in-sync replica of a detached volume for lease_seconds (call again
+   * to extend); the volume cannot be attached meanwhile.
+   */
+  openVolumeExport: handleUnaryCall<OpenVolumeExportRequest, OpenVolumeExportResponse>;
+  closeVolumeExport: handleUnaryCall<CloseVolumeExportRequest, CloseVolumeExportResponse>;
+}
+
+export interface TransferServiceClient extends Client {
+  /**
+   * Creates the volume (recorded with an "importing" mark: it cannot be attached
+   * meanwhile), copies the source into one replica, then has the others copied
+   * from that one (`stowctl job list`). Answers when the first copy is done.
+   * Repeating it after an interruption copies again; it never overwrites a
+   * volume that was not created by an import.
+   */
+  importVolume(
+    request: ImportVolumeRequest,
+    callback: (error: ServiceError | null, response: ImportVolumeResponse) => void,
+  ): ClientUnaryCall;
+  importVolume(
+    request: ImportVolumeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ImportVolumeResponse) => void,
+  ): ClientUnaryCall;
+  importVolume(
+    request: ImportVolumeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ImportVolumeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Exports an in-sync replica of a detached volume for lease_seconds (call again
+   * to extend); the volume cannot be attached meanwhile.
+   */
+  openVolumeExport(
+    request: OpenVolumeExportRequest,
+    callback: (error: ServiceError | null, response: OpenVolumeExportResponse) => void,
+  ): ClientUnaryCall;
+  openVolumeExport(
+    request: OpenVolumeExportRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenVolumeExportResponse) => void,
+  ): ClientUnaryCall;
+  openVolumeExport(
+    request: OpenVolumeExportRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenVolumeExportResponse) => void,
+  ): ClientUnaryCall;
+  closeVolumeExport(
+    request: CloseVolumeExportRequest,
+    callback: (error: ServiceError | null, response: CloseVolumeExportResponse) => void,
+  ): ClientUnaryCall;
+  closeVolumeExport(
+    request: CloseVolumeExportRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CloseVolumeExportResponse) => void,
+  ): ClientUnaryCall;
+  closeVolumeExport(
+    request: CloseVolumeExportRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CloseVolumeExportResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const TransferServiceClient = makeGenericClientConstructor(
+  TransferServiceService,
+  "stowage.v1.TransferService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): TransferServiceClient;
+  service: typeof TransferServiceService;
+  serviceName: string;
+};
+
+/**
+ * Templates: named, immutable images that linked clones (stowctl volume create
+ * --template) use as backing file. The controller copies a template's image to
+ * every node that holds a replica of one of its clones.
+ */
+export type TemplateServiceService = typeof TemplateServiceService;
+export const TemplateServiceService = {
+  /**
+   * Makes the template's image on one node from a detached volume, a snapshot,
+   * or an image file stowctl serves over NBD. Idempotent: the same name again
+   * returns the template.
+   */
+  createTemplate: {
+    path: "/stowage.v1.TemplateService/CreateTemplate" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateTemplateRequest): Buffer =>
+      Buffer.from(CreateTemplateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateTemplateRequest => CreateTemplateRequest.decode(value),
+    responseSerialize: (value: CreateTemplateResponse): Buffer =>
+      Buffer.from(CreateTemplateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateTemplateResponse => CreateTemplateResponse.decode(value),
+  },
+  getTemplate: {
+    path: "/stowage.v1.TemplateService/GetTemplate" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetTemplateRequest): Buffer => Buffer.from(GetTemplateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetTemplateRequest => GetTemplateRequest.decode(value),
+    responseSerialize: (value: GetTemplateResponse): Buffer => Buffer.from(GetTemplateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetTemplateResponse => GetTemplateResponse.decode(value),
+  },
+  listTemplates: {
+    path: "/stowage.v1.TemplateService/ListTemplates" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListTemplatesRequest): Buffer => Buffer.from(ListTemplatesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListTemplatesRequest => ListTemplatesRequest.decode(value),
+    responseSerialize: (value: ListTemplatesResponse): Buffer =>
+      Buffer.from(ListTemplatesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListTemplatesResponse => ListTemplatesResponse.decode(value),
+  },
+  /** Refused while a volume is a linked clone of it; removes every copy, then the record. */
+  deleteTemplate: {
+    path: "/stowage.v1.TemplateService/DeleteTemplate" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteTemplateRequest): Buffer =>
+      Buffer.from(DeleteTemplateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteTemplateRequest => DeleteTemplateRequest.decode(value),
+    responseSerialize: (value: DeleteTemplateResponse): Buffer =>
+      Buffer.from(DeleteTemplateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteTemplateResponse => DeleteTemplateResponse.decode(value),
+  },
+} as const;
+
+export interface TemplateServiceServer extends UntypedServiceImplementation {
+  /**
+   * Makes the template's image on one node from a detached volume, a snapshot,
+   * or an image file stowctl serves over NBD. Idempotent: the same name again
+   * returns the template.
+   */
+  createTemplate: handleUnaryCall<CreateTemplateRequest, CreateTemplateResponse>;
+  getTemplate: handleUnaryCall<GetTemplateRequest, GetTemplateResponse>;
+  listTemplates: handleUnaryCall<ListTemplatesRequest, ListTemplatesResponse>;
+  /** Refused while a volume is a linked clone of it; removes every copy, then the record. */
+  deleteTemplate: handleUnaryCall<DeleteTemplateRequest, DeleteTemplateResponse>;
+}
+
+export interface TemplateServiceClient extends Client {
+  /**
+   * Makes the template's image on one node from a detached volume, a snapshot,
+   * or an image file stowctl serves over NBD. Idempotent: the same name again
+   * returns the template.
+   */
+  createTemplate(
+    request: CreateTemplateRequest,
+    callback: (error: ServiceError | null, response: CreateTemplateResponse) => void,
+  ): ClientUnaryCall;
+  createTemplate(
+    request: CreateTemplateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateTemplateResponse) => void,
+  ): ClientUnaryCall;
+  createTemplate(
+    request: CreateTemplateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateTemplateResponse) => void,
+  ): ClientUnaryCall;
+  getTemplate(
+    request: GetTemplateRequest,
+    callback: (error: ServiceError | null, response: GetTemplateResponse) => void,
+  ): ClientUnaryCall;
+  getTemplate(
+    request: GetTemplateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetTemplateResponse) => void,
+  ): ClientUnaryCall;
+  getTemplate(
+    request: GetTemplateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetTemplateResponse) => void,
+  ): ClientUnaryCall;
+  listTemplates(
+    request: ListTemplatesRequest,
+    callback: (error: ServiceError | null, response: ListTemplatesResponse) => void,
+  ): ClientUnaryCall;
+  listTemplates(
+    request: ListTemplatesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListTemplatesResponse) => void,
+  ): ClientUnaryCall;
+  listTemplates(
+    request: ListTemplatesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListTemplatesResponse) => void,
+  ): ClientUnaryCall;
+  /** Refused while a volume is a linked clone of it; removes every copy, then the record. */
+  deleteTemplate(
+    request: DeleteTemplateRequest,
+    callback: (error: ServiceError | null, response: DeleteTemplateResponse) => void,
+  ): ClientUnaryCall;
+  deleteTemplate(
+    request: DeleteTemplateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteTemplateResponse) => void,
+  ): ClientUnaryCall;
+  deleteTemplate(
+    request: DeleteTemplateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteTemplateResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const TemplateServiceClient = makeGenericClientConstructor(
+  TemplateServiceService,
+  "stowage.v1.TemplateService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): TemplateServiceClient;
+  service: typeof TemplateServiceService;
+  serviceName: string;
+};
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
+
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
 export type DeepPartial<T> = T extends Builtin ? T
@@ -6525,6 +10510,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

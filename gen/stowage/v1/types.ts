@@ -397,6 +397,103 @@ export function migrationPhaseToJSON(object: MigrationPhase): string {
   }
 }
 
+export enum SnapshotState {
+  SNAPSHOT_STATE_UNSPECIFIED = 0,
+  /**
+   * SNAPSHOT_STATE_CREATING - Being taken: writes are held on the volume's frontend while every in-sync
+   * replica records it.
+   */
+  SNAPSHOT_STATE_CREATING = 1,
+  SNAPSHOT_STATE_READY = 2,
+  /** SNAPSHOT_STATE_DELETING - Being removed from the replicas that hold it. */
+  SNAPSHOT_STATE_DELETING = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function snapshotStateFromJSON(object: any): SnapshotState {
+  switch (object) {
+    case 0:
+    case "SNAPSHOT_STATE_UNSPECIFIED":
+      return SnapshotState.SNAPSHOT_STATE_UNSPECIFIED;
+    case 1:
+    case "SNAPSHOT_STATE_CREATING":
+      return SnapshotState.SNAPSHOT_STATE_CREATING;
+    case 2:
+    case "SNAPSHOT_STATE_READY":
+      return SnapshotState.SNAPSHOT_STATE_READY;
+    case 3:
+    case "SNAPSHOT_STATE_DELETING":
+      return SnapshotState.SNAPSHOT_STATE_DELETING;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SnapshotState.UNRECOGNIZED;
+  }
+}
+
+export function snapshotStateToJSON(object: SnapshotState): string {
+  switch (object) {
+    case SnapshotState.SNAPSHOT_STATE_UNSPECIFIED:
+      return "SNAPSHOT_STATE_UNSPECIFIED";
+    case SnapshotState.SNAPSHOT_STATE_CREATING:
+      return "SNAPSHOT_STATE_CREATING";
+    case SnapshotState.SNAPSHOT_STATE_READY:
+      return "SNAPSHOT_STATE_READY";
+    case SnapshotState.SNAPSHOT_STATE_DELETING:
+      return "SNAPSHOT_STATE_DELETING";
+    case SnapshotState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum TemplateState {
+  TEMPLATE_STATE_UNSPECIFIED = 0,
+  /** TEMPLATE_STATE_CREATING - Its first image is being made. */
+  TEMPLATE_STATE_CREATING = 1,
+  TEMPLATE_STATE_READY = 2,
+  /** TEMPLATE_STATE_DELETING - Its copies are being removed from the nodes. */
+  TEMPLATE_STATE_DELETING = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function templateStateFromJSON(object: any): TemplateState {
+  switch (object) {
+    case 0:
+    case "TEMPLATE_STATE_UNSPECIFIED":
+      return TemplateState.TEMPLATE_STATE_UNSPECIFIED;
+    case 1:
+    case "TEMPLATE_STATE_CREATING":
+      return TemplateState.TEMPLATE_STATE_CREATING;
+    case 2:
+    case "TEMPLATE_STATE_READY":
+      return TemplateState.TEMPLATE_STATE_READY;
+    case 3:
+    case "TEMPLATE_STATE_DELETING":
+      return TemplateState.TEMPLATE_STATE_DELETING;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return TemplateState.UNRECOGNIZED;
+  }
+}
+
+export function templateStateToJSON(object: TemplateState): string {
+  switch (object) {
+    case TemplateState.TEMPLATE_STATE_UNSPECIFIED:
+      return "TEMPLATE_STATE_UNSPECIFIED";
+    case TemplateState.TEMPLATE_STATE_CREATING:
+      return "TEMPLATE_STATE_CREATING";
+    case TemplateState.TEMPLATE_STATE_READY:
+      return "TEMPLATE_STATE_READY";
+    case TemplateState.TEMPLATE_STATE_DELETING:
+      return "TEMPLATE_STATE_DELETING";
+    case TemplateState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A pool of storage on one node. */
 export interface Pool {
   node: string;
@@ -415,6 +512,11 @@ export interface Pool {
   /** Thin provisioning limit: provisioned may reach capacity * overcommit_ratio. */
   overcommitRatio: number;
   replicaCount: number;
+  /**
+   * -- Capacity (fields 20-29) --
+   * Figures the controller derives: physical use, limits, thresholds.
+   */
+  capacity?: PoolCapacity | undefined;
 }
 
 export interface NodeLabels {
@@ -441,6 +543,11 @@ export interface Node {
     | undefined;
   /** Replicas placed on the node. */
   replicaCount: number;
+  /**
+   * -- Capacity (fields 20-29) --
+   * The node's pools summed.
+   */
+  capacity?: CapacityTotals | undefined;
 }
 
 /**
@@ -481,6 +588,11 @@ export interface VolumeSpec {
   preallocation: Preallocation;
   /** Restrict placement to this pool name (empty: any pool). */
   pool: string;
+  /**
+   * A linked clone of this template: every replica is a qcow2 image with the
+   * template's copy on its node as backing file (empty: an ordinary volume).
+   */
+  template?: string | undefined;
 }
 
 export interface ReplicaStatus {
@@ -555,6 +667,8 @@ export interface Volume {
   attachments: Attachment[];
   /** Bumped whenever the set of in-sync replicas changes. */
   generation: number;
+  /** -- Capacity (fields 20-29) -- */
+  capacity?: VolumeCapacity | undefined;
 }
 
 /** A volume's frontend on one node. */
@@ -642,6 +756,132 @@ export interface ErrorDetail {
   availableBytes: number;
 }
 
+/**
+ * A crash-consistent point-in-time copy of a volume, held inside the images of
+ * the replicas that were in sync when it was taken (qcow2 internal snapshots),
+ * all at the same write boundary.
+ */
+export interface Snapshot {
+  /** The volume's name. */
+  volume: string;
+  /** The snapshot's name, unique within its volume; "VOLUME@NAME" names it. */
+  name: string;
+  state: SnapshotState;
+  createdAtMs: number;
+  /** The volume's size when it was taken. */
+  sizeBytes: number;
+  /** Replica ids that hold it (replicas rebuilt since then do not). */
+  replicaIds: string[];
+  /** Nodes of those replicas. */
+  nodes: string[];
+  message: string;
+  /** Whether the volume was attached (writes were held while it was taken). */
+  attached: boolean;
+  /** How long writes were held (attached volumes). */
+  heldMs: number;
+}
+
+/** What the controller derives for a pool from the agent's figures and the operator's settings. */
+export interface PoolCapacity {
+  /**
+   * Bytes in use on the pool's filesystem (capacity - available): what the
+   * disk really holds (the pool's images and anything else on that filesystem).
+   */
+  usedBytes: number;
+  /** provisioned_bytes may reach this: capacity x overcommit_ratio. */
+  provisionedLimitBytes: number;
+  /**
+   * Where overcommit_ratio comes from: "agent" (the node agent's config) or
+   * "operator" (stowctl pool set; recorded in etcd, overrides the agent's).
+   */
+  overcommitSource: string;
+  /** The ratio in the agent's config (what "stowctl pool set --overcommit default" returns to). */
+  configuredOvercommitRatio: number;
+  /** used / capacity and provisioned / provisioned limit, in percent. */
+  usedPercent: number;
+  provisionedPercent: number;
+  /** Thresholds in percent of either figure (default 80 and 90). */
+  warningPercent: number;
+  criticalPercent: number;
+  /** "ok", "warning" or "critical": the worse of the two figures. */
+  level: string;
+}
+
+/** A volume's space: promised (logical) and taken on disk (allocated). */
+export interface VolumeCapacity {
+  /** Virtual size x replicas. */
+  logicalBytes: number;
+  /** What the replica images occupy on disk, summed over the replicas. */
+  allocatedBytes: number;
+}
+
+/** Capacity figures summed over pools (a node's, or the whole cluster's). */
+export interface CapacityTotals {
+  /** Filesystem size of the pools (statfs). */
+  capacityBytes: number;
+  /** Free for new data on those filesystems (statfs). */
+  availableBytes: number;
+  /** In use on those filesystems (capacity - available): physical. */
+  usedBytes: number;
+  /** What the replica images occupy on disk. */
+  allocatedBytes: number;
+  /** Virtual sizes of the replicas placed there (logical). */
+  provisionedBytes: number;
+  /** capacity x overcommit ratio, summed. */
+  provisionedLimitBytes: number;
+  poolCount: number;
+  replicaCount: number;
+}
+
+/**
+ * Something the cluster noticed, recorded in etcd (the last 1000 are kept). A
+ * threshold event is active until its condition clears; then resolved_at_ms is set.
+ */
+export interface Event {
+  id: string;
+  atMs: number;
+  /** "info", "warning" or "critical". */
+  severity: string;
+  /** What it is about, for example "pool node1/default". */
+  object: string;
+  /** The condition, for example "pool-used" or "pool-provisioned". */
+  reason: string;
+  message: string;
+  /** When the condition cleared (0: still active). */
+  resolvedAtMs: number;
+  resolution: string;
+}
+
+/** One node's copy of a template image. */
+export interface TemplateCopy {
+  node: string;
+  pool: string;
+  path: string;
+  /** "copying", "ready" or "deleting". */
+  state: string;
+  /** What the image occupies on disk. */
+  allocatedBytes: number;
+  /** The copy made when the template was created (kept while the template exists). */
+  home: boolean;
+  message: string;
+}
+
+/** A named, immutable qcow2 image that linked clones use as backing file. */
+export interface Template {
+  name: string;
+  uid: string;
+  state: TemplateState;
+  /** Virtual size: a linked clone is at least this big. */
+  sizeBytes: number;
+  /** Where it came from: "volume web1", "snapshot web1@gold", "file debian.qcow2". */
+  source: string;
+  createdAtMs: number;
+  copies: TemplateCopy[];
+  /** Volumes whose replicas use it (linked clones). */
+  clones: string[];
+  message: string;
+}
+
 function createBasePool(): Pool {
   return {
     node: "",
@@ -654,6 +894,7 @@ function createBasePool(): Pool {
     provisionedBytes: 0,
     overcommitRatio: 0,
     replicaCount: 0,
+    capacity: undefined,
   };
 }
 
@@ -688,6 +929,9 @@ export const Pool: MessageFns<Pool> = {
     }
     if (message.replicaCount !== 0) {
       writer.uint32(80).uint32(message.replicaCount);
+    }
+    if (message.capacity !== undefined) {
+      PoolCapacity.encode(message.capacity, writer.uint32(162).fork()).join();
     }
     return writer;
   },
@@ -785,6 +1029,14 @@ export const Pool: MessageFns<Pool> = {
             message.replicaCount = reader.uint32();
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.capacity = PoolCapacity.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -833,6 +1085,7 @@ export const Pool: MessageFns<Pool> = {
         : isSet(object.replica_count)
         ? globalThis.Number(object.replica_count)
         : 0,
+      capacity: isSet(object.capacity) ? PoolCapacity.fromJSON(object.capacity) : undefined,
     };
   },
 
@@ -868,6 +1121,9 @@ export const Pool: MessageFns<Pool> = {
     if (message.replicaCount !== 0) {
       obj.replicaCount = Math.round(message.replicaCount);
     }
+    if (message.capacity !== undefined) {
+      obj.capacity = PoolCapacity.toJSON(message.capacity);
+    }
     return obj;
   },
 
@@ -886,6 +1142,9 @@ export const Pool: MessageFns<Pool> = {
     message.provisionedBytes = object.provisionedBytes ?? 0;
     message.overcommitRatio = object.overcommitRatio ?? 0;
     message.replicaCount = object.replicaCount ?? 0;
+    message.capacity = (object.capacity !== undefined && object.capacity !== null)
+      ? PoolCapacity.fromPartial(object.capacity)
+      : undefined;
     return message;
   },
 };
@@ -988,6 +1247,7 @@ function createBaseNode(): Node {
     libvirtUri: "",
     drain: undefined,
     replicaCount: 0,
+    capacity: undefined,
   };
 }
 
@@ -1025,6 +1285,9 @@ export const Node: MessageFns<Node> = {
     }
     if (message.replicaCount !== 0) {
       writer.uint32(88).uint32(message.replicaCount);
+    }
+    if (message.capacity !== undefined) {
+      CapacityTotals.encode(message.capacity, writer.uint32(162).fork()).join();
     }
     return writer;
   },
@@ -1130,6 +1393,14 @@ export const Node: MessageFns<Node> = {
             message.replicaCount = reader.uint32();
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.capacity = CapacityTotals.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1171,6 +1442,7 @@ export const Node: MessageFns<Node> = {
         : isSet(object.replica_count)
         ? globalThis.Number(object.replica_count)
         : 0,
+      capacity: isSet(object.capacity) ? CapacityTotals.fromJSON(object.capacity) : undefined,
     };
   },
 
@@ -1209,6 +1481,9 @@ export const Node: MessageFns<Node> = {
     if (message.replicaCount !== 0) {
       obj.replicaCount = Math.round(message.replicaCount);
     }
+    if (message.capacity !== undefined) {
+      obj.capacity = CapacityTotals.toJSON(message.capacity);
+    }
     return obj;
   },
 
@@ -1232,6 +1507,9 @@ export const Node: MessageFns<Node> = {
       ? NodeDrain.fromPartial(object.drain)
       : undefined;
     message.replicaCount = object.replicaCount ?? 0;
+    message.capacity = (object.capacity !== undefined && object.capacity !== null)
+      ? CapacityTotals.fromPartial(object.capacity)
+      : undefined;
     return message;
   },
 };
@@ -1558,7 +1836,7 @@ export const LibvirtEndpoint: MessageFns<LibvirtEndpoint> = {
 };
 
 function createBaseVolumeSpec(): VolumeSpec {
-  return { name: "", sizeBytes: 0, replicas: 0, format: 0, preallocation: 0, pool: "" };
+  return { name: "", sizeBytes: 0, replicas: 0, format: 0, preallocation: 0, pool: "", template: undefined };
 }
 
 export const VolumeSpec: MessageFns<VolumeSpec> = {
@@ -1580,6 +1858,9 @@ export const VolumeSpec: MessageFns<VolumeSpec> = {
     }
     if (message.pool !== "") {
       writer.uint32(50).string(message.pool);
+    }
+    if (message.template !== undefined) {
+      writer.uint32(58).string(message.template);
     }
     return writer;
   },
@@ -1645,6 +1926,14 @@ export const VolumeSpec: MessageFns<VolumeSpec> = {
             message.pool = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.template = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1669,6 +1958,7 @@ export const VolumeSpec: MessageFns<VolumeSpec> = {
       format: isSet(object.format) ? imageFormatFromJSON(object.format) : 0,
       preallocation: isSet(object.preallocation) ? preallocationFromJSON(object.preallocation) : 0,
       pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      template: isSet(object.template) ? globalThis.String(object.template) : undefined,
     };
   },
 
@@ -1692,6 +1982,9 @@ export const VolumeSpec: MessageFns<VolumeSpec> = {
     if (message.pool !== "") {
       obj.pool = message.pool;
     }
+    if (message.template !== undefined) {
+      obj.template = message.template;
+    }
     return obj;
   },
 
@@ -1706,6 +1999,7 @@ export const VolumeSpec: MessageFns<VolumeSpec> = {
     message.format = object.format ?? 0;
     message.preallocation = object.preallocation ?? 0;
     message.pool = object.pool ?? "";
+    message.template = object.template ?? undefined;
     return message;
   },
 };
@@ -2449,6 +2743,7 @@ function createBaseVolume(): Volume {
     uid: "",
     attachments: [],
     generation: 0,
+    capacity: undefined,
   };
 }
 
@@ -2477,6 +2772,9 @@ export const Volume: MessageFns<Volume> = {
     }
     if (message.generation !== 0) {
       writer.uint32(64).uint64(message.generation);
+    }
+    if (message.capacity !== undefined) {
+      VolumeCapacity.encode(message.capacity, writer.uint32(162).fork()).join();
     }
     return writer;
   },
@@ -2558,6 +2856,14 @@ export const Volume: MessageFns<Volume> = {
             message.generation = longToNumber(reader.uint64());
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.capacity = VolumeCapacity.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2588,6 +2894,7 @@ export const Volume: MessageFns<Volume> = {
         ? object.attachments.map((e: any) => Attachment.fromJSON(e))
         : [],
       generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      capacity: isSet(object.capacity) ? VolumeCapacity.fromJSON(object.capacity) : undefined,
     };
   },
 
@@ -2617,6 +2924,9 @@ export const Volume: MessageFns<Volume> = {
     if (message.generation !== 0) {
       obj.generation = Math.round(message.generation);
     }
+    if (message.capacity !== undefined) {
+      obj.capacity = VolumeCapacity.toJSON(message.capacity);
+    }
     return obj;
   },
 
@@ -2635,6 +2945,9 @@ export const Volume: MessageFns<Volume> = {
     message.uid = object.uid ?? "";
     message.attachments = object.attachments?.map((e) => Attachment.fromPartial(e)) || [];
     message.generation = object.generation ?? 0;
+    message.capacity = (object.capacity !== undefined && object.capacity !== null)
+      ? VolumeCapacity.fromPartial(object.capacity)
+      : undefined;
     return message;
   },
 };
@@ -3740,6 +4053,1365 @@ export const ErrorDetail: MessageFns<ErrorDetail> = {
     message.leader = object.leader ?? "";
     message.neededBytes = object.neededBytes ?? 0;
     message.availableBytes = object.availableBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseSnapshot(): Snapshot {
+  return {
+    volume: "",
+    name: "",
+    state: 0,
+    createdAtMs: 0,
+    sizeBytes: 0,
+    replicaIds: [],
+    nodes: [],
+    message: "",
+    attached: false,
+    heldMs: 0,
+  };
+}
+
+export const Snapshot: MessageFns<Snapshot> = {
+  encode(message: Snapshot, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.state !== 0) {
+      writer.uint32(24).int32(message.state);
+    }
+    if (message.createdAtMs !== 0) {
+      writer.uint32(32).int64(message.createdAtMs);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(40).uint64(message.sizeBytes);
+    }
+    for (const v of message.replicaIds) {
+      writer.uint32(50).string(v!);
+    }
+    for (const v of message.nodes) {
+      writer.uint32(58).string(v!);
+    }
+    if (message.message !== "") {
+      writer.uint32(66).string(message.message);
+    }
+    if (message.attached !== false) {
+      writer.uint32(72).bool(message.attached);
+    }
+    if (message.heldMs !== 0) {
+      writer.uint32(80).uint64(message.heldMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Snapshot {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshot();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.replicaIds.push(reader.string());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.nodes.push(reader.string());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.attached = reader.bool();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.heldMs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Snapshot {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      state: isSet(object.state) ? snapshotStateFromJSON(object.state) : 0,
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+      replicaIds: globalThis.Array.isArray(object?.replicaIds)
+        ? object.replicaIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.replica_ids)
+        ? object.replica_ids.map((e: any) => globalThis.String(e))
+        : [],
+      nodes: globalThis.Array.isArray(object?.nodes)
+        ? object.nodes.map((e: any) => globalThis.String(e))
+        : [],
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      attached: isSet(object.attached) ? globalThis.Boolean(object.attached) : false,
+      heldMs: isSet(object.heldMs)
+        ? globalThis.Number(object.heldMs)
+        : isSet(object.held_ms)
+        ? globalThis.Number(object.held_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: Snapshot): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.state !== 0) {
+      obj.state = snapshotStateToJSON(message.state);
+    }
+    if (message.createdAtMs !== 0) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    if (message.replicaIds?.length) {
+      obj.replicaIds = message.replicaIds;
+    }
+    if (message.nodes?.length) {
+      obj.nodes = message.nodes;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.attached !== false) {
+      obj.attached = message.attached;
+    }
+    if (message.heldMs !== 0) {
+      obj.heldMs = Math.round(message.heldMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Snapshot>, I>>(base?: I): Snapshot {
+    return Snapshot.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Snapshot>, I>>(object: I): Snapshot {
+    const message = createBaseSnapshot();
+    message.volume = object.volume ?? "";
+    message.name = object.name ?? "";
+    message.state = object.state ?? 0;
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.sizeBytes = object.sizeBytes ?? 0;
+    message.replicaIds = object.replicaIds?.map((e) => e) || [];
+    message.nodes = object.nodes?.map((e) => e) || [];
+    message.message = object.message ?? "";
+    message.attached = object.attached ?? false;
+    message.heldMs = object.heldMs ?? 0;
+    return message;
+  },
+};
+
+function createBasePoolCapacity(): PoolCapacity {
+  return {
+    usedBytes: 0,
+    provisionedLimitBytes: 0,
+    overcommitSource: "",
+    configuredOvercommitRatio: 0,
+    usedPercent: 0,
+    provisionedPercent: 0,
+    warningPercent: 0,
+    criticalPercent: 0,
+    level: "",
+  };
+}
+
+export const PoolCapacity: MessageFns<PoolCapacity> = {
+  encode(message: PoolCapacity, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.usedBytes !== 0) {
+      writer.uint32(8).uint64(message.usedBytes);
+    }
+    if (message.provisionedLimitBytes !== 0) {
+      writer.uint32(16).uint64(message.provisionedLimitBytes);
+    }
+    if (message.overcommitSource !== "") {
+      writer.uint32(26).string(message.overcommitSource);
+    }
+    if (message.configuredOvercommitRatio !== 0) {
+      writer.uint32(33).double(message.configuredOvercommitRatio);
+    }
+    if (message.usedPercent !== 0) {
+      writer.uint32(41).double(message.usedPercent);
+    }
+    if (message.provisionedPercent !== 0) {
+      writer.uint32(49).double(message.provisionedPercent);
+    }
+    if (message.warningPercent !== 0) {
+      writer.uint32(57).double(message.warningPercent);
+    }
+    if (message.criticalPercent !== 0) {
+      writer.uint32(65).double(message.criticalPercent);
+    }
+    if (message.level !== "") {
+      writer.uint32(74).string(message.level);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PoolCapacity {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePoolCapacity();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.usedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.provisionedLimitBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.overcommitSource = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.configuredOvercommitRatio = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.usedPercent = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.provisionedPercent = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.warningPercent = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.criticalPercent = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.level = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PoolCapacity {
+    return {
+      usedBytes: isSet(object.usedBytes)
+        ? globalThis.Number(object.usedBytes)
+        : isSet(object.used_bytes)
+        ? globalThis.Number(object.used_bytes)
+        : 0,
+      provisionedLimitBytes: isSet(object.provisionedLimitBytes)
+        ? globalThis.Number(object.provisionedLimitBytes)
+        : isSet(object.provisioned_limit_bytes)
+        ? globalThis.Number(object.provisioned_limit_bytes)
+        : 0,
+      overcommitSource: isSet(object.overcommitSource)
+        ? globalThis.String(object.overcommitSource)
+        : isSet(object.overcommit_source)
+        ? globalThis.String(object.overcommit_source)
+        : "",
+      configuredOvercommitRatio: isSet(object.configuredOvercommitRatio)
+        ? globalThis.Number(object.configuredOvercommitRatio)
+        : isSet(object.configured_overcommit_ratio)
+        ? globalThis.Number(object.configured_overcommit_ratio)
+        : 0,
+      usedPercent: isSet(object.usedPercent)
+        ? globalThis.Number(object.usedPercent)
+        : isSet(object.used_percent)
+        ? globalThis.Number(object.used_percent)
+        : 0,
+      provisionedPercent: isSet(object.provisionedPercent)
+        ? globalThis.Number(object.provisionedPercent)
+        : isSet(object.provisioned_percent)
+        ? globalThis.Number(object.provisioned_percent)
+        : 0,
+      warningPercent: isSet(object.warningPercent)
+        ? globalThis.Number(object.warningPercent)
+        : isSet(object.warning_percent)
+        ? globalThis.Number(object.warning_percent)
+        : 0,
+      criticalPercent: isSet(object.criticalPercent)
+        ? globalThis.Number(object.criticalPercent)
+        : isSet(object.critical_percent)
+        ? globalThis.Number(object.critical_percent)
+        : 0,
+      level: isSet(object.level) ? globalThis.String(object.level) : "",
+    };
+  },
+
+  toJSON(message: PoolCapacity): unknown {
+    const obj: any = {};
+    if (message.usedBytes !== 0) {
+      obj.usedBytes = Math.round(message.usedBytes);
+    }
+    if (message.provisionedLimitBytes !== 0) {
+      obj.provisionedLimitBytes = Math.round(message.provisionedLimitBytes);
+    }
+    if (message.overcommitSource !== "") {
+      obj.overcommitSource = message.overcommitSource;
+    }
+    if (message.configuredOvercommitRatio !== 0) {
+      obj.configuredOvercommitRatio = floatToJson(message.configuredOvercommitRatio);
+    }
+    if (message.usedPercent !== 0) {
+      obj.usedPercent = floatToJson(message.usedPercent);
+    }
+    if (message.provisionedPercent !== 0) {
+      obj.provisionedPercent = floatToJson(message.provisionedPercent);
+    }
+    if (message.warningPercent !== 0) {
+      obj.warningPercent = floatToJson(message.warningPercent);
+    }
+    if (message.criticalPercent !== 0) {
+      obj.criticalPercent = floatToJson(message.criticalPercent);
+    }
+    if (message.level !== "") {
+      obj.level = message.level;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PoolCapacity>, I>>(base?: I): PoolCapacity {
+    return PoolCapacity.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PoolCapacity>, I>>(object: I): PoolCapacity {
+    const message = createBasePoolCapacity();
+    message.usedBytes = object.usedBytes ?? 0;
+    message.provisionedLimitBytes = object.provisionedLimitBytes ?? 0;
+    message.overcommitSource = object.overcommitSource ?? "";
+    message.configuredOvercommitRatio = object.configuredOvercommitRatio ?? 0;
+    message.usedPercent = object.usedPercent ?? 0;
+    message.provisionedPercent = object.provisionedPercent ?? 0;
+    message.warningPercent = object.warningPercent ?? 0;
+    message.criticalPercent = object.criticalPercent ?? 0;
+    message.level = object.level ?? "";
+    return message;
+  },
+};
+
+function createBaseVolumeCapacity(): VolumeCapacity {
+  return { logicalBytes: 0, allocatedBytes: 0 };
+}
+
+export const VolumeCapacity: MessageFns<VolumeCapacity> = {
+  encode(message: VolumeCapacity, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.logicalBytes !== 0) {
+      writer.uint32(8).uint64(message.logicalBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      writer.uint32(16).uint64(message.allocatedBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VolumeCapacity {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVolumeCapacity();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.logicalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.allocatedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VolumeCapacity {
+    return {
+      logicalBytes: isSet(object.logicalBytes)
+        ? globalThis.Number(object.logicalBytes)
+        : isSet(object.logical_bytes)
+        ? globalThis.Number(object.logical_bytes)
+        : 0,
+      allocatedBytes: isSet(object.allocatedBytes)
+        ? globalThis.Number(object.allocatedBytes)
+        : isSet(object.allocated_bytes)
+        ? globalThis.Number(object.allocated_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: VolumeCapacity): unknown {
+    const obj: any = {};
+    if (message.logicalBytes !== 0) {
+      obj.logicalBytes = Math.round(message.logicalBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      obj.allocatedBytes = Math.round(message.allocatedBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VolumeCapacity>, I>>(base?: I): VolumeCapacity {
+    return VolumeCapacity.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VolumeCapacity>, I>>(object: I): VolumeCapacity {
+    const message = createBaseVolumeCapacity();
+    message.logicalBytes = object.logicalBytes ?? 0;
+    message.allocatedBytes = object.allocatedBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseCapacityTotals(): CapacityTotals {
+  return {
+    capacityBytes: 0,
+    availableBytes: 0,
+    usedBytes: 0,
+    allocatedBytes: 0,
+    provisionedBytes: 0,
+    provisionedLimitBytes: 0,
+    poolCount: 0,
+    replicaCount: 0,
+  };
+}
+
+export const CapacityTotals: MessageFns<CapacityTotals> = {
+  encode(message: CapacityTotals, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.capacityBytes !== 0) {
+      writer.uint32(8).uint64(message.capacityBytes);
+    }
+    if (message.availableBytes !== 0) {
+      writer.uint32(16).uint64(message.availableBytes);
+    }
+    if (message.usedBytes !== 0) {
+      writer.uint32(24).uint64(message.usedBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      writer.uint32(32).uint64(message.allocatedBytes);
+    }
+    if (message.provisionedBytes !== 0) {
+      writer.uint32(40).uint64(message.provisionedBytes);
+    }
+    if (message.provisionedLimitBytes !== 0) {
+      writer.uint32(48).uint64(message.provisionedLimitBytes);
+    }
+    if (message.poolCount !== 0) {
+      writer.uint32(56).uint32(message.poolCount);
+    }
+    if (message.replicaCount !== 0) {
+      writer.uint32(64).uint32(message.replicaCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CapacityTotals {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCapacityTotals();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.capacityBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.availableBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.usedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.allocatedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.provisionedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.provisionedLimitBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.poolCount = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.replicaCount = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CapacityTotals {
+    return {
+      capacityBytes: isSet(object.capacityBytes)
+        ? globalThis.Number(object.capacityBytes)
+        : isSet(object.capacity_bytes)
+        ? globalThis.Number(object.capacity_bytes)
+        : 0,
+      availableBytes: isSet(object.availableBytes)
+        ? globalThis.Number(object.availableBytes)
+        : isSet(object.available_bytes)
+        ? globalThis.Number(object.available_bytes)
+        : 0,
+      usedBytes: isSet(object.usedBytes)
+        ? globalThis.Number(object.usedBytes)
+        : isSet(object.used_bytes)
+        ? globalThis.Number(object.used_bytes)
+        : 0,
+      allocatedBytes: isSet(object.allocatedBytes)
+        ? globalThis.Number(object.allocatedBytes)
+        : isSet(object.allocated_bytes)
+        ? globalThis.Number(object.allocated_bytes)
+        : 0,
+      provisionedBytes: isSet(object.provisionedBytes)
+        ? globalThis.Number(object.provisionedBytes)
+        : isSet(object.provisioned_bytes)
+        ? globalThis.Number(object.provisioned_bytes)
+        : 0,
+      provisionedLimitBytes: isSet(object.provisionedLimitBytes)
+        ? globalThis.Number(object.provisionedLimitBytes)
+        : isSet(object.provisioned_limit_bytes)
+        ? globalThis.Number(object.provisioned_limit_bytes)
+        : 0,
+      poolCount: isSet(object.poolCount)
+        ? globalThis.Number(object.poolCount)
+        : isSet(object.pool_count)
+        ? globalThis.Number(object.pool_count)
+        : 0,
+      replicaCount: isSet(object.replicaCount)
+        ? globalThis.Number(object.replicaCount)
+        : isSet(object.replica_count)
+        ? globalThis.Number(object.replica_count)
+        : 0,
+    };
+  },
+
+  toJSON(message: CapacityTotals): unknown {
+    const obj: any = {};
+    if (message.capacityBytes !== 0) {
+      obj.capacityBytes = Math.round(message.capacityBytes);
+    }
+    if (message.availableBytes !== 0) {
+      obj.availableBytes = Math.round(message.availableBytes);
+    }
+    if (message.usedBytes !== 0) {
+      obj.usedBytes = Math.round(message.usedBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      obj.allocatedBytes = Math.round(message.allocatedBytes);
+    }
+    if (message.provisionedBytes !== 0) {
+      obj.provisionedBytes = Math.round(message.provisionedBytes);
+    }
+    if (message.provisionedLimitBytes !== 0) {
+      obj.provisionedLimitBytes = Math.round(message.provisionedLimitBytes);
+    }
+    if (message.poolCount !== 0) {
+      obj.poolCount = Math.round(message.poolCount);
+    }
+    if (message.replicaCount !== 0) {
+      obj.replicaCount = Math.round(message.replicaCount);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CapacityTotals>, I>>(base?: I): CapacityTotals {
+    return CapacityTotals.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CapacityTotals>, I>>(object: I): CapacityTotals {
+    const message = createBaseCapacityTotals();
+    message.capacityBytes = object.capacityBytes ?? 0;
+    message.availableBytes = object.availableBytes ?? 0;
+    message.usedBytes = object.usedBytes ?? 0;
+    message.allocatedBytes = object.allocatedBytes ?? 0;
+    message.provisionedBytes = object.provisionedBytes ?? 0;
+    message.provisionedLimitBytes = object.provisionedLimitBytes ?? 0;
+    message.poolCount = object.poolCount ?? 0;
+    message.replicaCount = object.replicaCount ?? 0;
+    return message;
+  },
+};
+
+function createBaseEvent(): Event {
+  return { id: "", atMs: 0, severity: "", object: "", reason: "", message: "", resolvedAtMs: 0, resolution: "" };
+}
+
+export const Event: MessageFns<Event> = {
+  encode(message: Event, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(16).int64(message.atMs);
+    }
+    if (message.severity !== "") {
+      writer.uint32(26).string(message.severity);
+    }
+    if (message.object !== "") {
+      writer.uint32(34).string(message.object);
+    }
+    if (message.reason !== "") {
+      writer.uint32(42).string(message.reason);
+    }
+    if (message.message !== "") {
+      writer.uint32(50).string(message.message);
+    }
+    if (message.resolvedAtMs !== 0) {
+      writer.uint32(56).int64(message.resolvedAtMs);
+    }
+    if (message.resolution !== "") {
+      writer.uint32(66).string(message.resolution);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Event {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.severity = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.object = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.resolvedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.resolution = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Event {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+      severity: isSet(object.severity) ? globalThis.String(object.severity) : "",
+      object: isSet(object.object) ? globalThis.String(object.object) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      resolvedAtMs: isSet(object.resolvedAtMs)
+        ? globalThis.Number(object.resolvedAtMs)
+        : isSet(object.resolved_at_ms)
+        ? globalThis.Number(object.resolved_at_ms)
+        : 0,
+      resolution: isSet(object.resolution) ? globalThis.String(object.resolution) : "",
+    };
+  },
+
+  toJSON(message: Event): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    if (message.severity !== "") {
+      obj.severity = message.severity;
+    }
+    if (message.object !== "") {
+      obj.object = message.object;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.resolvedAtMs !== 0) {
+      obj.resolvedAtMs = Math.round(message.resolvedAtMs);
+    }
+    if (message.resolution !== "") {
+      obj.resolution = message.resolution;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Event>, I>>(base?: I): Event {
+    return Event.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Event>, I>>(object: I): Event {
+    const message = createBaseEvent();
+    message.id = object.id ?? "";
+    message.atMs = object.atMs ?? 0;
+    message.severity = object.severity ?? "";
+    message.object = object.object ?? "";
+    message.reason = object.reason ?? "";
+    message.message = object.message ?? "";
+    message.resolvedAtMs = object.resolvedAtMs ?? 0;
+    message.resolution = object.resolution ?? "";
+    return message;
+  },
+};
+
+function createBaseTemplateCopy(): TemplateCopy {
+  return { node: "", pool: "", path: "", state: "", allocatedBytes: 0, home: false, message: "" };
+}
+
+export const TemplateCopy: MessageFns<TemplateCopy> = {
+  encode(message: TemplateCopy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.pool !== "") {
+      writer.uint32(18).string(message.pool);
+    }
+    if (message.path !== "") {
+      writer.uint32(26).string(message.path);
+    }
+    if (message.state !== "") {
+      writer.uint32(34).string(message.state);
+    }
+    if (message.allocatedBytes !== 0) {
+      writer.uint32(40).uint64(message.allocatedBytes);
+    }
+    if (message.home !== false) {
+      writer.uint32(48).bool(message.home);
+    }
+    if (message.message !== "") {
+      writer.uint32(58).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TemplateCopy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTemplateCopy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.allocatedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.home = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TemplateCopy {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      allocatedBytes: isSet(object.allocatedBytes)
+        ? globalThis.Number(object.allocatedBytes)
+        : isSet(object.allocated_bytes)
+        ? globalThis.Number(object.allocated_bytes)
+        : 0,
+      home: isSet(object.home) ? globalThis.Boolean(object.home) : false,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: TemplateCopy): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.allocatedBytes !== 0) {
+      obj.allocatedBytes = Math.round(message.allocatedBytes);
+    }
+    if (message.home !== false) {
+      obj.home = message.home;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TemplateCopy>, I>>(base?: I): TemplateCopy {
+    return TemplateCopy.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TemplateCopy>, I>>(object: I): TemplateCopy {
+    const message = createBaseTemplateCopy();
+    message.node = object.node ?? "";
+    message.pool = object.pool ?? "";
+    message.path = object.path ?? "";
+    message.state = object.state ?? "";
+    message.allocatedBytes = object.allocatedBytes ?? 0;
+    message.home = object.home ?? false;
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseTemplate(): Template {
+  return { name: "", uid: "", state: 0, sizeBytes: 0, source: "", createdAtMs: 0, copies: [], clones: [], message: "" };
+}
+
+export const Template: MessageFns<Template> = {
+  encode(message: Template, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.uid !== "") {
+      writer.uint32(18).string(message.uid);
+    }
+    if (message.state !== 0) {
+      writer.uint32(24).int32(message.state);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(32).uint64(message.sizeBytes);
+    }
+    if (message.source !== "") {
+      writer.uint32(42).string(message.source);
+    }
+    if (message.createdAtMs !== 0) {
+      writer.uint32(48).int64(message.createdAtMs);
+    }
+    for (const v of message.copies) {
+      TemplateCopy.encode(v!, writer.uint32(58).fork()).join();
+    }
+    for (const v of message.clones) {
+      writer.uint32(66).string(v!);
+    }
+    if (message.message !== "") {
+      writer.uint32(74).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Template {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTemplate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.uid = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.copies.push(TemplateCopy.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.clones.push(reader.string());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Template {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      uid: isSet(object.uid) ? globalThis.String(object.uid) : "",
+      state: isSet(object.state) ? templateStateFromJSON(object.state) : 0,
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      copies: globalThis.Array.isArray(object?.copies) ? object.copies.map((e: any) => TemplateCopy.fromJSON(e)) : [],
+      clones: globalThis.Array.isArray(object?.clones) ? object.clones.map((e: any) => globalThis.String(e)) : [],
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: Template): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.uid !== "") {
+      obj.uid = message.uid;
+    }
+    if (message.state !== 0) {
+      obj.state = templateStateToJSON(message.state);
+    }
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
+    if (message.createdAtMs !== 0) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.copies?.length) {
+      obj.copies = message.copies.map((e) => TemplateCopy.toJSON(e));
+    }
+    if (message.clones?.length) {
+      obj.clones = message.clones;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Template>, I>>(base?: I): Template {
+    return Template.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Template>, I>>(object: I): Template {
+    const message = createBaseTemplate();
+    message.name = object.name ?? "";
+    message.uid = object.uid ?? "";
+    message.state = object.state ?? 0;
+    message.sizeBytes = object.sizeBytes ?? 0;
+    message.source = object.source ?? "";
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.copies = object.copies?.map((e) => TemplateCopy.fromPartial(e)) || [];
+    message.clones = object.clones?.map((e) => e) || [];
+    message.message = object.message ?? "";
     return message;
   },
 };

@@ -12,7 +12,23 @@ const PiB = 2 ** 50;
 const noVms = async (): Promise<never> => {
   throw new FailedPreconditionError("simulated agents have no libvirt");
 };
-const NO_VMS = { copyReplica: noVms, getDomain: noVms, attachDisk: noVms, detachDisk: noVms, migrateDomain: noVms, getDomainJob: noVms };
+const NO_VMS = {
+  copyReplica: noVms,
+  getDomain: noVms,
+  attachDisk: noVms,
+  detachDisk: noVms,
+  migrateDomain: noVms,
+  getDomainJob: noVms,
+  snapshotReplica: noVms,
+  deleteReplicaSnapshot: noVms,
+  revertReplica: noVms,
+  freezeFrontend: noVms,
+  thawFrontend: noVms,
+  ensureTemplateImage: noVms,
+  deleteTemplateImage: noVms,
+  openTemplateExport: noVms,
+  closeTemplateExport: noVms,
+};
 
 export class SimAgent {
   private readonly replicas = new Map<string, AgentReplica>();
