@@ -13,6 +13,7 @@ import { registerAttachCommands } from "./volume-attach.js";
 import { registerSetCommand } from "./volume-set.js";
 import { registerSnapshotVolumeCommands } from "./snapshot.js";
 import { registerTransferCommands } from "./transfer.js";
+import { templateSize } from "./template.js";
 import { NO_WAIT_HELP, WAIT_HELP, waitCreated, waitDeleted, waitMs, waitResized, type WaitFlags } from "./volume-wait.js";
 
 export function registerVolumeCommands(program: Command, session: Session): void {
@@ -25,7 +26,7 @@ export function registerVolumeCommands(program: Command, session: Session): void
     .command("create")
     .description("create a volume and wait until all its replicas are healthy")
     .argument("<name>", "volume name: lowercase letters, digits, '-', '_', '.'")
-    .requiredOption("--size <size>", "required: virtual size, bytes or a number with KiB, MiB, GiB or TiB (10GiB, 512M)")
+    .option("--size <size>", "required (unless --template): virtual size, bytes or a number with KiB, MiB, GiB or TiB (10GiB, 512M)")
     .option("--replicas <count>", `copies, each on a different node (default: ${DEFAULT_REPLICAS})`)
     .option("--format <format>", `image format: ${enumChoices(IMAGE_FORMAT).join(" or ")} (default: ${DEFAULT_FORMAT})`)
     .option(
@@ -34,20 +35,26 @@ export function registerVolumeCommands(program: Command, session: Session): void
     )
     .option("--pool <name>", "place replicas only in pools of this name (default: any pool)")
     .option("--dry-run", "only show where the replicas would go and why other nodes were not chosen")
+    .option(
+      "--template <name>",
+      "a linked clone of this template: each replica is a thin qcow2 image over the template's copy on its node (copied there first); --size defaults to the template's",
+    )
     .option("--no-wait", NO_WAIT_HELP)
     .option("--wait-timeout <seconds>", WAIT_HELP)
     .addHelpText(
       "after",
       examples([
         "stowctl volume create vm1 --size 10GiB",
+        "stowctl volume create web1 --template debian12 --replicas 2",
         "stowctl volume create db1 --size 100GiB --replicas 3 --format raw --preallocation falloc",
         "stowctl volume create vm2 --size 20GiB --dry-run",
       ]),
     )
     .action(async (name: string, opts: CreateVolumeFlags & WaitFlags, cmd: Command) => {
+      const ctx = session.context(cmd);
+      if (opts.template !== undefined && opts.size === undefined) opts = { ...opts, size: String(await templateSize(ctx, opts.template)) };
       const request = createVolumeRequest(name, opts);
       const wait = waitMs(opts);
-      const ctx = session.context(cmd);
       const res = await ctx.controllers().service(VolumeServiceService).createVolume(request);
       if (request.dryRun) return ctx.print(res, () => placementView(name, res));
       if (!opts.wait) {
@@ -82,7 +89,7 @@ export function registerVolumeCommands(program: Command, session: Session): void
 
   volume
     .command("delete")
-    .description("delete a volume and all its replicas, and wait until it is gone")
+    .description("delete a volume, all its replicas and its snapshots (clones made from them stay), and wait until it is gone")
     .argument("<name>", "volume name")
     .option("--no-wait", NO_WAIT_HELP)
     .option("--wait-timeout <seconds>", WAIT_HELP)
