@@ -1,6 +1,6 @@
 // The one mapping between API enums and the words operators type and read
 // ("qcow2", "healthy"), and the one converter from API messages to JSON output.
-import { AttachmentState, ImageFormat, JobState, MigrationPhase, Preallocation, ReplicaState, VolumePhase } from "../gen/stowage/v1/types.js";
+import { AttachmentState, BackupState, ImageFormat, JobState, MigrationPhase, Preallocation, ReplicaState, SnapshotState, TemplateState, VolumePhase } from "../gen/stowage/v1/types.js";
 
 /** A ts-proto numeric enum (with its reverse mapping) and the prefix its value names share. */
 export interface EnumInfo {
@@ -15,6 +15,9 @@ export const VOLUME_PHASE: EnumInfo = { values: VolumePhase, prefix: "VOLUME_PHA
 export const ATTACHMENT_STATE: EnumInfo = { values: AttachmentState, prefix: "ATTACHMENT_STATE_" };
 export const MIGRATION_PHASE: EnumInfo = { values: MigrationPhase, prefix: "MIGRATION_PHASE_" };
 export const JOB_STATE: EnumInfo = { values: JobState, prefix: "JOB_STATE_" };
+export const TEMPLATE_STATE: EnumInfo = { values: TemplateState, prefix: "TEMPLATE_STATE_" };
+export const SNAPSHOT_STATE: EnumInfo = { values: SnapshotState, prefix: "SNAPSHOT_STATE_" };
+export const BACKUP_STATE: EnumInfo = { values: BackupState, prefix: "BACKUP_STATE_" };
 
 /** "VOLUME_PHASE_HEALTHY" (2) -> "healthy"; a value newer than this client -> "unknown-7". */
 export function enumLabel(e: EnumInfo, value: number): string {
@@ -51,7 +54,21 @@ const ATTACHMENT_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, state: ATT
 const MIGRATION_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, phase: MIGRATION_PHASE };
 // Inside a Job (ListJobs, a replica's running copy, a drain's), `state` is a JobState.
 const JOB_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, state: JOB_STATE };
+// Inside a Template, `state` is a TemplateState (its copies' states are plain words).
+const TEMPLATE_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, state: TEMPLATE_STATE };
+// Inside a Snapshot or a Backup, `state` is theirs.
+const SNAPSHOT_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, state: SNAPSHOT_STATE };
+const BACKUP_FIELDS: Record<string, EnumInfo> = { ...ENUM_FIELDS, state: BACKUP_STATE };
 const SCOPES: Record<string, Record<string, EnumInfo>> = {
+  snapshot: SNAPSHOT_FIELDS,
+  snapshots: SNAPSHOT_FIELDS,
+  backup: BACKUP_FIELDS,
+  backups: BACKUP_FIELDS,
+  // PruneBackups' answer.
+  kept: BACKUP_FIELDS,
+  deleted: BACKUP_FIELDS,
+  template: TEMPLATE_FIELDS,
+  templates: TEMPLATE_FIELDS,
   attachment: ATTACHMENT_FIELDS,
   attachments: ATTACHMENT_FIELDS,
   migration: MIGRATION_FIELDS,

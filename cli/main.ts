@@ -7,7 +7,9 @@ import { registerEventCommands } from "./commands/event.js";
 import { registerJobCommands } from "./commands/job.js";
 import { registerNodeCommands } from "./commands/node.js";
 import { registerPoolCommands } from "./commands/pool.js";
+import { registerBackupCommands } from "./commands/backup.js";
 import { registerSnapshotCommands } from "./commands/snapshot.js";
+import { registerTemplateCommands } from "./commands/template.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerVolumeCommands } from "./commands/volume.js";
 import { NO_CONTROLLER_HINT } from "./connect.js";
@@ -49,6 +51,8 @@ export function buildProgram(session: Session): Command {
   registerPoolCommands(program, session);
   registerVolumeCommands(program, session);
   registerSnapshotCommands(program, session);
+  registerBackupCommands(program, session);
+  registerTemplateCommands(program, session);
   registerVmCommands(program, session);
   registerJobCommands(program, session);
   registerClusterCommands(program, session);

@@ -26,6 +26,8 @@ export interface CreateVolumeFlags {
   preallocation?: string;
   pool?: string;
   dryRun?: boolean;
+  /** A linked clone of this template. */
+  template?: string;
 }
 
 export function createVolumeRequest(name: string, flags: CreateVolumeFlags): CreateVolumeRequest {
@@ -39,8 +41,13 @@ export function createVolumeRequest(name: string, flags: CreateVolumeFlags): Cre
   }
   const pool = flags.pool ?? "";
   if (pool !== "") checkName("pool", pool);
+  if (flags.template !== undefined) {
+    checkName("template", flags.template);
+    if (format !== ImageFormat.IMAGE_FORMAT_QCOW2) throw new UsageError("option '--template': a linked clone is a qcow2 volume; leave out --format raw");
+  }
   return {
     spec: {
+      ...(flags.template !== undefined ? { template: flags.template } : {}),
       name,
       sizeBytes: parseSizeFlag("--size", flags.size),
       replicas: parseCountFlag("--replicas", flags.replicas ?? String(DEFAULT_REPLICAS)),

@@ -82,6 +82,7 @@ export function volumeDetail(v: Volume): string {
     ["Format", enumLabel(IMAGE_FORMAT, s?.format ?? 0)],
     ["Preallocation", enumLabel(PREALLOCATION, s?.preallocation ?? 0)],
     ["Pool", s?.pool || "(any)"],
+    ...(s?.template ? ([["Template", `${s.template} (linked clone: its replicas read unwritten data from the template's copy on their node)`]] as Array<[string, string]>) : []),
     ["Created", v.createdAtMs ? new Date(v.createdAtMs).toISOString() : "-"],
     ...(volumeCapacityField(v) ? [volumeCapacityField(v)!] : []),
     ...(v.message ? ([["Message", v.message]] as Array<[string, string]>) : []),

@@ -114,6 +114,7 @@ export function volumeSpecToApi(spec: VolumeSpec): ApiVolumeSpec {
     format: formatToApi[spec.format],
     preallocation: preallocationToApi[spec.preallocation],
     pool: spec.pool,
+    ...(spec.template ? { template: spec.template } : {}),
   };
 }
 

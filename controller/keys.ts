@@ -3,7 +3,7 @@
 
 export const PREFIX = "/stowage/v1/";
 
-export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template";
+export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template" | "backup";
 
 const SEGMENTS: Record<KeyKind, string> = {
   "node-spec": "nodes/spec/",
@@ -15,6 +15,7 @@ const SEGMENTS: Record<KeyKind, string> = {
   job: "jobs/",
   event: "events/",
   snapshot: "snapshots/",
+  backup: "backups/",
   template: "templates/",
 };
 
@@ -35,6 +36,8 @@ export const keys = {
   snapshot: (volume: string, name: string) => PREFIX + SEGMENTS.snapshot + `${volume}@${name}`,
   /** A template: templates/NAME. */
   template: (name: string) => PREFIX + SEGMENTS.template + name,
+  /** A backup of a volume: backups/VOLUME@ID. */
+  backup: (volume: string, id: string) => PREFIX + SEGMENTS.backup + `${volume}@${id}`,
   prefixOf: (kind: KeyKind) => PREFIX + SEGMENTS[kind],
   /** Election keys live under this prefix (etcd3 adds its own suffix). */
   election: PREFIX + "leader",

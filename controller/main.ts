@@ -11,6 +11,7 @@ import {
   PoolServiceService,
   ReplicaSyncServiceService,
   SnapshotServiceService,
+  BackupServiceService,
   TemplateServiceService,
   TransferServiceService,
   VmServiceService,
@@ -32,6 +33,8 @@ import { Migrator } from "./migrator.js";
 import { nodeApis } from "./node-api.js";
 import { NodeRegistry } from "./nodes.js";
 import { Reconciler } from "./reconciler.js";
+import { backupApi } from "./backup-api.js";
+import { Backups } from "./backups.js";
 import { snapshotApi } from "./snapshot-api.js";
 import { transferApi } from "./transfer-api.js";
 import { Snapshots } from "./snapshots.js";
@@ -115,6 +118,7 @@ async function main(): Promise<void> {
   let reconciler: Reconciler | undefined;
   let migrator: Migrator | undefined;
   let snapshots: Snapshots | undefined;
+  let backups: Backups | undefined;
   let templates: Templates | undefined;
   let capacityEvents: CapacityEvents | undefined;
   const registry = new NodeRegistry(etcd, store, { heartbeatIntervalMs, nodeTtlSec: nodeTtl }, log.child({ part: "nodes" }), (n) =>
@@ -153,6 +157,11 @@ async function main(): Promise<void> {
   );
   addService(
     server,
+    BackupServiceService,
+    backupApi({ store, agents, isOnline: (n) => registry.isOnline(n), ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), volumes, backups: () => backups! }),
+  );
+  addService(
+    server,
     TransferServiceService,
     transferApi({ store, agents, isOnline: (n) => registry.isOnline(n), ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), volumes }),
   );
@@ -181,11 +190,23 @@ async function main(): Promise<void> {
     migrator.start();
     snapshots = new Snapshots({ store, agents, isOnline: (n) => registry.isOnline(n), instance, log: log.child({ part: "snapshots" }) });
     snapshots.start();
+    backups = new Backups({
+      store,
+      agents,
+      snapshots,
+      isOnline: (n) => registry.isOnline(n),
+      onlineNodes: () => store.nodeSpecs().map((e) => e.value.name).filter((n) => registry.isOnline(n)),
+      instance,
+      log: log.child({ part: "backups" }),
+    });
+    backups.start();
     templates.start();
     capacityEvents = new CapacityEvents(store, view, log.child({ part: "capacity" }));
     capacityEvents.start();
   });
   election.on("lost", () => {
+    backups?.stop();
+    backups = undefined;
     snapshots?.stop();
     snapshots = undefined;
     templates?.stop();

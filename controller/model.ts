@@ -313,3 +313,24 @@ export interface TemplateRecord {
   copies: TemplateCopyRecord[];
   message: string;
 }
+
+export type BackupStateName = "creating" | "ready" | "deleting";
+
+/** A backup (key backups/VOLUME@ID): a snapshot of the volume copied into one node's chunk store. */
+export interface BackupRecord {
+  volume: string;
+  /** YYYYMMDD-HHMMSS (UTC), sortable; unique per volume. */
+  id: string;
+  state: BackupStateName;
+  createdAtMs: number;
+  /** The node whose chunk store holds it. */
+  node: string;
+  sizeBytes: number;
+  dataBytes: number;
+  newBytes: number;
+  storedBytes: number;
+  durationMs: number;
+  /** Leader instance that started the creation (a creation of another is stale). */
+  startedBy: string;
+  message: string;
+}

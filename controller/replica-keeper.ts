@@ -15,6 +15,7 @@ import type { NodeRegistry } from "./nodes.js";
 import { placeReplicas, withPlacementChanges, type PlacementChanges } from "./placement-edits.js";
 import { planReplicas, rebuildBrake, type Brake, type NodeFacts, type ObservedReplica, type ReplicaPlan } from "./replica-plan.js";
 import type { ClusterStore } from "./store.js";
+import { templateCopyNodes } from "./template-rules.js";
 
 /**
  * A removed replica of an attached volume keeps its image this long: its frontend
@@ -64,7 +65,9 @@ export class ReplicaKeeper {
     const add: PlacementChanges["add"] = [];
     const remove = [...plan.remove];
     if (plan.add.length > 0) {
-      const placed = placeReplicas(spec, plan.add.length, this.d.view.snapshot());
+      // A linked clone's new replicas go where its template is already, when spreading allows.
+      const prefer = spec.template ? templateCopyNodes(this.d.store.template(spec.template)?.value) : [];
+      const placed = placeReplicas(spec, plan.add.length, this.d.view.snapshot(), [], prefer);
       plan.add.forEach((a, i) => {
         const at = placed.placement[i];
         if (at) {

@@ -323,10 +323,8 @@ export class Templates {
       const src = copySource(t, this.d.isOnline, node);
       if (!src) throw new UnavailableError(`no node holding a copy of template ${name} is online (${t.copies.map((c) => c.node).join(", ")})`);
       if (!have || have.state !== "copying") {
-        await this.update(name, (x) => ({
-          ...Templates.withCopy(x, node, null),
-          copies: [...x.copies.filter((c) => c.node !== node), { node, pool: into, path: "", state: "copying", allocatedBytes: 0, sinceMs: Date.now(), message: "" }],
-        }));
+        const copying: TemplateCopyRecord = { node, pool: into, path: "", state: "copying", allocatedBytes: 0, sinceMs: Date.now(), message: "" };
+        await this.update(name, (x) => ({ ...x, copies: [...x.copies.filter((c) => c.node !== node), copying] }));
       }
       const ref = { name, uid: t.uid, pool: into };
       const t0 = Date.now();

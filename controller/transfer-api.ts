@@ -14,7 +14,7 @@ import { FailedPreconditionError, InvalidArgumentError, UnavailableError, Alread
 import { faultPoint } from "../lib/faults.js";
 import type { RequestHandlers } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
-import type { TransferServiceService, VolumeServiceService } from "../gen/stowage/v1/controller.js";
+import type { ImportVolumeRequest, ImportVolumeResponse, TransferServiceService, VolumeServiceService } from "../gen/stowage/v1/controller.js";
 import type { AgentClients } from "./agents.js";
 import { volumeToApi } from "./convert.js";
 import { keys } from "./keys.js";
@@ -51,65 +51,79 @@ export function activeExport(spec: VolumeSpec, now = Date.now()): VolumeSpec["ex
   return spec.exporting && spec.exporting.untilMs > now ? spec.exporting : undefined;
 }
 
+/**
+ * Creates volume `apiSpec.name` marked importing (or takes up an unfinished import of
+ * it), copies `sourceUri` into one replica, then records the others out-of-sync so
+ * they are copied from it. Used by imports and by restores of backups.
+ */
+export async function importFromNbd(
+  d: Omit<TransferApiDeps, "ensureLeader">,
+  apiSpec: NonNullable<ImportVolumeRequest["spec"]>,
+  sourceUri: string,
+): Promise<ImportVolumeResponse> {
+  const want = validateVolumeSpec(apiSpec);
+  const name = want.name;
+  let e = d.store.volumeSpec(name);
+  if (e && !e.value.importing) {
+    throw new AlreadyExistsError("volume", name, { hint: "an import never overwrites a volume; choose another name or delete that volume first" });
+  }
+  if (!e) {
+    await d.volumes.createVolume({ spec: apiSpec, dryRun: false });
+    e = d.store.volumeSpec(name)!;
+    const attached = (e.value.attachments ?? []).length > 0;
+    if (attached) throw new FailedPreconditionError(`volume ${name} was attached before the import began`, { hint: "detach it and repeat the import" });
+    await d.store.write({
+      unchanged: [[keys.volumeSpec(name), e.modRevision]],
+      put: [{ key: keys.volumeSpec(name), value: { ...e.value, importing: { sinceMs: Date.now(), source: sourceUri } } }],
+    });
+  }
+  if (e.value.sizeBytes !== want.sizeBytes) {
+    throw new FailedPreconditionError(`volume ${name} is an unfinished import of ${e.value.sizeBytes} bytes, not ${want.sizeBytes}`, { hint: `delete it first: stowctl volume delete ${name}` });
+  }
+  // Every replica exists (empty) before one is written.
+  await until(`creating the replicas of ${name}`, 120_000, () => {
+    const st = d.store.volumeStatus(name)?.value;
+    const spec = d.store.volumeSpec(name)?.value;
+    return spec && !d.store.operation(name) && st && spec.placement.every((p) => st.replicas.some((r) => r.id === p.id && r.state === "healthy")) ? true : undefined;
+  });
+  const spec = d.store.volumeSpec(name)!.value;
+  const target = spec.placement.find((p) => !p.outOfSync && d.isOnline(p.node));
+  if (!target) throw new UnavailableError(`no replica of ${name} is on an online node`);
+  const t0 = Date.now();
+  let bytes: number;
+  try {
+    const res = await d.agents.for(target.node).copyReplica({ id: target.id, pool: target.pool, sourceNbdUri: sourceUri, rateLimitBytes: 0 }, { timeoutMs: 24 * 3600_000 });
+    bytes = res.bytes;
+  } catch (err) {
+    throw new UnavailableError(`copying ${sourceUri} into replica ${target.id} on ${target.node} failed: ${errorMessage(err)}`, {
+      hint: "check that the node reaches the address (stowctl volume import --address), then repeat the import",
+    });
+  }
+  faultPoint("import-volume:copied", name);
+  const cur = d.store.volumeSpec(name)!;
+  const generation = (cur.value.generation ?? 1) + 1;
+  const now = Date.now();
+  const { importing: _, ...rest } = cur.value;
+  const placement = cur.value.placement.map((p) =>
+    p.id === target.id ? { ...p, outOfSync: undefined } : { ...p, outOfSync: { sinceMs: now, reason: `copied from ${target.id} after the import`, generation } },
+  );
+  await d.store.write({ unchanged: [[keys.volumeSpec(name), cur.modRevision]], put: [{ key: keys.volumeSpec(name), value: { ...rest, placement, generation } }] });
+  d.enqueue(name);
+  const after = d.store.volumeSpec(name)!.value;
+  return { volume: volumeToApi(after, d.store.volumeStatus(name)?.value), replicaId: target.id, bytes, durationMs: Date.now() - t0 };
+}
+
 export function transferApi(d: TransferApiDeps): RequestHandlers<typeof TransferServiceService> {
   return {
     async importVolume(req) {
       await d.ensureLeader();
-      const want = validateVolumeSpec(req.spec);
+      validateVolumeSpec(req.spec);
       if (!/^nbd:\/\/[^/]+\/[^?]*$/.test(req.sourceNbdUri)) {
         throw new InvalidArgumentError(`import source "${req.sourceNbdUri}" is not an nbd://HOST:PORT/NAME address`, {
           hint: "the volume's nodes copy from it over TCP; stowctl volume import serves the file that way",
         });
       }
-      const name = want.name;
-      let e = d.store.volumeSpec(name);
-      if (e && !e.value.importing) {
-        throw new AlreadyExistsError("volume", name, { hint: "an import never overwrites a volume; choose another name or delete that volume first" });
-      }
-      if (!e) {
-        await d.volumes.createVolume({ spec: req.spec!, dryRun: false });
-        e = d.store.volumeSpec(name)!;
-        const attached = (e.value.attachments ?? []).length > 0;
-        if (attached) throw new FailedPreconditionError(`volume ${name} was attached before the import began`, { hint: "detach it and repeat the import" });
-        await d.store.write({
-          unchanged: [[keys.volumeSpec(name), e.modRevision]],
-          put: [{ key: keys.volumeSpec(name), value: { ...e.value, importing: { sinceMs: Date.now(), source: req.sourceNbdUri } } }],
-        });
-      }
-      if (e.value.sizeBytes !== want.sizeBytes) {
-        throw new FailedPreconditionError(`volume ${name} is an unfinished import of ${e.value.sizeBytes} bytes, not ${want.sizeBytes}`, { hint: `delete it first: stowctl volume delete ${name}` });
-      }
-      // Every replica exists (empty) before one is written.
-      await until(`creating the replicas of ${name}`, 120_000, () => {
-        const st = d.store.volumeStatus(name)?.value;
-        const spec = d.store.volumeSpec(name)?.value;
-        return spec && !d.store.operation(name) && st && spec.placement.every((p) => st.replicas.some((r) => r.id === p.id && r.state === "healthy")) ? true : undefined;
-      });
-      const spec = d.store.volumeSpec(name)!.value;
-      const target = spec.placement.find((p) => !p.outOfSync && d.isOnline(p.node));
-      if (!target) throw new UnavailableError(`no replica of ${name} is on an online node`);
-      const t0 = Date.now();
-      let bytes: number;
-      try {
-        const res = await d.agents.for(target.node).copyReplica({ id: target.id, pool: target.pool, sourceNbdUri: req.sourceNbdUri, rateLimitBytes: 0 }, { timeoutMs: 24 * 3600_000 });
-        bytes = res.bytes;
-      } catch (err) {
-        throw new UnavailableError(`copying ${req.sourceNbdUri} into replica ${target.id} on ${target.node} failed: ${errorMessage(err)}`, {
-          hint: "check that the node reaches the address (stowctl volume import --address), then repeat the import",
-        });
-      }
-      faultPoint("import-volume:copied", name);
-      const cur = d.store.volumeSpec(name)!;
-      const generation = (cur.value.generation ?? 1) + 1;
-      const now = Date.now();
-      const { importing: _, ...rest } = cur.value;
-      const placement = cur.value.placement.map((p) =>
-        p.id === target.id ? { ...p, outOfSync: undefined } : { ...p, outOfSync: { sinceMs: now, reason: `copied from ${target.id} after the import`, generation } },
-      );
-      await d.store.write({ unchanged: [[keys.volumeSpec(name), cur.modRevision]], put: [{ key: keys.volumeSpec(name), value: { ...rest, placement, generation } }] });
-      d.enqueue(name);
-      const after = d.store.volumeSpec(name)!.value;
-      return { volume: volumeToApi(after, d.store.volumeStatus(name)?.value), replicaId: target.id, bytes, durationMs: Date.now() - t0 };
+      return importFromNbd(d, req.spec!, req.sourceNbdUri);
     },
 
     async openVolumeExport(req) {

@@ -27,6 +27,7 @@ import { activeExport } from "./transfer-api.js";
 import { planReplicas, rebuildBrake, type ObservedReplica } from "./replica-plan.js";
 import { DEFAULT_OVERCOMMIT_RATIO, place } from "./scheduler.js";
 import type { ClusterStore } from "./store.js";
+import { checkLinkedClone, templateCopyNodes } from "./template-rules.js";
 
 export const MAX_REPLICAS = 5;
 export const DEFAULT_REPLICAS = 2;
@@ -72,7 +73,7 @@ export function validateVolumeSpec(s: ApiVolumeSpec | undefined): Requested {
 }
 
 function sameRequest(a: Requested, b: VolumeSpec): boolean {
-  return a.sizeBytes === b.sizeBytes && a.replicas === b.replicas && a.format === b.format && a.preallocation === b.preallocation && a.pool === b.pool;
+  return a.sizeBytes === b.sizeBytes && a.replicas === b.replicas && a.format === b.format && a.preallocation === b.preallocation && a.pool === b.pool && (a.template ?? "") === (b.template ?? "");
 }
 
 export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServiceService> {
@@ -100,6 +101,11 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
     async createVolume(req) {
       await d.ensureLeader();
       const want = validateVolumeSpec(req.spec);
+      // A linked clone (stowctl volume create --template): its replicas are qcow2 images over the template's copies.
+      if (req.spec?.template) {
+        validateName("template", req.spec.template);
+        want.template = req.spec.template;
+      }
       return placing.run(async () => {
         const prev = d.store.volumeSpec(want.name);
         if (prev) {
@@ -110,12 +116,14 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
             hint: prev.value.deleting ? "the old volume is still being deleted; retry shortly" : undefined,
           });
         }
+        // Checked under the placement lock, which template deletion holds too.
+        const linked = want.template ? checkLinkedClone(want.template, d.store.template(want.template)?.value, want) : undefined;
         const snapshot = d.view.snapshot();
         if (want.pool && !snapshot.nodes.some((n) => n.pools.some((p) => p.name === want.pool))) {
           throw new NotFoundError("pool", want.pool);
         }
         const result = place(
-          { sizeBytes: want.sizeBytes, replicas: want.replicas, thin: isThin(want), pool: want.pool },
+          { sizeBytes: want.sizeBytes, replicas: want.replicas, thin: isThin(want), pool: want.pool, preferNodes: templateCopyNodes(linked) },
           snapshot,
         );
         if (!result.ok) {

@@ -5,6 +5,7 @@ import type { AgentServiceService, ReplicaExport } from "../gen/stowage/v1/agent
 import { FailedPreconditionError, InvalidArgumentError } from "../lib/errors.js";
 import type { AsyncService } from "../lib/grpc.js";
 import type { AgentPools } from "./agent-pools.js";
+import type { Backups } from "./backups.js";
 import type { FrontendManager, RunningFrontend } from "./frontends.js";
 import type { DomainManager } from "./libvirt/domains.js";
 import { formatFromProto, preallocationFromProto, replicaToProto } from "./proto-mapping.js";
@@ -25,7 +26,12 @@ export function createAgentService(
   qsd: QsdSupervisor,
   frontends: FrontendManager,
   domains?: DomainManager,
+  backups?: Backups,
 ): AsyncService<typeof AgentServiceService> {
+  const store = (): Backups => {
+    if (!backups) throw new FailedPreconditionError(`node ${pools.node} keeps no backups`);
+    return backups;
+  };
   const vms = (): DomainManager => {
     if (!domains) throw new FailedPreconditionError(`node ${pools.node} has VM support turned off ("libvirt": false in its agent config)`);
     return domains;
@@ -139,6 +145,23 @@ export function createAgentService(
     freezeFrontend: async (req) => frontends.freeze(req.volume, req.timeoutMs || 10_000),
 
     thawFrontend: async (req) => frontends.thaw(req.volume, Number(req.token)),
+
+    exportReplicaSnapshot: async (req) => {
+      const path = await pools.get(req.pool).imagePath(req.replicaId);
+      if (!path) throw new FailedPreconditionError(`replica ${req.replicaId} is not in pool ${req.pool} of node ${pools.node}`);
+      return { nbdUri: await store().exportSnapshot(req.exportId, path, req.tag) };
+    },
+
+    writeBackup: async (req) => {
+      const r = await store().backupFrom(req.name, req.sourceNbdUri);
+      return { logicalBytes: r.logicalBytes, dataBytes: r.dataBytes, newBytes: r.newBytes, storedBytes: r.storedBytes, durationMs: r.ms };
+    },
+
+    serveBackup: async (req) => ({ nbdUri: await store().serveBackup(req.exportId, req.name) }),
+
+    stopExport: async (req) => ({ stopped: await store().stopExport(req.exportId) }),
+
+    deleteStoredBackup: async (req) => ({ deleted: await store().deleteBackup(req.name) }),
 
     ensureTemplateImage: async (req) => {
       const src = req.sourceSnapshot

@@ -76,7 +76,7 @@ async function freePort(host: string): Promise<number> {
 }
 
 /** Serves `file` read-only over NBD with qemu-nbd until the returned stop() is called. */
-async function serveFile(file: string, format: string, host: string): Promise<{ uri: string; stop: () => void }> {
+export async function serveFile(file: string, format: string, host: string): Promise<{ uri: string; stop: () => void }> {
   const dir = mkdtempSync(join(tmpdir(), "stowctl-import-"));
   const pidFile = join(dir, "qemu-nbd.pid");
   const port = await freePort(host);

@@ -393,6 +393,58 @@ export interface CloseTemplateExportResponse {
   closed: boolean;
 }
 
+export interface ExportReplicaSnapshotRequest {
+  /** Names the export (StopExport takes it). */
+  exportId: string;
+  replicaId: string;
+  pool: string;
+  tag: string;
+}
+
+export interface ExportReplicaSnapshotResponse {
+  nbdUri: string;
+}
+
+export interface WriteBackupRequest {
+  /** The backup's name in the node's chunk store. */
+  name: string;
+  sourceNbdUri: string;
+}
+
+export interface WriteBackupResponse {
+  logicalBytes: number;
+  dataBytes: number;
+  /** Bytes of chunks the store did not have yet (uncompressed / as stored). */
+  newBytes: number;
+  storedBytes: number;
+  durationMs: number;
+}
+
+export interface ServeBackupRequest {
+  exportId: string;
+  name: string;
+}
+
+export interface ServeBackupResponse {
+  nbdUri: string;
+}
+
+export interface StopExportRequest {
+  exportId: string;
+}
+
+export interface StopExportResponse {
+  stopped: boolean;
+}
+
+export interface DeleteStoredBackupRequest {
+  name: string;
+}
+
+export interface DeleteStoredBackupResponse {
+  deleted: boolean;
+}
+
 function createBaseGetInventoryRequest(): GetInventoryRequest {
   return {};
 }
@@ -5234,6 +5286,884 @@ export const CloseTemplateExportResponse: MessageFns<CloseTemplateExportResponse
   },
 };
 
+function createBaseExportReplicaSnapshotRequest(): ExportReplicaSnapshotRequest {
+  return { exportId: "", replicaId: "", pool: "", tag: "" };
+}
+
+export const ExportReplicaSnapshotRequest: MessageFns<ExportReplicaSnapshotRequest> = {
+  encode(message: ExportReplicaSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.exportId !== "") {
+      writer.uint32(10).string(message.exportId);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.pool !== "") {
+      writer.uint32(26).string(message.pool);
+    }
+    if (message.tag !== "") {
+      writer.uint32(34).string(message.tag);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportReplicaSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportReplicaSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.exportId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.tag = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportReplicaSnapshotRequest {
+    return {
+      exportId: isSet(object.exportId)
+        ? globalThis.String(object.exportId)
+        : isSet(object.export_id)
+        ? globalThis.String(object.export_id)
+        : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      tag: isSet(object.tag) ? globalThis.String(object.tag) : "",
+    };
+  },
+
+  toJSON(message: ExportReplicaSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.exportId !== "") {
+      obj.exportId = message.exportId;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.tag !== "") {
+      obj.tag = message.tag;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportReplicaSnapshotRequest>, I>>(base?: I): ExportReplicaSnapshotRequest {
+    return ExportReplicaSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportReplicaSnapshotRequest>, I>>(object: I): ExportReplicaSnapshotRequest {
+    const message = createBaseExportReplicaSnapshotRequest();
+    message.exportId = object.exportId ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.pool = object.pool ?? "";
+    message.tag = object.tag ?? "";
+    return message;
+  },
+};
+
+function createBaseExportReplicaSnapshotResponse(): ExportReplicaSnapshotResponse {
+  return { nbdUri: "" };
+}
+
+export const ExportReplicaSnapshotResponse: MessageFns<ExportReplicaSnapshotResponse> = {
+  encode(message: ExportReplicaSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nbdUri !== "") {
+      writer.uint32(10).string(message.nbdUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportReplicaSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportReplicaSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportReplicaSnapshotResponse {
+    return {
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: ExportReplicaSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportReplicaSnapshotResponse>, I>>(base?: I): ExportReplicaSnapshotResponse {
+    return ExportReplicaSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportReplicaSnapshotResponse>, I>>(
+    object: I,
+  ): ExportReplicaSnapshotResponse {
+    const message = createBaseExportReplicaSnapshotResponse();
+    message.nbdUri = object.nbdUri ?? "";
+    return message;
+  },
+};
+
+function createBaseWriteBackupRequest(): WriteBackupRequest {
+  return { name: "", sourceNbdUri: "" };
+}
+
+export const WriteBackupRequest: MessageFns<WriteBackupRequest> = {
+  encode(message: WriteBackupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.sourceNbdUri !== "") {
+      writer.uint32(18).string(message.sourceNbdUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WriteBackupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWriteBackupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sourceNbdUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WriteBackupRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      sourceNbdUri: isSet(object.sourceNbdUri)
+        ? globalThis.String(object.sourceNbdUri)
+        : isSet(object.source_nbd_uri)
+        ? globalThis.String(object.source_nbd_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: WriteBackupRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.sourceNbdUri !== "") {
+      obj.sourceNbdUri = message.sourceNbdUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WriteBackupRequest>, I>>(base?: I): WriteBackupRequest {
+    return WriteBackupRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WriteBackupRequest>, I>>(object: I): WriteBackupRequest {
+    const message = createBaseWriteBackupRequest();
+    message.name = object.name ?? "";
+    message.sourceNbdUri = object.sourceNbdUri ?? "";
+    return message;
+  },
+};
+
+function createBaseWriteBackupResponse(): WriteBackupResponse {
+  return { logicalBytes: 0, dataBytes: 0, newBytes: 0, storedBytes: 0, durationMs: 0 };
+}
+
+export const WriteBackupResponse: MessageFns<WriteBackupResponse> = {
+  encode(message: WriteBackupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.logicalBytes !== 0) {
+      writer.uint32(8).uint64(message.logicalBytes);
+    }
+    if (message.dataBytes !== 0) {
+      writer.uint32(16).uint64(message.dataBytes);
+    }
+    if (message.newBytes !== 0) {
+      writer.uint32(24).uint64(message.newBytes);
+    }
+    if (message.storedBytes !== 0) {
+      writer.uint32(32).uint64(message.storedBytes);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(40).uint64(message.durationMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WriteBackupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWriteBackupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.logicalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.dataBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.newBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.storedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WriteBackupResponse {
+    return {
+      logicalBytes: isSet(object.logicalBytes)
+        ? globalThis.Number(object.logicalBytes)
+        : isSet(object.logical_bytes)
+        ? globalThis.Number(object.logical_bytes)
+        : 0,
+      dataBytes: isSet(object.dataBytes)
+        ? globalThis.Number(object.dataBytes)
+        : isSet(object.data_bytes)
+        ? globalThis.Number(object.data_bytes)
+        : 0,
+      newBytes: isSet(object.newBytes)
+        ? globalThis.Number(object.newBytes)
+        : isSet(object.new_bytes)
+        ? globalThis.Number(object.new_bytes)
+        : 0,
+      storedBytes: isSet(object.storedBytes)
+        ? globalThis.Number(object.storedBytes)
+        : isSet(object.stored_bytes)
+        ? globalThis.Number(object.stored_bytes)
+        : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: WriteBackupResponse): unknown {
+    const obj: any = {};
+    if (message.logicalBytes !== 0) {
+      obj.logicalBytes = Math.round(message.logicalBytes);
+    }
+    if (message.dataBytes !== 0) {
+      obj.dataBytes = Math.round(message.dataBytes);
+    }
+    if (message.newBytes !== 0) {
+      obj.newBytes = Math.round(message.newBytes);
+    }
+    if (message.storedBytes !== 0) {
+      obj.storedBytes = Math.round(message.storedBytes);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WriteBackupResponse>, I>>(base?: I): WriteBackupResponse {
+    return WriteBackupResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WriteBackupResponse>, I>>(object: I): WriteBackupResponse {
+    const message = createBaseWriteBackupResponse();
+    message.logicalBytes = object.logicalBytes ?? 0;
+    message.dataBytes = object.dataBytes ?? 0;
+    message.newBytes = object.newBytes ?? 0;
+    message.storedBytes = object.storedBytes ?? 0;
+    message.durationMs = object.durationMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseServeBackupRequest(): ServeBackupRequest {
+  return { exportId: "", name: "" };
+}
+
+export const ServeBackupRequest: MessageFns<ServeBackupRequest> = {
+  encode(message: ServeBackupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.exportId !== "") {
+      writer.uint32(10).string(message.exportId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ServeBackupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseServeBackupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.exportId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ServeBackupRequest {
+    return {
+      exportId: isSet(object.exportId)
+        ? globalThis.String(object.exportId)
+        : isSet(object.export_id)
+        ? globalThis.String(object.export_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: ServeBackupRequest): unknown {
+    const obj: any = {};
+    if (message.exportId !== "") {
+      obj.exportId = message.exportId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ServeBackupRequest>, I>>(base?: I): ServeBackupRequest {
+    return ServeBackupRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ServeBackupRequest>, I>>(object: I): ServeBackupRequest {
+    const message = createBaseServeBackupRequest();
+    message.exportId = object.exportId ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseServeBackupResponse(): ServeBackupResponse {
+  return { nbdUri: "" };
+}
+
+export const ServeBackupResponse: MessageFns<ServeBackupResponse> = {
+  encode(message: ServeBackupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nbdUri !== "") {
+      writer.uint32(10).string(message.nbdUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ServeBackupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseServeBackupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ServeBackupResponse {
+    return {
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: ServeBackupResponse): unknown {
+    const obj: any = {};
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ServeBackupResponse>, I>>(base?: I): ServeBackupResponse {
+    return ServeBackupResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ServeBackupResponse>, I>>(object: I): ServeBackupResponse {
+    const message = createBaseServeBackupResponse();
+    message.nbdUri = object.nbdUri ?? "";
+    return message;
+  },
+};
+
+function createBaseStopExportRequest(): StopExportRequest {
+  return { exportId: "" };
+}
+
+export const StopExportRequest: MessageFns<StopExportRequest> = {
+  encode(message: StopExportRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.exportId !== "") {
+      writer.uint32(10).string(message.exportId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopExportRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopExportRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.exportId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopExportRequest {
+    return {
+      exportId: isSet(object.exportId)
+        ? globalThis.String(object.exportId)
+        : isSet(object.export_id)
+        ? globalThis.String(object.export_id)
+        : "",
+    };
+  },
+
+  toJSON(message: StopExportRequest): unknown {
+    const obj: any = {};
+    if (message.exportId !== "") {
+      obj.exportId = message.exportId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StopExportRequest>, I>>(base?: I): StopExportRequest {
+    return StopExportRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StopExportRequest>, I>>(object: I): StopExportRequest {
+    const message = createBaseStopExportRequest();
+    message.exportId = object.exportId ?? "";
+    return message;
+  },
+};
+
+function createBaseStopExportResponse(): StopExportResponse {
+  return { stopped: false };
+}
+
+export const StopExportResponse: MessageFns<StopExportResponse> = {
+  encode(message: StopExportResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stopped !== false) {
+      writer.uint32(8).bool(message.stopped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopExportResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopExportResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.stopped = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopExportResponse {
+    return { stopped: isSet(object.stopped) ? globalThis.Boolean(object.stopped) : false };
+  },
+
+  toJSON(message: StopExportResponse): unknown {
+    const obj: any = {};
+    if (message.stopped !== false) {
+      obj.stopped = message.stopped;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StopExportResponse>, I>>(base?: I): StopExportResponse {
+    return StopExportResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StopExportResponse>, I>>(object: I): StopExportResponse {
+    const message = createBaseStopExportResponse();
+    message.stopped = object.stopped ?? false;
+    return message;
+  },
+};
+
+function createBaseDeleteStoredBackupRequest(): DeleteStoredBackupRequest {
+  return { name: "" };
+}
+
+export const DeleteStoredBackupRequest: MessageFns<DeleteStoredBackupRequest> = {
+  encode(message: DeleteStoredBackupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteStoredBackupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteStoredBackupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteStoredBackupRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: DeleteStoredBackupRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteStoredBackupRequest>, I>>(base?: I): DeleteStoredBackupRequest {
+    return DeleteStoredBackupRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteStoredBackupRequest>, I>>(object: I): DeleteStoredBackupRequest {
+    const message = createBaseDeleteStoredBackupRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteStoredBackupResponse(): DeleteStoredBackupResponse {
+  return { deleted: false };
+}
+
+export const DeleteStoredBackupResponse: MessageFns<DeleteStoredBackupResponse> = {
+  encode(message: DeleteStoredBackupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteStoredBackupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteStoredBackupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteStoredBackupResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteStoredBackupResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteStoredBackupResponse>, I>>(base?: I): DeleteStoredBackupResponse {
+    return DeleteStoredBackupResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteStoredBackupResponse>, I>>(object: I): DeleteStoredBackupResponse {
+    const message = createBaseDeleteStoredBackupResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
 /** Served by each node agent; called by the controller. Every call is idempotent. */
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
@@ -5427,6 +6357,61 @@ export const AgentServiceService = {
     responseDeserialize: (value: Buffer): ThawFrontendResponse => ThawFrontendResponse.decode(value),
   },
   /**
+   * Backups (node-agent/backups.ts): a read-only NBD export of a replica's
+   * snapshot; a backup read from an NBD export into this node's chunk store; a
+   * stored backup served read-only for a restore; stopping an export; deleting a
+   * backup (and collecting its unused chunks).
+   */
+  exportReplicaSnapshot: {
+    path: "/stowage.v1.AgentService/ExportReplicaSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ExportReplicaSnapshotRequest): Buffer =>
+      Buffer.from(ExportReplicaSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExportReplicaSnapshotRequest => ExportReplicaSnapshotRequest.decode(value),
+    responseSerialize: (value: ExportReplicaSnapshotResponse): Buffer =>
+      Buffer.from(ExportReplicaSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExportReplicaSnapshotResponse => ExportReplicaSnapshotResponse.decode(value),
+  },
+  writeBackup: {
+    path: "/stowage.v1.AgentService/WriteBackup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WriteBackupRequest): Buffer => Buffer.from(WriteBackupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WriteBackupRequest => WriteBackupRequest.decode(value),
+    responseSerialize: (value: WriteBackupResponse): Buffer => Buffer.from(WriteBackupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WriteBackupResponse => WriteBackupResponse.decode(value),
+  },
+  serveBackup: {
+    path: "/stowage.v1.AgentService/ServeBackup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ServeBackupRequest): Buffer => Buffer.from(ServeBackupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ServeBackupRequest => ServeBackupRequest.decode(value),
+    responseSerialize: (value: ServeBackupResponse): Buffer => Buffer.from(ServeBackupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ServeBackupResponse => ServeBackupResponse.decode(value),
+  },
+  stopExport: {
+    path: "/stowage.v1.AgentService/StopExport" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StopExportRequest): Buffer => Buffer.from(StopExportRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StopExportRequest => StopExportRequest.decode(value),
+    responseSerialize: (value: StopExportResponse): Buffer => Buffer.from(StopExportResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StopExportResponse => StopExportResponse.decode(value),
+  },
+  deleteStoredBackup: {
+    path: "/stowage.v1.AgentService/DeleteStoredBackup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteStoredBackupRequest): Buffer =>
+      Buffer.from(DeleteStoredBackupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteStoredBackupRequest => DeleteStoredBackupRequest.decode(value),
+    responseSerialize: (value: DeleteStoredBackupResponse): Buffer =>
+      Buffer.from(DeleteStoredBackupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteStoredBackupResponse => DeleteStoredBackupResponse.decode(value),
+  },
+  /**
    * Makes this node's copy of a template image (read-only, under the pool's
    * templates/ directory) from a source, unless it exists (idempotent).
    */
@@ -5527,6 +6512,17 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   freezeFrontend: handleUnaryCall<FreezeFrontendRequest, FreezeFrontendResponse>;
   /** Lets the held writes go; says whether they were held all along. */
   thawFrontend: handleUnaryCall<ThawFrontendRequest, ThawFrontendResponse>;
+  /**
+   * Backups (node-agent/backups.ts): a read-only NBD export of a replica's
+   * snapshot; a backup read from an NBD export into this node's chunk store; a
+   * stored backup served read-only for a restore; stopping an export; deleting a
+   * backup (and collecting its unused chunks).
+   */
+  exportReplicaSnapshot: handleUnaryCall<ExportReplicaSnapshotRequest, ExportReplicaSnapshotResponse>;
+  writeBackup: handleUnaryCall<WriteBackupRequest, WriteBackupResponse>;
+  serveBackup: handleUnaryCall<ServeBackupRequest, ServeBackupResponse>;
+  stopExport: handleUnaryCall<StopExportRequest, StopExportResponse>;
+  deleteStoredBackup: handleUnaryCall<DeleteStoredBackupRequest, DeleteStoredBackupResponse>;
   /**
    * Makes this node's copy of a template image (read-only, under the pool's
    * templates/ directory) from a source, unless it exists (idempotent).
@@ -5811,6 +6807,87 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ThawFrontendResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Backups (node-agent/backups.ts): a read-only NBD export of a replica's
+   * snapshot; a backup read from an NBD export into this node's chunk store; a
+   * stored backup served read-only for a restore; stopping an export; deleting a
+   * backup (and collecting its unused chunks).
+   */
+  exportReplicaSnapshot(
+    request: ExportReplicaSnapshotRequest,
+    callback: (error: ServiceError | null, response: ExportReplicaSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  exportReplicaSnapshot(
+    request: ExportReplicaSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ExportReplicaSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  exportReplicaSnapshot(
+    request: ExportReplicaSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ExportReplicaSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  writeBackup(
+    request: WriteBackupRequest,
+    callback: (error: ServiceError | null, response: WriteBackupResponse) => void,
+  ): ClientUnaryCall;
+  writeBackup(
+    request: WriteBackupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WriteBackupResponse) => void,
+  ): ClientUnaryCall;
+  writeBackup(
+    request: WriteBackupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WriteBackupResponse) => void,
+  ): ClientUnaryCall;
+  serveBackup(
+    request: ServeBackupRequest,
+    callback: (error: ServiceError | null, response: ServeBackupResponse) => void,
+  ): ClientUnaryCall;
+  serveBackup(
+    request: ServeBackupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ServeBackupResponse) => void,
+  ): ClientUnaryCall;
+  serveBackup(
+    request: ServeBackupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ServeBackupResponse) => void,
+  ): ClientUnaryCall;
+  stopExport(
+    request: StopExportRequest,
+    callback: (error: ServiceError | null, response: StopExportResponse) => void,
+  ): ClientUnaryCall;
+  stopExport(
+    request: StopExportRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StopExportResponse) => void,
+  ): ClientUnaryCall;
+  stopExport(
+    request: StopExportRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StopExportResponse) => void,
+  ): ClientUnaryCall;
+  deleteStoredBackup(
+    request: DeleteStoredBackupRequest,
+    callback: (error: ServiceError | null, response: DeleteStoredBackupResponse) => void,
+  ): ClientUnaryCall;
+  deleteStoredBackup(
+    request: DeleteStoredBackupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteStoredBackupResponse) => void,
+  ): ClientUnaryCall;
+  deleteStoredBackup(
+    request: DeleteStoredBackupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteStoredBackupResponse) => void,
   ): ClientUnaryCall;
   /**
    * Makes this node's copy of a template image (read-only, under the pool's

@@ -20,6 +20,7 @@ import {
 } from "@grpc/grpc-js";
 import {
   Attachment,
+  Backup,
   CapacityTotals,
   Event,
   Job,
@@ -621,6 +622,62 @@ export interface DeleteTemplateRequest {
 export interface DeleteTemplateResponse {
   /** False when there was no such template. */
   deleted: boolean;
+}
+
+export interface CreateBackupRequest {
+  volume: string;
+}
+
+export interface CreateBackupResponse {
+  backup?: Backup | undefined;
+}
+
+export interface ListBackupsRequest {
+  /** Only this volume's backups (empty: all). */
+  volume: string;
+}
+
+export interface ListBackupsResponse {
+  backups: Backup[];
+}
+
+export interface DeleteBackupRequest {
+  volume: string;
+  id: string;
+}
+
+export interface DeleteBackupResponse {
+  deleted: boolean;
+}
+
+export interface RestoreBackupRequest {
+  volume: string;
+  id: string;
+  /** The new volume. */
+  name: string;
+  /** Replica count (0: 2). */
+  replicas: number;
+}
+
+export interface RestoreBackupResponse {
+  volume?: Volume | undefined;
+}
+
+export interface PruneBackupsRequest {
+  volume: string;
+  /** Keep the newest N (0: no such rule). */
+  keepLast: number;
+  /** Keep the newest backup of each of the last N days that have one. */
+  keepDaily: number;
+  /** Keep the newest backup of each of the last N weeks (ISO weeks) that have one. */
+  keepWeekly: number;
+  /** Only say what would be deleted. */
+  dryRun: boolean;
+}
+
+export interface PruneBackupsResponse {
+  kept: Backup[];
+  deleted: Backup[];
 }
 
 function createBaseDrainNodeRequest(): DrainNodeRequest {
@@ -8909,6 +8966,850 @@ export const DeleteTemplateResponse: MessageFns<DeleteTemplateResponse> = {
   },
 };
 
+function createBaseCreateBackupRequest(): CreateBackupRequest {
+  return { volume: "" };
+}
+
+export const CreateBackupRequest: MessageFns<CreateBackupRequest> = {
+  encode(message: CreateBackupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateBackupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateBackupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateBackupRequest {
+    return { volume: isSet(object.volume) ? globalThis.String(object.volume) : "" };
+  },
+
+  toJSON(message: CreateBackupRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateBackupRequest>, I>>(base?: I): CreateBackupRequest {
+    return CreateBackupRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateBackupRequest>, I>>(object: I): CreateBackupRequest {
+    const message = createBaseCreateBackupRequest();
+    message.volume = object.volume ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateBackupResponse(): CreateBackupResponse {
+  return { backup: undefined };
+}
+
+export const CreateBackupResponse: MessageFns<CreateBackupResponse> = {
+  encode(message: CreateBackupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.backup !== undefined) {
+      Backup.encode(message.backup, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateBackupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateBackupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.backup = Backup.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateBackupResponse {
+    return { backup: isSet(object.backup) ? Backup.fromJSON(object.backup) : undefined };
+  },
+
+  toJSON(message: CreateBackupResponse): unknown {
+    const obj: any = {};
+    if (message.backup !== undefined) {
+      obj.backup = Backup.toJSON(message.backup);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateBackupResponse>, I>>(base?: I): CreateBackupResponse {
+    return CreateBackupResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateBackupResponse>, I>>(object: I): CreateBackupResponse {
+    const message = createBaseCreateBackupResponse();
+    message.backup = (object.backup !== undefined && object.backup !== null)
+      ? Backup.fromPartial(object.backup)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListBackupsRequest(): ListBackupsRequest {
+  return { volume: "" };
+}
+
+export const ListBackupsRequest: MessageFns<ListBackupsRequest> = {
+  encode(message: ListBackupsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBackupsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBackupsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListBackupsRequest {
+    return { volume: isSet(object.volume) ? globalThis.String(object.volume) : "" };
+  },
+
+  toJSON(message: ListBackupsRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBackupsRequest>, I>>(base?: I): ListBackupsRequest {
+    return ListBackupsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBackupsRequest>, I>>(object: I): ListBackupsRequest {
+    const message = createBaseListBackupsRequest();
+    message.volume = object.volume ?? "";
+    return message;
+  },
+};
+
+function createBaseListBackupsResponse(): ListBackupsResponse {
+  return { backups: [] };
+}
+
+export const ListBackupsResponse: MessageFns<ListBackupsResponse> = {
+  encode(message: ListBackupsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.backups) {
+      Backup.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBackupsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBackupsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.backups.push(Backup.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListBackupsResponse {
+    return {
+      backups: globalThis.Array.isArray(object?.backups) ? object.backups.map((e: any) => Backup.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListBackupsResponse): unknown {
+    const obj: any = {};
+    if (message.backups?.length) {
+      obj.backups = message.backups.map((e) => Backup.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBackupsResponse>, I>>(base?: I): ListBackupsResponse {
+    return ListBackupsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBackupsResponse>, I>>(object: I): ListBackupsResponse {
+    const message = createBaseListBackupsResponse();
+    message.backups = object.backups?.map((e) => Backup.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeleteBackupRequest(): DeleteBackupRequest {
+  return { volume: "", id: "" };
+}
+
+export const DeleteBackupRequest: MessageFns<DeleteBackupRequest> = {
+  encode(message: DeleteBackupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.id !== "") {
+      writer.uint32(18).string(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteBackupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteBackupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteBackupRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+    };
+  },
+
+  toJSON(message: DeleteBackupRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteBackupRequest>, I>>(base?: I): DeleteBackupRequest {
+    return DeleteBackupRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteBackupRequest>, I>>(object: I): DeleteBackupRequest {
+    const message = createBaseDeleteBackupRequest();
+    message.volume = object.volume ?? "";
+    message.id = object.id ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteBackupResponse(): DeleteBackupResponse {
+  return { deleted: false };
+}
+
+export const DeleteBackupResponse: MessageFns<DeleteBackupResponse> = {
+  encode(message: DeleteBackupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteBackupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteBackupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteBackupResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteBackupResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteBackupResponse>, I>>(base?: I): DeleteBackupResponse {
+    return DeleteBackupResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteBackupResponse>, I>>(object: I): DeleteBackupResponse {
+    const message = createBaseDeleteBackupResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
+function createBaseRestoreBackupRequest(): RestoreBackupRequest {
+  return { volume: "", id: "", name: "", replicas: 0 };
+}
+
+export const RestoreBackupRequest: MessageFns<RestoreBackupRequest> = {
+  encode(message: RestoreBackupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.id !== "") {
+      writer.uint32(18).string(message.id);
+    }
+    if (message.name !== "") {
+      writer.uint32(26).string(message.name);
+    }
+    if (message.replicas !== 0) {
+      writer.uint32(32).uint32(message.replicas);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RestoreBackupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRestoreBackupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.replicas = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RestoreBackupRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      replicas: isSet(object.replicas) ? globalThis.Number(object.replicas) : 0,
+    };
+  },
+
+  toJSON(message: RestoreBackupRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.replicas !== 0) {
+      obj.replicas = Math.round(message.replicas);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RestoreBackupRequest>, I>>(base?: I): RestoreBackupRequest {
+    return RestoreBackupRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RestoreBackupRequest>, I>>(object: I): RestoreBackupRequest {
+    const message = createBaseRestoreBackupRequest();
+    message.volume = object.volume ?? "";
+    message.id = object.id ?? "";
+    message.name = object.name ?? "";
+    message.replicas = object.replicas ?? 0;
+    return message;
+  },
+};
+
+function createBaseRestoreBackupResponse(): RestoreBackupResponse {
+  return { volume: undefined };
+}
+
+export const RestoreBackupResponse: MessageFns<RestoreBackupResponse> = {
+  encode(message: RestoreBackupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== undefined) {
+      Volume.encode(message.volume, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RestoreBackupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRestoreBackupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = Volume.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RestoreBackupResponse {
+    return { volume: isSet(object.volume) ? Volume.fromJSON(object.volume) : undefined };
+  },
+
+  toJSON(message: RestoreBackupResponse): unknown {
+    const obj: any = {};
+    if (message.volume !== undefined) {
+      obj.volume = Volume.toJSON(message.volume);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RestoreBackupResponse>, I>>(base?: I): RestoreBackupResponse {
+    return RestoreBackupResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RestoreBackupResponse>, I>>(object: I): RestoreBackupResponse {
+    const message = createBaseRestoreBackupResponse();
+    message.volume = (object.volume !== undefined && object.volume !== null)
+      ? Volume.fromPartial(object.volume)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePruneBackupsRequest(): PruneBackupsRequest {
+  return { volume: "", keepLast: 0, keepDaily: 0, keepWeekly: 0, dryRun: false };
+}
+
+export const PruneBackupsRequest: MessageFns<PruneBackupsRequest> = {
+  encode(message: PruneBackupsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.keepLast !== 0) {
+      writer.uint32(16).uint32(message.keepLast);
+    }
+    if (message.keepDaily !== 0) {
+      writer.uint32(24).uint32(message.keepDaily);
+    }
+    if (message.keepWeekly !== 0) {
+      writer.uint32(32).uint32(message.keepWeekly);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(40).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PruneBackupsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePruneBackupsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.keepLast = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.keepDaily = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.keepWeekly = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PruneBackupsRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      keepLast: isSet(object.keepLast)
+        ? globalThis.Number(object.keepLast)
+        : isSet(object.keep_last)
+        ? globalThis.Number(object.keep_last)
+        : 0,
+      keepDaily: isSet(object.keepDaily)
+        ? globalThis.Number(object.keepDaily)
+        : isSet(object.keep_daily)
+        ? globalThis.Number(object.keep_daily)
+        : 0,
+      keepWeekly: isSet(object.keepWeekly)
+        ? globalThis.Number(object.keepWeekly)
+        : isSet(object.keep_weekly)
+        ? globalThis.Number(object.keep_weekly)
+        : 0,
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: PruneBackupsRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.keepLast !== 0) {
+      obj.keepLast = Math.round(message.keepLast);
+    }
+    if (message.keepDaily !== 0) {
+      obj.keepDaily = Math.round(message.keepDaily);
+    }
+    if (message.keepWeekly !== 0) {
+      obj.keepWeekly = Math.round(message.keepWeekly);
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PruneBackupsRequest>, I>>(base?: I): PruneBackupsRequest {
+    return PruneBackupsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PruneBackupsRequest>, I>>(object: I): PruneBackupsRequest {
+    const message = createBasePruneBackupsRequest();
+    message.volume = object.volume ?? "";
+    message.keepLast = object.keepLast ?? 0;
+    message.keepDaily = object.keepDaily ?? 0;
+    message.keepWeekly = object.keepWeekly ?? 0;
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBasePruneBackupsResponse(): PruneBackupsResponse {
+  return { kept: [], deleted: [] };
+}
+
+export const PruneBackupsResponse: MessageFns<PruneBackupsResponse> = {
+  encode(message: PruneBackupsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.kept) {
+      Backup.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.deleted) {
+      Backup.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PruneBackupsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePruneBackupsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kept.push(Backup.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.deleted.push(Backup.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PruneBackupsResponse {
+    return {
+      kept: globalThis.Array.isArray(object?.kept) ? object.kept.map((e: any) => Backup.fromJSON(e)) : [],
+      deleted: globalThis.Array.isArray(object?.deleted) ? object.deleted.map((e: any) => Backup.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: PruneBackupsResponse): unknown {
+    const obj: any = {};
+    if (message.kept?.length) {
+      obj.kept = message.kept.map((e) => Backup.toJSON(e));
+    }
+    if (message.deleted?.length) {
+      obj.deleted = message.deleted.map((e) => Backup.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PruneBackupsResponse>, I>>(base?: I): PruneBackupsResponse {
+    return PruneBackupsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PruneBackupsResponse>, I>>(object: I): PruneBackupsResponse {
+    const message = createBasePruneBackupsResponse();
+    message.kept = object.kept?.map((e) => Backup.fromPartial(e)) || [];
+    message.deleted = object.deleted?.map((e) => Backup.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 export type NodeServiceService = typeof NodeServiceService;
 export const NodeServiceService = {
   listNodes: {
@@ -10481,6 +11382,179 @@ export const TemplateServiceClient = makeGenericClientConstructor(
 ) as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): TemplateServiceClient;
   service: typeof TemplateServiceService;
+  serviceName: string;
+};
+
+/** Backups into a node's chunk store (lib/chunks), and restores into new volumes. */
+export type BackupServiceService = typeof BackupServiceService;
+export const BackupServiceService = {
+  /**
+   * Snapshots the volume (attached or not), copies the snapshot's data into the
+   * chunk store of a node that holds no replica of it (the node of the volume's
+   * previous backup when it can, so that unchanged data is not stored again),
+   * then drops the snapshot. Answers when the backup is complete.
+   */
+  createBackup: {
+    path: "/stowage.v1.BackupService/CreateBackup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateBackupRequest): Buffer => Buffer.from(CreateBackupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateBackupRequest => CreateBackupRequest.decode(value),
+    responseSerialize: (value: CreateBackupResponse): Buffer =>
+      Buffer.from(CreateBackupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateBackupResponse => CreateBackupResponse.decode(value),
+  },
+  listBackups: {
+    path: "/stowage.v1.BackupService/ListBackups" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListBackupsRequest): Buffer => Buffer.from(ListBackupsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListBackupsRequest => ListBackupsRequest.decode(value),
+    responseSerialize: (value: ListBackupsResponse): Buffer => Buffer.from(ListBackupsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListBackupsResponse => ListBackupsResponse.decode(value),
+  },
+  deleteBackup: {
+    path: "/stowage.v1.BackupService/DeleteBackup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteBackupRequest): Buffer => Buffer.from(DeleteBackupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteBackupRequest => DeleteBackupRequest.decode(value),
+    responseSerialize: (value: DeleteBackupResponse): Buffer =>
+      Buffer.from(DeleteBackupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteBackupResponse => DeleteBackupResponse.decode(value),
+  },
+  /** A new volume with the content of a backup (like an import from the store). */
+  restoreBackup: {
+    path: "/stowage.v1.BackupService/RestoreBackup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RestoreBackupRequest): Buffer => Buffer.from(RestoreBackupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RestoreBackupRequest => RestoreBackupRequest.decode(value),
+    responseSerialize: (value: RestoreBackupResponse): Buffer =>
+      Buffer.from(RestoreBackupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RestoreBackupResponse => RestoreBackupResponse.decode(value),
+  },
+  /** Deletes the backups a retention policy does not keep. */
+  pruneBackups: {
+    path: "/stowage.v1.BackupService/PruneBackups" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PruneBackupsRequest): Buffer => Buffer.from(PruneBackupsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PruneBackupsRequest => PruneBackupsRequest.decode(value),
+    responseSerialize: (value: PruneBackupsResponse): Buffer =>
+      Buffer.from(PruneBackupsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PruneBackupsResponse => PruneBackupsResponse.decode(value),
+  },
+} as const;
+
+export interface BackupServiceServer extends UntypedServiceImplementation {
+  /**
+   * Snapshots the volume (attached or not), copies the snapshot's data into the
+   * chunk store of a node that holds no replica of it (the node of the volume's
+   * previous backup when it can, so that unchanged data is not stored again),
+   * then drops the snapshot. Answers when the backup is complete.
+   */
+  createBackup: handleUnaryCall<CreateBackupRequest, CreateBackupResponse>;
+  listBackups: handleUnaryCall<ListBackupsRequest, ListBackupsResponse>;
+  deleteBackup: handleUnaryCall<DeleteBackupRequest, DeleteBackupResponse>;
+  /** A new volume with the content of a backup (like an import from the store). */
+  restoreBackup: handleUnaryCall<RestoreBackupRequest, RestoreBackupResponse>;
+  /** Deletes the backups a retention policy does not keep. */
+  pruneBackups: handleUnaryCall<PruneBackupsRequest, PruneBackupsResponse>;
+}
+
+export interface BackupServiceClient extends Client {
+  /**
+   * Snapshots the volume (attached or not), copies the snapshot's data into the
+   * chunk store of a node that holds no replica of it (the node of the volume's
+   * previous backup when it can, so that unchanged data is not stored again),
+   * then drops the snapshot. Answers when the backup is complete.
+   */
+  createBackup(
+    request: CreateBackupRequest,
+    callback: (error: ServiceError | null, response: CreateBackupResponse) => void,
+  ): ClientUnaryCall;
+  createBackup(
+    request: CreateBackupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateBackupResponse) => void,
+  ): ClientUnaryCall;
+  createBackup(
+    request: CreateBackupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateBackupResponse) => void,
+  ): ClientUnaryCall;
+  listBackups(
+    request: ListBackupsRequest,
+    callback: (error: ServiceError | null, response: ListBackupsResponse) => void,
+  ): ClientUnaryCall;
+  listBackups(
+    request: ListBackupsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListBackupsResponse) => void,
+  ): ClientUnaryCall;
+  listBackups(
+    request: ListBackupsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListBackupsResponse) => void,
+  ): ClientUnaryCall;
+  deleteBackup(
+    request: DeleteBackupRequest,
+    callback: (error: ServiceError | null, response: DeleteBackupResponse) => void,
+  ): ClientUnaryCall;
+  deleteBackup(
+    request: DeleteBackupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteBackupResponse) => void,
+  ): ClientUnaryCall;
+  deleteBackup(
+    request: DeleteBackupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteBackupResponse) => void,
+  ): ClientUnaryCall;
+  /** A new volume with the content of a backup (like an import from the store). */
+  restoreBackup(
+    request: RestoreBackupRequest,
+    callback: (error: ServiceError | null, response: RestoreBackupResponse) => void,
+  ): ClientUnaryCall;
+  restoreBackup(
+    request: RestoreBackupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RestoreBackupResponse) => void,
+  ): ClientUnaryCall;
+  restoreBackup(
+    request: RestoreBackupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RestoreBackupResponse) => void,
+  ): ClientUnaryCall;
+  /** Deletes the backups a retention policy does not keep. */
+  pruneBackups(
+    request: PruneBackupsRequest,
+    callback: (error: ServiceError | null, response: PruneBackupsResponse) => void,
+  ): ClientUnaryCall;
+  pruneBackups(
+    request: PruneBackupsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PruneBackupsResponse) => void,
+  ): ClientUnaryCall;
+  pruneBackups(
+    request: PruneBackupsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PruneBackupsResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const BackupServiceClient = makeGenericClientConstructor(
+  BackupServiceService,
+  "stowage.v1.BackupService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): BackupServiceClient;
+  service: typeof BackupServiceService;
   serviceName: string;
 };
 

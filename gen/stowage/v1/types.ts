@@ -494,6 +494,51 @@ export function templateStateToJSON(object: TemplateState): string {
   }
 }
 
+export enum BackupState {
+  BACKUP_STATE_UNSPECIFIED = 0,
+  BACKUP_STATE_CREATING = 1,
+  BACKUP_STATE_READY = 2,
+  BACKUP_STATE_DELETING = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function backupStateFromJSON(object: any): BackupState {
+  switch (object) {
+    case 0:
+    case "BACKUP_STATE_UNSPECIFIED":
+      return BackupState.BACKUP_STATE_UNSPECIFIED;
+    case 1:
+    case "BACKUP_STATE_CREATING":
+      return BackupState.BACKUP_STATE_CREATING;
+    case 2:
+    case "BACKUP_STATE_READY":
+      return BackupState.BACKUP_STATE_READY;
+    case 3:
+    case "BACKUP_STATE_DELETING":
+      return BackupState.BACKUP_STATE_DELETING;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return BackupState.UNRECOGNIZED;
+  }
+}
+
+export function backupStateToJSON(object: BackupState): string {
+  switch (object) {
+    case BackupState.BACKUP_STATE_UNSPECIFIED:
+      return "BACKUP_STATE_UNSPECIFIED";
+    case BackupState.BACKUP_STATE_CREATING:
+      return "BACKUP_STATE_CREATING";
+    case BackupState.BACKUP_STATE_READY:
+      return "BACKUP_STATE_READY";
+    case BackupState.BACKUP_STATE_DELETING:
+      return "BACKUP_STATE_DELETING";
+    case BackupState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A pool of storage on one node. */
 export interface Pool {
   node: string;
@@ -879,6 +924,29 @@ export interface Template {
   copies: TemplateCopy[];
   /** Volumes whose replicas use it (linked clones). */
   clones: string[];
+  message: string;
+}
+
+/**
+ * A backup of a volume: a crash-consistent snapshot of it, copied into a node's
+ * deduplicated, compressed chunk store (only chunks the store lacked are added).
+ */
+export interface Backup {
+  volume: string;
+  /** Sortable by time: YYYYMMDD-HHMMSS; "VOLUME@ID" names it. */
+  id: string;
+  state: BackupState;
+  createdAtMs: number;
+  /** The node whose chunk store holds it. */
+  node: string;
+  /** The volume's size. */
+  sizeBytes: number;
+  /** Bytes that were not zero. */
+  dataBytes: number;
+  /** Bytes of chunks the store did not have yet: uncompressed, and as stored. */
+  newBytes: number;
+  storedBytes: number;
+  durationMs: number;
   message: string;
 }
 
@@ -5411,6 +5479,271 @@ export const Template: MessageFns<Template> = {
     message.createdAtMs = object.createdAtMs ?? 0;
     message.copies = object.copies?.map((e) => TemplateCopy.fromPartial(e)) || [];
     message.clones = object.clones?.map((e) => e) || [];
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseBackup(): Backup {
+  return {
+    volume: "",
+    id: "",
+    state: 0,
+    createdAtMs: 0,
+    node: "",
+    sizeBytes: 0,
+    dataBytes: 0,
+    newBytes: 0,
+    storedBytes: 0,
+    durationMs: 0,
+    message: "",
+  };
+}
+
+export const Backup: MessageFns<Backup> = {
+  encode(message: Backup, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.id !== "") {
+      writer.uint32(18).string(message.id);
+    }
+    if (message.state !== 0) {
+      writer.uint32(24).int32(message.state);
+    }
+    if (message.createdAtMs !== 0) {
+      writer.uint32(32).int64(message.createdAtMs);
+    }
+    if (message.node !== "") {
+      writer.uint32(42).string(message.node);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(48).uint64(message.sizeBytes);
+    }
+    if (message.dataBytes !== 0) {
+      writer.uint32(56).uint64(message.dataBytes);
+    }
+    if (message.newBytes !== 0) {
+      writer.uint32(64).uint64(message.newBytes);
+    }
+    if (message.storedBytes !== 0) {
+      writer.uint32(72).uint64(message.storedBytes);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(80).uint64(message.durationMs);
+    }
+    if (message.message !== "") {
+      writer.uint32(90).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Backup {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBackup();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.dataBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.newBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.storedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Backup {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      state: isSet(object.state) ? backupStateFromJSON(object.state) : 0,
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+      dataBytes: isSet(object.dataBytes)
+        ? globalThis.Number(object.dataBytes)
+        : isSet(object.data_bytes)
+        ? globalThis.Number(object.data_bytes)
+        : 0,
+      newBytes: isSet(object.newBytes)
+        ? globalThis.Number(object.newBytes)
+        : isSet(object.new_bytes)
+        ? globalThis.Number(object.new_bytes)
+        : 0,
+      storedBytes: isSet(object.storedBytes)
+        ? globalThis.Number(object.storedBytes)
+        : isSet(object.stored_bytes)
+        ? globalThis.Number(object.stored_bytes)
+        : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: Backup): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.state !== 0) {
+      obj.state = backupStateToJSON(message.state);
+    }
+    if (message.createdAtMs !== 0) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    if (message.dataBytes !== 0) {
+      obj.dataBytes = Math.round(message.dataBytes);
+    }
+    if (message.newBytes !== 0) {
+      obj.newBytes = Math.round(message.newBytes);
+    }
+    if (message.storedBytes !== 0) {
+      obj.storedBytes = Math.round(message.storedBytes);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Backup>, I>>(base?: I): Backup {
+    return Backup.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Backup>, I>>(object: I): Backup {
+    const message = createBaseBackup();
+    message.volume = object.volume ?? "";
+    message.id = object.id ?? "";
+    message.state = object.state ?? 0;
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.node = object.node ?? "";
+    message.sizeBytes = object.sizeBytes ?? 0;
+    message.dataBytes = object.dataBytes ?? 0;
+    message.newBytes = object.newBytes ?? 0;
+    message.storedBytes = object.storedBytes ?? 0;
+    message.durationMs = object.durationMs ?? 0;
     message.message = object.message ?? "";
     return message;
   },

@@ -1,0 +1,213 @@
+// Backups on a node: the node's chunk store (lib/chunks, under DATA_DIR/backups)
+// and short-lived read-only NBD exports that backups read from and restores copy
+// from. Every export is a `qemu-nbd` process on the agent's address with a pid
+// file named by its id, so it can be stopped (and found again after an agent
+// restart) by id alone.
+//
+// - A replica's snapshot is exported with `qemu-nbd -l snapshot.name=TAG` over
+//   the live image, with file locking off: the storage daemon holds the image for
+//   writing, and a snapshot's clusters never change while it exists.
+// - A backup reads the export's allocated extents (`qemu-img map`) through an NBD
+//   client, holes as zeroes without reading them, into the chunk store.
+// - A restore writes the backup into a sparse raw file in the store's scratch
+//   folder and exports that; the file goes when the export is stopped.
+import { existsSync } from "node:fs";
+import { mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { ChunkStore, type WriteStats } from "../lib/chunks/index.js";
+import { InvalidArgumentError, NotFoundError } from "../lib/errors.js";
+import { run } from "../lib/exec.js";
+import { KeyedMutex } from "../lib/keyed-mutex.js";
+import type { Logger } from "../lib/logger.js";
+import { NbdClient } from "../lib/nbd/client.js";
+import { parseNbdUri } from "../lib/nbd-uri.js";
+import { waitForExit } from "../lib/proc.js";
+import { checkSnapshotTag } from "./qemu-img.js";
+
+const ID_RE = /^[a-z0-9][a-z0-9._@-]{0,150}$/;
+const PIECE = 1024 * 1024;
+const READ_AHEAD = 8;
+
+function checkId(kind: string, id: string): void {
+  if (!ID_RE.test(id)) throw new InvalidArgumentError(`invalid ${kind} "${id}"`);
+}
+
+interface Extent {
+  start: number;
+  length: number;
+  data: boolean;
+}
+
+/** The allocation of an NBD export, as qemu-img map reports it (holes and zero ranges: data false). */
+async function extentsOf(uri: string): Promise<Extent[]> {
+  const { stdout } = await run("qemu-img", ["map", "--output=json", "-f", "raw", uri], { timeoutMs: 600_000 });
+  return (JSON.parse(stdout) as { start: number; length: number; data: boolean; zero: boolean }[]).map((e) => ({ start: e.start, length: e.length, data: e.data && !e.zero }));
+}
+
+/** The export's bytes in order: data extents read with a few requests in flight, the rest as zeroes. */
+async function* readImage(client: NbdClient, extents: Extent[]): AsyncGenerator<Uint8Array> {
+  const zeroes = Buffer.alloc(PIECE);
+  for (const e of extents) {
+    const end = e.start + e.length;
+    if (!e.data) {
+      for (let off = e.start; off < end; off += PIECE) yield zeroes.subarray(0, Math.min(PIECE, end - off));
+      continue;
+    }
+    const pending: Promise<Buffer>[] = [];
+    let next = e.start;
+    const fill = () => {
+      while (pending.length < READ_AHEAD && next < end) {
+        const len = Math.min(PIECE, end - next);
+        pending.push(client.read(next, len));
+        next += len;
+      }
+    };
+    fill();
+    while (pending.length > 0) {
+      const buf = await pending.shift()!;
+      fill();
+      yield buf;
+    }
+  }
+}
+
+export interface BackupsOptions {
+  dataDir: string;
+  /** The address other nodes reach this one at (exports listen there). */
+  host: string;
+  logger: Logger;
+}
+
+export class Backups {
+  private storeP: Promise<ChunkStore> | undefined;
+  private readonly mutex = new KeyedMutex();
+  private readonly dir: string;
+
+  constructor(private readonly o: BackupsOptions) {
+    this.dir = join(o.dataDir, "backups");
+  }
+
+  private get exportsDir(): string {
+    return join(this.dir, "exports");
+  }
+
+  private store(): Promise<ChunkStore> {
+    this.storeP ??= (async () => {
+      await mkdir(this.dir, { recursive: true });
+      return ChunkStore.open(join(this.dir, "store"));
+    })();
+    this.storeP.catch(() => (this.storeP = undefined));
+    return this.storeP;
+  }
+
+  /** Exports an internal snapshot of a local qcow2 image read-only; returns its nbd:// URI. */
+  exportSnapshot(id: string, imagePath: string, tag: string): Promise<string> {
+    checkSnapshotTag(tag);
+    const opts = `driver=qcow2,file.driver=file,file.filename=${imagePath.replaceAll(",", ",,")},file.locking=off`;
+    return this.startExport(id, ["--image-opts", "-l", `snapshot.name=${tag}`, opts]);
+  }
+
+  /** Reads an NBD export into the store as backup `name`. */
+  async backupFrom(name: string, sourceUri: string): Promise<WriteStats & { ms: number }> {
+    checkId("backup name", name);
+    return this.mutex.run(name, async () => {
+      const store = await this.store();
+      const t0 = Date.now();
+      const extents = await extentsOf(sourceUri);
+      const client = await NbdClient.connect({ ...parseNbdUri(sourceUri) });
+      try {
+        const stats = await store.write(name, readImage(client, extents));
+        this.o.logger.info({ backup: name, source: sourceUri, dataBytes: stats.dataBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, ms: Date.now() - t0 }, "backup written");
+        return { ...stats, ms: Date.now() - t0 };
+      } finally {
+        client.destroy();
+      }
+    });
+  }
+
+  /** Writes backup `name` into a sparse raw file and exports it read-only; returns its nbd:// URI. */
+  async serveBackup(id: string, name: string): Promise<string> {
+    checkId("backup name", name);
+    const store = await this.store();
+    if (!(await store.list()).includes(name)) throw new NotFoundError("backup", name, { hint: "the node's store has no such backup" });
+    await mkdir(this.exportsDir, { recursive: true });
+    const file = join(this.exportsDir, `${id}.raw`);
+    if (!existsSync(file)) {
+      const tmp = `${file}.tmp`;
+      await store.restore(name, tmp);
+      await rename(tmp, file);
+    }
+    return this.startExport(id, ["-f", "raw", file]);
+  }
+
+  /** Removes backup `name` from the store and collects the chunks no backup uses any more. */
+  async deleteBackup(name: string): Promise<boolean> {
+    checkId("backup name", name);
+    return this.mutex.run(name, async () => {
+      const store = await this.store();
+      if (!(await store.list()).includes(name)) return false;
+      await store.delete(name);
+      const gc = await store.gc();
+      this.o.logger.info({ backup: name, gc }, "backup deleted");
+      return true;
+    });
+  }
+
+  /** Starts `qemu-nbd` (read-only, several clients) for export `id` unless it runs; returns its URI. */
+  private startExport(id: string, args: string[]): Promise<string> {
+    checkId("export id", id);
+    return this.mutex.run(`export:${id}`, async () => {
+      await mkdir(this.exportsDir, { recursive: true });
+      const running = await this.running(id);
+      if (running) return running.uri;
+      const port = await freePort(this.o.host);
+      const pidFile = join(this.exportsDir, `${id}.pid`);
+      await run("qemu-nbd", ["--read-only", "--persistent", "--shared=8", "--fork", `--pid-file=${pidFile}`, "-x", "data", "-b", this.o.host, "-p", String(port), ...args], { timeoutMs: 30_000 });
+      const host = this.o.host.includes(":") ? `[${this.o.host}]` : this.o.host;
+      const uri = `nbd://${host}:${port}/data`;
+      await writeFile(join(this.exportsDir, `${id}.uri`), uri);
+      this.o.logger.info({ export: id, uri }, "read-only export started");
+      return uri;
+    });
+  }
+
+  private async running(id: string): Promise<{ pid: number; uri: string } | undefined> {
+    try {
+      const pid = Number((await readFile(join(this.exportsDir, `${id}.pid`), "utf8")).trim());
+      const uri = (await readFile(join(this.exportsDir, `${id}.uri`), "utf8")).trim();
+      process.kill(pid, 0);
+      return { pid, uri };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Stops export `id` and removes what it served from (a restore's file). Idempotent. */
+  stopExport(id: string): Promise<boolean> {
+    checkId("export id", id);
+    return this.mutex.run(`export:${id}`, async () => {
+      const r = await this.running(id);
+      if (r) {
+        process.kill(r.pid, "SIGTERM");
+        if (!(await waitForExit(r.pid, 5_000))) process.kill(r.pid, "SIGKILL");
+      }
+      for (const ext of ["pid", "uri", "raw", "raw.tmp"]) await rm(join(this.exportsDir, `${id}.${ext}`), { force: true });
+      return r !== undefined;
+    });
+  }
+
+  /** Ids of exports that have a pid file (running or left by a crash). */
+  async exportIds(): Promise<string[]> {
+    const names = await readdir(this.exportsDir).catch(() => [] as string[]);
+    return names.filter((n) => n.endsWith(".pid")).map((n) => n.slice(0, -4));
+  }
+}
+
+async function freePort(host: string): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((ok, fail) => srv.once("error", fail).listen(0, host, () => ok()));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise<void>((ok) => srv.close(() => ok()));
+  return port;
+}
