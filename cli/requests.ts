@@ -94,6 +94,8 @@ export interface SetPoolFlags {
   critical?: string;
   thresholds?: string;
   force?: boolean;
+  dedup?: string;
+  quietHours?: string;
 }
 
 /** A number > 0 (ratio) or a percentage in (0, 100]. */
@@ -122,8 +124,19 @@ export function setPoolRequest(first: string, second: string | undefined, flags:
   if (req.warningPercent !== undefined && req.criticalPercent !== undefined && req.warningPercent >= req.criticalPercent) {
     throw new UsageError(`option '--warning': ${req.warningPercent}% must be below --critical ${req.criticalPercent}%`);
   }
-  if (req.overcommitRatio === undefined && !req.resetOvercommit && req.warningPercent === undefined && req.criticalPercent === undefined && !req.resetThresholds) {
-    throw new UsageError("nothing to set: give --overcommit RATIO, --warning PERCENT, --critical PERCENT or --thresholds default");
+  // The controller checks these two (daily|off, HH:MM-HH:MM) and refuses before writing.
+  if (flags.dedup !== undefined) req.dedup = flags.dedup;
+  if (flags.quietHours !== undefined) req.quietHours = flags.quietHours;
+  if (
+    req.overcommitRatio === undefined &&
+    !req.resetOvercommit &&
+    req.warningPercent === undefined &&
+    req.criticalPercent === undefined &&
+    !req.resetThresholds &&
+    req.dedup === undefined &&
+    req.quietHours === undefined
+  ) {
+    throw new UsageError("nothing to set: give --overcommit RATIO, --warning PERCENT, --critical PERCENT, --thresholds default, --dedup daily|off or --quiet-hours HH:MM-HH:MM");
   }
   return req;
 }

@@ -188,6 +188,9 @@ class FakeCluster {
         this.poolSets.push(req);
         return { pool: { ...pool, overcommitRatio: req.overcommitRatio ?? pool.overcommitRatio }, changed: true };
       },
+      dedupPool: async (req) => {
+        throw new NotFoundError("pool", `${req.node}/${req.name}`);
+      },
     };
   }
 }

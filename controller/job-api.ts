@@ -6,6 +6,7 @@ import type { RequestHandlers } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
 import { volumeJobs } from "./jobs.js";
 import type { JobRecord, VolumeSpec } from "./model.js";
+import { poolDedupJobs } from "./pool-dedup.js";
 import type { Brake } from "./replica-plan.js";
 import type { ClusterStore } from "./store.js";
 
@@ -38,7 +39,8 @@ export function jobApi(d: JobApiDeps): RequestHandlers<typeof JobServiceService>
       } else {
         specs = d.store.volumeSpecs().map((e) => e.value);
       }
-      return { jobs: jobsOf(d.store, specs), rebuildsPaused: d.brake()?.message ?? "" };
+      const poolJobs = req.volume ? [] : poolDedupJobs(d.store.poolDedups().map((e) => e.value), Date.now());
+      return { jobs: [...jobsOf(d.store, specs), ...poolJobs], rebuildsPaused: d.brake()?.message ?? "" };
     },
   };
 }

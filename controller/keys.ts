@@ -3,7 +3,7 @@
 
 export const PREFIX = "/stowage/v1/";
 
-export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template" | "backup";
+export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template" | "backup" | "pool-dedup";
 
 const SEGMENTS: Record<KeyKind, string> = {
   "node-spec": "nodes/spec/",
@@ -17,6 +17,7 @@ const SEGMENTS: Record<KeyKind, string> = {
   snapshot: "snapshots/",
   backup: "backups/",
   template: "templates/",
+  "pool-dedup": "pool-dedup/",
 };
 
 export const keys = {
@@ -38,6 +39,8 @@ export const keys = {
   template: (name: string) => PREFIX + SEGMENTS.template + name,
   /** A backup of a volume: backups/VOLUME@ID. */
   backup: (volume: string, id: string) => PREFIX + SEGMENTS.backup + `${volume}@${id}`,
+  /** A pool's dedup run, running or the last: pool-dedup/NODE@POOL. */
+  poolDedup: (node: string, pool: string) => PREFIX + SEGMENTS["pool-dedup"] + `${node}@${pool}`,
   prefixOf: (kind: KeyKind) => PREFIX + SEGMENTS[kind],
   /** Election keys live under this prefix (etcd3 adds its own suffix). */
   election: PREFIX + "leader",

@@ -32,6 +32,7 @@ import { collectMetrics, renderMetrics, serveMetrics } from "./metrics.js";
 import { Migrator } from "./migrator.js";
 import { nodeApis } from "./node-api.js";
 import { NodeRegistry } from "./nodes.js";
+import { PoolDedupJobs } from "./pool-dedup.js";
 import { Reconciler } from "./reconciler.js";
 import { backupApi } from "./backup-api.js";
 import { Backups } from "./backups.js";
@@ -121,6 +122,7 @@ async function main(): Promise<void> {
   let backups: Backups | undefined;
   let templates: Templates | undefined;
   let capacityEvents: CapacityEvents | undefined;
+  let poolDedup: PoolDedupJobs | undefined;
   const registry = new NodeRegistry(etcd, store, { heartbeatIntervalMs, nodeTtlSec: nodeTtl }, log.child({ part: "nodes" }), (n) =>
     reconciler?.nodeRegistered(n),
   );
@@ -140,6 +142,7 @@ async function main(): Promise<void> {
     ensureLeader,
     leader: () => election.leader(),
     isLeader: () => election.isLeader,
+    poolDedup: () => poolDedup,
   });
   addService(server, NodeServiceService, apis.nodes);
   addService(server, PoolServiceService, apis.pools);
@@ -203,8 +206,12 @@ async function main(): Promise<void> {
     templates.start();
     capacityEvents = new CapacityEvents(store, view, log.child({ part: "capacity" }));
     capacityEvents.start();
+    poolDedup = new PoolDedupJobs({ store, view, agents, isOnline: (n) => registry.isOnline(n), instance, log: log.child({ part: "pool-dedup" }) });
+    poolDedup.start();
   });
   election.on("lost", () => {
+    poolDedup?.stop();
+    poolDedup = undefined;
     backups?.stop();
     backups = undefined;
     snapshots?.stop();
@@ -237,6 +244,7 @@ async function main(): Promise<void> {
     log.info({ signal }, "stopping");
     migrator?.stop();
     capacityEvents?.stop();
+    poolDedup?.stop();
     reconciler?.stop();
     registry.stop();
     metrics?.server.close();

@@ -51,6 +51,29 @@ export interface PoolSettings {
   overcommitRatio?: number;
   warningPercent?: number;
   criticalPercent?: number;
+  /** Scheduled reflink dedup of the pool's images (absent: off). */
+  dedup?: "daily" | "off";
+  /** When scheduled jobs may run: "HH:MM-HH:MM", controller local time (absent: any time). */
+  quietHours?: string;
+}
+
+/** A pool's dedup run, under way or the last one (pool-dedup/NODE@POOL): observed, not desired. */
+export interface PoolDedupRecord {
+  node: string;
+  pool: string;
+  state: "running" | "done" | "failed";
+  trigger: "schedule" | "manual";
+  /** Controller instance that runs it. */
+  runner: string;
+  startedAtMs: number;
+  updatedAtMs: number;
+  finishedAtMs: number;
+  filesystem: string;
+  deduplicatedBytes: number;
+  savedBytes: number;
+  freedBytes: number;
+  scannedBytes: number;
+  message: string;
 }
 
 /** Kept under a lease that the leader refreshes on each heartbeat: gone means offline. */

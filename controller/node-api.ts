@@ -5,7 +5,7 @@ import type {
   NodeServiceService,
   PoolServiceService,
 } from "../gen/stowage/v1/controller.js";
-import { InsufficientCapacityError, NotFoundError } from "../lib/errors.js";
+import { FailedPreconditionError, InsufficientCapacityError, NotFoundError } from "../lib/errors.js";
 import type { AsyncService } from "../lib/grpc.js";
 import type { KeyedMutex } from "../lib/keyed-mutex.js";
 import { validateName } from "../lib/names.js";
@@ -18,6 +18,7 @@ import { jobsOf } from "./job-api.js";
 import { keys } from "./keys.js";
 import type { NodeSpec } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
+import { dedupRunToApi, type PoolDedupJobs } from "./pool-dedup.js";
 import { setPool } from "./pool-settings.js";
 import { PLACEMENT_LOCK } from "./replica-keeper.js";
 import type { ClusterStore } from "./store.js";
@@ -33,6 +34,8 @@ export interface NodeApiDeps {
   ensureLeader: () => Promise<void>;
   leader: () => Promise<string>;
   isLeader: () => boolean;
+  /** The leader's pool dedup runner. */
+  poolDedup?: () => PoolDedupJobs | undefined;
 }
 
 export function nodeApis(d: NodeApiDeps) {
@@ -123,6 +126,13 @@ export function nodeApis(d: NodeApiDeps) {
     async setPool(req) {
       await d.ensureLeader();
       return setPool(d.store, d.view, req);
+    },
+    async dedupPool(req) {
+      await d.ensureLeader();
+      const runner = d.poolDedup?.();
+      if (!runner) throw new FailedPreconditionError("this controller runs no pool dedup", { hint: "retry in a moment" });
+      const rec = await runner.run(req.node, req.name, "manual");
+      return { pool: d.view.pools(req.node).find((p) => p.name === req.name), run: dedupRunToApi(rec) };
     },
   };
 

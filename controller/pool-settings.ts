@@ -7,6 +7,7 @@ import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "..
 import { validateName } from "../lib/names.js";
 import { effectivePool, mergeSettings, ratioTooLow } from "./capacity.js";
 import type { ClusterView } from "./cluster-view.js";
+import { applyDedupPolicy } from "./dedup-policy.js";
 import { keys } from "./keys.js";
 import type { NodeSpec } from "./model.js";
 import type { ClusterStore } from "./store.js";
@@ -21,9 +22,15 @@ export async function setPool(store: ClusterStore, view: ClusterView, req: SetPo
     throw new NotFoundError("pool", ref, { hint: `run 'stowctl pool list --node ${req.node}' to see its pools` });
   }
   const nothing =
-    req.overcommitRatio === undefined && req.warningPercent === undefined && req.criticalPercent === undefined && !req.resetOvercommit && !req.resetThresholds;
+    req.overcommitRatio === undefined &&
+    req.warningPercent === undefined &&
+    req.criticalPercent === undefined &&
+    !req.resetOvercommit &&
+    !req.resetThresholds &&
+    req.dedup === undefined &&
+    req.quietHours === undefined;
   if (nothing) {
-    throw new InvalidArgumentError(`nothing to change for pool ${ref}`, { hint: "give --overcommit RATIO, --warning PERCENT or --critical PERCENT" });
+    throw new InvalidArgumentError(`nothing to change for pool ${ref}`, { hint: "give --overcommit RATIO, --warning PERCENT, --critical PERCENT, --dedup daily|off or --quiet-hours HH:MM-HH:MM" });
   }
   const spec = entry.value;
   const current = spec.poolSettings?.[req.name];
@@ -35,6 +42,7 @@ export async function setPool(store: ClusterStore, view: ClusterView, req: SetPo
     resetThresholds: req.resetThresholds,
   });
   if (!merged.ok) throw new InvalidArgumentError(`pool ${ref}: ${merged.message}`, { hint: `${merged.hint}; nothing was changed` });
+  applyDedupPolicy(ref, merged.settings, req);
 
   const provisioned = view.usage().pools.get(ref)?.provisionedBytes ?? 0;
   const next = effectivePool(record, merged.settings);

@@ -7,7 +7,7 @@ import type { Etcd3, IKeyValue, Watcher } from "etcd3";
 import { ConflictError } from "../lib/errors.js";
 import type { Logger } from "../lib/logger.js";
 import { keys, parseKey, PREFIX, type KeyKind, type ParsedKey } from "./keys.js";
-import type { EventRecord, FrontendStatus, JobRecord, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, SnapshotRecord, BackupRecord, TemplateRecord, VolumeSpec, VolumeStatus } from "./model.js";
+import type { EventRecord, FrontendStatus, JobRecord, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, SnapshotRecord, BackupRecord, TemplateRecord, PoolDedupRecord, VolumeSpec, VolumeStatus } from "./model.js";
 
 export interface Entry<T> {
   value: T;
@@ -184,4 +184,6 @@ export class ClusterStore extends EventEmitter<{ change: [Change] }> {
   events = () => this.all<EventRecord>("event");
   template = (name: string) => this.get<TemplateRecord>(keys.template(name));
   templates = () => this.all<TemplateRecord>("template");
+  poolDedup = (node: string, pool: string) => this.get<PoolDedupRecord>(keys.poolDedup(node, pool));
+  poolDedups = () => this.all<PoolDedupRecord>("pool-dedup");
 }

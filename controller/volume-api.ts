@@ -335,7 +335,7 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
           brake: rebuildBrake(nodes.map((x) => ({ online: online(x.name) }))),
           replaceUnreachable: false,
         });
-        const placed = placeReplicas(wanted, plan.add.length, d.view.snapshot());
+        const placed = placeReplicas(wanted, plan.add.length, d.view.snapshot(), [], spec.template ? templateCopyNodes(d.store.template(spec.template)?.value) : []);
         if (placed.placement.length < plan.add.length) {
           const missing = plan.add.length - placed.placement.length;
           throw new InsufficientCapacityError(`cannot place ${missing} more replica${missing === 1 ? "" : "s"} of volume ${req.name}: ${placed.reason}`, {

@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # The guest kernel and busybox build the small Linux guest of the end-to-end tests.
 # debootstrap, e2fsprogs, borgbackup and restic: the dedup benchmark's corpus and its baselines.
+# duperemove and xfsprogs: reflink dedup of pools (stowctl pool dedup) and its test's XFS filesystem.
 PACKAGES=(etcd-server etcd-client qemu-utils qemu-system-x86 qemu-system-common libvirt-daemon-system libvirt-clients
   fio nbdkit libnbd-bin linux-image-amd64 busybox-static cpio xz-utils
-  debootstrap e2fsprogs borgbackup restic)
+  debootstrap e2fsprogs borgbackup restic duperemove xfsprogs)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

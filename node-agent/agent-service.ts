@@ -7,6 +7,7 @@ import type { AsyncService } from "../lib/grpc.js";
 import type { AgentPools } from "./agent-pools.js";
 import type { Backups } from "./backups.js";
 import type { FrontendManager, RunningFrontend } from "./frontends.js";
+import type { PoolDedup } from "./pool-dedup.js";
 import type { DomainManager } from "./libvirt/domains.js";
 import { formatFromProto, preallocationFromProto, replicaToProto } from "./proto-mapping.js";
 import type { QsdSupervisor } from "./qsd/supervisor.js";
@@ -27,6 +28,7 @@ export function createAgentService(
   frontends: FrontendManager,
   domains?: DomainManager,
   backups?: Backups,
+  dedup?: PoolDedup,
 ): AsyncService<typeof AgentServiceService> {
   const store = (): Backups => {
     if (!backups) throw new FailedPreconditionError(`node ${pools.node} keeps no backups`);
@@ -178,5 +180,11 @@ export function createAgentService(
     openTemplateExport: async (req) => ({ nbdUri: await templates.openExport(templateRef(req.template)) }),
 
     closeTemplateExport: async (req) => ({ closed: await templates.closeExport(templateRef(req.template)) }),
+
+    dedupImages: async (req) => {
+      if (!dedup) throw new FailedPreconditionError(`node ${pools.node} runs no dedup`);
+      if (req.checkOnly) return { filesystem: await dedup.check(req.pool), freedBytes: 0, sharedSavedBytes: 0, sharedSavedBytesBefore: 0, scannedBytes: 0, files: 0, durationMs: 0 };
+      return dedup.run(req.pool);
+    },
   };
 }

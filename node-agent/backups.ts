@@ -13,7 +13,6 @@
 //   folder and exports that; the file goes when the export is stopped.
 import { existsSync } from "node:fs";
 import { mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { ChunkStore, type WriteStats } from "../lib/chunks/index.js";
 import { InvalidArgumentError, NotFoundError } from "../lib/errors.js";
@@ -24,6 +23,7 @@ import { NbdClient } from "../lib/nbd/client.js";
 import { parseNbdUri } from "../lib/nbd-uri.js";
 import { waitForExit } from "../lib/proc.js";
 import { checkSnapshotTag } from "./qemu-img.js";
+import { freePort } from "../lib/free-port.js";
 
 const ID_RE = /^[a-z0-9][a-z0-9._@-]{0,150}$/;
 const PIECE = 1024 * 1024;
@@ -204,10 +204,3 @@ export class Backups {
   }
 }
 
-async function freePort(host: string): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((ok, fail) => srv.once("error", fail).listen(0, host, () => ok()));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((ok) => srv.close(() => ok()));
-  return port;
-}

@@ -8,6 +8,7 @@ import { AgentServiceService } from "../gen/stowage/v1/agent.js";
 import { parseHostPort, withPort } from "./address.js";
 import { AgentPools } from "./agent-pools.js";
 import { createAgentService } from "./agent-service.js";
+import { PoolDedup } from "./pool-dedup.js";
 import { AGENT_USAGE, loadAgentConfig, parseAgentFlags } from "./config.js";
 import { Backups } from "./backups.js";
 import { FrontendManager } from "./frontends.js";
@@ -51,7 +52,8 @@ async function main(argv: string[]): Promise<void> {
   const server = createServer();
   const domains = config.libvirt && new DomainManager(new Virsh(config.libvirt.uri), logger.child({ part: "libvirt" }));
   const backups = new Backups({ dataDir: config.dataDir, host: parseHostPort(config.advertise, { allowPortZero: true }).host, logger: logger.child({ part: "backups" }) });
-  addService(server, AgentServiceService, createAgentService(pools, qsd, frontends, domains, backups));
+  const dedup = new PoolDedup(pools, config.dataDir, logger.child({ part: "dedup" }));
+  addService(server, AgentServiceService, createAgentService(pools, qsd, frontends, domains, backups, dedup));
   const port = await bind(server, config.listen, config.tls);
   const listening = withPort(config.listen, port);
   // With port 0 the port is known only now; the controllers must get the real one.

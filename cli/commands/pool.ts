@@ -5,6 +5,7 @@ import type { Session } from "../context.js";
 import { examples } from "../help.js";
 import { getPoolRequest, listPoolsRequest, setPoolRequest, type SetPoolFlags } from "../requests.js";
 import { poolDetail, poolsTable } from "../views.js";
+import { registerPoolDedupCommand } from "./pool-dedup.js";
 
 const FIGURES = `
 Figures:
@@ -65,6 +66,8 @@ export function registerPoolCommands(program: Command, session: Session): void {
     .option("--critical <percent>", "critical threshold, percent (default 90); must be above --warning")
     .option("--thresholds <default>", "'default': forget the pool's thresholds (80% and 90% apply again)")
     .option("--force", "set a ratio even if the volumes already in the pool exceed the new limit")
+    .option("--dedup <schedule>", "scheduled reflink dedup of the pool's images: daily or off (XFS with reflink or btrfs pools)")
+    .option("--quiet-hours <range>", "when scheduled jobs may run, controller local time: HH:MM-HH:MM (may wrap midnight), or 'any'")
     .addHelpText(
       "after",
       `
@@ -86,4 +89,6 @@ filesystem is really full: watch 'used' and the events.
       const ref = `${request.node}/${request.name}`;
       ctx.print(res, () => `${res.changed ? `pool ${ref} updated` : `pool ${ref} unchanged (already so)`}\n${res.pool ? poolDetail(res.pool) : ""}`);
     });
+
+  registerPoolDedupCommand(pool, session);
 }

@@ -10,7 +10,6 @@
 import { createSocket } from "node:dgram";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { rename, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
@@ -25,6 +24,7 @@ import { examples } from "../help.js";
 import { plural } from "../output.js";
 import { COPY_WAIT_MS } from "../wait.js";
 import { COPY_WAIT_HELP, NO_WAIT_HELP, waitInSync, waitMs, type WaitFlags } from "./volume-wait.js";
+import { freePort } from "../../lib/free-port.js";
 
 export const IMPORT_FORMATS = ["qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc"] as const;
 export const EXPORT_FORMATS = ["qcow2", "raw", "vmdk", "vdi", "vhdx"] as const;
@@ -67,13 +67,6 @@ export async function localAddressFor(controller: string): Promise<string> {
   }
 }
 
-async function freePort(host: string): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((ok, fail) => srv.once("error", fail).listen(0, host, () => ok()));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((ok) => srv.close(() => ok()));
-  return port;
-}
 
 /** Serves `file` read-only over NBD with qemu-nbd until the returned stop() is called. */
 export async function serveFile(file: string, format: string, host: string): Promise<{ uri: string; stop: () => void }> {

@@ -445,6 +445,29 @@ export interface DeleteStoredBackupResponse {
   deleted: boolean;
 }
 
+export interface DedupImagesRequest {
+  pool: string;
+  /** Only check that the pool's filesystem can share extents; change nothing. */
+  checkOnly: boolean;
+}
+
+export interface DedupImagesResponse {
+  /** Filesystem of the pool: "xfs", "btrfs", ... */
+  filesystem: string;
+  /** Free bytes gained on the filesystem during the run (statfs; other writers blur it). */
+  freedBytes: number;
+  /**
+   * Bytes the pool's images share with others, counted once per extra reference
+   * (filefrag), after the run: what sharing saves in total, earlier runs included.
+   */
+  sharedSavedBytes: number;
+  /** The same before the run; the difference is what this run deduplicated. */
+  sharedSavedBytesBefore: number;
+  scannedBytes: number;
+  files: number;
+  durationMs: number;
+}
+
 function createBaseGetInventoryRequest(): GetInventoryRequest {
   return {};
 }
@@ -6164,6 +6187,288 @@ export const DeleteStoredBackupResponse: MessageFns<DeleteStoredBackupResponse> 
   },
 };
 
+function createBaseDedupImagesRequest(): DedupImagesRequest {
+  return { pool: "", checkOnly: false };
+}
+
+export const DedupImagesRequest: MessageFns<DedupImagesRequest> = {
+  encode(message: DedupImagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pool !== "") {
+      writer.uint32(10).string(message.pool);
+    }
+    if (message.checkOnly !== false) {
+      writer.uint32(16).bool(message.checkOnly);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DedupImagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDedupImagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.checkOnly = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DedupImagesRequest {
+    return {
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      checkOnly: isSet(object.checkOnly)
+        ? globalThis.Boolean(object.checkOnly)
+        : isSet(object.check_only)
+        ? globalThis.Boolean(object.check_only)
+        : false,
+    };
+  },
+
+  toJSON(message: DedupImagesRequest): unknown {
+    const obj: any = {};
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.checkOnly !== false) {
+      obj.checkOnly = message.checkOnly;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DedupImagesRequest>, I>>(base?: I): DedupImagesRequest {
+    return DedupImagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DedupImagesRequest>, I>>(object: I): DedupImagesRequest {
+    const message = createBaseDedupImagesRequest();
+    message.pool = object.pool ?? "";
+    message.checkOnly = object.checkOnly ?? false;
+    return message;
+  },
+};
+
+function createBaseDedupImagesResponse(): DedupImagesResponse {
+  return {
+    filesystem: "",
+    freedBytes: 0,
+    sharedSavedBytes: 0,
+    sharedSavedBytesBefore: 0,
+    scannedBytes: 0,
+    files: 0,
+    durationMs: 0,
+  };
+}
+
+export const DedupImagesResponse: MessageFns<DedupImagesResponse> = {
+  encode(message: DedupImagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.filesystem !== "") {
+      writer.uint32(10).string(message.filesystem);
+    }
+    if (message.freedBytes !== 0) {
+      writer.uint32(16).int64(message.freedBytes);
+    }
+    if (message.sharedSavedBytes !== 0) {
+      writer.uint32(24).uint64(message.sharedSavedBytes);
+    }
+    if (message.sharedSavedBytesBefore !== 0) {
+      writer.uint32(32).uint64(message.sharedSavedBytesBefore);
+    }
+    if (message.scannedBytes !== 0) {
+      writer.uint32(40).uint64(message.scannedBytes);
+    }
+    if (message.files !== 0) {
+      writer.uint32(48).uint32(message.files);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(56).int64(message.durationMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DedupImagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDedupImagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.filesystem = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.freedBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sharedSavedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sharedSavedBytesBefore = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.scannedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.files = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DedupImagesResponse {
+    return {
+      filesystem: isSet(object.filesystem) ? globalThis.String(object.filesystem) : "",
+      freedBytes: isSet(object.freedBytes)
+        ? globalThis.Number(object.freedBytes)
+        : isSet(object.freed_bytes)
+        ? globalThis.Number(object.freed_bytes)
+        : 0,
+      sharedSavedBytes: isSet(object.sharedSavedBytes)
+        ? globalThis.Number(object.sharedSavedBytes)
+        : isSet(object.shared_saved_bytes)
+        ? globalThis.Number(object.shared_saved_bytes)
+        : 0,
+      sharedSavedBytesBefore: isSet(object.sharedSavedBytesBefore)
+        ? globalThis.Number(object.sharedSavedBytesBefore)
+        : isSet(object.shared_saved_bytes_before)
+        ? globalThis.Number(object.shared_saved_bytes_before)
+        : 0,
+      scannedBytes: isSet(object.scannedBytes)
+        ? globalThis.Number(object.scannedBytes)
+        : isSet(object.scanned_bytes)
+        ? globalThis.Number(object.scanned_bytes)
+        : 0,
+      files: isSet(object.files) ? globalThis.Number(object.files) : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: DedupImagesResponse): unknown {
+    const obj: any = {};
+    if (message.filesystem !== "") {
+      obj.filesystem = message.filesystem;
+    }
+    if (message.freedBytes !== 0) {
+      obj.freedBytes = Math.round(message.freedBytes);
+    }
+    if (message.sharedSavedBytes !== 0) {
+      obj.sharedSavedBytes = Math.round(message.sharedSavedBytes);
+    }
+    if (message.sharedSavedBytesBefore !== 0) {
+      obj.sharedSavedBytesBefore = Math.round(message.sharedSavedBytesBefore);
+    }
+    if (message.scannedBytes !== 0) {
+      obj.scannedBytes = Math.round(message.scannedBytes);
+    }
+    if (message.files !== 0) {
+      obj.files = Math.round(message.files);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DedupImagesResponse>, I>>(base?: I): DedupImagesResponse {
+    return DedupImagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DedupImagesResponse>, I>>(object: I): DedupImagesResponse {
+    const message = createBaseDedupImagesResponse();
+    message.filesystem = object.filesystem ?? "";
+    message.freedBytes = object.freedBytes ?? 0;
+    message.sharedSavedBytes = object.sharedSavedBytes ?? 0;
+    message.sharedSavedBytesBefore = object.sharedSavedBytesBefore ?? 0;
+    message.scannedBytes = object.scannedBytes ?? 0;
+    message.files = object.files ?? 0;
+    message.durationMs = object.durationMs ?? 0;
+    return message;
+  },
+};
+
 /** Served by each node agent; called by the controller. Every call is idempotent. */
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
@@ -6465,6 +6770,20 @@ export const AgentServiceService = {
       Buffer.from(CloseTemplateExportResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CloseTemplateExportResponse => CloseTemplateExportResponse.decode(value),
   },
+  /**
+   * Reflink deduplication of a pool's images (duperemove, FIDEDUPERANGE: safe on
+   * images open for writing). Refused (FAILED_PRECONDITION) on a filesystem that
+   * cannot share extents, or while a run on the pool is under way.
+   */
+  dedupImages: {
+    path: "/stowage.v1.AgentService/DedupImages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DedupImagesRequest): Buffer => Buffer.from(DedupImagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DedupImagesRequest => DedupImagesRequest.decode(value),
+    responseSerialize: (value: DedupImagesResponse): Buffer => Buffer.from(DedupImagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DedupImagesResponse => DedupImagesResponse.decode(value),
+  },
 } as const;
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
@@ -6537,6 +6856,12 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   openTemplateExport: handleUnaryCall<OpenTemplateExportRequest, OpenTemplateExportResponse>;
   /** Takes that export down again; fails while a copy still reads from it. */
   closeTemplateExport: handleUnaryCall<CloseTemplateExportRequest, CloseTemplateExportResponse>;
+  /**
+   * Reflink deduplication of a pool's images (duperemove, FIDEDUPERANGE: safe on
+   * images open for writing). Refused (FAILED_PRECONDITION) on a filesystem that
+   * cannot share extents, or while a run on the pool is under way.
+   */
+  dedupImages: handleUnaryCall<DedupImagesRequest, DedupImagesResponse>;
 }
 
 export interface AgentServiceClient extends Client {
@@ -6958,6 +7283,26 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CloseTemplateExportResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Reflink deduplication of a pool's images (duperemove, FIDEDUPERANGE: safe on
+   * images open for writing). Refused (FAILED_PRECONDITION) on a filesystem that
+   * cannot share extents, or while a run on the pool is under way.
+   */
+  dedupImages(
+    request: DedupImagesRequest,
+    callback: (error: ServiceError | null, response: DedupImagesResponse) => void,
+  ): ClientUnaryCall;
+  dedupImages(
+    request: DedupImagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DedupImagesResponse) => void,
+  ): ClientUnaryCall;
+  dedupImages(
+    request: DedupImagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DedupImagesResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -31,6 +31,7 @@ import {
   NodeRejection,
   PlacementItem,
   Pool,
+  PoolDedupRun,
   Snapshot,
   Template,
   Vm,
@@ -94,6 +95,16 @@ export interface UncordonNodeRequest {
 
 export interface UncordonNodeResponse {
   node?: Node | undefined;
+}
+
+export interface DedupPoolRequest {
+  node: string;
+  name: string;
+}
+
+export interface DedupPoolResponse {
+  pool?: Pool | undefined;
+  run?: PoolDedupRun | undefined;
 }
 
 export interface ListPoolsRequest {
@@ -487,6 +498,15 @@ export interface SetPoolRequest {
   resetThresholds: boolean;
   /** Set a ratio below what is provisioned in the pool already. */
   force: boolean;
+  /** Scheduled reflink dedup: "daily" or "off"; absent: unchanged. */
+  dedup?:
+    | string
+    | undefined;
+  /**
+   * When scheduled jobs may run, controller local time "HH:MM-HH:MM" (may wrap
+   * midnight); "any" or "": at any time; absent: unchanged.
+   */
+  quietHours?: string | undefined;
 }
 
 export interface SetPoolResponse {
@@ -1520,6 +1540,176 @@ export const UncordonNodeResponse: MessageFns<UncordonNodeResponse> = {
   fromPartial<I extends Exact<DeepPartial<UncordonNodeResponse>, I>>(object: I): UncordonNodeResponse {
     const message = createBaseUncordonNodeResponse();
     message.node = (object.node !== undefined && object.node !== null) ? Node.fromPartial(object.node) : undefined;
+    return message;
+  },
+};
+
+function createBaseDedupPoolRequest(): DedupPoolRequest {
+  return { node: "", name: "" };
+}
+
+export const DedupPoolRequest: MessageFns<DedupPoolRequest> = {
+  encode(message: DedupPoolRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DedupPoolRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDedupPoolRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DedupPoolRequest {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: DedupPoolRequest): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DedupPoolRequest>, I>>(base?: I): DedupPoolRequest {
+    return DedupPoolRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DedupPoolRequest>, I>>(object: I): DedupPoolRequest {
+    const message = createBaseDedupPoolRequest();
+    message.node = object.node ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseDedupPoolResponse(): DedupPoolResponse {
+  return { pool: undefined, run: undefined };
+}
+
+export const DedupPoolResponse: MessageFns<DedupPoolResponse> = {
+  encode(message: DedupPoolResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pool !== undefined) {
+      Pool.encode(message.pool, writer.uint32(10).fork()).join();
+    }
+    if (message.run !== undefined) {
+      PoolDedupRun.encode(message.run, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DedupPoolResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDedupPoolResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pool = Pool.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.run = PoolDedupRun.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DedupPoolResponse {
+    return {
+      pool: isSet(object.pool) ? Pool.fromJSON(object.pool) : undefined,
+      run: isSet(object.run) ? PoolDedupRun.fromJSON(object.run) : undefined,
+    };
+  },
+
+  toJSON(message: DedupPoolResponse): unknown {
+    const obj: any = {};
+    if (message.pool !== undefined) {
+      obj.pool = Pool.toJSON(message.pool);
+    }
+    if (message.run !== undefined) {
+      obj.run = PoolDedupRun.toJSON(message.run);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DedupPoolResponse>, I>>(base?: I): DedupPoolResponse {
+    return DedupPoolResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DedupPoolResponse>, I>>(object: I): DedupPoolResponse {
+    const message = createBaseDedupPoolResponse();
+    message.pool = (object.pool !== undefined && object.pool !== null) ? Pool.fromPartial(object.pool) : undefined;
+    message.run = (object.run !== undefined && object.run !== null) ? PoolDedupRun.fromPartial(object.run) : undefined;
     return message;
   },
 };
@@ -6827,6 +7017,8 @@ function createBaseSetPoolRequest(): SetPoolRequest {
     criticalPercent: undefined,
     resetThresholds: false,
     force: false,
+    dedup: undefined,
+    quietHours: undefined,
   };
 }
 
@@ -6855,6 +7047,12 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
     }
     if (message.force !== false) {
       writer.uint32(64).bool(message.force);
+    }
+    if (message.dedup !== undefined) {
+      writer.uint32(74).string(message.dedup);
+    }
+    if (message.quietHours !== undefined) {
+      writer.uint32(82).string(message.quietHours);
     }
     return writer;
   },
@@ -6936,6 +7134,22 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
             message.force = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.dedup = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.quietHours = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6978,6 +7192,12 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
         ? globalThis.Boolean(object.reset_thresholds)
         : false,
       force: isSet(object.force) ? globalThis.Boolean(object.force) : false,
+      dedup: isSet(object.dedup) ? globalThis.String(object.dedup) : undefined,
+      quietHours: isSet(object.quietHours)
+        ? globalThis.String(object.quietHours)
+        : isSet(object.quiet_hours)
+        ? globalThis.String(object.quiet_hours)
+        : undefined,
     };
   },
 
@@ -7007,6 +7227,12 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
     if (message.force !== false) {
       obj.force = message.force;
     }
+    if (message.dedup !== undefined) {
+      obj.dedup = message.dedup;
+    }
+    if (message.quietHours !== undefined) {
+      obj.quietHours = message.quietHours;
+    }
     return obj;
   },
 
@@ -7023,6 +7249,8 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
     message.criticalPercent = object.criticalPercent ?? undefined;
     message.resetThresholds = object.resetThresholds ?? false;
     message.force = object.force ?? false;
+    message.dedup = object.dedup ?? undefined;
+    message.quietHours = object.quietHours ?? undefined;
     return message;
   },
 };
@@ -10011,6 +10239,19 @@ export const PoolServiceService = {
     responseSerialize: (value: SetPoolResponse): Buffer => Buffer.from(SetPoolResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SetPoolResponse => SetPoolResponse.decode(value),
   },
+  /**
+   * Deduplicates a pool's images now (reflink, XFS or btrfs) and waits for the
+   * result, recorded as a job while it runs and on the pool afterwards.
+   */
+  dedupPool: {
+    path: "/stowage.v1.PoolService/DedupPool" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DedupPoolRequest): Buffer => Buffer.from(DedupPoolRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DedupPoolRequest => DedupPoolRequest.decode(value),
+    responseSerialize: (value: DedupPoolResponse): Buffer => Buffer.from(DedupPoolResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DedupPoolResponse => DedupPoolResponse.decode(value),
+  },
 } as const;
 
 export interface PoolServiceServer extends UntypedServiceImplementation {
@@ -10023,6 +10264,11 @@ export interface PoolServiceServer extends UntypedServiceImplementation {
    * would leave less than what is already provisioned there (unless forced).
    */
   setPool: handleUnaryCall<SetPoolRequest, SetPoolResponse>;
+  /**
+   * Deduplicates a pool's images now (reflink, XFS or btrfs) and waits for the
+   * result, recorded as a job while it runs and on the pool afterwards.
+   */
+  dedupPool: handleUnaryCall<DedupPoolRequest, DedupPoolResponse>;
 }
 
 export interface PoolServiceClient extends Client {
@@ -10076,6 +10322,25 @@ export interface PoolServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SetPoolResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Deduplicates a pool's images now (reflink, XFS or btrfs) and waits for the
+   * result, recorded as a job while it runs and on the pool afterwards.
+   */
+  dedupPool(
+    request: DedupPoolRequest,
+    callback: (error: ServiceError | null, response: DedupPoolResponse) => void,
+  ): ClientUnaryCall;
+  dedupPool(
+    request: DedupPoolRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DedupPoolResponse) => void,
+  ): ClientUnaryCall;
+  dedupPool(
+    request: DedupPoolRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DedupPoolResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -561,7 +561,42 @@ export interface Pool {
    * -- Capacity (fields 20-29) --
    * Figures the controller derives: physical use, limits, thresholds.
    */
-  capacity?: PoolCapacity | undefined;
+  capacity?:
+    | PoolCapacity
+    | undefined;
+  /** -- Space-efficiency jobs (fields 30-39) -- */
+  dedup?: PoolDedup | undefined;
+}
+
+/** A pool's reflink dedup: the operator's policy and the last run. */
+export interface PoolDedup {
+  /** "daily" or "off". */
+  schedule: string;
+  /** "HH:MM-HH:MM" (controller local time), empty: any time. */
+  quietHours: string;
+  lastRun?:
+    | PoolDedupRun
+    | undefined;
+  /** Why a due run does not start, or when the next may (empty: nothing to say). */
+  next: string;
+}
+
+export interface PoolDedupRun {
+  /** "running", "done" or "failed". */
+  state: string;
+  /** "schedule" or "manual". */
+  trigger: string;
+  startedAtMs: number;
+  finishedAtMs: number;
+  filesystem: string;
+  /** Bytes this run deduplicated (shared extents gained). */
+  deduplicatedBytes: number;
+  /** What extent sharing saves in the pool after the run, earlier runs included. */
+  savedBytes: number;
+  /** Free bytes gained on the filesystem during the run (statfs). */
+  freedBytes: number;
+  scannedBytes: number;
+  message: string;
 }
 
 export interface NodeLabels {
@@ -963,6 +998,7 @@ function createBasePool(): Pool {
     overcommitRatio: 0,
     replicaCount: 0,
     capacity: undefined,
+    dedup: undefined,
   };
 }
 
@@ -1000,6 +1036,9 @@ export const Pool: MessageFns<Pool> = {
     }
     if (message.capacity !== undefined) {
       PoolCapacity.encode(message.capacity, writer.uint32(162).fork()).join();
+    }
+    if (message.dedup !== undefined) {
+      PoolDedup.encode(message.dedup, writer.uint32(242).fork()).join();
     }
     return writer;
   },
@@ -1105,6 +1144,14 @@ export const Pool: MessageFns<Pool> = {
             message.capacity = PoolCapacity.decode(reader, reader.uint32());
             continue;
           }
+          case 30: {
+            if (tag !== 242) {
+              break;
+            }
+
+            message.dedup = PoolDedup.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1154,6 +1201,7 @@ export const Pool: MessageFns<Pool> = {
         ? globalThis.Number(object.replica_count)
         : 0,
       capacity: isSet(object.capacity) ? PoolCapacity.fromJSON(object.capacity) : undefined,
+      dedup: isSet(object.dedup) ? PoolDedup.fromJSON(object.dedup) : undefined,
     };
   },
 
@@ -1192,6 +1240,9 @@ export const Pool: MessageFns<Pool> = {
     if (message.capacity !== undefined) {
       obj.capacity = PoolCapacity.toJSON(message.capacity);
     }
+    if (message.dedup !== undefined) {
+      obj.dedup = PoolDedup.toJSON(message.dedup);
+    }
     return obj;
   },
 
@@ -1213,6 +1264,384 @@ export const Pool: MessageFns<Pool> = {
     message.capacity = (object.capacity !== undefined && object.capacity !== null)
       ? PoolCapacity.fromPartial(object.capacity)
       : undefined;
+    message.dedup = (object.dedup !== undefined && object.dedup !== null)
+      ? PoolDedup.fromPartial(object.dedup)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePoolDedup(): PoolDedup {
+  return { schedule: "", quietHours: "", lastRun: undefined, next: "" };
+}
+
+export const PoolDedup: MessageFns<PoolDedup> = {
+  encode(message: PoolDedup, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schedule !== "") {
+      writer.uint32(10).string(message.schedule);
+    }
+    if (message.quietHours !== "") {
+      writer.uint32(18).string(message.quietHours);
+    }
+    if (message.lastRun !== undefined) {
+      PoolDedupRun.encode(message.lastRun, writer.uint32(26).fork()).join();
+    }
+    if (message.next !== "") {
+      writer.uint32(34).string(message.next);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PoolDedup {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePoolDedup();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedule = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.quietHours = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.lastRun = PoolDedupRun.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.next = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PoolDedup {
+    return {
+      schedule: isSet(object.schedule) ? globalThis.String(object.schedule) : "",
+      quietHours: isSet(object.quietHours)
+        ? globalThis.String(object.quietHours)
+        : isSet(object.quiet_hours)
+        ? globalThis.String(object.quiet_hours)
+        : "",
+      lastRun: isSet(object.lastRun)
+        ? PoolDedupRun.fromJSON(object.lastRun)
+        : isSet(object.last_run)
+        ? PoolDedupRun.fromJSON(object.last_run)
+        : undefined,
+      next: isSet(object.next) ? globalThis.String(object.next) : "",
+    };
+  },
+
+  toJSON(message: PoolDedup): unknown {
+    const obj: any = {};
+    if (message.schedule !== "") {
+      obj.schedule = message.schedule;
+    }
+    if (message.quietHours !== "") {
+      obj.quietHours = message.quietHours;
+    }
+    if (message.lastRun !== undefined) {
+      obj.lastRun = PoolDedupRun.toJSON(message.lastRun);
+    }
+    if (message.next !== "") {
+      obj.next = message.next;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PoolDedup>, I>>(base?: I): PoolDedup {
+    return PoolDedup.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PoolDedup>, I>>(object: I): PoolDedup {
+    const message = createBasePoolDedup();
+    message.schedule = object.schedule ?? "";
+    message.quietHours = object.quietHours ?? "";
+    message.lastRun = (object.lastRun !== undefined && object.lastRun !== null)
+      ? PoolDedupRun.fromPartial(object.lastRun)
+      : undefined;
+    message.next = object.next ?? "";
+    return message;
+  },
+};
+
+function createBasePoolDedupRun(): PoolDedupRun {
+  return {
+    state: "",
+    trigger: "",
+    startedAtMs: 0,
+    finishedAtMs: 0,
+    filesystem: "",
+    deduplicatedBytes: 0,
+    savedBytes: 0,
+    freedBytes: 0,
+    scannedBytes: 0,
+    message: "",
+  };
+}
+
+export const PoolDedupRun: MessageFns<PoolDedupRun> = {
+  encode(message: PoolDedupRun, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== "") {
+      writer.uint32(10).string(message.state);
+    }
+    if (message.trigger !== "") {
+      writer.uint32(18).string(message.trigger);
+    }
+    if (message.startedAtMs !== 0) {
+      writer.uint32(24).int64(message.startedAtMs);
+    }
+    if (message.finishedAtMs !== 0) {
+      writer.uint32(32).int64(message.finishedAtMs);
+    }
+    if (message.filesystem !== "") {
+      writer.uint32(42).string(message.filesystem);
+    }
+    if (message.deduplicatedBytes !== 0) {
+      writer.uint32(48).uint64(message.deduplicatedBytes);
+    }
+    if (message.savedBytes !== 0) {
+      writer.uint32(56).uint64(message.savedBytes);
+    }
+    if (message.freedBytes !== 0) {
+      writer.uint32(64).int64(message.freedBytes);
+    }
+    if (message.scannedBytes !== 0) {
+      writer.uint32(72).uint64(message.scannedBytes);
+    }
+    if (message.message !== "") {
+      writer.uint32(82).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PoolDedupRun {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePoolDedupRun();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.trigger = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.startedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.finishedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.filesystem = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.deduplicatedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.savedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.freedBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.scannedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PoolDedupRun {
+    return {
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      trigger: isSet(object.trigger) ? globalThis.String(object.trigger) : "",
+      startedAtMs: isSet(object.startedAtMs)
+        ? globalThis.Number(object.startedAtMs)
+        : isSet(object.started_at_ms)
+        ? globalThis.Number(object.started_at_ms)
+        : 0,
+      finishedAtMs: isSet(object.finishedAtMs)
+        ? globalThis.Number(object.finishedAtMs)
+        : isSet(object.finished_at_ms)
+        ? globalThis.Number(object.finished_at_ms)
+        : 0,
+      filesystem: isSet(object.filesystem) ? globalThis.String(object.filesystem) : "",
+      deduplicatedBytes: isSet(object.deduplicatedBytes)
+        ? globalThis.Number(object.deduplicatedBytes)
+        : isSet(object.deduplicated_bytes)
+        ? globalThis.Number(object.deduplicated_bytes)
+        : 0,
+      savedBytes: isSet(object.savedBytes)
+        ? globalThis.Number(object.savedBytes)
+        : isSet(object.saved_bytes)
+        ? globalThis.Number(object.saved_bytes)
+        : 0,
+      freedBytes: isSet(object.freedBytes)
+        ? globalThis.Number(object.freedBytes)
+        : isSet(object.freed_bytes)
+        ? globalThis.Number(object.freed_bytes)
+        : 0,
+      scannedBytes: isSet(object.scannedBytes)
+        ? globalThis.Number(object.scannedBytes)
+        : isSet(object.scanned_bytes)
+        ? globalThis.Number(object.scanned_bytes)
+        : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: PoolDedupRun): unknown {
+    const obj: any = {};
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.trigger !== "") {
+      obj.trigger = message.trigger;
+    }
+    if (message.startedAtMs !== 0) {
+      obj.startedAtMs = Math.round(message.startedAtMs);
+    }
+    if (message.finishedAtMs !== 0) {
+      obj.finishedAtMs = Math.round(message.finishedAtMs);
+    }
+    if (message.filesystem !== "") {
+      obj.filesystem = message.filesystem;
+    }
+    if (message.deduplicatedBytes !== 0) {
+      obj.deduplicatedBytes = Math.round(message.deduplicatedBytes);
+    }
+    if (message.savedBytes !== 0) {
+      obj.savedBytes = Math.round(message.savedBytes);
+    }
+    if (message.freedBytes !== 0) {
+      obj.freedBytes = Math.round(message.freedBytes);
+    }
+    if (message.scannedBytes !== 0) {
+      obj.scannedBytes = Math.round(message.scannedBytes);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PoolDedupRun>, I>>(base?: I): PoolDedupRun {
+    return PoolDedupRun.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PoolDedupRun>, I>>(object: I): PoolDedupRun {
+    const message = createBasePoolDedupRun();
+    message.state = object.state ?? "";
+    message.trigger = object.trigger ?? "";
+    message.startedAtMs = object.startedAtMs ?? 0;
+    message.finishedAtMs = object.finishedAtMs ?? 0;
+    message.filesystem = object.filesystem ?? "";
+    message.deduplicatedBytes = object.deduplicatedBytes ?? 0;
+    message.savedBytes = object.savedBytes ?? 0;
+    message.freedBytes = object.freedBytes ?? 0;
+    message.scannedBytes = object.scannedBytes ?? 0;
+    message.message = object.message ?? "";
     return message;
   },
 };

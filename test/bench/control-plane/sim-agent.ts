@@ -33,6 +33,7 @@ const NO_VMS = {
   deleteTemplateImage: noVms,
   openTemplateExport: noVms,
   closeTemplateExport: noVms,
+  dedupImages: noVms,
 };
 
 export class SimAgent {
