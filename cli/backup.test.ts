@@ -16,6 +16,9 @@ const backup = {
   storedBytes: 512 * 1024,
   durationMs: 4200,
   message: "",
+  kind: "incremental",
+  base: "20261126-031500",
+  readBytes: 3 * 2 ** 20,
 };
 
 describe("backup commands", () => {
@@ -25,7 +28,7 @@ describe("backup commands", () => {
   });
 
   it("lists what each backup added to the store", () => {
-    expect(backupsTable([backup])).toMatch(/vm1@20261127-031500\s+ready\s+2026-11-27T03:15:00Z\s+n3\s+10GiB\s+3GiB\s+1MiB\s+512KiB\s+4.2 s/);
+    expect(backupsTable([backup])).toMatch(/vm1@20261127-031500\s+ready\s+incremental\s+2026-11-27T03:15:00Z\s+n3\s+10GiB\s+3GiB\s+3MiB\s+1MiB\s+512KiB\s+4.2 s/);
     expect(backupsTable([])).toBe("no backups found\n");
   });
 

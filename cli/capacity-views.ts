@@ -4,6 +4,7 @@ import type { GetClusterStatusResponse } from "../gen/stowage/v1/controller.js";
 import type { CapacityTotals, Event, Pool, PoolCapacity, Volume } from "../gen/stowage/v1/types.js";
 import { formatSize } from "../lib/sizes.js";
 import { dedupFields } from "./dedup-views.js";
+import { compressFields } from "./compress-views.js";
 import { formatAge, formatFields, formatTable } from "./output.js";
 
 /** A pool's derived figures; computed here for a controller that does not send them. */
@@ -72,6 +73,7 @@ export function poolDetail(p: Pool): string {
     ...(f.level ? ([["Level", f.level]] as Array<[string, string]>) : []),
     ["Replicas", String(p.replicaCount)],
     ...dedupFields(p.dedup),
+    ...compressFields(p.compress),
   ]);
 }
 

@@ -96,6 +96,8 @@ export interface SetPoolFlags {
   force?: boolean;
   dedup?: string;
   quietHours?: string;
+  compress?: string;
+  coldAfter?: string;
 }
 
 /** A number > 0 (ratio) or a percentage in (0, 100]. */
@@ -127,6 +129,8 @@ export function setPoolRequest(first: string, second: string | undefined, flags:
   // The controller checks these two (daily|off, HH:MM-HH:MM) and refuses before writing.
   if (flags.dedup !== undefined) req.dedup = flags.dedup;
   if (flags.quietHours !== undefined) req.quietHours = flags.quietHours;
+  if (flags.compress !== undefined) req.compress = flags.compress;
+  if (flags.coldAfter !== undefined) req.coldAfter = flags.coldAfter;
   if (
     req.overcommitRatio === undefined &&
     !req.resetOvercommit &&
@@ -134,9 +138,13 @@ export function setPoolRequest(first: string, second: string | undefined, flags:
     req.criticalPercent === undefined &&
     !req.resetThresholds &&
     req.dedup === undefined &&
-    req.quietHours === undefined
+    req.quietHours === undefined &&
+    req.compress === undefined &&
+    req.coldAfter === undefined
   ) {
-    throw new UsageError("nothing to set: give --overcommit RATIO, --warning PERCENT, --critical PERCENT, --thresholds default, --dedup daily|off or --quiet-hours HH:MM-HH:MM");
+    throw new UsageError(
+      "nothing to set: give --overcommit RATIO, --warning PERCENT, --critical PERCENT, --thresholds default, --dedup daily|off, --compress daily|off, --cold-after 7d or --quiet-hours HH:MM-HH:MM",
+    );
   }
   return req;
 }

@@ -191,6 +191,9 @@ class FakeCluster {
       dedupPool: async (req) => {
         throw new NotFoundError("pool", `${req.node}/${req.name}`);
       },
+      compressPool: async (req) => {
+        throw new NotFoundError("pool", `${req.node}/${req.name}`);
+      },
     };
   }
 }

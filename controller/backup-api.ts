@@ -34,6 +34,9 @@ export function backupToApi(b: BackupRecord): Backup {
     storedBytes: b.storedBytes,
     durationMs: b.durationMs,
     message: b.message,
+    kind: b.kind ?? "full",
+    base: b.base ?? "",
+    readBytes: b.readBytes ?? 0,
   };
 }
 

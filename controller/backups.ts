@@ -21,15 +21,17 @@ import type { AgentClients } from "./agents.js";
 import { applyRetention, type RetentionPolicy } from "./backup-retention.js";
 import { keys } from "./keys.js";
 import type { BackupRecord } from "./model.js";
-import { holders, type Snapshots } from "./snapshots.js";
+import { withWritesHeld } from "./snapshots.js";
+import { until } from "./transfer-api.js";
 import type { ClusterStore } from "./store.js";
 
 const SWEEP_MS = 5_000;
 
+
 export interface BackupsDeps {
   store: ClusterStore;
   agents: AgentClients;
-  snapshots: Snapshots;
+  enqueue: (volume: string) => void;
   isOnline: (node: string) => boolean;
   /** Online nodes, by name. */
   onlineNodes: () => string[];
@@ -38,8 +40,12 @@ export interface BackupsDeps {
 }
 
 export const backupRef = (b: { volume: string; id: string }) => `${b.volume}@${b.id}`;
-const snapshotName = (id: string) => `backup-${id}`;
-const exportId = (b: { volume: string; id: string }) => `bk-${b.volume}-${b.id}`;
+/** The dirty bitmap of changes since backup `id`. */
+const bitmapName = (id: string) => `stow-bk-${id}`;
+/** The fleece of a backup in the reader's storage daemon. */
+const fleeceOf = (b: { volume: string; id: string }) => `bk-${b.volume}-${b.id}`;
+/** A backup's lease on its volume: a safety net, the backup clears it (or the sweep, after a leader died). */
+const LEASE_MS = 6 * 3600_000;
 
 /** YYYYMMDD-HHMMSS in UTC: sortable, and a valid name. */
 export function backupId(ms: number): string {
@@ -133,46 +139,132 @@ export class Backups {
     }
   }
 
-  private async take(record: BackupRecord): Promise<BackupRecord> {
+  /** Sets or clears the volume's backup lease (its in-sync replicas stay open meanwhile). */
+  private async lease(volume: string, id: string | undefined, marking = false): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const e = this.d.store.volumeSpec(volume);
+      if (!e) return;
+      if (!id && e.value.backingUp === undefined) return;
+      const { backingUp: _, ...rest } = e.value;
+      const value = id ? { ...rest, backingUp: { id, untilMs: Date.now() + LEASE_MS, marking } } : rest;
+      try {
+        await this.d.store.write({ unchanged: [[keys.volumeSpec(volume), e.modRevision]], put: [{ key: keys.volumeSpec(volume), value }] });
+        this.d.enqueue(volume);
+        return;
+      } catch (err) {
+        if (!(err instanceof ConflictError) || attempt >= 5) throw err;
+      }
+    }
+  }
+
+  private async put(record: BackupRecord): Promise<void> {
+    await this.d.store.write({ put: [{ key: keys.backup(record.volume, record.id), value: record }] });
+  }
+
+  /**
+   * The backup's instant is one QMP transaction per in-sync replica, while the
+   * frontend holds writes: a new dirty bitmap (changes since this backup) is added,
+   * the previous backup's is frozen, and on the replica read the storage daemon
+   * starts a fleece (node-agent/qsd/fleece.ts). The fleece, exported with the
+   * previous bitmap, is read by the store node: only the changed regions when that
+   * replica still has a good bitmap of the previous backup kept in the same store,
+   * everything allocated otherwise. Then the fleece goes and the previous bitmap
+   * is dropped; after a failure the new bitmap is folded back into the previous one.
+   */
+  private async take(created: BackupRecord): Promise<BackupRecord> {
     const t0 = Date.now();
-    const { snapshot } = await this.d.snapshots.create(record.volume, snapshotName(record.id));
-    faultPoint("create-backup:snapshot", record.volume);
-    const spec = this.d.store.volumeSpec(record.volume)!.value;
-    const from = holders(snapshot, spec).filter((p) => this.d.isOnline(p.node));
-    // Read from the store node's own replica when it has one: no copy over the network.
-    const source = from.find((p) => p.node === record.node) ?? from[0];
-    if (!source) throw new UnavailableError(`no replica holding the backup's snapshot is online`);
-    const exp = await this.d.agents
-      .for(source.node)
-      .exportReplicaSnapshot({ exportId: exportId(record), replicaId: source.id, pool: source.pool, tag: snapshot.tag }, { timeoutMs: 60_000 });
-    const w = await this.d.agents.for(record.node).writeBackup({ name: backupRef(record), sourceNbdUri: exp.nbdUri }, { timeoutMs: 24 * 3600_000 });
-    faultPoint("create-backup:written", record.volume);
-    await this.d.agents.for(source.node).stopExport({ exportId: exportId(record) }, { timeoutMs: 30_000 });
-    await this.d.snapshots.delete(record.volume, snapshotName(record.id));
+    const volume = created.volume;
+    let spec = this.d.store.volumeSpec(volume)!.value;
+    const attachments = spec.attachments ?? [];
+    if (attachments.length > 1) throw new FailedPreconditionError(`volume ${volume} is attached to ${attachments.map((a) => a.node).join(" and ")} (a live migration)`, { hint: "back it up once the migration finished" });
+    const attachedTo = attachments[0]?.node;
+    if (attachedTo && this.d.store.frontend(volume, attachedTo)?.state !== "attached") {
+      throw new FailedPreconditionError(`volume ${volume} is being attached to ${attachedTo}`, { hint: "retry once stowctl volume get shows it attached" });
+    }
+    await this.lease(volume, created.id, true);
+    spec = this.d.store.volumeSpec(volume)!.value;
+    if ((spec.attachments ?? []).length !== attachments.length) throw new ConflictError(`volume ${volume} was attached or detached meanwhile`, { hint: "retry the command" });
+    const inSync = spec.placement.filter((p) => !p.outOfSync && this.d.isOnline(p.node));
+    if (inSync.length === 0) throw new UnavailableError(`no in-sync replica of ${volume} is online`);
+    await until(`opening the replicas of ${volume}`, 30_000, () => {
+      const st = this.d.store.volumeStatus(volume)?.value;
+      return inSync.every((p) => st?.replicas.some((r) => r.id === p.id && r.exportUri)) ? true : undefined;
+    });
+    // Incremental from the volume's last backup in the same store, if a replica still tracks changes since it.
+    const base = this.list(volume).filter((b) => b.state === "ready" && b.node === created.node && b.bitmap).at(-1);
+    const bitmaps = await Promise.all(inSync.map((p) => this.d.agents.for(p.node).listBackupBitmaps({ replicaId: p.id }, { timeoutMs: 30_000 })));
+    const tracking = base ? inSync.findIndex((_, i) => bitmaps[i]!.bitmaps.some((b) => b.name === base.bitmap && b.recording)) : -1;
+    const reader = inSync[Math.max(tracking, 0)]!;
+    const record: BackupRecord = {
+      ...created,
+      kind: tracking >= 0 ? "incremental" : "full",
+      base: tracking >= 0 ? base!.id : undefined,
+      reader: { id: reader.id, node: reader.node, pool: reader.pool },
+      message: base && tracking < 0 ? `full: no replica tracks the changes since ${backupRef(base)} (a storage daemon restarted, or the replicas changed)` : "",
+    };
+    await this.put(record);
+    const next = bitmapName(record.id);
+    const baseBitmap = record.kind === "incremental" ? base!.bitmap! : "";
+    const fleeceId = fleeceOf(record);
+    await this.d.agents.for(reader.node).prepareFleece({ replicaId: reader.id, pool: reader.pool, fleeceId }, { timeoutMs: 60_000 });
+    const held = await withWritesHeld(this.d.agents, volume, attachedTo, async () => {
+      await Promise.all(
+        inSync.map((p) =>
+          this.d.agents.for(p.node).markBackupPoint({ replicaId: p.id, next, base: baseBitmap, fleeceId: p.id === reader.id ? fleeceId : "" }, { timeoutMs: 30_000 }),
+        ),
+      );
+    });
+    if (held.failure) throw new UnavailableError(`backup of ${volume} not taken: ${held.failure}`, { hint: "nothing was kept; retry the command" });
+    if (this.d.store.volumeSpec(volume)?.value.placement.find((p) => p.id === reader.id)?.outOfSync) {
+      throw new UnavailableError(`backup of ${volume} not taken: replica ${reader.id} was marked out-of-sync while it was marked`, { hint: "retry the command" });
+    }
+    // Marked: the volume may be attached again.
+    await this.lease(volume, created.id, false);
+    const { nbdUri } = await this.d.agents.for(reader.node).exportFleece({ fleeceId, bitmap: baseBitmap }, { timeoutMs: 30_000 });
+    faultPoint("create-backup:exported", volume);
+    const w = await this.d.agents.for(record.node).writeBackup(
+      { name: backupRef(record), sourceNbdUri: nbdUri, base: base && record.kind === "incremental" ? backupRef(base) : "", bitmap: baseBitmap },
+      { timeoutMs: 24 * 3600_000 },
+    );
+    faultPoint("create-backup:written", volume);
+    await this.d.agents.for(reader.node).releaseFleece({ fleeceId, pool: reader.pool }, { timeoutMs: 60_000 });
+    await Promise.allSettled(
+      this.onlineReplicas(volume).map((p) => this.d.agents.for(p.node).settleBackupBitmaps({ replicaId: p.id, next, base: baseBitmap, succeeded: true }, { timeoutMs: 30_000 })),
+    );
+    await this.lease(volume, undefined);
     const ready: BackupRecord = {
       ...record,
       state: "ready",
       dataBytes: w.dataBytes,
       newBytes: w.newBytes,
       storedBytes: w.storedBytes,
+      readBytes: w.readBytes,
       durationMs: Date.now() - t0,
-      message: source.node === record.node ? "" : `read from ${source.node}`,
+      bitmap: next,
     };
-    await this.d.store.write({ put: [{ key: keys.backup(record.volume, record.id), value: ready }] });
-    this.d.log.info({ backup: backupRef(record), node: record.node, dataBytes: w.dataBytes, newBytes: w.newBytes, ms: ready.durationMs }, "backup taken");
+    await this.put(ready);
+    this.d.log.info({ backup: backupRef(ready), kind: ready.kind, node: ready.node, readBytes: w.readBytes, dataBytes: w.dataBytes, newBytes: w.newBytes, ms: ready.durationMs }, "backup taken");
     return ready;
   }
 
-  /** Removes whatever a creation left (export, snapshot, manifest), then the record. */
+  private onlineReplicas(volume: string) {
+    return (this.d.store.volumeSpec(volume)?.value.placement ?? []).filter((p) => this.d.isOnline(p.node));
+  }
+
+  /** Removes whatever a creation left (fleece, the new bitmap folded back, manifest, lease), then the record. */
   private async undo(record: BackupRecord): Promise<void> {
-    const spec = this.d.store.volumeSpec(record.volume)?.value;
-    for (const p of spec?.placement ?? []) {
-      if (this.d.isOnline(p.node)) await this.d.agents.for(p.node).stopExport({ exportId: exportId(record) }, { timeoutMs: 30_000 }).catch(() => undefined);
+    const fresh = this.d.store.backup(record.volume, record.id)?.value ?? record;
+    const base = fresh.base ? this.d.store.backup(fresh.volume, fresh.base)?.value?.bitmap : undefined;
+    if (fresh.reader && this.d.isOnline(fresh.reader.node)) {
+      await this.d.agents.for(fresh.reader.node).releaseFleece({ fleeceId: fleeceOf(fresh), pool: fresh.reader.pool }, { timeoutMs: 60_000 });
     }
-    const snap = this.d.store.snapshot(record.volume, snapshotName(record.id));
-    if (snap && snap.value.state !== "creating") await this.d.snapshots.delete(record.volume, snapshotName(record.id));
-    else if (snap) throw new UnavailableError("its snapshot is still being taken");
-    await this.removeStored(record);
+    await Promise.allSettled(
+      this.onlineReplicas(fresh.volume).map((p) =>
+        this.d.agents.for(p.node).settleBackupBitmaps({ replicaId: p.id, next: bitmapName(fresh.id), base: base ?? "", succeeded: false }, { timeoutMs: 30_000 }),
+      ),
+    );
+    if (this.d.store.volumeSpec(fresh.volume)?.value.backingUp?.id === fresh.id) await this.lease(fresh.volume, undefined);
+    await this.removeStored(fresh);
   }
 
   /** Deletes the manifest on the store node, then the record; throws while that node is offline. */

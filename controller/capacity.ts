@@ -48,7 +48,8 @@ export function usedBytes(p: { capacityBytes: number; availableBytes: number }):
 }
 
 export function provisionLimit(p: { capacityBytes: number; overcommitRatio: number }): number {
-  return Math.floor(p.capacityBytes * (p.overcommitRatio > 0 ? p.overcommitRatio : DEFAULT_OVERCOMMIT_RATIO));
+  // Kept a safe integer: the API carries it as one (an 8 PiB limit is plenty to say "no limit").
+  return Math.min(Math.floor(p.capacityBytes * (p.overcommitRatio > 0 ? p.overcommitRatio : DEFAULT_OVERCOMMIT_RATIO)), Number.MAX_SAFE_INTEGER);
 }
 
 function percent(part: number, whole: number): number {
@@ -115,7 +116,7 @@ export function capacityTotals(pools: Pool[]): CapacityTotals {
     t.usedBytes += p.capacity?.usedBytes ?? usedBytes(p);
     t.allocatedBytes += p.allocatedBytes;
     t.provisionedBytes += p.provisionedBytes;
-    t.provisionedLimitBytes += p.capacity?.provisionedLimitBytes ?? provisionLimit(p);
+    t.provisionedLimitBytes = Math.min(t.provisionedLimitBytes + (p.capacity?.provisionedLimitBytes ?? provisionLimit(p)), Number.MAX_SAFE_INTEGER);
     t.replicaCount += p.replicaCount;
   }
   return t;

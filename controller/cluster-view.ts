@@ -1,6 +1,7 @@
 // Derived capacity figures: what is provisioned on each node and pool, and the
 // snapshot the scheduler places against. Pure reads of the store.
 import { poolDedupToApi } from "./pool-dedup.js";
+import { poolCompressToApi } from "./pool-compress.js";
 import type { Pool } from "../gen/stowage/v1/types.js";
 import { effectivePool, poolCapacity, type EffectivePool } from "./capacity.js";
 import { poolToApi } from "./convert.js";
@@ -69,7 +70,8 @@ export class ClusterView {
     return this.poolRecords(node).map((p) => {
       const u = usage.pools.get(`${node}/${p.name}`);
       const dedup = poolDedupToApi(this.store.nodeSpec(node)?.value.poolSettings?.[p.name], this.store.poolDedup(node, p.name)?.value, this.store.nodeStatus(node) !== undefined, new Date());
-      return { ...poolToApi(node, p, u?.provisionedBytes ?? 0, u?.replicaCount ?? 0), capacity: poolCapacity(p, u?.provisionedBytes ?? 0), dedup };
+      const compress = poolCompressToApi(this.store.nodeSpec(node)?.value.poolSettings?.[p.name], this.store.poolCompress(node, p.name)?.value, this.store.nodeStatus(node) !== undefined, new Date());
+      return { ...poolToApi(node, p, u?.provisionedBytes ?? 0, u?.replicaCount ?? 0), capacity: poolCapacity(p, u?.provisionedBytes ?? 0), dedup, compress };
     });
   }
 

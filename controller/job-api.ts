@@ -7,6 +7,7 @@ import { validateName } from "../lib/names.js";
 import { volumeJobs } from "./jobs.js";
 import type { JobRecord, VolumeSpec } from "./model.js";
 import { poolDedupJobs } from "./pool-dedup.js";
+import { poolCompressJobs } from "./pool-compress.js";
 import type { Brake } from "./replica-plan.js";
 import type { ClusterStore } from "./store.js";
 
@@ -39,7 +40,9 @@ export function jobApi(d: JobApiDeps): RequestHandlers<typeof JobServiceService>
       } else {
         specs = d.store.volumeSpecs().map((e) => e.value);
       }
-      const poolJobs = req.volume ? [] : poolDedupJobs(d.store.poolDedups().map((e) => e.value), Date.now());
+      const poolJobs = req.volume
+        ? []
+        : [...poolDedupJobs(d.store.poolDedups().map((e) => e.value), Date.now()), ...poolCompressJobs(d.store.poolCompresses().map((e) => e.value), Date.now())];
       return { jobs: [...jobsOf(d.store, specs), ...poolJobs], rebuildsPaused: d.brake()?.message ?? "" };
     },
   };

@@ -3,7 +3,7 @@
 
 export const PREFIX = "/stowage/v1/";
 
-export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template" | "backup" | "pool-dedup";
+export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template" | "backup" | "pool-dedup" | "pool-compress";
 
 const SEGMENTS: Record<KeyKind, string> = {
   "node-spec": "nodes/spec/",
@@ -18,6 +18,7 @@ const SEGMENTS: Record<KeyKind, string> = {
   backup: "backups/",
   template: "templates/",
   "pool-dedup": "pool-dedup/",
+  "pool-compress": "pool-compress/",
 };
 
 export const keys = {
@@ -41,6 +42,8 @@ export const keys = {
   backup: (volume: string, id: string) => PREFIX + SEGMENTS.backup + `${volume}@${id}`,
   /** A pool's dedup run, running or the last: pool-dedup/NODE@POOL. */
   poolDedup: (node: string, pool: string) => PREFIX + SEGMENTS["pool-dedup"] + `${node}@${pool}`,
+  /** A pool's recompression run, running or the last: pool-compress/NODE@POOL. */
+  poolCompress: (node: string, pool: string) => PREFIX + SEGMENTS["pool-compress"] + `${node}@${pool}`,
   prefixOf: (kind: KeyKind) => PREFIX + SEGMENTS[kind],
   /** Election keys live under this prefix (etcd3 adds its own suffix). */
   election: PREFIX + "leader",

@@ -33,6 +33,7 @@ import { Migrator } from "./migrator.js";
 import { nodeApis } from "./node-api.js";
 import { NodeRegistry } from "./nodes.js";
 import { PoolDedupJobs } from "./pool-dedup.js";
+import { PoolCompressJobs } from "./pool-compress.js";
 import { Reconciler } from "./reconciler.js";
 import { backupApi } from "./backup-api.js";
 import { Backups } from "./backups.js";
@@ -123,6 +124,7 @@ async function main(): Promise<void> {
   let templates: Templates | undefined;
   let capacityEvents: CapacityEvents | undefined;
   let poolDedup: PoolDedupJobs | undefined;
+  let poolCompress: PoolCompressJobs | undefined;
   const registry = new NodeRegistry(etcd, store, { heartbeatIntervalMs, nodeTtlSec: nodeTtl }, log.child({ part: "nodes" }), (n) =>
     reconciler?.nodeRegistered(n),
   );
@@ -143,6 +145,7 @@ async function main(): Promise<void> {
     leader: () => election.leader(),
     isLeader: () => election.isLeader,
     poolDedup: () => poolDedup,
+    poolCompress: () => poolCompress,
   });
   addService(server, NodeServiceService, apis.nodes);
   addService(server, PoolServiceService, apis.pools);
@@ -196,7 +199,7 @@ async function main(): Promise<void> {
     backups = new Backups({
       store,
       agents,
-      snapshots,
+      enqueue: (v) => reconciler?.enqueueVolume(v),
       isOnline: (n) => registry.isOnline(n),
       onlineNodes: () => store.nodeSpecs().map((e) => e.value.name).filter((n) => registry.isOnline(n)),
       instance,
@@ -208,10 +211,14 @@ async function main(): Promise<void> {
     capacityEvents.start();
     poolDedup = new PoolDedupJobs({ store, view, agents, isOnline: (n) => registry.isOnline(n), instance, log: log.child({ part: "pool-dedup" }) });
     poolDedup.start();
+    poolCompress = new PoolCompressJobs({ store, view, agents, isOnline: (n) => registry.isOnline(n), instance, log: log.child({ part: "pool-compress" }) });
+    poolCompress.start();
   });
   election.on("lost", () => {
     poolDedup?.stop();
     poolDedup = undefined;
+    poolCompress?.stop();
+    poolCompress = undefined;
     backups?.stop();
     backups = undefined;
     snapshots?.stop();
@@ -245,6 +252,7 @@ async function main(): Promise<void> {
     migrator?.stop();
     capacityEvents?.stop();
     poolDedup?.stop();
+    poolCompress?.stop();
     reconciler?.stop();
     registry.stop();
     metrics?.server.close();

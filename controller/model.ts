@@ -55,6 +55,10 @@ export interface PoolSettings {
   dedup?: "daily" | "off";
   /** When scheduled jobs may run: "HH:MM-HH:MM", controller local time (absent: any time). */
   quietHours?: string;
+  /** Scheduled recompression of cold images (absent: off). */
+  compress?: "daily" | "off";
+  /** How long an image must be unmodified to be recompressed: "7d", "12h" (absent: 7d). */
+  coldAfter?: string;
 }
 
 /** A pool's dedup run, under way or the last one (pool-dedup/NODE@POOL): observed, not desired. */
@@ -74,6 +78,39 @@ export interface PoolDedupRecord {
   freedBytes: number;
   scannedBytes: number;
   message: string;
+}
+
+/** One image of a compression run, as the agent reported it. */
+export interface PoolCompressImageRecord {
+  replicaId: string;
+  volume: string;
+  action: "compressed" | "kept" | "skipped";
+  reason: string;
+  bytesBefore: number;
+  bytesAfter: number;
+  durationMs: number;
+}
+
+/** A pool's recompression run, under way or the last one (pool-compress/NODE@POOL): observed, not desired. */
+export interface PoolCompressRecord {
+  node: string;
+  pool: string;
+  state: "running" | "done" | "failed";
+  trigger: "schedule" | "manual";
+  runner: string;
+  startedAtMs: number;
+  updatedAtMs: number;
+  finishedAtMs: number;
+  coldAfterMs: number;
+  bytesBefore: number;
+  bytesAfter: number;
+  savedBytes: number;
+  /** Saved by every run of this pool so far, this one included. */
+  totalSavedBytes: number;
+  compressed: number;
+  skipped: number;
+  message: string;
+  images: PoolCompressImageRecord[];
 }
 
 /** Kept under a lease that the leader refreshes on each heartbeat: gone means offline. */
@@ -162,6 +199,12 @@ export interface VolumeSpec {
    * which stays exported until untilMs (attach is refused meanwhile).
    */
   exporting?: { replica: string; untilMs: number };
+  /**
+   * Set while a backup runs: its in-sync replicas stay open in their storage daemons
+   * (the backup's bitmaps and fleece live there); while `marking`, a detached volume
+   * cannot be attached (its replicas must take their bitmaps at one write boundary).
+   */
+  backingUp?: { id: string; untilMs: number; marking: boolean };
   /**
    * A linked clone of this template (set at creation, never changed): every
    * replica is made as a qcow2 image with the template's copy on its node as
@@ -356,4 +399,14 @@ export interface BackupRecord {
   /** Leader instance that started the creation (a creation of another is stale). */
   startedBy: string;
   message: string;
+  /** incremental: only what changed since `base` was read. */
+  kind?: "full" | "incremental";
+  /** The previous backup's id (incremental). */
+  base?: string;
+  /** Bytes read from the replica. */
+  readBytes?: number;
+  /** The replica read (its storage daemon keeps the fleece while the backup runs). */
+  reader?: { id: string; node: string; pool: string };
+  /** The dirty bitmap in the replicas that records changes since this backup (ready backups). */
+  bitmap?: string;
 }

@@ -19,6 +19,7 @@ import { keys } from "./keys.js";
 import type { NodeSpec } from "./model.js";
 import type { NodeRegistry } from "./nodes.js";
 import { dedupRunToApi, type PoolDedupJobs } from "./pool-dedup.js";
+import { compressRunToApi, type PoolCompressJobs } from "./pool-compress.js";
 import { setPool } from "./pool-settings.js";
 import { PLACEMENT_LOCK } from "./replica-keeper.js";
 import type { ClusterStore } from "./store.js";
@@ -36,6 +37,8 @@ export interface NodeApiDeps {
   isLeader: () => boolean;
   /** The leader's pool dedup runner. */
   poolDedup?: () => PoolDedupJobs | undefined;
+  /** The leader's pool compression runner. */
+  poolCompress?: () => PoolCompressJobs | undefined;
 }
 
 export function nodeApis(d: NodeApiDeps) {
@@ -133,6 +136,13 @@ export function nodeApis(d: NodeApiDeps) {
       if (!runner) throw new FailedPreconditionError("this controller runs no pool dedup", { hint: "retry in a moment" });
       const rec = await runner.run(req.node, req.name, "manual");
       return { pool: d.view.pools(req.node).find((p) => p.name === req.name), run: dedupRunToApi(rec) };
+    },
+    async compressPool(req) {
+      await d.ensureLeader();
+      const runner = d.poolCompress?.();
+      if (!runner) throw new FailedPreconditionError("this controller runs no pool compression", { hint: "retry in a moment" });
+      const rec = await runner.run(req.node, req.name, "manual", req.coldAfter || undefined);
+      return { pool: d.view.pools(req.node).find((p) => p.name === req.name), run: compressRunToApi(rec) };
     },
   };
 

@@ -8,6 +8,7 @@ import { validateName } from "../lib/names.js";
 import { effectivePool, mergeSettings, ratioTooLow } from "./capacity.js";
 import type { ClusterView } from "./cluster-view.js";
 import { applyDedupPolicy } from "./dedup-policy.js";
+import { applyCompressPolicy } from "./compress-policy.js";
 import { keys } from "./keys.js";
 import type { NodeSpec } from "./model.js";
 import type { ClusterStore } from "./store.js";
@@ -28,9 +29,11 @@ export async function setPool(store: ClusterStore, view: ClusterView, req: SetPo
     !req.resetOvercommit &&
     !req.resetThresholds &&
     req.dedup === undefined &&
-    req.quietHours === undefined;
+    req.quietHours === undefined &&
+    req.compress === undefined &&
+    req.coldAfter === undefined;
   if (nothing) {
-    throw new InvalidArgumentError(`nothing to change for pool ${ref}`, { hint: "give --overcommit RATIO, --warning PERCENT, --critical PERCENT, --dedup daily|off or --quiet-hours HH:MM-HH:MM" });
+    throw new InvalidArgumentError(`nothing to change for pool ${ref}`, { hint: "give --overcommit RATIO, --warning PERCENT, --critical PERCENT, --dedup daily|off, --compress daily|off, --cold-after 7d or --quiet-hours HH:MM-HH:MM" });
   }
   const spec = entry.value;
   const current = spec.poolSettings?.[req.name];
@@ -43,6 +46,7 @@ export async function setPool(store: ClusterStore, view: ClusterView, req: SetPo
   });
   if (!merged.ok) throw new InvalidArgumentError(`pool ${ref}: ${merged.message}`, { hint: `${merged.hint}; nothing was changed` });
   applyDedupPolicy(ref, merged.settings, req);
+  applyCompressPolicy(ref, merged.settings, req);
 
   const provisioned = view.usage().pools.get(ref)?.provisionedBytes ?? 0;
   const next = effectivePool(record, merged.settings);

@@ -160,8 +160,12 @@ export class Reconciler {
     const resync = !attached && prevFrontends.length === 0 && !spec.reverting && spec.placement.some((p) => p.outOfSync);
     // And the replica `stowctl volume export` reads from, while its lease lasts.
     const exporting = activeExport(spec)?.replica;
+    // And the in-sync replicas while a backup runs (its bitmaps and fleece live in their daemons).
+    const backingUp = spec.backingUp !== undefined && spec.backingUp.untilMs > Date.now();
     const replicas = await Promise.all(
-      spec.placement.map((p) => this.ensureReplica(spec, p, previous.get(p.id), attached || (resync && !p.outOfSync) || p.id === exporting)),
+      spec.placement.map((p) =>
+        this.ensureReplica(spec, p, previous.get(p.id), attached || (resync && !p.outOfSync) || p.id === exporting || (backingUp && !p.outOfSync)),
+      ),
     );
     // A clone's replicas made from the snapshot exist: forget the source, so that an image lost
     // later is never made again from the (older) snapshot.

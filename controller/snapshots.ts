@@ -44,6 +44,38 @@ export interface SnapshotsDeps {
 
 export const snapshotRef = (volume: string, name: string) => `${volume}@${name}`;
 
+/**
+ * Runs `fn` while the volume's frontend on `attachedTo` (when attached) holds new
+ * writes and has none in flight, so that what `fn` does to the replicas happens at
+ * one write boundary. Never throws: `failure` says what went wrong, including a
+ * frontend that let the writes go before the end (its timeout, a restart).
+ */
+export async function withWritesHeld(agents: AgentClients, volume: string, attachedTo: string | undefined, fn: () => Promise<void>): Promise<{ failure?: string; heldMs: number }> {
+  let token: number | undefined;
+  let failure: string | undefined;
+  let heldMs = 0;
+  try {
+    if (attachedTo) token = (await agents.for(attachedTo).freezeFrontend({ volume, timeoutMs: FREEZE_TIMEOUT_MS }, { timeoutMs: FREEZE_TIMEOUT_MS + 10_000 })).token;
+  } catch (err) {
+    return { failure: `the frontend on ${attachedTo} could not hold writes: ${errorMessage(err)}`, heldMs };
+  }
+  try {
+    await fn();
+  } catch (err) {
+    failure = errorMessage(err);
+  }
+  if (token !== undefined) {
+    try {
+      const t = await agents.for(attachedTo!).thawFrontend({ volume, token }, { timeoutMs: 15_000 });
+      heldMs = t.heldMs;
+      if (!t.held) failure ??= `writes were not held all along (the frontend let them go after ${FREEZE_TIMEOUT_MS} ms, or restarted)`;
+    } catch (err) {
+      failure ??= `could not confirm that writes were held: ${errorMessage(err)}`;
+    }
+  }
+  return { failure, heldMs };
+}
+
 /** Replicas of the snapshot that the volume still has (rebuilt or removed ones do not hold it). */
 export function holders(snap: SnapshotRecord, spec: VolumeSpec): ReplicaPlacement[] {
   const ids = new Set(snap.replicas.map((r) => r.id));
@@ -150,32 +182,16 @@ export class Snapshots {
   private async take(record: SnapshotRecord): Promise<SnapshotRecord> {
     const { volume, name, tag, attachedTo } = record;
     const ref = snapshotRef(volume, name);
-    let token: number | undefined;
-    let failure: string | undefined;
-    let heldMs = 0;
-    try {
-      if (attachedTo) {
-        const f = await this.d.agents.for(attachedTo).freezeFrontend({ volume, timeoutMs: FREEZE_TIMEOUT_MS }, { timeoutMs: FREEZE_TIMEOUT_MS + 10_000 });
-        token = f.token;
-      }
+    const held = await withWritesHeld(this.d.agents, volume, attachedTo, async () => {
       const results = await Promise.allSettled(
         record.replicas.map((r) => this.d.agents.for(r.node).snapshotReplica({ replicaId: r.id, tag, pool: r.pool }, { timeoutMs: 60_000 })),
       );
       faultPoint("create-snapshot:taken", ref);
       const failed = results.flatMap((r, i) => (r.status === "rejected" ? [`${record.replicas[i]!.id}: ${errorMessage(r.reason)}`] : []));
-      if (failed.length > 0) failure = `a replica could not record it (${failed.join("; ")})`;
-    } catch (err) {
-      failure = `the frontend on ${attachedTo} could not hold writes: ${errorMessage(err)}`;
-    }
-    if (token !== undefined) {
-      try {
-        const t = await this.d.agents.for(attachedTo!).thawFrontend({ volume, token }, { timeoutMs: 15_000 });
-        heldMs = t.heldMs;
-        if (!t.held) failure ??= `writes were not held all along (the frontend let them go after ${FREEZE_TIMEOUT_MS} ms, or restarted)`;
-      } catch (err) {
-        failure ??= `could not confirm that writes were held: ${errorMessage(err)}`;
-      }
-    }
+      if (failed.length > 0) throw new Error(`a replica could not record it (${failed.join("; ")})`);
+    });
+    let failure = held.failure;
+    const heldMs = held.heldMs;
     // A replica marked out-of-sync meanwhile missed a write that the others took.
     const spec = this.d.store.volumeSpec(volume)?.value;
     const stillInSync = new Set(spec?.placement.filter((p) => !p.outOfSync).map((p) => p.id) ?? []);

@@ -35,14 +35,14 @@ const DEFAULT_LEASE_S = 60;
 const MAX_LEASE_S = 600;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Polls `fn` every 200 ms until it returns a value, or fails with `what` after `ms`. */
-async function until<T>(what: string, ms: number, fn: () => T | undefined): Promise<T> {
+/** Polls `fn` every 50 ms until it returns a value, or fails with `what` after `ms`. */
+export async function until<T>(what: string, ms: number, fn: () => T | undefined): Promise<T> {
   const deadline = Date.now() + ms;
   for (;;) {
     const v = fn();
     if (v !== undefined) return v;
     if (Date.now() > deadline) throw new UnavailableError(`${what} did not happen within ${ms / 1000} s`, { hint: "see stowctl volume get; retry the command" });
-    await sleep(200);
+    await sleep(50);
   }
 }
 

@@ -207,6 +207,9 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
       const spec = e.value;
       if (spec.deleting) throw new FailedPreconditionError(`volume ${req.name} is being deleted`);
       if (spec.reverting) throw new FailedPreconditionError(`volume ${req.name} is being reverted to snapshot ${spec.reverting.snapshot}`, { hint: "retry once the revert finished" });
+      if (spec.backingUp?.marking && spec.backingUp.untilMs > Date.now() && !(spec.attachments ?? []).some((a) => a.node === req.node)) {
+        throw new FailedPreconditionError(`a backup of ${req.name} is marking its replicas`, { hint: "retry in a moment" });
+      }
       if (spec.importing) throw new FailedPreconditionError(`volume ${req.name} is being imported`, { hint: "retry once stowctl volume import finished (or repeat the import if it was interrupted)" });
       const exporting = activeExport(spec);
       if (exporting) {

@@ -8,6 +8,7 @@ import type { AgentPools } from "./agent-pools.js";
 import type { Backups } from "./backups.js";
 import type { FrontendManager, RunningFrontend } from "./frontends.js";
 import type { PoolDedup } from "./pool-dedup.js";
+import type { PoolCompress } from "./pool-compress.js";
 import type { DomainManager } from "./libvirt/domains.js";
 import { formatFromProto, preallocationFromProto, replicaToProto } from "./proto-mapping.js";
 import type { QsdSupervisor } from "./qsd/supervisor.js";
@@ -29,6 +30,7 @@ export function createAgentService(
   domains?: DomainManager,
   backups?: Backups,
   dedup?: PoolDedup,
+  compress?: PoolCompress,
 ): AsyncService<typeof AgentServiceService> {
   const store = (): Backups => {
     if (!backups) throw new FailedPreconditionError(`node ${pools.node} keeps no backups`);
@@ -79,7 +81,11 @@ export function createAgentService(
       });
       let exp: ReplicaExport | undefined;
       if (req.exported) {
-        const d = await qsd.exports.ensureExport({ replicaId: req.id, path: r.replica.path, format: r.replica.format, writable: true });
+        // Opened under the replica's lock, so a recompression never renames over an image the daemon has open.
+        compress?.yieldTo(req.id);
+        const d = await pool.withReplicaLock(req.id, () =>
+          qsd.exports.ensureExport({ replicaId: req.id, path: r.replica.path, format: r.replica.format, writable: true }),
+        );
         exp = { exportName: d.exportName, nbdUri: d.nbdUri };
       } else if (exported) {
         await qsd.exports.removeExport(req.id);
@@ -148,15 +154,38 @@ export function createAgentService(
 
     thawFrontend: async (req) => frontends.thaw(req.volume, Number(req.token)),
 
-    exportReplicaSnapshot: async (req) => {
-      const path = await pools.get(req.pool).imagePath(req.replicaId);
-      if (!path) throw new FailedPreconditionError(`replica ${req.replicaId} is not in pool ${req.pool} of node ${pools.node}`);
-      return { nbdUri: await store().exportSnapshot(req.exportId, path, req.tag) };
-    },
 
     writeBackup: async (req) => {
-      const r = await store().backupFrom(req.name, req.sourceNbdUri);
-      return { logicalBytes: r.logicalBytes, dataBytes: r.dataBytes, newBytes: r.newBytes, storedBytes: r.storedBytes, durationMs: r.ms };
+      const r = await store().backupFrom(req.name, req.sourceNbdUri, req.base ? { base: req.base, bitmap: req.bitmap } : undefined);
+      return { logicalBytes: r.logicalBytes, dataBytes: r.dataBytes, newBytes: r.newBytes, storedBytes: r.storedBytes, durationMs: r.ms, readBytes: r.readBytes };
+    },
+
+    listBackupBitmaps: async (req) => ({ bitmaps: await qsd.fleece.bitmaps(req.replicaId) }),
+
+    prepareFleece: async (req) => {
+      await qsd.fleece.prepare(req.replicaId, req.fleeceId, pools.get(req.pool).path);
+      return {};
+    },
+
+    markBackupPoint: async (req) => {
+      await qsd.fleece.mark(req.replicaId, req.next, req.base || undefined, req.fleeceId || undefined);
+      return {};
+    },
+
+    exportFleece: async (req) => ({ nbdUri: await qsd.fleece.export(req.fleeceId, req.bitmap || undefined) }),
+
+    releaseFleece: async (req) => {
+      await qsd.fleece.release(req.fleeceId, pools.get(req.pool).path);
+      return {};
+    },
+
+    settleBackupBitmaps: async (req) => {
+      if (req.succeeded) {
+        if (req.base) await qsd.fleece.dropBitmap(req.replicaId, req.base);
+      } else {
+        await qsd.fleece.undo(req.replicaId, req.next, req.base || undefined);
+      }
+      return {};
     },
 
     serveBackup: async (req) => ({ nbdUri: await store().serveBackup(req.exportId, req.name) }),
@@ -185,6 +214,12 @@ export function createAgentService(
       if (!dedup) throw new FailedPreconditionError(`node ${pools.node} runs no dedup`);
       if (req.checkOnly) return { filesystem: await dedup.check(req.pool), freedBytes: 0, sharedSavedBytes: 0, sharedSavedBytesBefore: 0, scannedBytes: 0, files: 0, durationMs: 0 };
       return dedup.run(req.pool);
+    },
+
+    compressImages: async (req) => {
+      if (!compress) throw new FailedPreconditionError(`node ${pools.node} runs no compression`);
+      const r = await compress.run(req.pool, req.coldAfterMs);
+      return { ...r, images: r.images.map((i) => ({ ...i })) };
     },
   };
 }

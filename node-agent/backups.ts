@@ -1,14 +1,12 @@
 // Backups on a node: the node's chunk store (lib/chunks, under DATA_DIR/backups)
-// and short-lived read-only NBD exports that backups read from and restores copy
-// from. Every export is a `qemu-nbd` process on the agent's address with a pid
-// file named by its id, so it can be stopped (and found again after an agent
-// restart) by id alone.
+// and short-lived read-only NBD exports that restores copy from. Every export is
+// a `qemu-nbd` process on the agent's address with a pid file named by its id, so
+// it can be stopped (and found again after an agent restart) by id alone.
 //
-// - A replica's snapshot is exported with `qemu-nbd -l snapshot.name=TAG` over
-//   the live image, with file locking off: the storage daemon holds the image for
-//   writing, and a snapshot's clusters never change while it exists.
-// - A backup reads the export's allocated extents (`qemu-img map`) through an NBD
-//   client, holes as zeroes without reading them, into the chunk store.
+// - A backup reads a replica's fleece export (node-agent/qsd/fleece.ts) through
+//   an NBD client into the chunk store: a full one every allocated extent
+//   (`qemu-img map`, holes as zeroes without reading them), an incremental one
+//   only the regions the previous backup's dirty bitmap lists.
 // - A restore writes the backup into a sparse raw file in the store's scratch
 //   folder and exports that; the file goes when the export is stopped.
 import { existsSync } from "node:fs";
@@ -22,7 +20,7 @@ import type { Logger } from "../lib/logger.js";
 import { NbdClient } from "../lib/nbd/client.js";
 import { parseNbdUri } from "../lib/nbd-uri.js";
 import { waitForExit } from "../lib/proc.js";
-import { checkSnapshotTag } from "./qemu-img.js";
+import { dirtyRanges } from "./qsd/fleece.js";
 import { freePort } from "../lib/free-port.js";
 
 const ID_RE = /^[a-z0-9][a-z0-9._@-]{0,150}$/;
@@ -101,29 +99,43 @@ export class Backups {
     return this.storeP;
   }
 
-  /** Exports an internal snapshot of a local qcow2 image read-only; returns its nbd:// URI. */
-  exportSnapshot(id: string, imagePath: string, tag: string): Promise<string> {
-    checkSnapshotTag(tag);
-    const opts = `driver=qcow2,file.driver=file,file.filename=${imagePath.replaceAll(",", ",,")},file.locking=off`;
-    return this.startExport(id, ["--image-opts", "-l", `snapshot.name=${tag}`, opts]);
-  }
 
-  /** Reads an NBD export into the store as backup `name`. */
-  async backupFrom(name: string, sourceUri: string): Promise<WriteStats & { ms: number }> {
+  /**
+   * Reads an NBD export into the store as backup `name`: all of its allocated data,
+   * or, given the previous backup `base` in this store and the export's `bitmap` of
+   * what changed since, only the changed regions (the rest is taken from `base`).
+   */
+  async backupFrom(name: string, sourceUri: string, incremental?: { base: string; bitmap: string }): Promise<WriteStats & { ms: number; readBytes: number }> {
     checkId("backup name", name);
     return this.mutex.run(name, async () => {
       const store = await this.store();
       const t0 = Date.now();
-      const extents = await extentsOf(sourceUri);
       const client = await NbdClient.connect({ ...parseNbdUri(sourceUri) });
       try {
-        const stats = await store.write(name, readImage(client, extents));
-        this.o.logger.info({ backup: name, source: sourceUri, dataBytes: stats.dataBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, ms: Date.now() - t0 }, "backup written");
+        let stats: WriteStats & { readBytes: number };
+        if (incremental) {
+          const changed = await dirtyRanges(sourceUri, incremental.bitmap);
+          const r = await store.writeIncremental(name, incremental.base, { size: client.size, changed, read: (offset, length) => client.read(offset, length) });
+          stats = r;
+        } else {
+          const extents = await extentsOf(sourceUri);
+          const w = await store.write(name, readImage(client, extents));
+          stats = { ...w, readBytes: extents.reduce((n, e) => n + (e.data ? e.length : 0), 0) };
+        }
+        this.o.logger.info(
+          { backup: name, base: incremental?.base, source: sourceUri, dataBytes: stats.dataBytes, readBytes: stats.readBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, ms: Date.now() - t0 },
+          "backup written",
+        );
         return { ...stats, ms: Date.now() - t0 };
       } finally {
         client.destroy();
       }
     });
+  }
+
+  /** True when the store holds backup `name`. */
+  async has(name: string): Promise<boolean> {
+    return (await (await this.store()).list()).includes(name);
   }
 
   /** Writes backup `name` into a sparse raw file and exports it read-only; returns its nbd:// URI. */

@@ -19,6 +19,7 @@ import {
   imageInfo,
   resizeImage,
   revertImage,
+  removeBitmaps,
   deleteImageSnapshot,
   createImageSnapshot,
   snapshotTags,
@@ -162,6 +163,21 @@ export class DirPool {
     });
   }
 
+  /**
+   * Runs fn holding the replica's lock, the one every change of its image takes
+   * (ensure, copy, revert, snapshot, delete): the agent opens an export under it
+   * and recompression rewrites the image under it, so neither sees the other half-done.
+   */
+  async withReplicaLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    validateReplicaId(id);
+    return this.mutex.run(id, fn);
+  }
+
+  /** Forgets what qemu-img info said about a path whose file was replaced. */
+  forgetInfo(path: string): void {
+    this.infoCache.delete(path);
+  }
+
   /** The path of the replica's image, or undefined when the pool has none. */
   async imagePath(id: string): Promise<string | undefined> {
     validateReplicaId(id);
@@ -174,6 +190,7 @@ export class DirPool {
     return this.mutex.run(id, async () => {
       const f = (await this.filesOf(id)).files[0];
       if (!f) throw new NotFoundError("replica", id, { hint: `pool ${this.name} has no image of it` });
+      if (f.format === "qcow2") await removeBitmaps(f.path);
       await revertImage(f.path, tag);
       // The image is back at the size it had then; the volume may have grown since.
       if ((await this.freshInfo(f.path, f.format)).virtualSizeBytes < sizeBytes) await resizeImage({ path: f.path, format: f.format, sizeBytes });

@@ -9,6 +9,7 @@ import { parseHostPort, withPort } from "./address.js";
 import { AgentPools } from "./agent-pools.js";
 import { createAgentService } from "./agent-service.js";
 import { PoolDedup } from "./pool-dedup.js";
+import { PoolCompress } from "./pool-compress.js";
 import { AGENT_USAGE, loadAgentConfig, parseAgentFlags } from "./config.js";
 import { Backups } from "./backups.js";
 import { FrontendManager } from "./frontends.js";
@@ -53,7 +54,11 @@ async function main(argv: string[]): Promise<void> {
   const domains = config.libvirt && new DomainManager(new Virsh(config.libvirt.uri), logger.child({ part: "libvirt" }));
   const backups = new Backups({ dataDir: config.dataDir, host: parseHostPort(config.advertise, { allowPortZero: true }).host, logger: logger.child({ part: "backups" }) });
   const dedup = new PoolDedup(pools, config.dataDir, logger.child({ part: "dedup" }));
-  addService(server, AgentServiceService, createAgentService(pools, qsd, frontends, domains, backups, dedup));
+  const compress = new PoolCompress(pools, config.dataDir, {
+    exportedIds: async () => new Set((await qsd.exports.listExports()).map((e) => e.replicaId)),
+    log: logger.child({ part: "compress" }),
+  });
+  addService(server, AgentServiceService, createAgentService(pools, qsd, frontends, domains, backups, dedup, compress));
   const port = await bind(server, config.listen, config.tls);
   const listening = withPort(config.listen, port);
   // With port 0 the port is known only now; the controllers must get the real one.

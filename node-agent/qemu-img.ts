@@ -229,3 +229,16 @@ export async function createImageSnapshot(path: string, tag: string, timeoutMs =
   checkSnapshotTag(tag);
   await run(QEMU_IMG, ["snapshot", "-c", tag, path], { timeoutMs });
 }
+
+/**
+ * Removes every dirty bitmap of a closed qcow2 image (`qemu-img snapshot -a` refuses
+ * images with bitmaps, and a bitmap does not follow a rollback anyway: the next
+ * backup of the volume is then a full one). Returns the names removed.
+ */
+export async function removeBitmaps(path: string): Promise<string[]> {
+  checkPath(path);
+  const { stdout } = await run(QEMU_IMG, ["info", "-f", "qcow2", "--output=json", path], { timeoutMs: 60_000 });
+  const names = ((JSON.parse(stdout) as { "format-specific"?: { data?: { bitmaps?: { name: string }[] } } })["format-specific"]?.data?.bitmaps ?? []).map((b) => b.name);
+  for (const name of names) await run(QEMU_IMG, ["bitmap", "--remove", path, name], { timeoutMs: 60_000 });
+  return names;
+}

@@ -24,19 +24,20 @@ export function parseBackupRef(text: string): { volume: string; id: string } {
 }
 
 const when = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, "Z");
-const rate = (b: Backup) => (b.durationMs > 0 ? `${formatSize(Math.round((b.dataBytes / b.durationMs) * 1000))}/s` : "-");
 
 export function backupsTable(backups: Backup[]): string {
   if (backups.length === 0) return "no backups found\n";
   return formatTable(
-    ["backup", "state", "created", "node", "size", "data", "new", "stored", "took"],
+    ["backup", "state", "kind", "created", "node", "size", "data", "read", "new", "stored", "took"],
     backups.map((b) => [
       `${b.volume}@${b.id}`,
       STATE[b.state] ?? "?",
+      b.kind || "-",
       when(b.createdAtMs),
       b.node,
       formatSize(b.sizeBytes),
       formatSize(b.dataBytes),
+      formatSize(b.readBytes),
       formatSize(b.newBytes),
       formatSize(b.storedBytes),
       b.durationMs ? `${(b.durationMs / 1000).toFixed(1)} s` : "-",
@@ -77,7 +78,7 @@ export function registerBackupCommands(program: Command, session: Session): void
       const res = await backups.createBackup({ volume }, { timeoutMs: wait });
       const b = res.backup!;
       ctx.print(res, () =>
-        `backup ${b.volume}@${b.id} on ${b.node}: ${formatSize(b.dataBytes)} of data read in ${(b.durationMs / 1000).toFixed(1)} s (${rate(b)}); ` +
+        `${b.kind} backup ${b.volume}@${b.id} on ${b.node}: ${formatSize(b.readBytes)} read (${formatSize(b.dataBytes)} of data in the volume) in ${(b.durationMs / 1000).toFixed(1)} s; ` +
         `${formatSize(b.newBytes)} new (${formatSize(b.storedBytes)} stored after compression)\n`,
       );
     });

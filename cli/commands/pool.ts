@@ -6,6 +6,7 @@ import { examples } from "../help.js";
 import { getPoolRequest, listPoolsRequest, setPoolRequest, type SetPoolFlags } from "../requests.js";
 import { poolDetail, poolsTable } from "../views.js";
 import { registerPoolDedupCommand } from "./pool-dedup.js";
+import { registerPoolCompressCommand } from "./pool-compress.js";
 
 const FIGURES = `
 Figures:
@@ -67,6 +68,8 @@ export function registerPoolCommands(program: Command, session: Session): void {
     .option("--thresholds <default>", "'default': forget the pool's thresholds (80% and 90% apply again)")
     .option("--force", "set a ratio even if the volumes already in the pool exceed the new limit")
     .option("--dedup <schedule>", "scheduled reflink dedup of the pool's images: daily or off (XFS with reflink or btrfs pools)")
+    .option("--compress <schedule>", "scheduled recompression of the pool's cold qcow2 images (zstd clusters): daily or off")
+    .option("--cold-after <age>", "how long an image must be unmodified to be recompressed: 7d (default), 12h, 30m")
     .option("--quiet-hours <range>", "when scheduled jobs may run, controller local time: HH:MM-HH:MM (may wrap midnight), or 'any'")
     .addHelpText(
       "after",
@@ -91,4 +94,5 @@ filesystem is really full: watch 'used' and the events.
     });
 
   registerPoolDedupCommand(pool, session);
+  registerPoolCompressCommand(pool, session);
 }

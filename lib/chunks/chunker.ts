@@ -38,9 +38,12 @@ export interface Chunker {
   /**
    * Length of the chunk that starts at `buf[start]`, given the bytes up to `end`.
    * The caller passes at least `params.max` bytes, or all that is left at the end
-   * of the stream; the answer is then final.
+   * of the stream; the answer is then final. Given fewer, an answer shorter than
+   * `end - start` is final too (more bytes cannot move an earlier cut), and the
+   * caller may ask again with more bytes and `resume` = the previous `end`, so
+   * that the bytes already scanned are not scanned again (incremental.ts).
    */
-  cut(buf: Uint8Array, start: number, end: number): number;
+  cut(buf: Uint8Array, start: number, end: number, resume?: number): number;
 }
 
 /** Mask of the top `bits` bits of a 32-bit word, as an int32. */
@@ -62,7 +65,7 @@ class CdcChunker implements Chunker {
     this.maskEasy = topBits(bits - 2);
   }
 
-  cut(buf: Uint8Array, start: number, end: number): number {
+  cut(buf: Uint8Array, start: number, end: number, resume = start): number {
     const { min, avg, max } = this.params;
     const n = end - start;
     if (n <= min) return n;
@@ -74,6 +77,12 @@ class CdcChunker implements Chunker {
     const maskEasy = this.maskEasy;
     let h = 0;
     let i = start + min;
+    if (resume > i) {
+      // The hash depends only on the last 32 bytes (older ones are shifted out):
+      // rebuild it from those, without testing for a cut there again.
+      for (let j = Math.max(i, resume - 32); j < resume; j++) h = ((h << 1) + gear[buf[j]!]!) | 0;
+      i = resume;
+    }
     for (; i < normalEnd; i++) {
       h = ((h << 1) + gear[buf[i]!]!) | 0;
       if ((h & maskHard) === 0) return i + 1 - start;

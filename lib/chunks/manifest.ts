@@ -147,6 +147,26 @@ export class Manifest {
     }
   }
 
+  get entryCount(): number {
+    return this.table.length / ENTRY_BYTES;
+  }
+
+  /** Entry `i` without its offset (for walking a manifest by index, as incremental.ts does). */
+  entryLength(i: number): number {
+    const at = i * ENTRY_BYTES;
+    return this.table.readUInt32LE(at) + (this.table.readUInt32LE(at + 4) & ~ZERO_FLAG) * TWO32;
+  }
+
+  isZeroRun(i: number): boolean {
+    return (this.table.readUInt32LE(i * ENTRY_BYTES + 4) & ZERO_FLAG) !== 0;
+  }
+
+  /** Chunk id of entry `i` (all zeros for a zero run): a view into the manifest, not a copy. */
+  entryId(i: number): Buffer {
+    const at = i * ENTRY_BYTES;
+    return this.table.subarray(at + 8, at + ENTRY_BYTES);
+  }
+
   /** Distinct chunk ids, hex. */
   chunkIds(): Set<string> {
     const ids = new Set<string>();

@@ -1,12 +1,14 @@
 // ChunkStore: the content-addressed, deduplicating, zstd-compressed store of
 // volume images in one directory. What each operation guarantees is explained
-// where it is implemented: writer.ts (ingest and commit), gc.ts (mark and sweep
+// where it is implemented: writer.ts and write-session.ts (ingest and commit),
+// incremental.ts (a write on top of a base manifest), gc.ts (mark and sweep
 // alongside running writes), verify.ts, restore.ts; the format in layout.ts,
 // chunk-file.ts and manifest.ts.
 import { stat } from "node:fs/promises";
 import { type ChunkerKind, chunkerParams } from "./chunker.js";
 import type { ImageSource } from "./chunk-stream.js";
 import { collectGarbage, type GcOptions, type GcStats } from "./gc.js";
+import { type IncrementalStats, type IncrementalWriteOptions, writeIncremental } from "./incremental.js";
 import { createLayout, DEFAULT_CONFIG, Layout, readConfig, type StoreConfig } from "./layout.js";
 import type { Manifest } from "./manifest.js";
 import { deleteManifest, listManifestNames, readManifest } from "./manifests.js";
@@ -46,6 +48,16 @@ export class ChunkStore {
   /** Stores an image under a new manifest name. */
   write(name: string, source: ImageSource, opts?: WriteOptions): Promise<WriteStats> {
     return writeImage(this.layout, this.config, name, source, opts);
+  }
+
+  /**
+   * Stores a new image under `name` on top of manifest `base` (its previous version):
+   * only `opts.changed` (and the growth past the base's size) is read through
+   * `opts.read` and chunked again, the rest is the base's chunks. The result restores
+   * to the new image exactly and uses the base's chunker.
+   */
+  writeIncremental(name: string, base: string, opts: IncrementalWriteOptions): Promise<IncrementalStats> {
+    return writeIncremental(this.layout, this.config, name, base, opts);
   }
 
   restore(name: string, target: RestoreTarget, opts?: RestoreOptions): Promise<RestoreStats> {

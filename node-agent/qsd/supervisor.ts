@@ -14,6 +14,7 @@ import { readArgv, waitForExit } from "../../lib/proc.js";
 import { QsdExports, type ExportDescriptor, type ExportSpec, type FileBackend } from "./exports.js";
 import { QmpClient } from "./qmp-client.js";
 import { nbdEndpointOf, parseQsdArgv, QSD_BINARY, qsdArgs, qsdPaths, type NbdEndpoint, type NbdServerConfig, type QsdPaths } from "./qsd-args.js";
+import { Fleece } from "./fleece.js";
 
 export interface QsdSupervisorOptions {
   /** The agent's data dir; the daemon's sockets and pidfile go to `${dataDir}/qsd/`. */
@@ -53,6 +54,8 @@ interface Running {
 export class QsdSupervisor {
   readonly paths: QsdPaths;
   readonly exports: QsdExports;
+  /** Dirty bitmaps and fleecing for incremental backups. */
+  readonly fleece: Fleece;
   private readonly lock = new KeyedMutex();
   private running: Running | undefined;
 
@@ -65,6 +68,7 @@ export class QsdSupervisor {
       backend: opts.backend,
       logger: opts.logger,
     });
+    this.fleece = new Fleece({ qmp: () => this.qmp(), endpoint: () => this.nbd, logger: opts.logger });
   }
 
   /** The QMP connection; throws UnavailableError until start() succeeded or after the daemon is lost. */

@@ -3,7 +3,7 @@
 // qemu-img): a backup of an attached volume under no downtime, a second backup
 // that stores only what changed, restores equal byte for byte to what was
 // written, retention, a leader killed mid-backup, and bad requests.
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -48,14 +48,25 @@ function pattern(seed: number, length: number): Buffer {
 async function backup(volume: string) {
   const r = await c.stowctl(["backup", "create", volume, "-o", "json"]);
   expect(r.code, r.stderr).toBe(0);
-  return JSON.parse(r.stdout).backup as { id: string; node: string; dataBytes: number; newBytes: number; storedBytes: number; state: string };
+  return JSON.parse(r.stdout).backup as { id: string; node: string; dataBytes: number; newBytes: number; storedBytes: number; state: string; kind: string; readBytes: number; message: string };
 }
 
-/** Every replica of `volume` equals the raw file. */
-async function expectContent(volume: string, raw: string): Promise<void> {
+/**
+ * Every replica of `volume` equals the raw file, but for [skipFrom, skipTo) when given
+ * (writes racing the backup: before or after its instant, either is right).
+ */
+async function expectContent(volume: string, raw: string, skipFrom?: number, skipTo?: number): Promise<void> {
+  const want = readFileSync(raw);
   for (const r of (await getVolume(c, volume)).replicas) {
-    const cmp = await execa("qemu-img", ["compare", "-U", "-f", "qcow2", "-F", "raw", r.path, raw], { reject: false });
-    expect(cmp.exitCode, `${volume} on ${r.node}: ${cmp.stdout}${cmp.stderr}`).toBe(0);
+    const out = join(dir, `${volume}-${r.node}.raw`);
+    expect((await execa("qemu-img", ["convert", "-U", "-f", "qcow2", "-O", "raw", r.path, out], { reject: false })).exitCode).toBe(0);
+    const got = readFileSync(out);
+    if (skipFrom !== undefined) {
+      want.fill(0, skipFrom, skipTo);
+      got.fill(0, skipFrom, skipTo);
+    }
+    expect(got.equals(want), `${volume} on ${r.node} differs from ${raw}`).toBe(true);
+    rmSync(out);
   }
 }
 
@@ -76,6 +87,7 @@ describe("backups", () => {
     writeFileSync(join(dir, "one.raw"), image);
 
     const one = await backup("bk1");
+    expect(one.kind).toBe("full");
     // Kept on the node with no replica of the volume.
     expect(v.replicas.map((r) => r.node)).not.toContain(one.node);
     expect(one.dataBytes).toBeGreaterThanOrEqual(12 * MiB);
@@ -86,14 +98,35 @@ describe("backups", () => {
     await put(2 * MiB, pattern(3, MiB));
     await client.flush();
     writeFileSync(join(dir, "two.raw"), image);
+    // Written while the backup is taken: not in it (the fleece keeps the instant), in the next one.
+    let late = 0;
+    const writer = (async () => {
+      for (; late < 200; late++) await put(48 * MiB + (late % 16) * 65536, Buffer.alloc(65536, 0x70 + (late % 16)));
+    })();
     const two = await backup("bk1");
     expect(two.node).toBe(one.node);
+    // Incremental: only the changed regions (the 1 MiB, plus writes racing the instant) were read.
+    expect(two.kind).toBe("incremental");
+    expect(two.readBytes).toBeLessThan(3 * MiB);
     expect(two.newBytes).toBeLessThan(3 * MiB);
+    await writer;
+    await client.flush();
+    writeFileSync(join(dir, "three.raw"), image);
     client.destroy();
 
-    // No snapshot and no export is left behind.
-    expect((await c.stowctl(["snapshot", "list", "bk1"])).stdout).toMatch(/no snapshots found/);
-    expect((await execa("pgrep", ["-f", "qemu-nbd.*exports"], { reject: false })).stdout.trim()).toBe("");
+    // Detached now: the next backup reads the writes made during the last one, and only those.
+    expect((await c.stowctl(["volume", "detach", "bk1", "--node", v.replicas[0]!.node])).code).toBe(0);
+    const three = await backup("bk1");
+    expect(three.kind).toBe("incremental");
+    expect(three.readBytes).toBeLessThan(3 * MiB);
+    // No fleece is left behind, and only the last backup's bitmap.
+    for (const r of v.replicas) {
+      expect(readdirSync(c.poolDir(r.node)).filter((f) => f.startsWith("fleece-"))).toEqual([]);
+      // In the file once the daemon closed the image (the volume is detached: soon after the backup).
+      const names = async () =>
+        (JSON.parse((await execa("qemu-img", ["info", "-U", "-f", "qcow2", "--output=json", r.path])).stdout)["format-specific"].data.bitmaps ?? []).map((b: { name: string }) => b.name);
+      await eventually(async () => JSON.stringify(await names()) === JSON.stringify([`stow-bk-${three.id}`]), 15_000, `${r.node}: only the last backup's bitmap`);
+    }
 
     const listed = await c.stowctl(["backup", "list", "bk1"]);
     expect(listed.stdout).toMatch(new RegExp(`bk1@${one.id}\\s+ready`));
@@ -102,19 +135,21 @@ describe("backups", () => {
     await expectContent("bk1-one", join(dir, "one.raw"));
     const r2 = await c.stowctl(["backup", "restore", `bk1@${two.id}`, "--to", "bk1-two", "--replicas", "3"]);
     expect(r2.code, r2.stderr).toBe(0);
-    await expectContent("bk1-two", join(dir, "two.raw"));
+    await expectContent("bk1-two", join(dir, "two.raw"), 48 * MiB, 49 * MiB);
+    const r3 = await c.stowctl(["backup", "restore", `bk1@${three.id}`, "--to", "bk1-three"]);
+    expect(r3.code, r3.stderr).toBe(0);
+    await expectContent("bk1-three", join(dir, "three.raw"));
 
     // Retention: keep the newest; the other goes, the kept one still restores.
     const pruned = await c.stowctl(["backup", "prune", "bk1", "--keep-last", "1", "-o", "json"]);
     expect(pruned.code, pruned.stderr).toBe(0);
-    expect(JSON.parse(pruned.stdout).deleted.map((b: { id: string }) => b.id)).toEqual([one.id]);
-    const r3 = await c.stowctl(["backup", "restore", `bk1@${two.id}`, "--to", "bk1-again", "--replicas", "1"]);
-    expect(r3.code, r3.stderr).toBe(0);
-    await expectContent("bk1-again", join(dir, "two.raw"));
+    expect(JSON.parse(pruned.stdout).deleted.map((b: { id: string }) => b.id).sort()).toEqual([one.id, two.id]);
+    const again = await c.stowctl(["backup", "restore", `bk1@${three.id}`, "--to", "bk1-again", "--replicas", "1"]);
+    expect(again.code, again.stderr).toBe(0);
+    await expectContent("bk1-again", join(dir, "three.raw"));
     // The volume's backups outlive it.
-    expect((await c.stowctl(["volume", "detach", "bk1", "--node", v.replicas[0]!.node])).code).toBe(0);
     expect((await c.stowctl(["volume", "delete", "bk1"])).code).toBe(0);
-    expect((await c.stowctl(["backup", "list", "bk1"])).stdout).toMatch(new RegExp(`bk1@${two.id}\\s+ready`));
+    expect((await c.stowctl(["backup", "list", "bk1"])).stdout).toMatch(new RegExp(`bk1@${three.id}\\s+ready\\s+incremental`));
   });
 
   it("a leader killed after the copy leaves no backup, snapshot or export behind; the next backup works", async () => {
@@ -124,10 +159,21 @@ describe("backups", () => {
     expect(first.code).not.toBe(0);
     await eventually(async () => !c.controllers.get("c1")!.running, 5_000, "c1 dead at its fault point");
     await eventually(async () => !Object.keys(await c.dumpState()).some((k) => k.includes("/backups/crash1@")), 30_000, "the half-made backup undone");
-    expect((await c.stowctl(["snapshot", "list", "crash1"])).stdout).toMatch(/no snapshots found/);
-    expect((await execa("pgrep", ["-f", "qemu-nbd.*bk-crash1"], { reject: false })).stdout.trim()).toBe("");
+    // No fleece, no bitmap, no lease left.
+    const v = await getVolume(c, "crash1");
+    await eventually(async () => v.replicas.every((r) => !readdirSync(c.poolDir(r.node)).some((f) => f.startsWith("fleece-"))), 15_000, "fleece files removed");
     const b = await backup("crash1");
     expect(b.state).toBe("ready");
+    expect(b.kind).toBe("full");
+    // A revert removes the replicas' bitmaps (qemu-img refuses to revert over them, and they
+    // would not describe the rolled-back content): the next backup is full again, and says why.
+    expect((await c.stowctl(["snapshot", "create", "crash1@s1"])).code).toBe(0);
+    expect((await backup("crash1")).kind).toBe("incremental");
+    const reverted = await c.stowctl(["volume", "revert", "crash1", "--to", "s1"]);
+    expect(reverted.code, reverted.stderr).toBe(0);
+    const after = await backup("crash1");
+    expect(after.kind).toBe("full");
+    expect(after.message).toMatch(/no replica tracks the changes/);
   });
 
   it("refuses bad requests clearly and changes nothing", async () => {

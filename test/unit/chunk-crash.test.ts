@@ -73,6 +73,30 @@ describe("chunk store crash safety", () => {
     await expectConsistent(store, base);
   }, 60_000);
 
+  it("an incremental writer killed before or after linking its manifest leaves no manifest or a complete one", async () => {
+    const storeDir = join(dir, "store");
+    const store = await ChunkStore.open(storeDir);
+    await store.write("base", pieces(base));
+    const env = { CHUNK_STORE: storeDir, CHUNK_NAME: "incr", CHUNK_MIB: "16", CHUNK_SEED: "1000", CHUNK_BASE: "base" };
+    const before = await runChild({ ...env, STOWAGE_FAULTS: "chunks.write.before-manifest" });
+    expect(before.signal, before.output).toBe("SIGKILL");
+    expect(await store.list()).toEqual(["base"]);
+    await expectConsistent(store, base);
+    expect((await store.gc({ marginMs: 0 })).stalePending).toBe(1);
+    expect((await store.verify()).unreferenced).toBe(0);
+
+    const after = await runChild({ ...env, STOWAGE_FAULTS: "chunks.write.after-manifest" });
+    expect(after.signal, after.output).toBe("SIGKILL");
+    expect(await store.list()).toEqual(["base", "incr"]);
+    await store.gc({ marginMs: 0 });
+    await expectConsistent(store, base);
+    const parts: Buffer[] = [];
+    for (let i = 0; i < 16; i += 4) parts.push(imageBytes(4 * MiB, 1000 + i));
+    await store.restore("incr", join(dir, "incr.out"));
+    const { readFileSync } = await import("node:fs");
+    expect(readFileSync(join(dir, "incr.out")).equals(Buffer.concat(parts))).toBe(true);
+  }, 60_000);
+
   it("a writer killed right after linking its manifest leaves a complete, restorable image", async () => {
     const storeDir = join(dir, "store");
     const store = await ChunkStore.open(storeDir);

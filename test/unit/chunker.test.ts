@@ -68,6 +68,24 @@ describe("cdc chunker", () => {
     expect(split.zeros).toBeLessThanOrEqual(5 << 20);
   });
 
+  it("cuts in the same place when asked again with more bytes and resumed where it stopped", () => {
+    const { max } = CDC_DEFAULTS;
+    for (let start = 0; start < 4 << 20; start += 97_531) {
+      const whole = cdc.cut(data, start, start + max);
+      for (const step of [1000, 16 * 1024, 64 * 1024, 100_000]) {
+        let end = start + step;
+        let scanned = start;
+        let n = cdc.cut(data, start, end, scanned);
+        while (n === end - start && end < start + max) {
+          scanned = end;
+          end = Math.min(start + max, end + step);
+          n = cdc.cut(data, start, end, scanned);
+        }
+        expect(n).toBe(whole);
+      }
+    }
+  });
+
   it("cuts a long zero run at max, so the zero shortcut changes nothing", () => {
     expect(cdc.cut(Buffer.alloc(CDC_DEFAULTS.max), 0, CDC_DEFAULTS.max)).toBe(CDC_DEFAULTS.max);
   });

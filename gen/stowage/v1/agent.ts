@@ -393,22 +393,16 @@ export interface CloseTemplateExportResponse {
   closed: boolean;
 }
 
-export interface ExportReplicaSnapshotRequest {
-  /** Names the export (StopExport takes it). */
-  exportId: string;
-  replicaId: string;
-  pool: string;
-  tag: string;
-}
-
-export interface ExportReplicaSnapshotResponse {
-  nbdUri: string;
-}
-
 export interface WriteBackupRequest {
   /** The backup's name in the node's chunk store. */
   name: string;
   sourceNbdUri: string;
+  /**
+   * Incremental: the previous backup's name in the store, and the bitmap of the
+   * source export listing what changed since (only that is read).
+   */
+  base: string;
+  bitmap: string;
 }
 
 export interface WriteBackupResponse {
@@ -418,6 +412,11 @@ export interface WriteBackupResponse {
   newBytes: number;
   storedBytes: number;
   durationMs: number;
+  /**
+   * Bytes read from the source (all data for a full backup; the changed regions
+   * and a little around them for an incremental one).
+   */
+  readBytes: number;
 }
 
 export interface ServeBackupRequest {
@@ -466,6 +465,100 @@ export interface DedupImagesResponse {
   scannedBytes: number;
   files: number;
   durationMs: number;
+}
+
+export interface CompressImagesRequest {
+  pool: string;
+  /** Images modified less than this long ago are left alone (0: any age). */
+  coldAfterMs: number;
+}
+
+/** One replica image looked at by a compression run. */
+export interface CompressedImage {
+  replicaId: string;
+  volume: string;
+  /** "compressed", "kept" (the copy was not smaller) or "skipped". */
+  action: string;
+  /** Why it was skipped or kept (empty when compressed). */
+  reason: string;
+  /** Allocated bytes of the image before and after (st_blocks). */
+  bytesBefore: number;
+  bytesAfter: number;
+  durationMs: number;
+}
+
+export interface CompressImagesResponse {
+  images: CompressedImage[];
+  /** Totals over the compressed images. */
+  bytesBefore: number;
+  bytesAfter: number;
+  savedBytes: number;
+  durationMs: number;
+}
+
+export interface BackupBitmap {
+  name: string;
+  recording: boolean;
+  count: number;
+}
+
+export interface ListBackupBitmapsRequest {
+  replicaId: string;
+}
+
+export interface ListBackupBitmapsResponse {
+  bitmaps: BackupBitmap[];
+}
+
+export interface PrepareFleeceRequest {
+  replicaId: string;
+  pool: string;
+  fleeceId: string;
+}
+
+export interface PrepareFleeceResponse {
+}
+
+export interface MarkBackupPointRequest {
+  replicaId: string;
+  /** The bitmap to add: "changes since this backup". */
+  next: string;
+  /** The previous backup's bitmap, disabled at this instant (empty: none). */
+  base: string;
+  /** Start the fleece job on this replica (empty: not the reader). */
+  fleeceId: string;
+}
+
+export interface MarkBackupPointResponse {
+}
+
+export interface ExportFleeceRequest {
+  fleeceId: string;
+  /** Export this bitmap with it (empty: none). */
+  bitmap: string;
+}
+
+export interface ExportFleeceResponse {
+  nbdUri: string;
+}
+
+export interface ReleaseFleeceRequest {
+  fleeceId: string;
+  pool: string;
+}
+
+export interface ReleaseFleeceResponse {
+}
+
+export interface SettleBackupBitmapsRequest {
+  replicaId: string;
+  next: string;
+  base: string;
+  /** True: the backup is kept, `base` goes. False: `next` is folded back into `base`. */
+  succeeded: boolean;
+}
+
+export interface SettleBackupBitmapsResponse {
 }
 
 function createBaseGetInventoryRequest(): GetInventoryRequest {
@@ -5309,208 +5402,8 @@ export const CloseTemplateExportResponse: MessageFns<CloseTemplateExportResponse
   },
 };
 
-function createBaseExportReplicaSnapshotRequest(): ExportReplicaSnapshotRequest {
-  return { exportId: "", replicaId: "", pool: "", tag: "" };
-}
-
-export const ExportReplicaSnapshotRequest: MessageFns<ExportReplicaSnapshotRequest> = {
-  encode(message: ExportReplicaSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.exportId !== "") {
-      writer.uint32(10).string(message.exportId);
-    }
-    if (message.replicaId !== "") {
-      writer.uint32(18).string(message.replicaId);
-    }
-    if (message.pool !== "") {
-      writer.uint32(26).string(message.pool);
-    }
-    if (message.tag !== "") {
-      writer.uint32(34).string(message.tag);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): ExportReplicaSnapshotRequest {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseExportReplicaSnapshotRequest();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.exportId = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.replicaId = reader.string();
-            continue;
-          }
-          case 3: {
-            if (tag !== 26) {
-              break;
-            }
-
-            message.pool = reader.string();
-            continue;
-          }
-          case 4: {
-            if (tag !== 34) {
-              break;
-            }
-
-            message.tag = reader.string();
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): ExportReplicaSnapshotRequest {
-    return {
-      exportId: isSet(object.exportId)
-        ? globalThis.String(object.exportId)
-        : isSet(object.export_id)
-        ? globalThis.String(object.export_id)
-        : "",
-      replicaId: isSet(object.replicaId)
-        ? globalThis.String(object.replicaId)
-        : isSet(object.replica_id)
-        ? globalThis.String(object.replica_id)
-        : "",
-      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
-      tag: isSet(object.tag) ? globalThis.String(object.tag) : "",
-    };
-  },
-
-  toJSON(message: ExportReplicaSnapshotRequest): unknown {
-    const obj: any = {};
-    if (message.exportId !== "") {
-      obj.exportId = message.exportId;
-    }
-    if (message.replicaId !== "") {
-      obj.replicaId = message.replicaId;
-    }
-    if (message.pool !== "") {
-      obj.pool = message.pool;
-    }
-    if (message.tag !== "") {
-      obj.tag = message.tag;
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<ExportReplicaSnapshotRequest>, I>>(base?: I): ExportReplicaSnapshotRequest {
-    return ExportReplicaSnapshotRequest.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<ExportReplicaSnapshotRequest>, I>>(object: I): ExportReplicaSnapshotRequest {
-    const message = createBaseExportReplicaSnapshotRequest();
-    message.exportId = object.exportId ?? "";
-    message.replicaId = object.replicaId ?? "";
-    message.pool = object.pool ?? "";
-    message.tag = object.tag ?? "";
-    return message;
-  },
-};
-
-function createBaseExportReplicaSnapshotResponse(): ExportReplicaSnapshotResponse {
-  return { nbdUri: "" };
-}
-
-export const ExportReplicaSnapshotResponse: MessageFns<ExportReplicaSnapshotResponse> = {
-  encode(message: ExportReplicaSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.nbdUri !== "") {
-      writer.uint32(10).string(message.nbdUri);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): ExportReplicaSnapshotResponse {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseExportReplicaSnapshotResponse();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.nbdUri = reader.string();
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): ExportReplicaSnapshotResponse {
-    return {
-      nbdUri: isSet(object.nbdUri)
-        ? globalThis.String(object.nbdUri)
-        : isSet(object.nbd_uri)
-        ? globalThis.String(object.nbd_uri)
-        : "",
-    };
-  },
-
-  toJSON(message: ExportReplicaSnapshotResponse): unknown {
-    const obj: any = {};
-    if (message.nbdUri !== "") {
-      obj.nbdUri = message.nbdUri;
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<ExportReplicaSnapshotResponse>, I>>(base?: I): ExportReplicaSnapshotResponse {
-    return ExportReplicaSnapshotResponse.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<ExportReplicaSnapshotResponse>, I>>(
-    object: I,
-  ): ExportReplicaSnapshotResponse {
-    const message = createBaseExportReplicaSnapshotResponse();
-    message.nbdUri = object.nbdUri ?? "";
-    return message;
-  },
-};
-
 function createBaseWriteBackupRequest(): WriteBackupRequest {
-  return { name: "", sourceNbdUri: "" };
+  return { name: "", sourceNbdUri: "", base: "", bitmap: "" };
 }
 
 export const WriteBackupRequest: MessageFns<WriteBackupRequest> = {
@@ -5520,6 +5413,12 @@ export const WriteBackupRequest: MessageFns<WriteBackupRequest> = {
     }
     if (message.sourceNbdUri !== "") {
       writer.uint32(18).string(message.sourceNbdUri);
+    }
+    if (message.base !== "") {
+      writer.uint32(26).string(message.base);
+    }
+    if (message.bitmap !== "") {
+      writer.uint32(34).string(message.bitmap);
     }
     return writer;
   },
@@ -5553,6 +5452,22 @@ export const WriteBackupRequest: MessageFns<WriteBackupRequest> = {
             message.sourceNbdUri = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.base = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.bitmap = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5573,6 +5488,8 @@ export const WriteBackupRequest: MessageFns<WriteBackupRequest> = {
         : isSet(object.source_nbd_uri)
         ? globalThis.String(object.source_nbd_uri)
         : "",
+      base: isSet(object.base) ? globalThis.String(object.base) : "",
+      bitmap: isSet(object.bitmap) ? globalThis.String(object.bitmap) : "",
     };
   },
 
@@ -5584,6 +5501,12 @@ export const WriteBackupRequest: MessageFns<WriteBackupRequest> = {
     if (message.sourceNbdUri !== "") {
       obj.sourceNbdUri = message.sourceNbdUri;
     }
+    if (message.base !== "") {
+      obj.base = message.base;
+    }
+    if (message.bitmap !== "") {
+      obj.bitmap = message.bitmap;
+    }
     return obj;
   },
 
@@ -5594,12 +5517,14 @@ export const WriteBackupRequest: MessageFns<WriteBackupRequest> = {
     const message = createBaseWriteBackupRequest();
     message.name = object.name ?? "";
     message.sourceNbdUri = object.sourceNbdUri ?? "";
+    message.base = object.base ?? "";
+    message.bitmap = object.bitmap ?? "";
     return message;
   },
 };
 
 function createBaseWriteBackupResponse(): WriteBackupResponse {
-  return { logicalBytes: 0, dataBytes: 0, newBytes: 0, storedBytes: 0, durationMs: 0 };
+  return { logicalBytes: 0, dataBytes: 0, newBytes: 0, storedBytes: 0, durationMs: 0, readBytes: 0 };
 }
 
 export const WriteBackupResponse: MessageFns<WriteBackupResponse> = {
@@ -5618,6 +5543,9 @@ export const WriteBackupResponse: MessageFns<WriteBackupResponse> = {
     }
     if (message.durationMs !== 0) {
       writer.uint32(40).uint64(message.durationMs);
+    }
+    if (message.readBytes !== 0) {
+      writer.uint32(48).uint64(message.readBytes);
     }
     return writer;
   },
@@ -5675,6 +5603,14 @@ export const WriteBackupResponse: MessageFns<WriteBackupResponse> = {
             message.durationMs = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.readBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5714,6 +5650,11 @@ export const WriteBackupResponse: MessageFns<WriteBackupResponse> = {
         : isSet(object.duration_ms)
         ? globalThis.Number(object.duration_ms)
         : 0,
+      readBytes: isSet(object.readBytes)
+        ? globalThis.Number(object.readBytes)
+        : isSet(object.read_bytes)
+        ? globalThis.Number(object.read_bytes)
+        : 0,
     };
   },
 
@@ -5734,6 +5675,9 @@ export const WriteBackupResponse: MessageFns<WriteBackupResponse> = {
     if (message.durationMs !== 0) {
       obj.durationMs = Math.round(message.durationMs);
     }
+    if (message.readBytes !== 0) {
+      obj.readBytes = Math.round(message.readBytes);
+    }
     return obj;
   },
 
@@ -5747,6 +5691,7 @@ export const WriteBackupResponse: MessageFns<WriteBackupResponse> = {
     message.newBytes = object.newBytes ?? 0;
     message.storedBytes = object.storedBytes ?? 0;
     message.durationMs = object.durationMs ?? 0;
+    message.readBytes = object.readBytes ?? 0;
     return message;
   },
 };
@@ -6469,6 +6414,1486 @@ export const DedupImagesResponse: MessageFns<DedupImagesResponse> = {
   },
 };
 
+function createBaseCompressImagesRequest(): CompressImagesRequest {
+  return { pool: "", coldAfterMs: 0 };
+}
+
+export const CompressImagesRequest: MessageFns<CompressImagesRequest> = {
+  encode(message: CompressImagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pool !== "") {
+      writer.uint32(10).string(message.pool);
+    }
+    if (message.coldAfterMs !== 0) {
+      writer.uint32(16).int64(message.coldAfterMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompressImagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompressImagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.coldAfterMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompressImagesRequest {
+    return {
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      coldAfterMs: isSet(object.coldAfterMs)
+        ? globalThis.Number(object.coldAfterMs)
+        : isSet(object.cold_after_ms)
+        ? globalThis.Number(object.cold_after_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: CompressImagesRequest): unknown {
+    const obj: any = {};
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.coldAfterMs !== 0) {
+      obj.coldAfterMs = Math.round(message.coldAfterMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompressImagesRequest>, I>>(base?: I): CompressImagesRequest {
+    return CompressImagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompressImagesRequest>, I>>(object: I): CompressImagesRequest {
+    const message = createBaseCompressImagesRequest();
+    message.pool = object.pool ?? "";
+    message.coldAfterMs = object.coldAfterMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseCompressedImage(): CompressedImage {
+  return { replicaId: "", volume: "", action: "", reason: "", bytesBefore: 0, bytesAfter: 0, durationMs: 0 };
+}
+
+export const CompressedImage: MessageFns<CompressedImage> = {
+  encode(message: CompressedImage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.volume !== "") {
+      writer.uint32(18).string(message.volume);
+    }
+    if (message.action !== "") {
+      writer.uint32(26).string(message.action);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.bytesBefore !== 0) {
+      writer.uint32(40).uint64(message.bytesBefore);
+    }
+    if (message.bytesAfter !== 0) {
+      writer.uint32(48).uint64(message.bytesAfter);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(56).int64(message.durationMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompressedImage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompressedImage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.action = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bytesBefore = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bytesAfter = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompressedImage {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      action: isSet(object.action) ? globalThis.String(object.action) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      bytesBefore: isSet(object.bytesBefore)
+        ? globalThis.Number(object.bytesBefore)
+        : isSet(object.bytes_before)
+        ? globalThis.Number(object.bytes_before)
+        : 0,
+      bytesAfter: isSet(object.bytesAfter)
+        ? globalThis.Number(object.bytesAfter)
+        : isSet(object.bytes_after)
+        ? globalThis.Number(object.bytes_after)
+        : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: CompressedImage): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.action !== "") {
+      obj.action = message.action;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.bytesBefore !== 0) {
+      obj.bytesBefore = Math.round(message.bytesBefore);
+    }
+    if (message.bytesAfter !== 0) {
+      obj.bytesAfter = Math.round(message.bytesAfter);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompressedImage>, I>>(base?: I): CompressedImage {
+    return CompressedImage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompressedImage>, I>>(object: I): CompressedImage {
+    const message = createBaseCompressedImage();
+    message.replicaId = object.replicaId ?? "";
+    message.volume = object.volume ?? "";
+    message.action = object.action ?? "";
+    message.reason = object.reason ?? "";
+    message.bytesBefore = object.bytesBefore ?? 0;
+    message.bytesAfter = object.bytesAfter ?? 0;
+    message.durationMs = object.durationMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseCompressImagesResponse(): CompressImagesResponse {
+  return { images: [], bytesBefore: 0, bytesAfter: 0, savedBytes: 0, durationMs: 0 };
+}
+
+export const CompressImagesResponse: MessageFns<CompressImagesResponse> = {
+  encode(message: CompressImagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.images) {
+      CompressedImage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.bytesBefore !== 0) {
+      writer.uint32(16).uint64(message.bytesBefore);
+    }
+    if (message.bytesAfter !== 0) {
+      writer.uint32(24).uint64(message.bytesAfter);
+    }
+    if (message.savedBytes !== 0) {
+      writer.uint32(32).uint64(message.savedBytes);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(40).int64(message.durationMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompressImagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompressImagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.images.push(CompressedImage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.bytesBefore = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bytesAfter = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.savedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompressImagesResponse {
+    return {
+      images: globalThis.Array.isArray(object?.images)
+        ? object.images.map((e: any) => CompressedImage.fromJSON(e))
+        : [],
+      bytesBefore: isSet(object.bytesBefore)
+        ? globalThis.Number(object.bytesBefore)
+        : isSet(object.bytes_before)
+        ? globalThis.Number(object.bytes_before)
+        : 0,
+      bytesAfter: isSet(object.bytesAfter)
+        ? globalThis.Number(object.bytesAfter)
+        : isSet(object.bytes_after)
+        ? globalThis.Number(object.bytes_after)
+        : 0,
+      savedBytes: isSet(object.savedBytes)
+        ? globalThis.Number(object.savedBytes)
+        : isSet(object.saved_bytes)
+        ? globalThis.Number(object.saved_bytes)
+        : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: CompressImagesResponse): unknown {
+    const obj: any = {};
+    if (message.images?.length) {
+      obj.images = message.images.map((e) => CompressedImage.toJSON(e));
+    }
+    if (message.bytesBefore !== 0) {
+      obj.bytesBefore = Math.round(message.bytesBefore);
+    }
+    if (message.bytesAfter !== 0) {
+      obj.bytesAfter = Math.round(message.bytesAfter);
+    }
+    if (message.savedBytes !== 0) {
+      obj.savedBytes = Math.round(message.savedBytes);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompressImagesResponse>, I>>(base?: I): CompressImagesResponse {
+    return CompressImagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompressImagesResponse>, I>>(object: I): CompressImagesResponse {
+    const message = createBaseCompressImagesResponse();
+    message.images = object.images?.map((e) => CompressedImage.fromPartial(e)) || [];
+    message.bytesBefore = object.bytesBefore ?? 0;
+    message.bytesAfter = object.bytesAfter ?? 0;
+    message.savedBytes = object.savedBytes ?? 0;
+    message.durationMs = object.durationMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseBackupBitmap(): BackupBitmap {
+  return { name: "", recording: false, count: 0 };
+}
+
+export const BackupBitmap: MessageFns<BackupBitmap> = {
+  encode(message: BackupBitmap, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.recording !== false) {
+      writer.uint32(16).bool(message.recording);
+    }
+    if (message.count !== 0) {
+      writer.uint32(24).uint64(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BackupBitmap {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBackupBitmap();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.recording = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.count = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BackupBitmap {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      recording: isSet(object.recording) ? globalThis.Boolean(object.recording) : false,
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+    };
+  },
+
+  toJSON(message: BackupBitmap): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.recording !== false) {
+      obj.recording = message.recording;
+    }
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BackupBitmap>, I>>(base?: I): BackupBitmap {
+    return BackupBitmap.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BackupBitmap>, I>>(object: I): BackupBitmap {
+    const message = createBaseBackupBitmap();
+    message.name = object.name ?? "";
+    message.recording = object.recording ?? false;
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
+function createBaseListBackupBitmapsRequest(): ListBackupBitmapsRequest {
+  return { replicaId: "" };
+}
+
+export const ListBackupBitmapsRequest: MessageFns<ListBackupBitmapsRequest> = {
+  encode(message: ListBackupBitmapsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBackupBitmapsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBackupBitmapsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListBackupBitmapsRequest {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ListBackupBitmapsRequest): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBackupBitmapsRequest>, I>>(base?: I): ListBackupBitmapsRequest {
+    return ListBackupBitmapsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBackupBitmapsRequest>, I>>(object: I): ListBackupBitmapsRequest {
+    const message = createBaseListBackupBitmapsRequest();
+    message.replicaId = object.replicaId ?? "";
+    return message;
+  },
+};
+
+function createBaseListBackupBitmapsResponse(): ListBackupBitmapsResponse {
+  return { bitmaps: [] };
+}
+
+export const ListBackupBitmapsResponse: MessageFns<ListBackupBitmapsResponse> = {
+  encode(message: ListBackupBitmapsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.bitmaps) {
+      BackupBitmap.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBackupBitmapsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBackupBitmapsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.bitmaps.push(BackupBitmap.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListBackupBitmapsResponse {
+    return {
+      bitmaps: globalThis.Array.isArray(object?.bitmaps)
+        ? object.bitmaps.map((e: any) => BackupBitmap.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListBackupBitmapsResponse): unknown {
+    const obj: any = {};
+    if (message.bitmaps?.length) {
+      obj.bitmaps = message.bitmaps.map((e) => BackupBitmap.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBackupBitmapsResponse>, I>>(base?: I): ListBackupBitmapsResponse {
+    return ListBackupBitmapsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBackupBitmapsResponse>, I>>(object: I): ListBackupBitmapsResponse {
+    const message = createBaseListBackupBitmapsResponse();
+    message.bitmaps = object.bitmaps?.map((e) => BackupBitmap.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePrepareFleeceRequest(): PrepareFleeceRequest {
+  return { replicaId: "", pool: "", fleeceId: "" };
+}
+
+export const PrepareFleeceRequest: MessageFns<PrepareFleeceRequest> = {
+  encode(message: PrepareFleeceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.pool !== "") {
+      writer.uint32(18).string(message.pool);
+    }
+    if (message.fleeceId !== "") {
+      writer.uint32(26).string(message.fleeceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrepareFleeceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrepareFleeceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.fleeceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PrepareFleeceRequest {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      fleeceId: isSet(object.fleeceId)
+        ? globalThis.String(object.fleeceId)
+        : isSet(object.fleece_id)
+        ? globalThis.String(object.fleece_id)
+        : "",
+    };
+  },
+
+  toJSON(message: PrepareFleeceRequest): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.fleeceId !== "") {
+      obj.fleeceId = message.fleeceId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrepareFleeceRequest>, I>>(base?: I): PrepareFleeceRequest {
+    return PrepareFleeceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrepareFleeceRequest>, I>>(object: I): PrepareFleeceRequest {
+    const message = createBasePrepareFleeceRequest();
+    message.replicaId = object.replicaId ?? "";
+    message.pool = object.pool ?? "";
+    message.fleeceId = object.fleeceId ?? "";
+    return message;
+  },
+};
+
+function createBasePrepareFleeceResponse(): PrepareFleeceResponse {
+  return {};
+}
+
+export const PrepareFleeceResponse: MessageFns<PrepareFleeceResponse> = {
+  encode(_: PrepareFleeceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrepareFleeceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrepareFleeceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PrepareFleeceResponse {
+    return {};
+  },
+
+  toJSON(_: PrepareFleeceResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrepareFleeceResponse>, I>>(base?: I): PrepareFleeceResponse {
+    return PrepareFleeceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrepareFleeceResponse>, I>>(_: I): PrepareFleeceResponse {
+    const message = createBasePrepareFleeceResponse();
+    return message;
+  },
+};
+
+function createBaseMarkBackupPointRequest(): MarkBackupPointRequest {
+  return { replicaId: "", next: "", base: "", fleeceId: "" };
+}
+
+export const MarkBackupPointRequest: MessageFns<MarkBackupPointRequest> = {
+  encode(message: MarkBackupPointRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.next !== "") {
+      writer.uint32(18).string(message.next);
+    }
+    if (message.base !== "") {
+      writer.uint32(26).string(message.base);
+    }
+    if (message.fleeceId !== "") {
+      writer.uint32(34).string(message.fleeceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MarkBackupPointRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMarkBackupPointRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.next = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.base = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.fleeceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MarkBackupPointRequest {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      next: isSet(object.next) ? globalThis.String(object.next) : "",
+      base: isSet(object.base) ? globalThis.String(object.base) : "",
+      fleeceId: isSet(object.fleeceId)
+        ? globalThis.String(object.fleeceId)
+        : isSet(object.fleece_id)
+        ? globalThis.String(object.fleece_id)
+        : "",
+    };
+  },
+
+  toJSON(message: MarkBackupPointRequest): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.next !== "") {
+      obj.next = message.next;
+    }
+    if (message.base !== "") {
+      obj.base = message.base;
+    }
+    if (message.fleeceId !== "") {
+      obj.fleeceId = message.fleeceId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MarkBackupPointRequest>, I>>(base?: I): MarkBackupPointRequest {
+    return MarkBackupPointRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MarkBackupPointRequest>, I>>(object: I): MarkBackupPointRequest {
+    const message = createBaseMarkBackupPointRequest();
+    message.replicaId = object.replicaId ?? "";
+    message.next = object.next ?? "";
+    message.base = object.base ?? "";
+    message.fleeceId = object.fleeceId ?? "";
+    return message;
+  },
+};
+
+function createBaseMarkBackupPointResponse(): MarkBackupPointResponse {
+  return {};
+}
+
+export const MarkBackupPointResponse: MessageFns<MarkBackupPointResponse> = {
+  encode(_: MarkBackupPointResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MarkBackupPointResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMarkBackupPointResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): MarkBackupPointResponse {
+    return {};
+  },
+
+  toJSON(_: MarkBackupPointResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MarkBackupPointResponse>, I>>(base?: I): MarkBackupPointResponse {
+    return MarkBackupPointResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MarkBackupPointResponse>, I>>(_: I): MarkBackupPointResponse {
+    const message = createBaseMarkBackupPointResponse();
+    return message;
+  },
+};
+
+function createBaseExportFleeceRequest(): ExportFleeceRequest {
+  return { fleeceId: "", bitmap: "" };
+}
+
+export const ExportFleeceRequest: MessageFns<ExportFleeceRequest> = {
+  encode(message: ExportFleeceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.fleeceId !== "") {
+      writer.uint32(10).string(message.fleeceId);
+    }
+    if (message.bitmap !== "") {
+      writer.uint32(18).string(message.bitmap);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportFleeceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportFleeceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.fleeceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.bitmap = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportFleeceRequest {
+    return {
+      fleeceId: isSet(object.fleeceId)
+        ? globalThis.String(object.fleeceId)
+        : isSet(object.fleece_id)
+        ? globalThis.String(object.fleece_id)
+        : "",
+      bitmap: isSet(object.bitmap) ? globalThis.String(object.bitmap) : "",
+    };
+  },
+
+  toJSON(message: ExportFleeceRequest): unknown {
+    const obj: any = {};
+    if (message.fleeceId !== "") {
+      obj.fleeceId = message.fleeceId;
+    }
+    if (message.bitmap !== "") {
+      obj.bitmap = message.bitmap;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportFleeceRequest>, I>>(base?: I): ExportFleeceRequest {
+    return ExportFleeceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportFleeceRequest>, I>>(object: I): ExportFleeceRequest {
+    const message = createBaseExportFleeceRequest();
+    message.fleeceId = object.fleeceId ?? "";
+    message.bitmap = object.bitmap ?? "";
+    return message;
+  },
+};
+
+function createBaseExportFleeceResponse(): ExportFleeceResponse {
+  return { nbdUri: "" };
+}
+
+export const ExportFleeceResponse: MessageFns<ExportFleeceResponse> = {
+  encode(message: ExportFleeceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nbdUri !== "") {
+      writer.uint32(10).string(message.nbdUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportFleeceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportFleeceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nbdUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportFleeceResponse {
+    return {
+      nbdUri: isSet(object.nbdUri)
+        ? globalThis.String(object.nbdUri)
+        : isSet(object.nbd_uri)
+        ? globalThis.String(object.nbd_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: ExportFleeceResponse): unknown {
+    const obj: any = {};
+    if (message.nbdUri !== "") {
+      obj.nbdUri = message.nbdUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportFleeceResponse>, I>>(base?: I): ExportFleeceResponse {
+    return ExportFleeceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportFleeceResponse>, I>>(object: I): ExportFleeceResponse {
+    const message = createBaseExportFleeceResponse();
+    message.nbdUri = object.nbdUri ?? "";
+    return message;
+  },
+};
+
+function createBaseReleaseFleeceRequest(): ReleaseFleeceRequest {
+  return { fleeceId: "", pool: "" };
+}
+
+export const ReleaseFleeceRequest: MessageFns<ReleaseFleeceRequest> = {
+  encode(message: ReleaseFleeceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.fleeceId !== "") {
+      writer.uint32(10).string(message.fleeceId);
+    }
+    if (message.pool !== "") {
+      writer.uint32(18).string(message.pool);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReleaseFleeceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReleaseFleeceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.fleeceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReleaseFleeceRequest {
+    return {
+      fleeceId: isSet(object.fleeceId)
+        ? globalThis.String(object.fleeceId)
+        : isSet(object.fleece_id)
+        ? globalThis.String(object.fleece_id)
+        : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+    };
+  },
+
+  toJSON(message: ReleaseFleeceRequest): unknown {
+    const obj: any = {};
+    if (message.fleeceId !== "") {
+      obj.fleeceId = message.fleeceId;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReleaseFleeceRequest>, I>>(base?: I): ReleaseFleeceRequest {
+    return ReleaseFleeceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReleaseFleeceRequest>, I>>(object: I): ReleaseFleeceRequest {
+    const message = createBaseReleaseFleeceRequest();
+    message.fleeceId = object.fleeceId ?? "";
+    message.pool = object.pool ?? "";
+    return message;
+  },
+};
+
+function createBaseReleaseFleeceResponse(): ReleaseFleeceResponse {
+  return {};
+}
+
+export const ReleaseFleeceResponse: MessageFns<ReleaseFleeceResponse> = {
+  encode(_: ReleaseFleeceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReleaseFleeceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReleaseFleeceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReleaseFleeceResponse {
+    return {};
+  },
+
+  toJSON(_: ReleaseFleeceResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReleaseFleeceResponse>, I>>(base?: I): ReleaseFleeceResponse {
+    return ReleaseFleeceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReleaseFleeceResponse>, I>>(_: I): ReleaseFleeceResponse {
+    const message = createBaseReleaseFleeceResponse();
+    return message;
+  },
+};
+
+function createBaseSettleBackupBitmapsRequest(): SettleBackupBitmapsRequest {
+  return { replicaId: "", next: "", base: "", succeeded: false };
+}
+
+export const SettleBackupBitmapsRequest: MessageFns<SettleBackupBitmapsRequest> = {
+  encode(message: SettleBackupBitmapsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.next !== "") {
+      writer.uint32(18).string(message.next);
+    }
+    if (message.base !== "") {
+      writer.uint32(26).string(message.base);
+    }
+    if (message.succeeded !== false) {
+      writer.uint32(32).bool(message.succeeded);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SettleBackupBitmapsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSettleBackupBitmapsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.next = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.base = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.succeeded = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SettleBackupBitmapsRequest {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      next: isSet(object.next) ? globalThis.String(object.next) : "",
+      base: isSet(object.base) ? globalThis.String(object.base) : "",
+      succeeded: isSet(object.succeeded) ? globalThis.Boolean(object.succeeded) : false,
+    };
+  },
+
+  toJSON(message: SettleBackupBitmapsRequest): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.next !== "") {
+      obj.next = message.next;
+    }
+    if (message.base !== "") {
+      obj.base = message.base;
+    }
+    if (message.succeeded !== false) {
+      obj.succeeded = message.succeeded;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SettleBackupBitmapsRequest>, I>>(base?: I): SettleBackupBitmapsRequest {
+    return SettleBackupBitmapsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SettleBackupBitmapsRequest>, I>>(object: I): SettleBackupBitmapsRequest {
+    const message = createBaseSettleBackupBitmapsRequest();
+    message.replicaId = object.replicaId ?? "";
+    message.next = object.next ?? "";
+    message.base = object.base ?? "";
+    message.succeeded = object.succeeded ?? false;
+    return message;
+  },
+};
+
+function createBaseSettleBackupBitmapsResponse(): SettleBackupBitmapsResponse {
+  return {};
+}
+
+export const SettleBackupBitmapsResponse: MessageFns<SettleBackupBitmapsResponse> = {
+  encode(_: SettleBackupBitmapsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SettleBackupBitmapsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSettleBackupBitmapsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SettleBackupBitmapsResponse {
+    return {};
+  },
+
+  toJSON(_: SettleBackupBitmapsResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SettleBackupBitmapsResponse>, I>>(base?: I): SettleBackupBitmapsResponse {
+    return SettleBackupBitmapsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SettleBackupBitmapsResponse>, I>>(_: I): SettleBackupBitmapsResponse {
+    const message = createBaseSettleBackupBitmapsResponse();
+    return message;
+  },
+};
+
 /** Served by each node agent; called by the controller. Every call is idempotent. */
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
@@ -6662,22 +8087,10 @@ export const AgentServiceService = {
     responseDeserialize: (value: Buffer): ThawFrontendResponse => ThawFrontendResponse.decode(value),
   },
   /**
-   * Backups (node-agent/backups.ts): a read-only NBD export of a replica's
-   * snapshot; a backup read from an NBD export into this node's chunk store; a
-   * stored backup served read-only for a restore; stopping an export; deleting a
-   * backup (and collecting its unused chunks).
+   * Backups (node-agent/backups.ts): a backup read from an NBD export into this
+   * node's chunk store; a stored backup served read-only for a restore; stopping
+   * such an export; deleting a backup (and collecting its unused chunks).
    */
-  exportReplicaSnapshot: {
-    path: "/stowage.v1.AgentService/ExportReplicaSnapshot" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: ExportReplicaSnapshotRequest): Buffer =>
-      Buffer.from(ExportReplicaSnapshotRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): ExportReplicaSnapshotRequest => ExportReplicaSnapshotRequest.decode(value),
-    responseSerialize: (value: ExportReplicaSnapshotResponse): Buffer =>
-      Buffer.from(ExportReplicaSnapshotResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): ExportReplicaSnapshotResponse => ExportReplicaSnapshotResponse.decode(value),
-  },
   writeBackup: {
     path: "/stowage.v1.AgentService/WriteBackup" as const,
     requestStream: false as const,
@@ -6715,6 +8128,76 @@ export const AgentServiceService = {
     responseSerialize: (value: DeleteStoredBackupResponse): Buffer =>
       Buffer.from(DeleteStoredBackupResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteStoredBackupResponse => DeleteStoredBackupResponse.decode(value),
+  },
+  /**
+   * Incremental backups (node-agent/qsd/fleece.ts): a replica's backup bitmaps;
+   * the fleece (a point-in-time view the storage daemon keeps while writes go
+   * on) prepared, marked at the backup's instant with the bitmaps, exported,
+   * released; the base's bitmap dropped after success, or the new one folded
+   * back into it after a failure. All idempotent.
+   */
+  listBackupBitmaps: {
+    path: "/stowage.v1.AgentService/ListBackupBitmaps" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListBackupBitmapsRequest): Buffer =>
+      Buffer.from(ListBackupBitmapsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListBackupBitmapsRequest => ListBackupBitmapsRequest.decode(value),
+    responseSerialize: (value: ListBackupBitmapsResponse): Buffer =>
+      Buffer.from(ListBackupBitmapsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListBackupBitmapsResponse => ListBackupBitmapsResponse.decode(value),
+  },
+  prepareFleece: {
+    path: "/stowage.v1.AgentService/PrepareFleece" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PrepareFleeceRequest): Buffer => Buffer.from(PrepareFleeceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PrepareFleeceRequest => PrepareFleeceRequest.decode(value),
+    responseSerialize: (value: PrepareFleeceResponse): Buffer =>
+      Buffer.from(PrepareFleeceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PrepareFleeceResponse => PrepareFleeceResponse.decode(value),
+  },
+  markBackupPoint: {
+    path: "/stowage.v1.AgentService/MarkBackupPoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MarkBackupPointRequest): Buffer =>
+      Buffer.from(MarkBackupPointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MarkBackupPointRequest => MarkBackupPointRequest.decode(value),
+    responseSerialize: (value: MarkBackupPointResponse): Buffer =>
+      Buffer.from(MarkBackupPointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MarkBackupPointResponse => MarkBackupPointResponse.decode(value),
+  },
+  exportFleece: {
+    path: "/stowage.v1.AgentService/ExportFleece" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ExportFleeceRequest): Buffer => Buffer.from(ExportFleeceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExportFleeceRequest => ExportFleeceRequest.decode(value),
+    responseSerialize: (value: ExportFleeceResponse): Buffer =>
+      Buffer.from(ExportFleeceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExportFleeceResponse => ExportFleeceResponse.decode(value),
+  },
+  releaseFleece: {
+    path: "/stowage.v1.AgentService/ReleaseFleece" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReleaseFleeceRequest): Buffer => Buffer.from(ReleaseFleeceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReleaseFleeceRequest => ReleaseFleeceRequest.decode(value),
+    responseSerialize: (value: ReleaseFleeceResponse): Buffer =>
+      Buffer.from(ReleaseFleeceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReleaseFleeceResponse => ReleaseFleeceResponse.decode(value),
+  },
+  settleBackupBitmaps: {
+    path: "/stowage.v1.AgentService/SettleBackupBitmaps" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SettleBackupBitmapsRequest): Buffer =>
+      Buffer.from(SettleBackupBitmapsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SettleBackupBitmapsRequest => SettleBackupBitmapsRequest.decode(value),
+    responseSerialize: (value: SettleBackupBitmapsResponse): Buffer =>
+      Buffer.from(SettleBackupBitmapsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SettleBackupBitmapsResponse => SettleBackupBitmapsResponse.decode(value),
   },
   /**
    * Makes this node's copy of a template image (read-only, under the pool's
@@ -6784,6 +8267,23 @@ export const AgentServiceService = {
     responseSerialize: (value: DedupImagesResponse): Buffer => Buffer.from(DedupImagesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DedupImagesResponse => DedupImagesResponse.decode(value),
   },
+  /**
+   * Recompresses the pool's cold qcow2 replica images (not exported, no internal
+   * snapshots, no backing file, unmodified for cold_after_ms) into zstd-compressed
+   * clusters, each under its replica's lock; an image is replaced only when the
+   * copy compares equal and is smaller. Refused while a run on the pool is under way.
+   */
+  compressImages: {
+    path: "/stowage.v1.AgentService/CompressImages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompressImagesRequest): Buffer =>
+      Buffer.from(CompressImagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompressImagesRequest => CompressImagesRequest.decode(value),
+    responseSerialize: (value: CompressImagesResponse): Buffer =>
+      Buffer.from(CompressImagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompressImagesResponse => CompressImagesResponse.decode(value),
+  },
 } as const;
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
@@ -6832,16 +8332,27 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   /** Lets the held writes go; says whether they were held all along. */
   thawFrontend: handleUnaryCall<ThawFrontendRequest, ThawFrontendResponse>;
   /**
-   * Backups (node-agent/backups.ts): a read-only NBD export of a replica's
-   * snapshot; a backup read from an NBD export into this node's chunk store; a
-   * stored backup served read-only for a restore; stopping an export; deleting a
-   * backup (and collecting its unused chunks).
+   * Backups (node-agent/backups.ts): a backup read from an NBD export into this
+   * node's chunk store; a stored backup served read-only for a restore; stopping
+   * such an export; deleting a backup (and collecting its unused chunks).
    */
-  exportReplicaSnapshot: handleUnaryCall<ExportReplicaSnapshotRequest, ExportReplicaSnapshotResponse>;
   writeBackup: handleUnaryCall<WriteBackupRequest, WriteBackupResponse>;
   serveBackup: handleUnaryCall<ServeBackupRequest, ServeBackupResponse>;
   stopExport: handleUnaryCall<StopExportRequest, StopExportResponse>;
   deleteStoredBackup: handleUnaryCall<DeleteStoredBackupRequest, DeleteStoredBackupResponse>;
+  /**
+   * Incremental backups (node-agent/qsd/fleece.ts): a replica's backup bitmaps;
+   * the fleece (a point-in-time view the storage daemon keeps while writes go
+   * on) prepared, marked at the backup's instant with the bitmaps, exported,
+   * released; the base's bitmap dropped after success, or the new one folded
+   * back into it after a failure. All idempotent.
+   */
+  listBackupBitmaps: handleUnaryCall<ListBackupBitmapsRequest, ListBackupBitmapsResponse>;
+  prepareFleece: handleUnaryCall<PrepareFleeceRequest, PrepareFleeceResponse>;
+  markBackupPoint: handleUnaryCall<MarkBackupPointRequest, MarkBackupPointResponse>;
+  exportFleece: handleUnaryCall<ExportFleeceRequest, ExportFleeceResponse>;
+  releaseFleece: handleUnaryCall<ReleaseFleeceRequest, ReleaseFleeceResponse>;
+  settleBackupBitmaps: handleUnaryCall<SettleBackupBitmapsRequest, SettleBackupBitmapsResponse>;
   /**
    * Makes this node's copy of a template image (read-only, under the pool's
    * templates/ directory) from a source, unless it exists (idempotent).
@@ -6862,6 +8373,13 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
    * cannot share extents, or while a run on the pool is under way.
    */
   dedupImages: handleUnaryCall<DedupImagesRequest, DedupImagesResponse>;
+  /**
+   * Recompresses the pool's cold qcow2 replica images (not exported, no internal
+   * snapshots, no backing file, unmodified for cold_after_ms) into zstd-compressed
+   * clusters, each under its replica's lock; an image is replaced only when the
+   * copy compares equal and is smaller. Refused while a run on the pool is under way.
+   */
+  compressImages: handleUnaryCall<CompressImagesRequest, CompressImagesResponse>;
 }
 
 export interface AgentServiceClient extends Client {
@@ -7134,26 +8652,10 @@ export interface AgentServiceClient extends Client {
     callback: (error: ServiceError | null, response: ThawFrontendResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Backups (node-agent/backups.ts): a read-only NBD export of a replica's
-   * snapshot; a backup read from an NBD export into this node's chunk store; a
-   * stored backup served read-only for a restore; stopping an export; deleting a
-   * backup (and collecting its unused chunks).
+   * Backups (node-agent/backups.ts): a backup read from an NBD export into this
+   * node's chunk store; a stored backup served read-only for a restore; stopping
+   * such an export; deleting a backup (and collecting its unused chunks).
    */
-  exportReplicaSnapshot(
-    request: ExportReplicaSnapshotRequest,
-    callback: (error: ServiceError | null, response: ExportReplicaSnapshotResponse) => void,
-  ): ClientUnaryCall;
-  exportReplicaSnapshot(
-    request: ExportReplicaSnapshotRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: ExportReplicaSnapshotResponse) => void,
-  ): ClientUnaryCall;
-  exportReplicaSnapshot(
-    request: ExportReplicaSnapshotRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: ExportReplicaSnapshotResponse) => void,
-  ): ClientUnaryCall;
   writeBackup(
     request: WriteBackupRequest,
     callback: (error: ServiceError | null, response: WriteBackupResponse) => void,
@@ -7213,6 +8715,103 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteStoredBackupResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Incremental backups (node-agent/qsd/fleece.ts): a replica's backup bitmaps;
+   * the fleece (a point-in-time view the storage daemon keeps while writes go
+   * on) prepared, marked at the backup's instant with the bitmaps, exported,
+   * released; the base's bitmap dropped after success, or the new one folded
+   * back into it after a failure. All idempotent.
+   */
+  listBackupBitmaps(
+    request: ListBackupBitmapsRequest,
+    callback: (error: ServiceError | null, response: ListBackupBitmapsResponse) => void,
+  ): ClientUnaryCall;
+  listBackupBitmaps(
+    request: ListBackupBitmapsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListBackupBitmapsResponse) => void,
+  ): ClientUnaryCall;
+  listBackupBitmaps(
+    request: ListBackupBitmapsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListBackupBitmapsResponse) => void,
+  ): ClientUnaryCall;
+  prepareFleece(
+    request: PrepareFleeceRequest,
+    callback: (error: ServiceError | null, response: PrepareFleeceResponse) => void,
+  ): ClientUnaryCall;
+  prepareFleece(
+    request: PrepareFleeceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PrepareFleeceResponse) => void,
+  ): ClientUnaryCall;
+  prepareFleece(
+    request: PrepareFleeceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PrepareFleeceResponse) => void,
+  ): ClientUnaryCall;
+  markBackupPoint(
+    request: MarkBackupPointRequest,
+    callback: (error: ServiceError | null, response: MarkBackupPointResponse) => void,
+  ): ClientUnaryCall;
+  markBackupPoint(
+    request: MarkBackupPointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MarkBackupPointResponse) => void,
+  ): ClientUnaryCall;
+  markBackupPoint(
+    request: MarkBackupPointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MarkBackupPointResponse) => void,
+  ): ClientUnaryCall;
+  exportFleece(
+    request: ExportFleeceRequest,
+    callback: (error: ServiceError | null, response: ExportFleeceResponse) => void,
+  ): ClientUnaryCall;
+  exportFleece(
+    request: ExportFleeceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ExportFleeceResponse) => void,
+  ): ClientUnaryCall;
+  exportFleece(
+    request: ExportFleeceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ExportFleeceResponse) => void,
+  ): ClientUnaryCall;
+  releaseFleece(
+    request: ReleaseFleeceRequest,
+    callback: (error: ServiceError | null, response: ReleaseFleeceResponse) => void,
+  ): ClientUnaryCall;
+  releaseFleece(
+    request: ReleaseFleeceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReleaseFleeceResponse) => void,
+  ): ClientUnaryCall;
+  releaseFleece(
+    request: ReleaseFleeceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReleaseFleeceResponse) => void,
+  ): ClientUnaryCall;
+  settleBackupBitmaps(
+    request: SettleBackupBitmapsRequest,
+    callback: (error: ServiceError | null, response: SettleBackupBitmapsResponse) => void,
+  ): ClientUnaryCall;
+  settleBackupBitmaps(
+    request: SettleBackupBitmapsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SettleBackupBitmapsResponse) => void,
+  ): ClientUnaryCall;
+  settleBackupBitmaps(
+    request: SettleBackupBitmapsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SettleBackupBitmapsResponse) => void,
   ): ClientUnaryCall;
   /**
    * Makes this node's copy of a template image (read-only, under the pool's
@@ -7303,6 +8902,27 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DedupImagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Recompresses the pool's cold qcow2 replica images (not exported, no internal
+   * snapshots, no backing file, unmodified for cold_after_ms) into zstd-compressed
+   * clusters, each under its replica's lock; an image is replaced only when the
+   * copy compares equal and is smaller. Refused while a run on the pool is under way.
+   */
+  compressImages(
+    request: CompressImagesRequest,
+    callback: (error: ServiceError | null, response: CompressImagesResponse) => void,
+  ): ClientUnaryCall;
+  compressImages(
+    request: CompressImagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompressImagesResponse) => void,
+  ): ClientUnaryCall;
+  compressImages(
+    request: CompressImagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompressImagesResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -31,6 +31,7 @@ import {
   NodeRejection,
   PlacementItem,
   Pool,
+  PoolCompressRun,
   PoolDedupRun,
   Snapshot,
   Template,
@@ -95,6 +96,18 @@ export interface UncordonNodeRequest {
 
 export interface UncordonNodeResponse {
   node?: Node | undefined;
+}
+
+export interface CompressPoolRequest {
+  node: string;
+  name: string;
+  /** Minimum age of an image's last write, e.g. "7d", "12h", "0s"; empty: the pool's policy (default 7d). */
+  coldAfter: string;
+}
+
+export interface CompressPoolResponse {
+  pool?: Pool | undefined;
+  run?: PoolCompressRun | undefined;
 }
 
 export interface DedupPoolRequest {
@@ -506,7 +519,15 @@ export interface SetPoolRequest {
    * When scheduled jobs may run, controller local time "HH:MM-HH:MM" (may wrap
    * midnight); "any" or "": at any time; absent: unchanged.
    */
-  quietHours?: string | undefined;
+  quietHours?:
+    | string
+    | undefined;
+  /** Scheduled recompression of cold images: "daily" or "off"; absent: unchanged. */
+  compress?:
+    | string
+    | undefined;
+  /** How long an image must be unmodified to be recompressed ("7d", "12h"); absent: unchanged. */
+  coldAfter?: string | undefined;
 }
 
 export interface SetPoolResponse {
@@ -1540,6 +1561,198 @@ export const UncordonNodeResponse: MessageFns<UncordonNodeResponse> = {
   fromPartial<I extends Exact<DeepPartial<UncordonNodeResponse>, I>>(object: I): UncordonNodeResponse {
     const message = createBaseUncordonNodeResponse();
     message.node = (object.node !== undefined && object.node !== null) ? Node.fromPartial(object.node) : undefined;
+    return message;
+  },
+};
+
+function createBaseCompressPoolRequest(): CompressPoolRequest {
+  return { node: "", name: "", coldAfter: "" };
+}
+
+export const CompressPoolRequest: MessageFns<CompressPoolRequest> = {
+  encode(message: CompressPoolRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.coldAfter !== "") {
+      writer.uint32(26).string(message.coldAfter);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompressPoolRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompressPoolRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.coldAfter = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompressPoolRequest {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      coldAfter: isSet(object.coldAfter)
+        ? globalThis.String(object.coldAfter)
+        : isSet(object.cold_after)
+        ? globalThis.String(object.cold_after)
+        : "",
+    };
+  },
+
+  toJSON(message: CompressPoolRequest): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.coldAfter !== "") {
+      obj.coldAfter = message.coldAfter;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompressPoolRequest>, I>>(base?: I): CompressPoolRequest {
+    return CompressPoolRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompressPoolRequest>, I>>(object: I): CompressPoolRequest {
+    const message = createBaseCompressPoolRequest();
+    message.node = object.node ?? "";
+    message.name = object.name ?? "";
+    message.coldAfter = object.coldAfter ?? "";
+    return message;
+  },
+};
+
+function createBaseCompressPoolResponse(): CompressPoolResponse {
+  return { pool: undefined, run: undefined };
+}
+
+export const CompressPoolResponse: MessageFns<CompressPoolResponse> = {
+  encode(message: CompressPoolResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pool !== undefined) {
+      Pool.encode(message.pool, writer.uint32(10).fork()).join();
+    }
+    if (message.run !== undefined) {
+      PoolCompressRun.encode(message.run, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompressPoolResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompressPoolResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pool = Pool.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.run = PoolCompressRun.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompressPoolResponse {
+    return {
+      pool: isSet(object.pool) ? Pool.fromJSON(object.pool) : undefined,
+      run: isSet(object.run) ? PoolCompressRun.fromJSON(object.run) : undefined,
+    };
+  },
+
+  toJSON(message: CompressPoolResponse): unknown {
+    const obj: any = {};
+    if (message.pool !== undefined) {
+      obj.pool = Pool.toJSON(message.pool);
+    }
+    if (message.run !== undefined) {
+      obj.run = PoolCompressRun.toJSON(message.run);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompressPoolResponse>, I>>(base?: I): CompressPoolResponse {
+    return CompressPoolResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompressPoolResponse>, I>>(object: I): CompressPoolResponse {
+    const message = createBaseCompressPoolResponse();
+    message.pool = (object.pool !== undefined && object.pool !== null) ? Pool.fromPartial(object.pool) : undefined;
+    message.run = (object.run !== undefined && object.run !== null)
+      ? PoolCompressRun.fromPartial(object.run)
+      : undefined;
     return message;
   },
 };
@@ -7019,6 +7232,8 @@ function createBaseSetPoolRequest(): SetPoolRequest {
     force: false,
     dedup: undefined,
     quietHours: undefined,
+    compress: undefined,
+    coldAfter: undefined,
   };
 }
 
@@ -7053,6 +7268,12 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
     }
     if (message.quietHours !== undefined) {
       writer.uint32(82).string(message.quietHours);
+    }
+    if (message.compress !== undefined) {
+      writer.uint32(90).string(message.compress);
+    }
+    if (message.coldAfter !== undefined) {
+      writer.uint32(98).string(message.coldAfter);
     }
     return writer;
   },
@@ -7150,6 +7371,22 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
             message.quietHours = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.compress = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.coldAfter = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7198,6 +7435,12 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
         : isSet(object.quiet_hours)
         ? globalThis.String(object.quiet_hours)
         : undefined,
+      compress: isSet(object.compress) ? globalThis.String(object.compress) : undefined,
+      coldAfter: isSet(object.coldAfter)
+        ? globalThis.String(object.coldAfter)
+        : isSet(object.cold_after)
+        ? globalThis.String(object.cold_after)
+        : undefined,
     };
   },
 
@@ -7233,6 +7476,12 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
     if (message.quietHours !== undefined) {
       obj.quietHours = message.quietHours;
     }
+    if (message.compress !== undefined) {
+      obj.compress = message.compress;
+    }
+    if (message.coldAfter !== undefined) {
+      obj.coldAfter = message.coldAfter;
+    }
     return obj;
   },
 
@@ -7251,6 +7500,8 @@ export const SetPoolRequest: MessageFns<SetPoolRequest> = {
     message.force = object.force ?? false;
     message.dedup = object.dedup ?? undefined;
     message.quietHours = object.quietHours ?? undefined;
+    message.compress = object.compress ?? undefined;
+    message.coldAfter = object.coldAfter ?? undefined;
     return message;
   },
 };
@@ -10252,6 +10503,20 @@ export const PoolServiceService = {
     responseSerialize: (value: DedupPoolResponse): Buffer => Buffer.from(DedupPoolResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DedupPoolResponse => DedupPoolResponse.decode(value),
   },
+  /**
+   * Recompresses the pool's cold qcow2 images now (zstd clusters) and waits for
+   * the result, recorded as a job while it runs and on the pool afterwards.
+   */
+  compressPool: {
+    path: "/stowage.v1.PoolService/CompressPool" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompressPoolRequest): Buffer => Buffer.from(CompressPoolRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompressPoolRequest => CompressPoolRequest.decode(value),
+    responseSerialize: (value: CompressPoolResponse): Buffer =>
+      Buffer.from(CompressPoolResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompressPoolResponse => CompressPoolResponse.decode(value),
+  },
 } as const;
 
 export interface PoolServiceServer extends UntypedServiceImplementation {
@@ -10269,6 +10534,11 @@ export interface PoolServiceServer extends UntypedServiceImplementation {
    * result, recorded as a job while it runs and on the pool afterwards.
    */
   dedupPool: handleUnaryCall<DedupPoolRequest, DedupPoolResponse>;
+  /**
+   * Recompresses the pool's cold qcow2 images now (zstd clusters) and waits for
+   * the result, recorded as a job while it runs and on the pool afterwards.
+   */
+  compressPool: handleUnaryCall<CompressPoolRequest, CompressPoolResponse>;
 }
 
 export interface PoolServiceClient extends Client {
@@ -10341,6 +10611,25 @@ export interface PoolServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DedupPoolResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Recompresses the pool's cold qcow2 images now (zstd clusters) and waits for
+   * the result, recorded as a job while it runs and on the pool afterwards.
+   */
+  compressPool(
+    request: CompressPoolRequest,
+    callback: (error: ServiceError | null, response: CompressPoolResponse) => void,
+  ): ClientUnaryCall;
+  compressPool(
+    request: CompressPoolRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompressPoolResponse) => void,
+  ): ClientUnaryCall;
+  compressPool(
+    request: CompressPoolRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompressPoolResponse) => void,
   ): ClientUnaryCall;
 }
 

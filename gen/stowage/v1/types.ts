@@ -566,6 +566,53 @@ export interface Pool {
     | undefined;
   /** -- Space-efficiency jobs (fields 30-39) -- */
   dedup?: PoolDedup | undefined;
+  compress?: PoolCompress | undefined;
+}
+
+/** A pool's recompression of cold images: the operator's policy and the last run. */
+export interface PoolCompress {
+  /** "daily" or "off". */
+  schedule: string;
+  /** "7d", "12h": how long an image must be unmodified. */
+  coldAfter: string;
+  /** Shared with dedup: "HH:MM-HH:MM" (controller local time), empty: any time. */
+  quietHours: string;
+  lastRun?:
+    | PoolCompressRun
+    | undefined;
+  /** Why a due run does not start (empty: nothing to say). */
+  next: string;
+  /** Bytes saved by compression in this pool, over every run. */
+  totalSavedBytes: number;
+}
+
+export interface PoolCompressRun {
+  /** "running", "done" or "failed". */
+  state: string;
+  /** "schedule" or "manual". */
+  trigger: string;
+  startedAtMs: number;
+  finishedAtMs: number;
+  coldAfterMs: number;
+  /** Allocated bytes of the images it compressed, before and after. */
+  bytesBefore: number;
+  bytesAfter: number;
+  savedBytes: number;
+  compressed: number;
+  skipped: number;
+  message: string;
+  images: PoolCompressImage[];
+}
+
+export interface PoolCompressImage {
+  replicaId: string;
+  volume: string;
+  /** "compressed", "kept" or "skipped". */
+  action: string;
+  reason: string;
+  bytesBefore: number;
+  bytesAfter: number;
+  durationMs: number;
 }
 
 /** A pool's reflink dedup: the operator's policy and the last run. */
@@ -983,6 +1030,11 @@ export interface Backup {
   storedBytes: number;
   durationMs: number;
   message: string;
+  /** "full", or "incremental": only the regions changed since `base` were read. */
+  kind: string;
+  base: string;
+  /** Bytes read from the volume's replica. */
+  readBytes: number;
 }
 
 function createBasePool(): Pool {
@@ -999,6 +1051,7 @@ function createBasePool(): Pool {
     replicaCount: 0,
     capacity: undefined,
     dedup: undefined,
+    compress: undefined,
   };
 }
 
@@ -1039,6 +1092,9 @@ export const Pool: MessageFns<Pool> = {
     }
     if (message.dedup !== undefined) {
       PoolDedup.encode(message.dedup, writer.uint32(242).fork()).join();
+    }
+    if (message.compress !== undefined) {
+      PoolCompress.encode(message.compress, writer.uint32(250).fork()).join();
     }
     return writer;
   },
@@ -1152,6 +1208,14 @@ export const Pool: MessageFns<Pool> = {
             message.dedup = PoolDedup.decode(reader, reader.uint32());
             continue;
           }
+          case 31: {
+            if (tag !== 250) {
+              break;
+            }
+
+            message.compress = PoolCompress.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1202,6 +1266,7 @@ export const Pool: MessageFns<Pool> = {
         : 0,
       capacity: isSet(object.capacity) ? PoolCapacity.fromJSON(object.capacity) : undefined,
       dedup: isSet(object.dedup) ? PoolDedup.fromJSON(object.dedup) : undefined,
+      compress: isSet(object.compress) ? PoolCompress.fromJSON(object.compress) : undefined,
     };
   },
 
@@ -1243,6 +1308,9 @@ export const Pool: MessageFns<Pool> = {
     if (message.dedup !== undefined) {
       obj.dedup = PoolDedup.toJSON(message.dedup);
     }
+    if (message.compress !== undefined) {
+      obj.compress = PoolCompress.toJSON(message.compress);
+    }
     return obj;
   },
 
@@ -1267,6 +1335,641 @@ export const Pool: MessageFns<Pool> = {
     message.dedup = (object.dedup !== undefined && object.dedup !== null)
       ? PoolDedup.fromPartial(object.dedup)
       : undefined;
+    message.compress = (object.compress !== undefined && object.compress !== null)
+      ? PoolCompress.fromPartial(object.compress)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePoolCompress(): PoolCompress {
+  return { schedule: "", coldAfter: "", quietHours: "", lastRun: undefined, next: "", totalSavedBytes: 0 };
+}
+
+export const PoolCompress: MessageFns<PoolCompress> = {
+  encode(message: PoolCompress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schedule !== "") {
+      writer.uint32(10).string(message.schedule);
+    }
+    if (message.coldAfter !== "") {
+      writer.uint32(18).string(message.coldAfter);
+    }
+    if (message.quietHours !== "") {
+      writer.uint32(26).string(message.quietHours);
+    }
+    if (message.lastRun !== undefined) {
+      PoolCompressRun.encode(message.lastRun, writer.uint32(34).fork()).join();
+    }
+    if (message.next !== "") {
+      writer.uint32(42).string(message.next);
+    }
+    if (message.totalSavedBytes !== 0) {
+      writer.uint32(48).uint64(message.totalSavedBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PoolCompress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePoolCompress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedule = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.coldAfter = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.quietHours = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.lastRun = PoolCompressRun.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.next = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.totalSavedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PoolCompress {
+    return {
+      schedule: isSet(object.schedule) ? globalThis.String(object.schedule) : "",
+      coldAfter: isSet(object.coldAfter)
+        ? globalThis.String(object.coldAfter)
+        : isSet(object.cold_after)
+        ? globalThis.String(object.cold_after)
+        : "",
+      quietHours: isSet(object.quietHours)
+        ? globalThis.String(object.quietHours)
+        : isSet(object.quiet_hours)
+        ? globalThis.String(object.quiet_hours)
+        : "",
+      lastRun: isSet(object.lastRun)
+        ? PoolCompressRun.fromJSON(object.lastRun)
+        : isSet(object.last_run)
+        ? PoolCompressRun.fromJSON(object.last_run)
+        : undefined,
+      next: isSet(object.next) ? globalThis.String(object.next) : "",
+      totalSavedBytes: isSet(object.totalSavedBytes)
+        ? globalThis.Number(object.totalSavedBytes)
+        : isSet(object.total_saved_bytes)
+        ? globalThis.Number(object.total_saved_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: PoolCompress): unknown {
+    const obj: any = {};
+    if (message.schedule !== "") {
+      obj.schedule = message.schedule;
+    }
+    if (message.coldAfter !== "") {
+      obj.coldAfter = message.coldAfter;
+    }
+    if (message.quietHours !== "") {
+      obj.quietHours = message.quietHours;
+    }
+    if (message.lastRun !== undefined) {
+      obj.lastRun = PoolCompressRun.toJSON(message.lastRun);
+    }
+    if (message.next !== "") {
+      obj.next = message.next;
+    }
+    if (message.totalSavedBytes !== 0) {
+      obj.totalSavedBytes = Math.round(message.totalSavedBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PoolCompress>, I>>(base?: I): PoolCompress {
+    return PoolCompress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PoolCompress>, I>>(object: I): PoolCompress {
+    const message = createBasePoolCompress();
+    message.schedule = object.schedule ?? "";
+    message.coldAfter = object.coldAfter ?? "";
+    message.quietHours = object.quietHours ?? "";
+    message.lastRun = (object.lastRun !== undefined && object.lastRun !== null)
+      ? PoolCompressRun.fromPartial(object.lastRun)
+      : undefined;
+    message.next = object.next ?? "";
+    message.totalSavedBytes = object.totalSavedBytes ?? 0;
+    return message;
+  },
+};
+
+function createBasePoolCompressRun(): PoolCompressRun {
+  return {
+    state: "",
+    trigger: "",
+    startedAtMs: 0,
+    finishedAtMs: 0,
+    coldAfterMs: 0,
+    bytesBefore: 0,
+    bytesAfter: 0,
+    savedBytes: 0,
+    compressed: 0,
+    skipped: 0,
+    message: "",
+    images: [],
+  };
+}
+
+export const PoolCompressRun: MessageFns<PoolCompressRun> = {
+  encode(message: PoolCompressRun, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== "") {
+      writer.uint32(10).string(message.state);
+    }
+    if (message.trigger !== "") {
+      writer.uint32(18).string(message.trigger);
+    }
+    if (message.startedAtMs !== 0) {
+      writer.uint32(24).int64(message.startedAtMs);
+    }
+    if (message.finishedAtMs !== 0) {
+      writer.uint32(32).int64(message.finishedAtMs);
+    }
+    if (message.coldAfterMs !== 0) {
+      writer.uint32(40).int64(message.coldAfterMs);
+    }
+    if (message.bytesBefore !== 0) {
+      writer.uint32(48).uint64(message.bytesBefore);
+    }
+    if (message.bytesAfter !== 0) {
+      writer.uint32(56).uint64(message.bytesAfter);
+    }
+    if (message.savedBytes !== 0) {
+      writer.uint32(64).uint64(message.savedBytes);
+    }
+    if (message.compressed !== 0) {
+      writer.uint32(72).uint32(message.compressed);
+    }
+    if (message.skipped !== 0) {
+      writer.uint32(80).uint32(message.skipped);
+    }
+    if (message.message !== "") {
+      writer.uint32(90).string(message.message);
+    }
+    for (const v of message.images) {
+      PoolCompressImage.encode(v!, writer.uint32(98).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PoolCompressRun {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePoolCompressRun();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.trigger = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.startedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.finishedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.coldAfterMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bytesBefore = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.bytesAfter = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.savedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.compressed = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.skipped = reader.uint32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.images.push(PoolCompressImage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PoolCompressRun {
+    return {
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      trigger: isSet(object.trigger) ? globalThis.String(object.trigger) : "",
+      startedAtMs: isSet(object.startedAtMs)
+        ? globalThis.Number(object.startedAtMs)
+        : isSet(object.started_at_ms)
+        ? globalThis.Number(object.started_at_ms)
+        : 0,
+      finishedAtMs: isSet(object.finishedAtMs)
+        ? globalThis.Number(object.finishedAtMs)
+        : isSet(object.finished_at_ms)
+        ? globalThis.Number(object.finished_at_ms)
+        : 0,
+      coldAfterMs: isSet(object.coldAfterMs)
+        ? globalThis.Number(object.coldAfterMs)
+        : isSet(object.cold_after_ms)
+        ? globalThis.Number(object.cold_after_ms)
+        : 0,
+      bytesBefore: isSet(object.bytesBefore)
+        ? globalThis.Number(object.bytesBefore)
+        : isSet(object.bytes_before)
+        ? globalThis.Number(object.bytes_before)
+        : 0,
+      bytesAfter: isSet(object.bytesAfter)
+        ? globalThis.Number(object.bytesAfter)
+        : isSet(object.bytes_after)
+        ? globalThis.Number(object.bytes_after)
+        : 0,
+      savedBytes: isSet(object.savedBytes)
+        ? globalThis.Number(object.savedBytes)
+        : isSet(object.saved_bytes)
+        ? globalThis.Number(object.saved_bytes)
+        : 0,
+      compressed: isSet(object.compressed) ? globalThis.Number(object.compressed) : 0,
+      skipped: isSet(object.skipped) ? globalThis.Number(object.skipped) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      images: globalThis.Array.isArray(object?.images)
+        ? object.images.map((e: any) => PoolCompressImage.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PoolCompressRun): unknown {
+    const obj: any = {};
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.trigger !== "") {
+      obj.trigger = message.trigger;
+    }
+    if (message.startedAtMs !== 0) {
+      obj.startedAtMs = Math.round(message.startedAtMs);
+    }
+    if (message.finishedAtMs !== 0) {
+      obj.finishedAtMs = Math.round(message.finishedAtMs);
+    }
+    if (message.coldAfterMs !== 0) {
+      obj.coldAfterMs = Math.round(message.coldAfterMs);
+    }
+    if (message.bytesBefore !== 0) {
+      obj.bytesBefore = Math.round(message.bytesBefore);
+    }
+    if (message.bytesAfter !== 0) {
+      obj.bytesAfter = Math.round(message.bytesAfter);
+    }
+    if (message.savedBytes !== 0) {
+      obj.savedBytes = Math.round(message.savedBytes);
+    }
+    if (message.compressed !== 0) {
+      obj.compressed = Math.round(message.compressed);
+    }
+    if (message.skipped !== 0) {
+      obj.skipped = Math.round(message.skipped);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.images?.length) {
+      obj.images = message.images.map((e) => PoolCompressImage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PoolCompressRun>, I>>(base?: I): PoolCompressRun {
+    return PoolCompressRun.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PoolCompressRun>, I>>(object: I): PoolCompressRun {
+    const message = createBasePoolCompressRun();
+    message.state = object.state ?? "";
+    message.trigger = object.trigger ?? "";
+    message.startedAtMs = object.startedAtMs ?? 0;
+    message.finishedAtMs = object.finishedAtMs ?? 0;
+    message.coldAfterMs = object.coldAfterMs ?? 0;
+    message.bytesBefore = object.bytesBefore ?? 0;
+    message.bytesAfter = object.bytesAfter ?? 0;
+    message.savedBytes = object.savedBytes ?? 0;
+    message.compressed = object.compressed ?? 0;
+    message.skipped = object.skipped ?? 0;
+    message.message = object.message ?? "";
+    message.images = object.images?.map((e) => PoolCompressImage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePoolCompressImage(): PoolCompressImage {
+  return { replicaId: "", volume: "", action: "", reason: "", bytesBefore: 0, bytesAfter: 0, durationMs: 0 };
+}
+
+export const PoolCompressImage: MessageFns<PoolCompressImage> = {
+  encode(message: PoolCompressImage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.volume !== "") {
+      writer.uint32(18).string(message.volume);
+    }
+    if (message.action !== "") {
+      writer.uint32(26).string(message.action);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.bytesBefore !== 0) {
+      writer.uint32(40).uint64(message.bytesBefore);
+    }
+    if (message.bytesAfter !== 0) {
+      writer.uint32(48).uint64(message.bytesAfter);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(56).int64(message.durationMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PoolCompressImage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePoolCompressImage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.action = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bytesBefore = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bytesAfter = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PoolCompressImage {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      action: isSet(object.action) ? globalThis.String(object.action) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      bytesBefore: isSet(object.bytesBefore)
+        ? globalThis.Number(object.bytesBefore)
+        : isSet(object.bytes_before)
+        ? globalThis.Number(object.bytes_before)
+        : 0,
+      bytesAfter: isSet(object.bytesAfter)
+        ? globalThis.Number(object.bytesAfter)
+        : isSet(object.bytes_after)
+        ? globalThis.Number(object.bytes_after)
+        : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: PoolCompressImage): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.action !== "") {
+      obj.action = message.action;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.bytesBefore !== 0) {
+      obj.bytesBefore = Math.round(message.bytesBefore);
+    }
+    if (message.bytesAfter !== 0) {
+      obj.bytesAfter = Math.round(message.bytesAfter);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PoolCompressImage>, I>>(base?: I): PoolCompressImage {
+    return PoolCompressImage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PoolCompressImage>, I>>(object: I): PoolCompressImage {
+    const message = createBasePoolCompressImage();
+    message.replicaId = object.replicaId ?? "";
+    message.volume = object.volume ?? "";
+    message.action = object.action ?? "";
+    message.reason = object.reason ?? "";
+    message.bytesBefore = object.bytesBefore ?? 0;
+    message.bytesAfter = object.bytesAfter ?? 0;
+    message.durationMs = object.durationMs ?? 0;
     return message;
   },
 };
@@ -5926,6 +6629,9 @@ function createBaseBackup(): Backup {
     storedBytes: 0,
     durationMs: 0,
     message: "",
+    kind: "",
+    base: "",
+    readBytes: 0,
   };
 }
 
@@ -5963,6 +6669,15 @@ export const Backup: MessageFns<Backup> = {
     }
     if (message.message !== "") {
       writer.uint32(90).string(message.message);
+    }
+    if (message.kind !== "") {
+      writer.uint32(98).string(message.kind);
+    }
+    if (message.base !== "") {
+      writer.uint32(106).string(message.base);
+    }
+    if (message.readBytes !== 0) {
+      writer.uint32(112).uint64(message.readBytes);
     }
     return writer;
   },
@@ -6068,6 +6783,30 @@ export const Backup: MessageFns<Backup> = {
             message.message = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.base = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.readBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6117,6 +6856,13 @@ export const Backup: MessageFns<Backup> = {
         ? globalThis.Number(object.duration_ms)
         : 0,
       message: isSet(object.message) ? globalThis.String(object.message) : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      base: isSet(object.base) ? globalThis.String(object.base) : "",
+      readBytes: isSet(object.readBytes)
+        ? globalThis.Number(object.readBytes)
+        : isSet(object.read_bytes)
+        ? globalThis.Number(object.read_bytes)
+        : 0,
     };
   },
 
@@ -6155,6 +6901,15 @@ export const Backup: MessageFns<Backup> = {
     if (message.message !== "") {
       obj.message = message.message;
     }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.base !== "") {
+      obj.base = message.base;
+    }
+    if (message.readBytes !== 0) {
+      obj.readBytes = Math.round(message.readBytes);
+    }
     return obj;
   },
 
@@ -6174,6 +6929,9 @@ export const Backup: MessageFns<Backup> = {
     message.storedBytes = object.storedBytes ?? 0;
     message.durationMs = object.durationMs ?? 0;
     message.message = object.message ?? "";
+    message.kind = object.kind ?? "";
+    message.base = object.base ?? "";
+    message.readBytes = object.readBytes ?? 0;
     return message;
   },
 };

@@ -24,16 +24,22 @@ const NO_VMS = {
   revertReplica: noVms,
   freezeFrontend: noVms,
   thawFrontend: noVms,
-  exportReplicaSnapshot: noVms,
   writeBackup: noVms,
   serveBackup: noVms,
   stopExport: noVms,
   deleteStoredBackup: noVms,
+  listBackupBitmaps: noVms,
+  prepareFleece: noVms,
+  markBackupPoint: noVms,
+  exportFleece: noVms,
+  releaseFleece: noVms,
+  settleBackupBitmaps: noVms,
   ensureTemplateImage: noVms,
   deleteTemplateImage: noVms,
   openTemplateExport: noVms,
   closeTemplateExport: noVms,
   dedupImages: noVms,
+  compressImages: noVms,
 };
 
 export class SimAgent {
