@@ -8,6 +8,7 @@ import { registerJobCommands } from "./commands/job.js";
 import { registerNodeCommands } from "./commands/node.js";
 import { registerPoolCommands } from "./commands/pool.js";
 import { registerBackupCommands } from "./commands/backup.js";
+import { registerReplicationCommands } from "./commands/replication.js";
 import { registerSnapshotCommands } from "./commands/snapshot.js";
 import { registerTemplateCommands } from "./commands/template.js";
 import { registerVmCommands } from "./commands/vm.js";
@@ -52,6 +53,7 @@ export function buildProgram(session: Session): Command {
   registerVolumeCommands(program, session);
   registerSnapshotCommands(program, session);
   registerBackupCommands(program, session);
+  registerReplicationCommands(program, session);
   registerTemplateCommands(program, session);
   registerVmCommands(program, session);
   registerJobCommands(program, session);

@@ -79,7 +79,7 @@ export function backupApi(d: BackupApiDeps): RequestHandlers<typeof BackupServic
       try {
         const res = await importFromNbd(
           d,
-          { name: req.name, sizeBytes: b.sizeBytes, replicas: req.replicas, format: ImageFormat.IMAGE_FORMAT_QCOW2, preallocation: Preallocation.PREALLOCATION_OFF, pool: "" },
+          { name: req.name, sizeBytes: b.sizeBytes, replicas: req.replicas, format: ImageFormat.IMAGE_FORMAT_QCOW2, preallocation: Preallocation.PREALLOCATION_OFF, pool: req.pool },
           served.nbdUri,
         );
         return { volume: res.volume };

@@ -95,13 +95,20 @@ export class Backups {
     return node;
   }
 
-  async create(volume: string): Promise<BackupRecord> {
+  /**
+   * `storeNode`: keep it there (asynchronous replication names its target);
+   * `replication`: taken by a replication (its own chain of backups).
+   */
+  async create(volume: string, opts: { storeNode?: string; replication?: boolean } = {}): Promise<BackupRecord> {
     validateName("volume", volume);
+    if (opts.storeNode && !this.d.isOnline(opts.storeNode)) throw new UnavailableError(`node ${opts.storeNode} is offline`);
     const spec = this.d.store.volumeSpec(volume)?.value;
     if (!spec) throw new NotFoundError("volume", volume);
     if (spec.format !== "qcow2") {
       throw new FailedPreconditionError(`volume ${volume} is a raw volume: backups read a snapshot, and snapshots need qcow2 images`, { hint: "back up qcow2 volumes (the default format)" });
     }
+    const running = this.list(volume).find((b) => b.state === "creating");
+    if (running) throw new FailedPreconditionError(`a backup of ${volume} is being taken (${backupRef(running)})`, { hint: "retry once it finished" });
     let now = Date.now();
     let id = backupId(now);
     while (this.d.store.backup(volume, id)) id = backupId((now += 1000));
@@ -110,7 +117,8 @@ export class Backups {
       id,
       state: "creating",
       createdAtMs: now,
-      node: this.storeNode(volume),
+      node: opts.storeNode ?? this.storeNode(volume),
+      replication: opts.replication || undefined,
       sizeBytes: spec.sizeBytes,
       dataBytes: 0,
       newBytes: 0,
@@ -191,7 +199,7 @@ export class Backups {
       return inSync.every((p) => st?.replicas.some((r) => r.id === p.id && r.exportUri)) ? true : undefined;
     });
     // Incremental from the volume's last backup in the same store, if a replica still tracks changes since it.
-    const base = this.list(volume).filter((b) => b.state === "ready" && b.node === created.node && b.bitmap).at(-1);
+    const base = this.list(volume).filter((b) => b.state === "ready" && b.node === created.node && b.bitmap && Boolean(b.replication) === Boolean(created.replication)).at(-1);
     const bitmaps = await Promise.all(inSync.map((p) => this.d.agents.for(p.node).listBackupBitmaps({ replicaId: p.id }, { timeoutMs: 30_000 })));
     const tracking = base ? inSync.findIndex((_, i) => bitmaps[i]!.bitmaps.some((b) => b.name === base.bitmap && b.recording)) : -1;
     const reader = inSync[Math.max(tracking, 0)]!;

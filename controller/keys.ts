@@ -3,7 +3,7 @@
 
 export const PREFIX = "/stowage/v1/";
 
-export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template" | "backup" | "pool-dedup" | "pool-compress";
+export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template" | "backup" | "pool-dedup" | "pool-compress" | "replication";
 
 const SEGMENTS: Record<KeyKind, string> = {
   "node-spec": "nodes/spec/",
@@ -16,6 +16,7 @@ const SEGMENTS: Record<KeyKind, string> = {
   event: "events/",
   snapshot: "snapshots/",
   backup: "backups/",
+  replication: "replications/",
   template: "templates/",
   "pool-dedup": "pool-dedup/",
   "pool-compress": "pool-compress/",
@@ -44,6 +45,8 @@ export const keys = {
   poolDedup: (node: string, pool: string) => PREFIX + SEGMENTS["pool-dedup"] + `${node}@${pool}`,
   /** A pool's recompression run, running or the last: pool-compress/NODE@POOL. */
   poolCompress: (node: string, pool: string) => PREFIX + SEGMENTS["pool-compress"] + `${node}@${pool}`,
+  /** The asynchronous replication of a volume. */
+  replication: (volume: string) => PREFIX + SEGMENTS.replication + volume,
   prefixOf: (kind: KeyKind) => PREFIX + SEGMENTS[kind],
   /** Election keys live under this prefix (etcd3 adds its own suffix). */
   election: PREFIX + "leader",

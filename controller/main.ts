@@ -12,6 +12,7 @@ import {
   ReplicaSyncServiceService,
   SnapshotServiceService,
   BackupServiceService,
+  ReplicationServiceService,
   TemplateServiceService,
   TransferServiceService,
   VmServiceService,
@@ -37,6 +38,7 @@ import { PoolCompressJobs } from "./pool-compress.js";
 import { Reconciler } from "./reconciler.js";
 import { backupApi } from "./backup-api.js";
 import { Backups } from "./backups.js";
+import { Replications, replicationApi } from "./replications.js";
 import { snapshotApi } from "./snapshot-api.js";
 import { transferApi } from "./transfer-api.js";
 import { Snapshots } from "./snapshots.js";
@@ -121,6 +123,7 @@ async function main(): Promise<void> {
   let migrator: Migrator | undefined;
   let snapshots: Snapshots | undefined;
   let backups: Backups | undefined;
+  let replications: Replications | undefined;
   let templates: Templates | undefined;
   let capacityEvents: CapacityEvents | undefined;
   let poolDedup: PoolDedupJobs | undefined;
@@ -161,11 +164,9 @@ async function main(): Promise<void> {
     SnapshotServiceService,
     snapshotApi({ store, view, placing, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), isOnline: (n) => registry.isOnline(n), snapshots: () => snapshots! }),
   );
-  addService(
-    server,
-    BackupServiceService,
-    backupApi({ store, agents, isOnline: (n) => registry.isOnline(n), ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), volumes, backups: () => backups! }),
-  );
+  const backupHandlers = backupApi({ store, agents, isOnline: (n) => registry.isOnline(n), ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), volumes, backups: () => backups! });
+  addService(server, BackupServiceService, backupHandlers);
+  addService(server, ReplicationServiceService, replicationApi({ store, ensureLeader, backups: () => backups!, restore: backupHandlers.restoreBackup }));
   addService(
     server,
     TransferServiceService,
@@ -206,6 +207,8 @@ async function main(): Promise<void> {
       log: log.child({ part: "backups" }),
     });
     backups.start();
+    replications = new Replications({ store, backups, isOnline: (n) => registry.isOnline(n), log: log.child({ part: "replications" }) });
+    replications.start();
     templates.start();
     capacityEvents = new CapacityEvents(store, view, log.child({ part: "capacity" }));
     capacityEvents.start();
@@ -219,6 +222,8 @@ async function main(): Promise<void> {
     poolDedup = undefined;
     poolCompress?.stop();
     poolCompress = undefined;
+    replications?.stop();
+    replications = undefined;
     backups?.stop();
     backups = undefined;
     snapshots?.stop();

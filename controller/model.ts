@@ -409,4 +409,19 @@ export interface BackupRecord {
   reader?: { id: string; node: string; pool: string };
   /** The dirty bitmap in the replicas that records changes since this backup (ready backups). */
   bitmap?: string;
+  /** Taken by the volume's asynchronous replication (its own chain, pruned by it). */
+  replication?: boolean;
+}
+
+/** Asynchronous replication of a volume (key replications/VOLUME): backups into a target node's store, every `everyMs`. */
+export interface ReplicationRecord {
+  volume: string;
+  node: string;
+  pool: string;
+  everyMs: number;
+  createdAtMs: number;
+  /** The last backup shipped: the volume as it was at `atMs` is on the target. */
+  lastSync?: { id: string; atMs: number; readBytes: number; durationMs: number };
+  lastAttemptAtMs: number;
+  message: string;
 }

@@ -7,7 +7,7 @@ import type { Etcd3, IKeyValue, Watcher } from "etcd3";
 import { ConflictError } from "../lib/errors.js";
 import type { Logger } from "../lib/logger.js";
 import { keys, parseKey, PREFIX, type KeyKind, type ParsedKey } from "./keys.js";
-import type { EventRecord, FrontendStatus, JobRecord, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, SnapshotRecord, BackupRecord, TemplateRecord, PoolDedupRecord, PoolCompressRecord, VolumeSpec, VolumeStatus } from "./model.js";
+import type { EventRecord, FrontendStatus, JobRecord, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, SnapshotRecord, BackupRecord, ReplicationRecord, TemplateRecord, PoolDedupRecord, PoolCompressRecord, VolumeSpec, VolumeStatus } from "./model.js";
 
 export interface Entry<T> {
   value: T;
@@ -179,6 +179,8 @@ export class ClusterStore extends EventEmitter<{ change: [Change] }> {
   snapshots = () => this.all<SnapshotRecord>("snapshot");
   backup = (volume: string, id: string) => this.get<BackupRecord>(keys.backup(volume, id));
   backups = () => this.all<BackupRecord>("backup");
+  replication = (volume: string) => this.get<ReplicationRecord>(keys.replication(volume));
+  replications = () => this.all<ReplicationRecord>("replication");
   /** The snapshots of one volume. */
   snapshotsOf = (volume: string) => this.snapshots().filter((e) => e.value.volume === volume);
   events = () => this.all<EventRecord>("event");

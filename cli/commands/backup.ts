@@ -120,7 +120,7 @@ export function registerBackupCommands(program: Command, session: Session): void
       const wait = waitMs({ wait: true, waitTimeout: opts.waitTimeout }, COPY_WAIT_MS);
       const { ctx, backups } = api(cmd);
       ctx.say(`restoring ${ref} into a new volume ${opts.to}...`);
-      await backups.restoreBackup({ volume, id, name: opts.to, replicas }, { timeoutMs: wait });
+      await backups.restoreBackup({ volume, id, name: opts.to, replicas, pool: "" }, { timeoutMs: wait });
       const done = await waitInSync(ctx, opts.to, "copying the restore to its other replicas", wait);
       ctx.print(done, () => `volume ${opts.to} restored from ${ref} (${plural(done.volume?.spec?.replicas ?? 0, "replica")}, all in sync)\n`);
     });

@@ -33,6 +33,7 @@ import {
   Pool,
   PoolCompressRun,
   PoolDedupRun,
+  Replication,
   Snapshot,
   Template,
   Vm,
@@ -698,6 +699,8 @@ export interface RestoreBackupRequest {
   name: string;
   /** Replica count (0: 2). */
   replicas: number;
+  /** Place replicas only in pools of this name (empty: any). */
+  pool: string;
 }
 
 export interface RestoreBackupResponse {
@@ -719,6 +722,47 @@ export interface PruneBackupsRequest {
 export interface PruneBackupsResponse {
   kept: Backup[];
   deleted: Backup[];
+}
+
+export interface CreateReplicationRequest {
+  volume: string;
+  node: string;
+  pool: string;
+  everySeconds: number;
+}
+
+export interface CreateReplicationResponse {
+  replication?: Replication | undefined;
+}
+
+export interface ListReplicationsRequest {
+}
+
+export interface ListReplicationsResponse {
+  replications: Replication[];
+}
+
+export interface DeleteReplicationRequest {
+  volume: string;
+}
+
+export interface DeleteReplicationResponse {
+  deleted: boolean;
+}
+
+export interface PromoteReplicationRequest {
+  volume: string;
+  /** The new volume (it may be the source's name once that is gone). */
+  name: string;
+  replicas: number;
+}
+
+export interface PromoteReplicationResponse {
+  volume?:
+    | Volume
+    | undefined;
+  /** The instant the promoted copy holds. */
+  syncAtMs: number;
 }
 
 function createBaseDrainNodeRequest(): DrainNodeRequest {
@@ -9870,7 +9914,7 @@ export const DeleteBackupResponse: MessageFns<DeleteBackupResponse> = {
 };
 
 function createBaseRestoreBackupRequest(): RestoreBackupRequest {
-  return { volume: "", id: "", name: "", replicas: 0 };
+  return { volume: "", id: "", name: "", replicas: 0, pool: "" };
 }
 
 export const RestoreBackupRequest: MessageFns<RestoreBackupRequest> = {
@@ -9886,6 +9930,9 @@ export const RestoreBackupRequest: MessageFns<RestoreBackupRequest> = {
     }
     if (message.replicas !== 0) {
       writer.uint32(32).uint32(message.replicas);
+    }
+    if (message.pool !== "") {
+      writer.uint32(42).string(message.pool);
     }
     return writer;
   },
@@ -9935,6 +9982,14 @@ export const RestoreBackupRequest: MessageFns<RestoreBackupRequest> = {
             message.replicas = reader.uint32();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -9953,6 +10008,7 @@ export const RestoreBackupRequest: MessageFns<RestoreBackupRequest> = {
       id: isSet(object.id) ? globalThis.String(object.id) : "",
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       replicas: isSet(object.replicas) ? globalThis.Number(object.replicas) : 0,
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
     };
   },
 
@@ -9970,6 +10026,9 @@ export const RestoreBackupRequest: MessageFns<RestoreBackupRequest> = {
     if (message.replicas !== 0) {
       obj.replicas = Math.round(message.replicas);
     }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
     return obj;
   },
 
@@ -9982,6 +10041,7 @@ export const RestoreBackupRequest: MessageFns<RestoreBackupRequest> = {
     message.id = object.id ?? "";
     message.name = object.name ?? "";
     message.replicas = object.replicas ?? 0;
+    message.pool = object.pool ?? "";
     return message;
   },
 };
@@ -10285,6 +10345,645 @@ export const PruneBackupsResponse: MessageFns<PruneBackupsResponse> = {
     const message = createBasePruneBackupsResponse();
     message.kept = object.kept?.map((e) => Backup.fromPartial(e)) || [];
     message.deleted = object.deleted?.map((e) => Backup.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseCreateReplicationRequest(): CreateReplicationRequest {
+  return { volume: "", node: "", pool: "", everySeconds: 0 };
+}
+
+export const CreateReplicationRequest: MessageFns<CreateReplicationRequest> = {
+  encode(message: CreateReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    if (message.pool !== "") {
+      writer.uint32(26).string(message.pool);
+    }
+    if (message.everySeconds !== 0) {
+      writer.uint32(32).uint64(message.everySeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.everySeconds = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateReplicationRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      everySeconds: isSet(object.everySeconds)
+        ? globalThis.Number(object.everySeconds)
+        : isSet(object.every_seconds)
+        ? globalThis.Number(object.every_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: CreateReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.everySeconds !== 0) {
+      obj.everySeconds = Math.round(message.everySeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateReplicationRequest>, I>>(base?: I): CreateReplicationRequest {
+    return CreateReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateReplicationRequest>, I>>(object: I): CreateReplicationRequest {
+    const message = createBaseCreateReplicationRequest();
+    message.volume = object.volume ?? "";
+    message.node = object.node ?? "";
+    message.pool = object.pool ?? "";
+    message.everySeconds = object.everySeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreateReplicationResponse(): CreateReplicationResponse {
+  return { replication: undefined };
+}
+
+export const CreateReplicationResponse: MessageFns<CreateReplicationResponse> = {
+  encode(message: CreateReplicationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replication !== undefined) {
+      Replication.encode(message.replication, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateReplicationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateReplicationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replication = Replication.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateReplicationResponse {
+    return { replication: isSet(object.replication) ? Replication.fromJSON(object.replication) : undefined };
+  },
+
+  toJSON(message: CreateReplicationResponse): unknown {
+    const obj: any = {};
+    if (message.replication !== undefined) {
+      obj.replication = Replication.toJSON(message.replication);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateReplicationResponse>, I>>(base?: I): CreateReplicationResponse {
+    return CreateReplicationResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateReplicationResponse>, I>>(object: I): CreateReplicationResponse {
+    const message = createBaseCreateReplicationResponse();
+    message.replication = (object.replication !== undefined && object.replication !== null)
+      ? Replication.fromPartial(object.replication)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListReplicationsRequest(): ListReplicationsRequest {
+  return {};
+}
+
+export const ListReplicationsRequest: MessageFns<ListReplicationsRequest> = {
+  encode(_: ListReplicationsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListReplicationsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListReplicationsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListReplicationsRequest {
+    return {};
+  },
+
+  toJSON(_: ListReplicationsRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListReplicationsRequest>, I>>(base?: I): ListReplicationsRequest {
+    return ListReplicationsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListReplicationsRequest>, I>>(_: I): ListReplicationsRequest {
+    const message = createBaseListReplicationsRequest();
+    return message;
+  },
+};
+
+function createBaseListReplicationsResponse(): ListReplicationsResponse {
+  return { replications: [] };
+}
+
+export const ListReplicationsResponse: MessageFns<ListReplicationsResponse> = {
+  encode(message: ListReplicationsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.replications) {
+      Replication.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListReplicationsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListReplicationsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replications.push(Replication.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListReplicationsResponse {
+    return {
+      replications: globalThis.Array.isArray(object?.replications)
+        ? object.replications.map((e: any) => Replication.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListReplicationsResponse): unknown {
+    const obj: any = {};
+    if (message.replications?.length) {
+      obj.replications = message.replications.map((e) => Replication.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListReplicationsResponse>, I>>(base?: I): ListReplicationsResponse {
+    return ListReplicationsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListReplicationsResponse>, I>>(object: I): ListReplicationsResponse {
+    const message = createBaseListReplicationsResponse();
+    message.replications = object.replications?.map((e) => Replication.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeleteReplicationRequest(): DeleteReplicationRequest {
+  return { volume: "" };
+}
+
+export const DeleteReplicationRequest: MessageFns<DeleteReplicationRequest> = {
+  encode(message: DeleteReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteReplicationRequest {
+    return { volume: isSet(object.volume) ? globalThis.String(object.volume) : "" };
+  },
+
+  toJSON(message: DeleteReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteReplicationRequest>, I>>(base?: I): DeleteReplicationRequest {
+    return DeleteReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteReplicationRequest>, I>>(object: I): DeleteReplicationRequest {
+    const message = createBaseDeleteReplicationRequest();
+    message.volume = object.volume ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteReplicationResponse(): DeleteReplicationResponse {
+  return { deleted: false };
+}
+
+export const DeleteReplicationResponse: MessageFns<DeleteReplicationResponse> = {
+  encode(message: DeleteReplicationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteReplicationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteReplicationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteReplicationResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteReplicationResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteReplicationResponse>, I>>(base?: I): DeleteReplicationResponse {
+    return DeleteReplicationResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteReplicationResponse>, I>>(object: I): DeleteReplicationResponse {
+    const message = createBaseDeleteReplicationResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
+function createBasePromoteReplicationRequest(): PromoteReplicationRequest {
+  return { volume: "", name: "", replicas: 0 };
+}
+
+export const PromoteReplicationRequest: MessageFns<PromoteReplicationRequest> = {
+  encode(message: PromoteReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.replicas !== 0) {
+      writer.uint32(24).uint32(message.replicas);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PromoteReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePromoteReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.replicas = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PromoteReplicationRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      replicas: isSet(object.replicas) ? globalThis.Number(object.replicas) : 0,
+    };
+  },
+
+  toJSON(message: PromoteReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.replicas !== 0) {
+      obj.replicas = Math.round(message.replicas);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PromoteReplicationRequest>, I>>(base?: I): PromoteReplicationRequest {
+    return PromoteReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PromoteReplicationRequest>, I>>(object: I): PromoteReplicationRequest {
+    const message = createBasePromoteReplicationRequest();
+    message.volume = object.volume ?? "";
+    message.name = object.name ?? "";
+    message.replicas = object.replicas ?? 0;
+    return message;
+  },
+};
+
+function createBasePromoteReplicationResponse(): PromoteReplicationResponse {
+  return { volume: undefined, syncAtMs: 0 };
+}
+
+export const PromoteReplicationResponse: MessageFns<PromoteReplicationResponse> = {
+  encode(message: PromoteReplicationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== undefined) {
+      Volume.encode(message.volume, writer.uint32(10).fork()).join();
+    }
+    if (message.syncAtMs !== 0) {
+      writer.uint32(16).int64(message.syncAtMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PromoteReplicationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePromoteReplicationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = Volume.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.syncAtMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PromoteReplicationResponse {
+    return {
+      volume: isSet(object.volume) ? Volume.fromJSON(object.volume) : undefined,
+      syncAtMs: isSet(object.syncAtMs)
+        ? globalThis.Number(object.syncAtMs)
+        : isSet(object.sync_at_ms)
+        ? globalThis.Number(object.sync_at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: PromoteReplicationResponse): unknown {
+    const obj: any = {};
+    if (message.volume !== undefined) {
+      obj.volume = Volume.toJSON(message.volume);
+    }
+    if (message.syncAtMs !== 0) {
+      obj.syncAtMs = Math.round(message.syncAtMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PromoteReplicationResponse>, I>>(base?: I): PromoteReplicationResponse {
+    return PromoteReplicationResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PromoteReplicationResponse>, I>>(object: I): PromoteReplicationResponse {
+    const message = createBasePromoteReplicationResponse();
+    message.volume = (object.volume !== undefined && object.volume !== null)
+      ? Volume.fromPartial(object.volume)
+      : undefined;
+    message.syncAtMs = object.syncAtMs ?? 0;
     return message;
   },
 };
@@ -12109,6 +12808,143 @@ export const BackupServiceClient = makeGenericClientConstructor(
 ) as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): BackupServiceClient;
   service: typeof BackupServiceService;
+  serviceName: string;
+};
+
+/**
+ * Asynchronous replication: a volume copied to another node every interval, each
+ * copy shipping only what changed since the last (controller/replications.ts).
+ */
+export type ReplicationServiceService = typeof ReplicationServiceService;
+export const ReplicationServiceService = {
+  createReplication: {
+    path: "/stowage.v1.ReplicationService/CreateReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateReplicationRequest): Buffer =>
+      Buffer.from(CreateReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateReplicationRequest => CreateReplicationRequest.decode(value),
+    responseSerialize: (value: CreateReplicationResponse): Buffer =>
+      Buffer.from(CreateReplicationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateReplicationResponse => CreateReplicationResponse.decode(value),
+  },
+  listReplications: {
+    path: "/stowage.v1.ReplicationService/ListReplications" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListReplicationsRequest): Buffer =>
+      Buffer.from(ListReplicationsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListReplicationsRequest => ListReplicationsRequest.decode(value),
+    responseSerialize: (value: ListReplicationsResponse): Buffer =>
+      Buffer.from(ListReplicationsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListReplicationsResponse => ListReplicationsResponse.decode(value),
+  },
+  /** Stops replicating; the copies already shipped stay as backups (backup list). */
+  deleteReplication: {
+    path: "/stowage.v1.ReplicationService/DeleteReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteReplicationRequest): Buffer =>
+      Buffer.from(DeleteReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteReplicationRequest => DeleteReplicationRequest.decode(value),
+    responseSerialize: (value: DeleteReplicationResponse): Buffer =>
+      Buffer.from(DeleteReplicationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteReplicationResponse => DeleteReplicationResponse.decode(value),
+  },
+  /** Makes a new live volume from the last copy shipped (after losing the source). */
+  promoteReplication: {
+    path: "/stowage.v1.ReplicationService/PromoteReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PromoteReplicationRequest): Buffer =>
+      Buffer.from(PromoteReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PromoteReplicationRequest => PromoteReplicationRequest.decode(value),
+    responseSerialize: (value: PromoteReplicationResponse): Buffer =>
+      Buffer.from(PromoteReplicationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PromoteReplicationResponse => PromoteReplicationResponse.decode(value),
+  },
+} as const;
+
+export interface ReplicationServiceServer extends UntypedServiceImplementation {
+  createReplication: handleUnaryCall<CreateReplicationRequest, CreateReplicationResponse>;
+  listReplications: handleUnaryCall<ListReplicationsRequest, ListReplicationsResponse>;
+  /** Stops replicating; the copies already shipped stay as backups (backup list). */
+  deleteReplication: handleUnaryCall<DeleteReplicationRequest, DeleteReplicationResponse>;
+  /** Makes a new live volume from the last copy shipped (after losing the source). */
+  promoteReplication: handleUnaryCall<PromoteReplicationRequest, PromoteReplicationResponse>;
+}
+
+export interface ReplicationServiceClient extends Client {
+  createReplication(
+    request: CreateReplicationRequest,
+    callback: (error: ServiceError | null, response: CreateReplicationResponse) => void,
+  ): ClientUnaryCall;
+  createReplication(
+    request: CreateReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateReplicationResponse) => void,
+  ): ClientUnaryCall;
+  createReplication(
+    request: CreateReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateReplicationResponse) => void,
+  ): ClientUnaryCall;
+  listReplications(
+    request: ListReplicationsRequest,
+    callback: (error: ServiceError | null, response: ListReplicationsResponse) => void,
+  ): ClientUnaryCall;
+  listReplications(
+    request: ListReplicationsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListReplicationsResponse) => void,
+  ): ClientUnaryCall;
+  listReplications(
+    request: ListReplicationsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListReplicationsResponse) => void,
+  ): ClientUnaryCall;
+  /** Stops replicating; the copies already shipped stay as backups (backup list). */
+  deleteReplication(
+    request: DeleteReplicationRequest,
+    callback: (error: ServiceError | null, response: DeleteReplicationResponse) => void,
+  ): ClientUnaryCall;
+  deleteReplication(
+    request: DeleteReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteReplicationResponse) => void,
+  ): ClientUnaryCall;
+  deleteReplication(
+    request: DeleteReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteReplicationResponse) => void,
+  ): ClientUnaryCall;
+  /** Makes a new live volume from the last copy shipped (after losing the source). */
+  promoteReplication(
+    request: PromoteReplicationRequest,
+    callback: (error: ServiceError | null, response: PromoteReplicationResponse) => void,
+  ): ClientUnaryCall;
+  promoteReplication(
+    request: PromoteReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PromoteReplicationResponse) => void,
+  ): ClientUnaryCall;
+  promoteReplication(
+    request: PromoteReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PromoteReplicationResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const ReplicationServiceClient = makeGenericClientConstructor(
+  ReplicationServiceService,
+  "stowage.v1.ReplicationService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): ReplicationServiceClient;
+  service: typeof ReplicationServiceService;
   serviceName: string;
 };
 

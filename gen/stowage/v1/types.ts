@@ -1037,6 +1037,27 @@ export interface Backup {
   readBytes: number;
 }
 
+/**
+ * Asynchronous replication of a volume to another node's pool: every interval, a
+ * backup (incremental after the first) into the target node's chunk store.
+ */
+export interface Replication {
+  volume: string;
+  /** The target node and pool (a promoted copy is placed in pools of that name). */
+  node: string;
+  pool: string;
+  everySeconds: number;
+  /** The last backup shipped: the volume as it was then is on the target. */
+  lastBackupId: string;
+  lastSyncAtMs: number;
+  /** Seconds since that instant (the recovery point reached; 0 before the first sync). */
+  rpoSeconds: number;
+  lastReadBytes: number;
+  lastDurationMs: number;
+  /** Why the last attempt failed, or what it waits for. */
+  message: string;
+}
+
 function createBasePool(): Pool {
   return {
     node: "",
@@ -6932,6 +6953,254 @@ export const Backup: MessageFns<Backup> = {
     message.kind = object.kind ?? "";
     message.base = object.base ?? "";
     message.readBytes = object.readBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseReplication(): Replication {
+  return {
+    volume: "",
+    node: "",
+    pool: "",
+    everySeconds: 0,
+    lastBackupId: "",
+    lastSyncAtMs: 0,
+    rpoSeconds: 0,
+    lastReadBytes: 0,
+    lastDurationMs: 0,
+    message: "",
+  };
+}
+
+export const Replication: MessageFns<Replication> = {
+  encode(message: Replication, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    if (message.pool !== "") {
+      writer.uint32(26).string(message.pool);
+    }
+    if (message.everySeconds !== 0) {
+      writer.uint32(32).uint64(message.everySeconds);
+    }
+    if (message.lastBackupId !== "") {
+      writer.uint32(42).string(message.lastBackupId);
+    }
+    if (message.lastSyncAtMs !== 0) {
+      writer.uint32(48).int64(message.lastSyncAtMs);
+    }
+    if (message.rpoSeconds !== 0) {
+      writer.uint32(56).uint64(message.rpoSeconds);
+    }
+    if (message.lastReadBytes !== 0) {
+      writer.uint32(64).uint64(message.lastReadBytes);
+    }
+    if (message.lastDurationMs !== 0) {
+      writer.uint32(72).uint64(message.lastDurationMs);
+    }
+    if (message.message !== "") {
+      writer.uint32(82).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Replication {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplication();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.everySeconds = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.lastBackupId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.lastSyncAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.rpoSeconds = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.lastReadBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.lastDurationMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Replication {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      everySeconds: isSet(object.everySeconds)
+        ? globalThis.Number(object.everySeconds)
+        : isSet(object.every_seconds)
+        ? globalThis.Number(object.every_seconds)
+        : 0,
+      lastBackupId: isSet(object.lastBackupId)
+        ? globalThis.String(object.lastBackupId)
+        : isSet(object.last_backup_id)
+        ? globalThis.String(object.last_backup_id)
+        : "",
+      lastSyncAtMs: isSet(object.lastSyncAtMs)
+        ? globalThis.Number(object.lastSyncAtMs)
+        : isSet(object.last_sync_at_ms)
+        ? globalThis.Number(object.last_sync_at_ms)
+        : 0,
+      rpoSeconds: isSet(object.rpoSeconds)
+        ? globalThis.Number(object.rpoSeconds)
+        : isSet(object.rpo_seconds)
+        ? globalThis.Number(object.rpo_seconds)
+        : 0,
+      lastReadBytes: isSet(object.lastReadBytes)
+        ? globalThis.Number(object.lastReadBytes)
+        : isSet(object.last_read_bytes)
+        ? globalThis.Number(object.last_read_bytes)
+        : 0,
+      lastDurationMs: isSet(object.lastDurationMs)
+        ? globalThis.Number(object.lastDurationMs)
+        : isSet(object.last_duration_ms)
+        ? globalThis.Number(object.last_duration_ms)
+        : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: Replication): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.everySeconds !== 0) {
+      obj.everySeconds = Math.round(message.everySeconds);
+    }
+    if (message.lastBackupId !== "") {
+      obj.lastBackupId = message.lastBackupId;
+    }
+    if (message.lastSyncAtMs !== 0) {
+      obj.lastSyncAtMs = Math.round(message.lastSyncAtMs);
+    }
+    if (message.rpoSeconds !== 0) {
+      obj.rpoSeconds = Math.round(message.rpoSeconds);
+    }
+    if (message.lastReadBytes !== 0) {
+      obj.lastReadBytes = Math.round(message.lastReadBytes);
+    }
+    if (message.lastDurationMs !== 0) {
+      obj.lastDurationMs = Math.round(message.lastDurationMs);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Replication>, I>>(base?: I): Replication {
+    return Replication.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Replication>, I>>(object: I): Replication {
+    const message = createBaseReplication();
+    message.volume = object.volume ?? "";
+    message.node = object.node ?? "";
+    message.pool = object.pool ?? "";
+    message.everySeconds = object.everySeconds ?? 0;
+    message.lastBackupId = object.lastBackupId ?? "";
+    message.lastSyncAtMs = object.lastSyncAtMs ?? 0;
+    message.rpoSeconds = object.rpoSeconds ?? 0;
+    message.lastReadBytes = object.lastReadBytes ?? 0;
+    message.lastDurationMs = object.lastDurationMs ?? 0;
+    message.message = object.message ?? "";
     return message;
   },
 };
