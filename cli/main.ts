@@ -9,6 +9,7 @@ import { registerNodeCommands } from "./commands/node.js";
 import { registerPoolCommands } from "./commands/pool.js";
 import { registerBackupCommands } from "./commands/backup.js";
 import { registerReplicationCommands } from "./commands/replication.js";
+import { registerStoreCommands } from "./commands/store.js";
 import { registerSnapshotCommands } from "./commands/snapshot.js";
 import { registerTemplateCommands } from "./commands/template.js";
 import { registerVmCommands } from "./commands/vm.js";
@@ -54,6 +55,7 @@ export function buildProgram(session: Session): Command {
   registerSnapshotCommands(program, session);
   registerBackupCommands(program, session);
   registerReplicationCommands(program, session);
+  registerStoreCommands(program, session);
   registerTemplateCommands(program, session);
   registerVmCommands(program, session);
   registerJobCommands(program, session);

@@ -2,7 +2,7 @@
 // which are imports from a backup served by the node that keeps it.
 import type { BackupServiceService } from "../gen/stowage/v1/controller.js";
 import { BackupState, ImageFormat, Preallocation, type Backup } from "../gen/stowage/v1/types.js";
-import { FailedPreconditionError, InvalidArgumentError, UnavailableError } from "../lib/errors.js";
+import { errorMessage, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from "../lib/errors.js";
 import type { RequestHandlers } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
 import { backupRef, type Backups } from "./backups.js";
@@ -86,6 +86,26 @@ export function backupApi(d: BackupApiDeps): RequestHandlers<typeof BackupServic
       } finally {
         await agent.stopExport({ exportId }, { timeoutMs: 30_000 }).catch(() => undefined);
       }
+    },
+
+    async verifyStores(req) {
+      await d.ensureLeader();
+      if (req.node) validateName("node", req.node);
+      const nodes = req.node ? [req.node] : [...new Set(d.backups().list().map((b) => b.node))].sort();
+      if (req.node && !d.store.nodeSpec(req.node)) throw new NotFoundError("node", req.node);
+      const reports = await Promise.all(
+        nodes.map(async (node) => {
+          const empty = { node, ok: false, manifests: 0, chunksChecked: 0, bytesChecked: 0, problems: [], damagedBackups: [], seconds: 0 };
+          if (!d.isOnline(node)) return { ...empty, error: `node ${node} is offline` };
+          try {
+            return (await d.agents.for(node).verifyStore({ quarantine: req.quarantine }, { timeoutMs: 24 * 3600_000 })).report!;
+          } catch (err) {
+            return { ...empty, error: errorMessage(err) };
+          }
+        }),
+      );
+      for (const r of reports) for (const name of r.damagedBackups) await d.backups().markDamaged(name, r.node);
+      return { reports };
     },
 
     async pruneBackups(req) {

@@ -299,6 +299,16 @@ export class Backups {
     return true;
   }
 
+  /** A verify found backup `ref` (VOLUME@ID) damaged on `node`: its record says so. */
+  async markDamaged(ref: string, node: string): Promise<void> {
+    const at = ref.lastIndexOf("@");
+    const e = at > 0 ? this.d.store.backup(ref.slice(0, at), ref.slice(at + 1)) : undefined;
+    if (!e || e.value.node !== node) return;
+    const message = `damaged: stowctl store verify found chunks of it corrupt or missing on ${node}`;
+    if (e.value.message === message) return;
+    await this.d.store.write({ unchanged: [[keys.backup(e.value.volume, e.value.id), e.modRevision]], put: [{ key: keys.backup(e.value.volume, e.value.id), value: { ...e.value, message } }] }).catch(() => undefined);
+  }
+
   /** Deletes the volume's ready backups the policy does not keep; returns both lists. */
   async prune(volume: string, policy: RetentionPolicy, dryRun: boolean): Promise<{ keep: BackupRecord[]; drop: BackupRecord[] }> {
     validateName("volume", volume);

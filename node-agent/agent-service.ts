@@ -160,6 +160,18 @@ export function createAgentService(
       return { logicalBytes: r.logicalBytes, dataBytes: r.dataBytes, newBytes: r.newBytes, storedBytes: r.storedBytes, durationMs: r.ms, readBytes: r.readBytes };
     },
 
+    verifyStore: async (req) => {
+      const r = await store().verify(req.quarantine);
+      const problems = [
+        ...r.corrupt.map((c) => ({ chunkId: c.id, reason: `corrupt: ${c.reason}`, backups: c.manifests })),
+        ...r.missing.map((m) => ({ chunkId: m.id, reason: "missing", backups: m.manifests })),
+      ];
+      const damaged = [...new Set([...r.damagedManifests.map((m) => m.name), ...r.badManifests.map((m) => m.name)])].sort();
+      return {
+        report: { node: pools.node, ok: r.ok, manifests: r.manifests, chunksChecked: r.chunksChecked, bytesChecked: r.bytesChecked, problems, damagedBackups: damaged, seconds: r.seconds, error: "" },
+      };
+    },
+
     listBackupBitmaps: async (req) => ({ bitmaps: await qsd.fleece.bitmaps(req.replicaId) }),
 
     prepareFleece: async (req) => {

@@ -12,7 +12,7 @@
 import { existsSync } from "node:fs";
 import { mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { ChunkStore, type WriteStats } from "../lib/chunks/index.js";
+import { ChunkStore, type VerifyReport, type WriteStats } from "../lib/chunks/index.js";
 import { InvalidArgumentError, NotFoundError } from "../lib/errors.js";
 import { run } from "../lib/exec.js";
 import { KeyedMutex } from "../lib/keyed-mutex.js";
@@ -131,6 +131,11 @@ export class Backups {
         client.destroy();
       }
     });
+  }
+
+  /** Re-reads and re-hashes every chunk; `quarantine` moves damaged ones aside. */
+  async verify(quarantine: boolean): Promise<VerifyReport> {
+    return (await this.store()).verify({ quarantine });
   }
 
   /** True when the store holds backup `name`. */

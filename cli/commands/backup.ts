@@ -28,7 +28,7 @@ const when = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, "Z");
 export function backupsTable(backups: Backup[]): string {
   if (backups.length === 0) return "no backups found\n";
   return formatTable(
-    ["backup", "state", "kind", "created", "node", "size", "data", "read", "new", "stored", "took"],
+    ["backup", "state", "kind", "created", "node", "size", "data", "read", "new", "stored", "took", "note"],
     backups.map((b) => [
       `${b.volume}@${b.id}`,
       STATE[b.state] ?? "?",
@@ -41,6 +41,7 @@ export function backupsTable(backups: Backup[]): string {
       formatSize(b.newBytes),
       formatSize(b.storedBytes),
       b.durationMs ? `${(b.durationMs / 1000).toFixed(1)} s` : "-",
+      b.message || "-",
     ]),
   );
 }

@@ -3,7 +3,7 @@
 // qemu-img): a backup of an attached volume under no downtime, a second backup
 // that stores only what changed, restores equal byte for byte to what was
 // written, retention, a leader killed mid-backup, and bad requests.
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -154,6 +154,13 @@ describe("backups", () => {
 
   it("a leader killed after the copy leaves no backup, snapshot or export behind; the next backup works", async () => {
     expect((await c.stowctl(["volume", "create", "crash1", "--size", "16MiB", "--replicas", "2"])).code).toBe(0);
+    const node0 = (await getVolume(c, "crash1")).replicas[0]!.node;
+    const att = JSON.parse((await c.stowctl(["volume", "attach", "crash1", "--node", node0, "-o", "json"])).stdout);
+    const client = await NbdClient.connect({ ...parseNbdUri(att.nbdUri) });
+    await client.write(MiB, pattern(7, 2 * MiB));
+    await client.flush();
+    client.destroy();
+    expect((await c.stowctl(["volume", "detach", "crash1", "--node", node0])).code).toBe(0);
     expect((await c.leaderApi()).address).toBe(c.addressOf("c1"));
     const first = await c.stowctl(["backup", "create", "crash1"]);
     expect(first.code).not.toBe(0);
@@ -174,6 +181,24 @@ describe("backups", () => {
     const after = await backup("crash1");
     expect(after.kind).toBe("full");
     expect(after.message).toMatch(/no replica tracks the changes/);
+
+    // A chunk damaged on disk: store verify finds it, names the backups it belongs to
+    // (their records say so too) and exits 1.
+    expect((await c.stowctl(["store", "verify"])).code).toBe(0);
+    const files = (d: string): string[] => readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(join(d, e.name)) : [join(d, e.name)]));
+    // Every chunk file (some may belong to no backup any more, waiting for the GC).
+    for (const chunk of files(join(c.agentDirs.get(after.node)!, "backups", "store", "chunks")).filter((f) => statSync(f).size > 100)) {
+      const bytes = readFileSync(chunk);
+      bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+      writeFileSync(chunk, bytes);
+    }
+    const verify = await c.stowctl(["store", "verify"]);
+    expect(verify.code, verify.stdout).toBe(1);
+    expect(verify.stdout).toMatch(new RegExp(`${after.node}\\s+DAMAGED`));
+    expect(verify.stdout).toMatch(/corrupt/);
+    expect(verify.stderr).toMatch(/--quarantine/);
+    const listed = JSON.parse((await c.stowctl(["backup", "list", "crash1", "-o", "json"])).stdout).backups as { id: string; message: string }[];
+    expect(listed.find((b) => b.id === after.id)!.message).toMatch(/damaged/);
   });
 
   it("refuses bad requests clearly and changes nothing", async () => {

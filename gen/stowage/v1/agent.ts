@@ -26,6 +26,7 @@ import {
   Preallocation,
   preallocationFromJSON,
   preallocationToJSON,
+  StoreReport,
 } from "./types.js";
 
 export const protobufPackage = "stowage.v1";
@@ -559,6 +560,15 @@ export interface SettleBackupBitmapsRequest {
 }
 
 export interface SettleBackupBitmapsResponse {
+}
+
+export interface VerifyStoreRequest {
+  /** Move damaged chunks aside, so that the next backup holding the same data stores them again. */
+  quarantine: boolean;
+}
+
+export interface VerifyStoreResponse {
+  report?: StoreReport | undefined;
 }
 
 function createBaseGetInventoryRequest(): GetInventoryRequest {
@@ -7894,6 +7904,142 @@ export const SettleBackupBitmapsResponse: MessageFns<SettleBackupBitmapsResponse
   },
 };
 
+function createBaseVerifyStoreRequest(): VerifyStoreRequest {
+  return { quarantine: false };
+}
+
+export const VerifyStoreRequest: MessageFns<VerifyStoreRequest> = {
+  encode(message: VerifyStoreRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.quarantine !== false) {
+      writer.uint32(8).bool(message.quarantine);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VerifyStoreRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVerifyStoreRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.quarantine = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VerifyStoreRequest {
+    return { quarantine: isSet(object.quarantine) ? globalThis.Boolean(object.quarantine) : false };
+  },
+
+  toJSON(message: VerifyStoreRequest): unknown {
+    const obj: any = {};
+    if (message.quarantine !== false) {
+      obj.quarantine = message.quarantine;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VerifyStoreRequest>, I>>(base?: I): VerifyStoreRequest {
+    return VerifyStoreRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VerifyStoreRequest>, I>>(object: I): VerifyStoreRequest {
+    const message = createBaseVerifyStoreRequest();
+    message.quarantine = object.quarantine ?? false;
+    return message;
+  },
+};
+
+function createBaseVerifyStoreResponse(): VerifyStoreResponse {
+  return { report: undefined };
+}
+
+export const VerifyStoreResponse: MessageFns<VerifyStoreResponse> = {
+  encode(message: VerifyStoreResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.report !== undefined) {
+      StoreReport.encode(message.report, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VerifyStoreResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVerifyStoreResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.report = StoreReport.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VerifyStoreResponse {
+    return { report: isSet(object.report) ? StoreReport.fromJSON(object.report) : undefined };
+  },
+
+  toJSON(message: VerifyStoreResponse): unknown {
+    const obj: any = {};
+    if (message.report !== undefined) {
+      obj.report = StoreReport.toJSON(message.report);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VerifyStoreResponse>, I>>(base?: I): VerifyStoreResponse {
+    return VerifyStoreResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VerifyStoreResponse>, I>>(object: I): VerifyStoreResponse {
+    const message = createBaseVerifyStoreResponse();
+    message.report = (object.report !== undefined && object.report !== null)
+      ? StoreReport.fromPartial(object.report)
+      : undefined;
+    return message;
+  },
+};
+
 /** Served by each node agent; called by the controller. Every call is idempotent. */
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
@@ -8199,6 +8345,16 @@ export const AgentServiceService = {
       Buffer.from(SettleBackupBitmapsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SettleBackupBitmapsResponse => SettleBackupBitmapsResponse.decode(value),
   },
+  /** Re-reads and re-hashes every chunk of the node's chunk store. */
+  verifyStore: {
+    path: "/stowage.v1.AgentService/VerifyStore" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: VerifyStoreRequest): Buffer => Buffer.from(VerifyStoreRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): VerifyStoreRequest => VerifyStoreRequest.decode(value),
+    responseSerialize: (value: VerifyStoreResponse): Buffer => Buffer.from(VerifyStoreResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): VerifyStoreResponse => VerifyStoreResponse.decode(value),
+  },
   /**
    * Makes this node's copy of a template image (read-only, under the pool's
    * templates/ directory) from a source, unless it exists (idempotent).
@@ -8353,6 +8509,8 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   exportFleece: handleUnaryCall<ExportFleeceRequest, ExportFleeceResponse>;
   releaseFleece: handleUnaryCall<ReleaseFleeceRequest, ReleaseFleeceResponse>;
   settleBackupBitmaps: handleUnaryCall<SettleBackupBitmapsRequest, SettleBackupBitmapsResponse>;
+  /** Re-reads and re-hashes every chunk of the node's chunk store. */
+  verifyStore: handleUnaryCall<VerifyStoreRequest, VerifyStoreResponse>;
   /**
    * Makes this node's copy of a template image (read-only, under the pool's
    * templates/ directory) from a source, unless it exists (idempotent).
@@ -8812,6 +8970,22 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SettleBackupBitmapsResponse) => void,
+  ): ClientUnaryCall;
+  /** Re-reads and re-hashes every chunk of the node's chunk store. */
+  verifyStore(
+    request: VerifyStoreRequest,
+    callback: (error: ServiceError | null, response: VerifyStoreResponse) => void,
+  ): ClientUnaryCall;
+  verifyStore(
+    request: VerifyStoreRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: VerifyStoreResponse) => void,
+  ): ClientUnaryCall;
+  verifyStore(
+    request: VerifyStoreRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: VerifyStoreResponse) => void,
   ): ClientUnaryCall;
   /**
    * Makes this node's copy of a template image (read-only, under the pool's

@@ -35,6 +35,7 @@ import {
   PoolDedupRun,
   Replication,
   Snapshot,
+  StoreReport,
   Template,
   Vm,
   Volume,
@@ -664,6 +665,16 @@ export interface DeleteTemplateRequest {
 export interface DeleteTemplateResponse {
   /** False when there was no such template. */
   deleted: boolean;
+}
+
+export interface VerifyStoresRequest {
+  /** Only this node (empty: every node that keeps backups). */
+  node: string;
+  quarantine: boolean;
+}
+
+export interface VerifyStoresResponse {
+  reports: StoreReport[];
 }
 
 export interface CreateBackupRequest {
@@ -9489,6 +9500,160 @@ export const DeleteTemplateResponse: MessageFns<DeleteTemplateResponse> = {
   },
 };
 
+function createBaseVerifyStoresRequest(): VerifyStoresRequest {
+  return { node: "", quarantine: false };
+}
+
+export const VerifyStoresRequest: MessageFns<VerifyStoresRequest> = {
+  encode(message: VerifyStoresRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.quarantine !== false) {
+      writer.uint32(16).bool(message.quarantine);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VerifyStoresRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVerifyStoresRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.quarantine = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VerifyStoresRequest {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      quarantine: isSet(object.quarantine) ? globalThis.Boolean(object.quarantine) : false,
+    };
+  },
+
+  toJSON(message: VerifyStoresRequest): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.quarantine !== false) {
+      obj.quarantine = message.quarantine;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VerifyStoresRequest>, I>>(base?: I): VerifyStoresRequest {
+    return VerifyStoresRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VerifyStoresRequest>, I>>(object: I): VerifyStoresRequest {
+    const message = createBaseVerifyStoresRequest();
+    message.node = object.node ?? "";
+    message.quarantine = object.quarantine ?? false;
+    return message;
+  },
+};
+
+function createBaseVerifyStoresResponse(): VerifyStoresResponse {
+  return { reports: [] };
+}
+
+export const VerifyStoresResponse: MessageFns<VerifyStoresResponse> = {
+  encode(message: VerifyStoresResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.reports) {
+      StoreReport.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VerifyStoresResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVerifyStoresResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reports.push(StoreReport.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VerifyStoresResponse {
+    return {
+      reports: globalThis.Array.isArray(object?.reports) ? object.reports.map((e: any) => StoreReport.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: VerifyStoresResponse): unknown {
+    const obj: any = {};
+    if (message.reports?.length) {
+      obj.reports = message.reports.map((e) => StoreReport.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VerifyStoresResponse>, I>>(base?: I): VerifyStoresResponse {
+    return VerifyStoresResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VerifyStoresResponse>, I>>(object: I): VerifyStoresResponse {
+    const message = createBaseVerifyStoresResponse();
+    message.reports = object.reports?.map((e) => StoreReport.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseCreateBackupRequest(): CreateBackupRequest {
   return { volume: "" };
 }
@@ -12698,6 +12863,20 @@ export const BackupServiceService = {
       Buffer.from(PruneBackupsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PruneBackupsResponse => PruneBackupsResponse.decode(value),
   },
+  /**
+   * Verifies the chunk stores of the nodes (or one node): every chunk re-read and
+   * hashed; the backups that reference a damaged chunk are named (and say so).
+   */
+  verifyStores: {
+    path: "/stowage.v1.BackupService/VerifyStores" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: VerifyStoresRequest): Buffer => Buffer.from(VerifyStoresRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): VerifyStoresRequest => VerifyStoresRequest.decode(value),
+    responseSerialize: (value: VerifyStoresResponse): Buffer =>
+      Buffer.from(VerifyStoresResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): VerifyStoresResponse => VerifyStoresResponse.decode(value),
+  },
 } as const;
 
 export interface BackupServiceServer extends UntypedServiceImplementation {
@@ -12714,6 +12893,11 @@ export interface BackupServiceServer extends UntypedServiceImplementation {
   restoreBackup: handleUnaryCall<RestoreBackupRequest, RestoreBackupResponse>;
   /** Deletes the backups a retention policy does not keep. */
   pruneBackups: handleUnaryCall<PruneBackupsRequest, PruneBackupsResponse>;
+  /**
+   * Verifies the chunk stores of the nodes (or one node): every chunk re-read and
+   * hashed; the backups that reference a damaged chunk are named (and say so).
+   */
+  verifyStores: handleUnaryCall<VerifyStoresRequest, VerifyStoresResponse>;
 }
 
 export interface BackupServiceClient extends Client {
@@ -12799,6 +12983,25 @@ export interface BackupServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PruneBackupsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Verifies the chunk stores of the nodes (or one node): every chunk re-read and
+   * hashed; the backups that reference a damaged chunk are named (and say so).
+   */
+  verifyStores(
+    request: VerifyStoresRequest,
+    callback: (error: ServiceError | null, response: VerifyStoresResponse) => void,
+  ): ClientUnaryCall;
+  verifyStores(
+    request: VerifyStoresRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: VerifyStoresResponse) => void,
+  ): ClientUnaryCall;
+  verifyStores(
+    request: VerifyStoresRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: VerifyStoresResponse) => void,
   ): ClientUnaryCall;
 }
 

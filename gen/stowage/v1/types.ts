@@ -1058,6 +1058,28 @@ export interface Replication {
   message: string;
 }
 
+/** A chunk store's verification: every chunk read back and hashed. */
+export interface StoreReport {
+  node: string;
+  ok: boolean;
+  manifests: number;
+  chunksChecked: number;
+  bytesChecked: number;
+  problems: StoreProblem[];
+  /** Backups (VOLUME@ID) that reference a damaged or missing chunk, or cannot be read. */
+  damagedBackups: string[];
+  seconds: number;
+  /** Set when the node could not be asked (offline, an error). */
+  error: string;
+}
+
+export interface StoreProblem {
+  chunkId: string;
+  /** "corrupt: ..." or "missing". */
+  reason: string;
+  backups: string[];
+}
+
 function createBasePool(): Pool {
   return {
     node: "",
@@ -7201,6 +7223,332 @@ export const Replication: MessageFns<Replication> = {
     message.lastReadBytes = object.lastReadBytes ?? 0;
     message.lastDurationMs = object.lastDurationMs ?? 0;
     message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseStoreReport(): StoreReport {
+  return {
+    node: "",
+    ok: false,
+    manifests: 0,
+    chunksChecked: 0,
+    bytesChecked: 0,
+    problems: [],
+    damagedBackups: [],
+    seconds: 0,
+    error: "",
+  };
+}
+
+export const StoreReport: MessageFns<StoreReport> = {
+  encode(message: StoreReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.ok !== false) {
+      writer.uint32(16).bool(message.ok);
+    }
+    if (message.manifests !== 0) {
+      writer.uint32(24).uint64(message.manifests);
+    }
+    if (message.chunksChecked !== 0) {
+      writer.uint32(32).uint64(message.chunksChecked);
+    }
+    if (message.bytesChecked !== 0) {
+      writer.uint32(40).uint64(message.bytesChecked);
+    }
+    for (const v of message.problems) {
+      StoreProblem.encode(v!, writer.uint32(50).fork()).join();
+    }
+    for (const v of message.damagedBackups) {
+      writer.uint32(58).string(v!);
+    }
+    if (message.seconds !== 0) {
+      writer.uint32(65).double(message.seconds);
+    }
+    if (message.error !== "") {
+      writer.uint32(74).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StoreReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStoreReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ok = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.manifests = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.chunksChecked = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bytesChecked = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.problems.push(StoreProblem.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.damagedBackups.push(reader.string());
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.seconds = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StoreReport {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      ok: isSet(object.ok) ? globalThis.Boolean(object.ok) : false,
+      manifests: isSet(object.manifests) ? globalThis.Number(object.manifests) : 0,
+      chunksChecked: isSet(object.chunksChecked)
+        ? globalThis.Number(object.chunksChecked)
+        : isSet(object.chunks_checked)
+        ? globalThis.Number(object.chunks_checked)
+        : 0,
+      bytesChecked: isSet(object.bytesChecked)
+        ? globalThis.Number(object.bytesChecked)
+        : isSet(object.bytes_checked)
+        ? globalThis.Number(object.bytes_checked)
+        : 0,
+      problems: globalThis.Array.isArray(object?.problems)
+        ? object.problems.map((e: any) => StoreProblem.fromJSON(e))
+        : [],
+      damagedBackups: globalThis.Array.isArray(object?.damagedBackups)
+        ? object.damagedBackups.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.damaged_backups)
+        ? object.damaged_backups.map((e: any) => globalThis.String(e))
+        : [],
+      seconds: isSet(object.seconds) ? globalThis.Number(object.seconds) : 0,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: StoreReport): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.ok !== false) {
+      obj.ok = message.ok;
+    }
+    if (message.manifests !== 0) {
+      obj.manifests = Math.round(message.manifests);
+    }
+    if (message.chunksChecked !== 0) {
+      obj.chunksChecked = Math.round(message.chunksChecked);
+    }
+    if (message.bytesChecked !== 0) {
+      obj.bytesChecked = Math.round(message.bytesChecked);
+    }
+    if (message.problems?.length) {
+      obj.problems = message.problems.map((e) => StoreProblem.toJSON(e));
+    }
+    if (message.damagedBackups?.length) {
+      obj.damagedBackups = message.damagedBackups;
+    }
+    if (message.seconds !== 0) {
+      obj.seconds = floatToJson(message.seconds);
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StoreReport>, I>>(base?: I): StoreReport {
+    return StoreReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StoreReport>, I>>(object: I): StoreReport {
+    const message = createBaseStoreReport();
+    message.node = object.node ?? "";
+    message.ok = object.ok ?? false;
+    message.manifests = object.manifests ?? 0;
+    message.chunksChecked = object.chunksChecked ?? 0;
+    message.bytesChecked = object.bytesChecked ?? 0;
+    message.problems = object.problems?.map((e) => StoreProblem.fromPartial(e)) || [];
+    message.damagedBackups = object.damagedBackups?.map((e) => e) || [];
+    message.seconds = object.seconds ?? 0;
+    message.error = object.error ?? "";
+    return message;
+  },
+};
+
+function createBaseStoreProblem(): StoreProblem {
+  return { chunkId: "", reason: "", backups: [] };
+}
+
+export const StoreProblem: MessageFns<StoreProblem> = {
+  encode(message: StoreProblem, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.chunkId !== "") {
+      writer.uint32(10).string(message.chunkId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    for (const v of message.backups) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StoreProblem {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStoreProblem();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.chunkId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.backups.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StoreProblem {
+    return {
+      chunkId: isSet(object.chunkId)
+        ? globalThis.String(object.chunkId)
+        : isSet(object.chunk_id)
+        ? globalThis.String(object.chunk_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      backups: globalThis.Array.isArray(object?.backups) ? object.backups.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: StoreProblem): unknown {
+    const obj: any = {};
+    if (message.chunkId !== "") {
+      obj.chunkId = message.chunkId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.backups?.length) {
+      obj.backups = message.backups;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StoreProblem>, I>>(base?: I): StoreProblem {
+    return StoreProblem.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StoreProblem>, I>>(object: I): StoreProblem {
+    const message = createBaseStoreProblem();
+    message.chunkId = object.chunkId ?? "";
+    message.reason = object.reason ?? "";
+    message.backups = object.backups?.map((e) => e) || [];
     return message;
   },
 };

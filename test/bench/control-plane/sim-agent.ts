@@ -34,6 +34,7 @@ const NO_VMS = {
   exportFleece: noVms,
   releaseFleece: noVms,
   settleBackupBitmaps: noVms,
+  verifyStore: noVms,
   ensureTemplateImage: noVms,
   deleteTemplateImage: noVms,
   openTemplateExport: noVms,
