@@ -46,6 +46,7 @@ describe("compressDecision", () => {
     "not outside them": [daily, undefined, true, at(12), "outside the quiet hours 01:00-05:00"],
     "not twice in one window": [daily, run({ startedAtMs: at(1, 30).getTime() }), true, at(4), "already ran in this window"],
     "again in the next night's window": [daily, run({ startedAtMs: at(1, 30, 26).getTime() }), true, at(2), true],
+    "a manual run in this window does not replace the scheduled one": [daily, run({ trigger: "manual", startedAtMs: at(1, 30).getTime() }), true, at(2), true],
     "a failed run in this window counts": [daily, run({ state: "failed", startedAtMs: at(1, 10).getTime() }), true, at(2), "already ran in this window"],
     "never beside a live run": [daily, run({ state: "running", startedAtMs: at(1).getTime(), updatedAtMs: at(2).getTime() - 5_000 }), true, at(2), "a run is under way"],
     "a stale running record (dead leader) is run again": [daily, run({ state: "running", startedAtMs: at(1).getTime(), updatedAtMs: at(1, 5).getTime() }), true, at(2), true],

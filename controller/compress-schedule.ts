@@ -41,7 +41,8 @@ export type CompressDecision = { run: true } | { run: false; reason: string };
 
 /**
  * Whether the pool's scheduled recompression should start now: "daily" runs
- * once per quiet-hours window occurrence (a run started, or failed, in it counts),
+ * once per quiet-hours window occurrence (a scheduled run started, or failed, in
+ * it counts; a manual one does not),
  * on an online node, never beside a live run of the pool.
  */
 export function compressDecision(settings: PoolSettings | undefined, last: PoolCompressRecord | undefined, online: boolean, now: Date): CompressDecision {
@@ -51,7 +52,8 @@ export function compressDecision(settings: PoolSettings | undefined, last: PoolC
   if (q && "error" in q) return { run: false, reason: q.error };
   const start = windowStart(q, now);
   if (!start) return { run: false, reason: `outside the quiet hours ${settings?.quietHours}` };
-  if (last && last.startedAtMs >= start.getTime() && last.state !== "running") return { run: false, reason: "already ran in this window" };
+  // Only a scheduled run counts: an operator's manual run (of any scope) does not replace the day's.
+  if (last && last.trigger === "schedule" && last.startedAtMs >= start.getTime() && last.state !== "running") return { run: false, reason: "already ran in this window" };
   if (!online) return { run: false, reason: "node offline" };
   return { run: true };
 }

@@ -69,7 +69,8 @@ export function dedupDecision(settings: PoolSettings | undefined, last: PoolDedu
   if (q && "error" in q) return { run: false, reason: q.error };
   const start = windowStart(q, now);
   if (!start) return { run: false, reason: `outside the quiet hours ${settings?.quietHours}` };
-  if (last && last.startedAtMs >= start.getTime() && last.state !== "running") return { run: false, reason: "already ran in this window" };
+  // Only a scheduled run counts: an operator's manual run (of any scope) does not replace the day's.
+  if (last && last.trigger === "schedule" && last.startedAtMs >= start.getTime() && last.state !== "running") return { run: false, reason: "already ran in this window" };
   if (!online) return { run: false, reason: "node offline" };
   return { run: true };
 }
