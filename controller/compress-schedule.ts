@@ -2,7 +2,7 @@
 // policy ("daily" or "off", how long an image must be unmodified), the pool's
 // quiet hours (shared with dedup), the last run and the clock in, "run now" or
 // the reason why not out. Pure.
-import { parseQuietHours, windowStart } from "./dedup-schedule.js";
+import { dailyDecision } from "./dedup-schedule.js";
 import type { PoolCompressRecord, PoolSettings } from "./model.js";
 
 export type CompressSchedule = "daily" | "off";
@@ -39,21 +39,7 @@ export function coldAfterMs(settings: PoolSettings | undefined): number {
 
 export type CompressDecision = { run: true } | { run: false; reason: string };
 
-/**
- * Whether the pool's scheduled recompression should start now: "daily" runs
- * once per quiet-hours window occurrence (a scheduled run started, or failed, in
- * it counts; a manual one does not),
- * on an online node, never beside a live run of the pool.
- */
+/** Whether the pool's scheduled recompression should start now (see dailyDecision). */
 export function compressDecision(settings: PoolSettings | undefined, last: PoolCompressRecord | undefined, online: boolean, now: Date): CompressDecision {
-  if ((settings?.compress ?? "off") !== "daily") return { run: false, reason: "compression is off" };
-  if (last?.state === "running" && now.getTime() - last.updatedAtMs < COMPRESS_STALE_MS) return { run: false, reason: "a run is under way" };
-  const q = parseQuietHours(settings?.quietHours ?? "");
-  if (q && "error" in q) return { run: false, reason: q.error };
-  const start = windowStart(q, now);
-  if (!start) return { run: false, reason: `outside the quiet hours ${settings?.quietHours}` };
-  // Only a scheduled run counts: an operator's manual run (of any scope) does not replace the day's.
-  if (last && last.trigger === "schedule" && last.startedAtMs >= start.getTime() && last.state !== "running") return { run: false, reason: "already ran in this window" };
-  if (!online) return { run: false, reason: "node offline" };
-  return { run: true };
+  return dailyDecision({ enabled: settings?.compress === "daily", off: "compression is off", quietHours: settings?.quietHours, staleMs: COMPRESS_STALE_MS }, last, online, now);
 }

@@ -57,20 +57,38 @@ export function windowStart(q: QuietHours | undefined, now: Date): Date | undefi
 
 export type DedupDecision = { run: true } | { run: false; reason: string };
 
+/** The last run of a pool job, as the schedule needs it. */
+export interface LastRun {
+  state: string;
+  trigger: string;
+  startedAtMs: number;
+  updatedAtMs: number;
+}
+
 /**
- * Whether the pool's scheduled dedup should start now: "daily" runs once per
- * window occurrence (a run started, or failed, in this occurrence counts), on an
- * online node, never beside a live run.
+ * Whether a pool's daily job (dedup, recompression) should start now: once per
+ * quiet-hours window occurrence (a scheduled run started, or failed, in it counts;
+ * a manual one does not), on an online node, never beside a live run (one that
+ * reported within `staleMs`).
  */
-export function dedupDecision(settings: PoolSettings | undefined, last: PoolDedupRecord | undefined, online: boolean, now: Date): DedupDecision {
-  if ((settings?.dedup ?? "off") !== "daily") return { run: false, reason: "dedup is off" };
-  if (last?.state === "running" && now.getTime() - last.updatedAtMs < DEDUP_STALE_MS) return { run: false, reason: "a run is under way" };
-  const q = parseQuietHours(settings?.quietHours ?? "");
+export function dailyDecision(
+  o: { enabled: boolean; off: string; quietHours: string | undefined; staleMs: number },
+  last: LastRun | undefined,
+  online: boolean,
+  now: Date,
+): DedupDecision {
+  if (!o.enabled) return { run: false, reason: o.off };
+  if (last?.state === "running" && now.getTime() - last.updatedAtMs < o.staleMs) return { run: false, reason: "a run is under way" };
+  const q = parseQuietHours(o.quietHours ?? "");
   if (q && "error" in q) return { run: false, reason: q.error };
   const start = windowStart(q, now);
-  if (!start) return { run: false, reason: `outside the quiet hours ${settings?.quietHours}` };
-  // Only a scheduled run counts: an operator's manual run (of any scope) does not replace the day's.
+  if (!start) return { run: false, reason: `outside the quiet hours ${o.quietHours}` };
   if (last && last.trigger === "schedule" && last.startedAtMs >= start.getTime() && last.state !== "running") return { run: false, reason: "already ran in this window" };
   if (!online) return { run: false, reason: "node offline" };
   return { run: true };
+}
+
+/** Whether the pool's scheduled dedup should start now (see dailyDecision). */
+export function dedupDecision(settings: PoolSettings | undefined, last: PoolDedupRecord | undefined, online: boolean, now: Date): DedupDecision {
+  return dailyDecision({ enabled: settings?.dedup === "daily", off: "dedup is off", quietHours: settings?.quietHours, staleMs: DEDUP_STALE_MS }, last, online, now);
 }
