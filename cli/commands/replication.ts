@@ -83,6 +83,7 @@ export function registerReplicationCommands(program: Command, session: Session):
     .command("delete")
     .description("stop replicating a volume (the copies shipped stay, as backups)")
     .argument("<volume>", "volume name")
+    .addHelpText("after", examples(["stowctl replication delete vm1"]))
     .action(async (volume: string, _opts: unknown, cmd: Command) => {
       const { ctx, reps } = api(cmd);
       const res = await reps.deleteReplication({ volume });

@@ -28,7 +28,10 @@ export function storeReportView(reports: StoreReport[]): string {
 }
 
 export function registerStoreCommands(program: Command, session: Session): void {
-  const store = program.command("store").description("the chunk stores that keep backups and replicated copies, one per node that keeps any");
+  const store = program
+    .command("store")
+    .description("the chunk stores that keep backups and replicated copies, one per node that keeps any")
+    .addHelpText("after", examples(["stowctl store verify"]));
   store
     .command("verify")
     .description("read back and hash every chunk of every store (or one node's); names the backups a damaged or missing chunk belongs to; exit code 1 when any is damaged")
