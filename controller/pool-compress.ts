@@ -16,6 +16,7 @@ import { coldAfterMs, compressDecision, COMPRESS_STALE_MS, DEFAULT_COLD_AFTER, p
 import { keys } from "./keys.js";
 import type { PoolCompressImageRecord, PoolCompressRecord, PoolSettings } from "./model.js";
 import type { ClusterStore } from "./store.js";
+import { schedulePoolJobs } from "./pool-job-schedule.js";
 
 /** Per-image lines kept in etcd; a pool with more images keeps the first ones (skips last). */
 const MAX_IMAGES = 200;
@@ -33,35 +34,27 @@ export interface PoolCompressDeps {
 }
 
 export class PoolCompressJobs {
-  private timer?: NodeJS.Timeout;
+  private schedule?: { stop(): void };
   private readonly running = new Set<string>();
 
   constructor(private readonly d: PoolCompressDeps) {}
 
   start(): void {
-    const every = this.d.checkEveryMs ?? 30_000;
-    const tick = () => {
-      this.scheduleDue();
-      this.timer = setTimeout(tick, every);
-    };
-    this.timer = setTimeout(tick, Math.min(every, 3_000));
+    this.schedule = schedulePoolJobs({
+      store: this.d.store,
+      everyMs: this.d.checkEveryMs ?? 30_000,
+      running: this.running,
+      due: (node, pool, settings, now) => compressDecision(settings, this.d.store.poolCompress(node, pool)?.value, this.d.isOnline(node), now).run,
+      start: (node, pool) => this.run(node, pool, "schedule"),
+      log: this.d.log,
+      what: "compression",
+      now: this.d.now,
+    });
   }
 
   stop(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-  }
-
-  private scheduleDue(): void {
-    const now = this.d.now?.() ?? new Date();
-    for (const { value: spec } of this.d.store.nodeSpecs()) {
-      for (const [pool, settings] of Object.entries(spec.poolSettings ?? {})) {
-        if (this.running.has(`${spec.name}@${pool}`)) continue;
-        const last = this.d.store.poolCompress(spec.name, pool)?.value;
-        if (!compressDecision(settings, last, this.d.isOnline(spec.name), now).run) continue;
-        this.run(spec.name, pool, "schedule").catch((err) => this.d.log.warn({ node: spec.name, pool, err: errorMessage(err) }, "scheduled compression not run"));
-      }
-    }
+    this.schedule?.stop();
+    this.schedule = undefined;
   }
 
   /** Runs the pool's recompression and waits for it; the record it leaves. `coldAfter` overrides the policy ("0s": any age). */

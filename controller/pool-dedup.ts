@@ -16,6 +16,7 @@ import { dedupDecision, DEDUP_STALE_MS } from "./dedup-schedule.js";
 import { keys } from "./keys.js";
 import type { PoolDedupRecord, PoolSettings } from "./model.js";
 import type { ClusterStore } from "./store.js";
+import { schedulePoolJobs } from "./pool-job-schedule.js";
 
 export interface PoolDedupDeps {
   store: ClusterStore;
@@ -32,38 +33,27 @@ export interface PoolDedupDeps {
 }
 
 export class PoolDedupJobs {
-  private timer?: NodeJS.Timeout;
+  private schedule?: { stop(): void };
   private readonly running = new Set<string>();
 
   constructor(private readonly d: PoolDedupDeps) {}
 
   start(): void {
-    const every = this.d.checkEveryMs ?? 30_000;
-    const tick = () => {
-      this.scheduleDue();
-      this.timer = setTimeout(tick, every);
-    };
-    this.timer = setTimeout(tick, Math.min(every, 3_000));
+    this.schedule = schedulePoolJobs({
+      store: this.d.store,
+      everyMs: this.d.checkEveryMs ?? 30_000,
+      running: this.running,
+      due: (node, pool, settings, now) => dedupDecision(settings, this.d.store.poolDedup(node, pool)?.value, this.d.isOnline(node), now).run,
+      start: (node, pool) => this.run(node, pool, "schedule"),
+      log: this.d.log,
+      what: "dedup",
+      now: this.d.now,
+    });
   }
 
   stop(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-  }
-
-  /** Starts every scheduled run that is due; they run in the background. */
-  private scheduleDue(): void {
-    const now = this.d.now?.() ?? new Date();
-    for (const { value: spec } of this.d.store.nodeSpecs()) {
-      for (const [pool, settings] of Object.entries(spec.poolSettings ?? {})) {
-        const ref = `${spec.name}@${pool}`;
-        if (this.running.has(ref)) continue;
-        const last = this.d.store.poolDedup(spec.name, pool)?.value;
-        const decision = dedupDecision(settings, last, this.d.isOnline(spec.name), now);
-        if (!decision.run) continue;
-        this.run(spec.name, pool, "schedule").catch((err) => this.d.log.warn({ node: spec.name, pool, err: errorMessage(err) }, "scheduled dedup not run"));
-      }
-    }
+    this.schedule?.stop();
+    this.schedule = undefined;
   }
 
   /** Runs the pool's dedup and waits for it; the record it leaves. */

@@ -10,7 +10,7 @@
 // - A restore writes the backup into a sparse raw file in the store's scratch
 //   folder and exports that; the file goes when the export is stopped.
 import { existsSync } from "node:fs";
-import { mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ChunkStore, type VerifyReport, type WriteStats } from "../lib/chunks/index.js";
 import { InvalidArgumentError, NotFoundError } from "../lib/errors.js";
@@ -138,10 +138,6 @@ export class Backups {
     return (await this.store()).verify({ quarantine });
   }
 
-  /** True when the store holds backup `name`. */
-  async has(name: string): Promise<boolean> {
-    return (await (await this.store()).list()).includes(name);
-  }
 
   /** Writes backup `name` into a sparse raw file and exports it read-only; returns its nbd:// URI. */
   async serveBackup(id: string, name: string): Promise<string> {
@@ -214,10 +210,5 @@ export class Backups {
     });
   }
 
-  /** Ids of exports that have a pid file (running or left by a crash). */
-  async exportIds(): Promise<string[]> {
-    const names = await readdir(this.exportsDir).catch(() => [] as string[]);
-    return names.filter((n) => n.endsWith(".pid")).map((n) => n.slice(0, -4));
-  }
 }
 
