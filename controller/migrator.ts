@@ -143,10 +143,23 @@ export class Migrator {
         await this.update(m.domain, { phase: "rolling-back", message: `frontends on ${m.to} did not start${problem ? `: ${problem}` : ""}` });
         return;
       }
-      await sleep(100);
+      await this.nextChange(100);
     }
     await this.update(m.domain, { phase: "migrating", message: "" });
     faultPoint("migrate:prepared", m.domain);
+  }
+
+  /** Resolves at the store's next change (a frontend's status written), or after `ms` at the latest. */
+  private nextChange(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.d.store.off("change", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.d.store.on("change", done);
+    });
   }
 
   /** Where the domain runs now: "from", "to", or "unknown" (neither answered running). */

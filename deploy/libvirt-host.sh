@@ -10,8 +10,9 @@
 #
 #   deploy/libvirt-host.sh DIR LISTEN_ADDR PORT MIGRATION_PORT_MIN
 #
-# Writes DIR/etc/libvirtd.conf and qemu.conf, then execs libvirtd in the
-# foreground (the pid is the daemon's; its pid file is DIR/libvirtd.pid).
+# Writes DIR/etc/libvirtd.conf and qemu.conf, then runs libvirtd in the
+# foreground under a small reaper (the pid stays this script's: signals go on to
+# the daemon, it exits with the daemon; the daemon's own pid file is DIR/libvirtd.pid).
 # qemu+tcp://LISTEN_ADDR:PORT/system reaches it (no auth: local use only);
 # incoming migrations use MIGRATION_PORT_MIN..+15. Probed QEMU capabilities are
 # shared through $STOWAGE_LIBVIRT_CAPS_CACHE (default /var/tmp/stowage-libvirt-caps):
@@ -51,7 +52,38 @@ remember_owner = 0
 CONF
 if [ -d "$CAPS" ]; then cp -f "$CAPS"/*.xml "$DIR/cache/qemu/capabilities/" 2>/dev/null || true; fi
 
+# libvirt daemonizes QEMU, so a QEMU's parent is the nearest subreaper, else pid
+# 1. Stopping a domain (the source side of every migration) waits until
+# kill(pid, 0) fails, and a zombie still passes: under an init that reaps
+# orphans only now and then (some container inits: every 2 s) each stop took
+# 0.2-2 s longer. So QEMUs are reparented to this reaper, which collects them at
+# once, as systemd does on a real host. It is the script's pid (same mount
+# namespace as the daemon), passes TERM/INT/HUP/QUIT/USR1/USR2 on, and exits
+# with libvirtd; libvirtd is SIGKILLed if the reaper dies first (killed too).
+REAPER='
+  my $nr = shift @ARGV;
+  syscall($nr, 36, 1, 0, 0, 0) == 0 or die "prctl(PR_SET_CHILD_SUBREAPER): $!\n";
+  my $daemon = fork() // die "fork: $!\n";
+  if (!$daemon) {
+    syscall($nr, 1, 9, 0, 0, 0);
+    exec { $ARGV[0] } @ARGV or die "exec $ARGV[0]: $!\n";
+  }
+  $SIG{$_} = sub { kill $_[0], $daemon } for qw(TERM INT HUP QUIT USR1 USR2);
+  for (;;) {
+    my $pid = waitpid(-1, 0);
+    exit($? & 127 ? 128 + ($? & 127) : $? >> 8) if $pid == $daemon;
+    exit 1 if $pid < 0;
+  }'
+case "$(uname -m)" in # prctl's syscall number
+  x86_64) PRCTL=157 ;;
+  aarch64) PRCTL=167 ;;
+  *) PRCTL= ;;
+esac
+run="exec libvirtd --listen -p '$DIR/libvirtd.pid'"
+[ -n "$PRCTL" ] && command -v perl >/dev/null && run="exec perl -e \"\$REAPER\" $PRCTL libvirtd --listen -p '$DIR/libvirtd.pid'"
+
 mounts=""
 for d in "${!BIND[@]}"; do mounts+="mkdir -p ${BIND[$d]} && mount --bind '$DIR/$d' ${BIND[$d]} && "; done
-# unshare execs sh, which execs libvirtd: this script's pid becomes the daemon's.
-exec unshare -m --propagation private sh -c "${mounts}exec libvirtd --listen -p '$DIR/libvirtd.pid'"
+# unshare execs sh, which execs the reaper (or libvirtd): this script's pid stays the host's.
+export REAPER
+exec unshare -m --propagation private sh -c "${mounts}${run}"

@@ -1,5 +1,6 @@
 // The one door to host commands. Every subprocess goes through run(), which
 // applies a timeout and turns failures into ExecError with the command's stderr.
+import { createInterface } from "node:readline";
 import { execa, type Options } from "execa";
 import { StowageError } from "./errors.js";
 
@@ -42,4 +43,39 @@ export async function run(file: string, args: string[], opts: RunOptions = {}): 
     const stderr = String(err?.stderr ?? "") || (err?.timedOut ? `timed out after ${opts.timeoutMs ?? 60_000} ms` : String(err?.shortMessage ?? err));
     throw new ExecError(cmd, typeof err?.exitCode === "number" ? err.exitCode : undefined, stderr, err);
   }
+}
+
+export interface Watcher {
+  /** Settles once the command has exited: resolves after stop() or exit 0, rejects with ExecError otherwise. */
+  readonly exited: Promise<void>;
+  /** Ends the command (SIGTERM); safe to call more than once. */
+  stop(): void;
+}
+
+/**
+ * Runs a long-lived command (an event watcher) and hands each line of its
+ * stdout to `onLine` as it arrives; it runs until it exits, stop() is called or
+ * timeoutMs passes. Same environment and error type as run().
+ */
+export function watchLines(file: string, args: string[], onLine: (line: string) => void, opts: { timeoutMs?: number } = {}): Watcher {
+  const cmd = [file, ...args].join(" ");
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  let stopped = false;
+  const child = execa(file, args, { timeout: timeoutMs, stdin: "ignore", buffer: { stdout: false, stderr: true }, env: { LC_ALL: "C" } });
+  createInterface({ input: child.stdout }).on("line", onLine);
+  const exited = child.then(
+    () => undefined,
+    (err: any) => {
+      if (stopped && err?.isTerminated) return;
+      const stderr = String(err?.stderr ?? "") || (err?.timedOut ? `timed out after ${timeoutMs} ms` : String(err?.shortMessage ?? err));
+      throw new ExecError(cmd, typeof err?.exitCode === "number" ? err.exitCode : undefined, stderr, err);
+    },
+  );
+  return {
+    exited,
+    stop: () => {
+      stopped = true;
+      child.kill("SIGTERM");
+    },
+  };
 }

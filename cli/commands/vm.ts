@@ -75,7 +75,7 @@ async function waitForMigration(ctx: CliContext, domain: string, waitMs: number)
     },
     {
       timeoutMs: waitMs,
-      intervalMs: 250,
+      intervalMs: 100, // a migration ends within a second or two: a coarser poll shows up in its time
       now: ctx.deps.now,
       sleep: ctx.deps.sleep,
       onTimeout: () =>

@@ -1,7 +1,6 @@
 // Where a replica holds data, as qemu-img reads it over NBD (block status,
 // base:allocation): a full copy skips the regions that read as zeroes on both
 // the source and the target, so a rebuild moves only what is allocated.
-import { run } from "../../lib/exec.js";
 
 export interface Extent {
   start: number;
@@ -33,6 +32,9 @@ export function markDataRegions(extents: Extent[], regionBytes: number, into: Ui
 
 /** The extents of an NBD export (`nbd://…` or `nbd+unix://…`). */
 export async function exportMap(nbdUri: string): Promise<Extent[]> {
+  // Loaded on first use: execa is ~90 ms of every frontend's start (and so of every
+  // attach and migration), and only a rebuild needs it.
+  const { run } = await import("../../lib/exec.js");
   const { stdout } = await run("qemu-img", ["map", "--output=json", "-f", "raw", nbdUri], { timeoutMs: 300_000 });
   return parseMap(stdout);
 }

@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { tmpdir } from "node:os";
 import { NotFoundError, StowageError } from "../../lib/errors.js";
-import { ExecError, run } from "../../lib/exec.js";
+import { ExecError, run, watchLines, type Watcher } from "../../lib/exec.js";
 import { parseDomainDisks, type ParsedDisk } from "../../lib/libvirt-xml.js";
 
 export interface DomainState {
@@ -73,6 +73,20 @@ export function parseDomInfo(text: string): { uuid: string; state: string; persi
   return { uuid: f.get("UUID") ?? "", state: f.get("State") ?? "", persistent: f.get("Persistent") === "yes" };
 }
 
+export interface LifecycleEvent {
+  domain: string;
+  /** "Started", "Suspended", "Resumed", "Stopped", ... */
+  event: string;
+  /** Why: "Migrated", "Booted", "Destroyed", ... */
+  detail: string;
+}
+
+/** One line of `virsh event --event lifecycle --loop`: "event 'lifecycle' for domain 'web1': Resumed Migrated". */
+export function parseLifecycleEvent(line: string): LifecycleEvent | undefined {
+  const m = /^event 'lifecycle' for domain '(.+)': (\S+) (\S+)$/.exec(line.trim());
+  return m ? { domain: m[1]!, event: m[2]!, detail: m[3]! } : undefined;
+}
+
 const NOT_FOUND = /Domain not found|failed to get domain/;
 
 export class Virsh {
@@ -108,6 +122,20 @@ export class Virsh {
 
   /** The domain, or undefined when this libvirtd has none of that name. */
   async domain(name: string): Promise<DomainState | undefined> {
+    // One virsh process and connection for both (a GetDomain is on every VM command's
+    // path): virsh runs "A; B" in order and exits with B's status.
+    if (/^[\w.+-]+$/.test(name)) {
+      let out: string;
+      try {
+        out = await this.virsh(name, [`dominfo ${name}; dumpxml ${name}`]);
+      } catch (err) {
+        if (err instanceof NotFoundError) return undefined; // gone, or gone in between (migrated away)
+        throw err;
+      }
+      const at = out.indexOf("<domain");
+      const info = at > 0 ? parseDomInfo(out.slice(0, at)) : undefined;
+      if (info?.state) return { name, ...info, disks: parseDomainDisks(out.slice(at)) };
+    }
     const info = await this.info(name);
     if (!info) return undefined;
     try {
@@ -137,6 +165,22 @@ export class Virsh {
   /** Asks the guest to release a disk (the guest must acknowledge the unplug). */
   async detachDisk(domain: string, target: string, persistent: boolean): Promise<void> {
     await this.virsh(domain, ["detach-disk", domain, target, persistent ? "--persistent" : "--live"]);
+  }
+
+  /**
+   * Passes every domain lifecycle event of this daemon to `onEvent` for `seconds` or
+   * until stop() (one `virsh event --loop`). virsh ends by itself after `seconds`, even
+   * if this process dies; `exited` then resolves.
+   */
+  watchLifecycle(onEvent: (e: LifecycleEvent) => void, seconds: number): Watcher {
+    let timedOut = false;
+    const w = watchLines("virsh", ["-q", "-c", this.uri, "event", "--event", "lifecycle", "--loop", "--timeout", String(seconds)], (line) => {
+      if (line.trim() === "event loop timed out") timedOut = true;
+      const e = parseLifecycleEvent(line);
+      if (e) onEvent(e);
+    }, { timeoutMs: seconds * 1000 + 10_000 });
+    // virsh exits 1 after its timeout: that is the normal end here.
+    return { exited: w.exited.catch((err) => (timedOut ? undefined : Promise.reject(err))), stop: w.stop };
   }
 
   async jobInfo(domain: string, completed = false): Promise<JobInfo> {

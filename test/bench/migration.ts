@@ -3,18 +3,22 @@
 //   npm run build && node dist/test/bench/migration.js [--quick] [--rounds N] [--json]
 //
 // The same test guest (TCG, 256 MiB RAM, writing a record every 5 ms with O_DIRECT) is
-// live-migrated back and forth three ways in the same run, alternating so load
-// drift hits all three:
-//   stowage  `VmService.MigrateVm` between two libvirt hosts of a Stowage cluster
-//            (disk: a 2-replica volume through the frontends); total = from the call
-//            until GetMigration says succeeded (what `stowctl vm migrate` waits for)
-//   virsh    plain `virsh migrate --live` of a domain on a shared NBD export (a
-//            qemu-storage-daemon) between the same two libvirt hosts: libvirt's own cost
-//   qmp      plain QMP: spawn the destination QEMU with -incoming, `migrate`, until
-//            the source reports completed; disk on a shared qemu-storage-daemon export
+// live-migrated back and forth four ways in the same run, alternating so load
+// drift hits all of them:
+//   stowage      `VmService.MigrateVm` between two libvirt hosts of a Stowage cluster
+//                (disk: a 2-replica volume through the frontends); total = from the call
+//                until GetMigration says succeeded (what `stowctl vm migrate` waits for)
+//   virsh        plain `virsh migrate --live` of a domain on a shared NBD export (a
+//                qemu-storage-daemon) between the same two libvirt hosts: libvirt's own
+//                cost; total = until virsh returns (after libvirt stopped the source QEMU)
+//   qmp          plain QMP: spawn the destination QEMU with -incoming, `migrate`, until
+//                the source reports completed; disk on a shared qemu-storage-daemon
+//                export. Bandwidth as libvirt sets it (max-bandwidth effectively
+//                unlimited), so that only the control path differs: the target's baseline
+//   qmp-default  the same with QEMU's default max-bandwidth (128 MiB/s), for reference
 // Prints the median total time and downtime of each and the ratios stowage/qmp
-// (target <= 1.2) and stowage/virsh. Every process and file it creates is removed
-// at the end, on error and on SIGINT/SIGTERM.
+// (target <= 1.2), stowage/virsh and virsh/qmp. Every process and file it creates is
+// removed at the end, on error and on SIGINT/SIGTERM.
 import { chmod, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -55,6 +59,10 @@ const opts = parseOptions(process.argv.slice(2));
 const MEM_MIB = 256;
 /** The guests write one 4 KiB record every 5 ms: steady I/O without saturating 2 cores. */
 const WRITE_DELAY_US = 5_000;
+/** libvirt sets max-bandwidth to (almost) INT64_MAX bytes/s; this is as unlimited and exact in JSON. */
+const LIBVIRT_BANDWIDTH = Number.MAX_SAFE_INTEGER;
+/** QEMU's own default max-bandwidth (bytes/s). */
+const QEMU_DEFAULT_BANDWIDTH = 128 * 2 ** 20;
 const median = (v: number[]) => {
   const s = [...v].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
@@ -135,7 +143,7 @@ async function virshSetup(images: GuestImages, hosts: TwoHosts, dir: string) {
   };
 }
 
-/** Plain QMP between two QEMU processes sharing a QSD export. */
+/** Plain QMP between two QEMU processes sharing a QSD export; each call migrates once with that max-bandwidth. */
 async function qmpSetup(images: GuestImages, dir: string) {
   const shared = join(dir, "qmp");
   const qsd = await Qsd.start({ dir: shared, format: "raw", sizeMiB: 64 });
@@ -146,12 +154,12 @@ async function qmpSetup(images: GuestImages, dir: string) {
   cleanups.push(() => src.stop());
   await src.waitForAck(20, 120_000);
   let n = 1;
-  return async (): Promise<Sample> => {
+  return async (maxBandwidth: number): Promise<Sample> => {
     const port = await freePort();
     const t0 = Date.now();
     const dst = await QemuGuest.start({ images, dir: shared, name: `q${n++}`, disk, serialLog, blocks: 1024, memMiB: MEM_MIB, delayUs: WRITE_DELAY_US, incoming: `tcp:127.0.0.1:${port}` });
     cleanups.push(() => dst.stop());
-    const r = await migrateQmp(src, dst, `tcp:127.0.0.1:${port}`);
+    const r = await migrateQmp(src, dst, `tcp:127.0.0.1:${port}`, 60_000, { "max-bandwidth": maxBandwidth });
     const totalMs = Date.now() - t0;
     await src.stop();
     src = dst;
@@ -168,12 +176,14 @@ async function main(): Promise<void> {
   const hosts = await startTwoHosts({ baseDir: join(dir, "hosts") });
   cleanups.push(() => hosts.stop());
   progress("booting three guests");
+  const qmp = await qmpSetup(images, dir);
   const kinds = {
     stowage: await stowageSetup(images, hosts, dir),
     virsh: await virshSetup(images, hosts, dir),
-    qmp: await qmpSetup(images, dir),
+    qmp: () => qmp(LIBVIRT_BANDWIDTH),
+    qmpDefault: () => qmp(QEMU_DEFAULT_BANDWIDTH),
   };
-  const samples: Record<keyof typeof kinds, Sample[]> = { stowage: [], virsh: [], qmp: [] };
+  const samples: Record<keyof typeof kinds, Sample[]> = { stowage: [], virsh: [], qmp: [], qmpDefault: [] };
   const load0 = loadavg()[0]!;
   for (let i = 0; i < opts.rounds; i++) {
     for (const k of Object.keys(kinds) as (keyof typeof kinds)[]) {
@@ -194,22 +204,28 @@ async function main(): Promise<void> {
     stowage: fig("stowage"),
     virsh: fig("virsh"),
     qmp: fig("qmp"),
+    qmpDefault: fig("qmpDefault"),
     ratioStowageQmp: fig("stowage").totalMs / fig("qmp").totalMs,
+    ratioStowageQmpDefault: fig("stowage").totalMs / fig("qmpDefault").totalMs,
     ratioStowageVirsh: fig("stowage").totalMs / fig("virsh").totalMs,
+    ratioVirshQmp: fig("virsh").totalMs / fig("qmp").totalMs,
     load: [load0, load1],
   };
-  const row = (name: string, f: { totalMs: number; downtimeMs: number }) => `  ${name.padEnd(34)} ${String(Math.round(f.totalMs)).padStart(6)} ms   ${String(Math.round(f.downtimeMs)).padStart(4)} ms`;
+  const row = (name: string, f: { totalMs: number; downtimeMs: number }) => `  ${name.padEnd(44)} ${String(Math.round(f.totalMs)).padStart(6)} ms   ${String(Math.round(f.downtimeMs)).padStart(4)} ms`;
   process.stdout.write(
     [
       `Live migration, TCG guest with ${MEM_MIB} MiB RAM writing a 4 KiB record every ${WRITE_DELAY_US / 1000} ms (median of ${opts.rounds} per kind, alternating)`,
-      `  ${"".padEnd(34)} ${"total".padStart(9)}   downtime`,
+      `  ${"".padEnd(44)} ${"total".padStart(9)}   downtime`,
       row("stowctl vm migrate (Stowage API)", result.stowage),
       row("virsh migrate --live (same hosts)", result.virsh),
       row("plain QMP migrate (+ dest spawn)", result.qmp),
+      row("plain QMP, QEMU's default 128 MiB/s limit", result.qmpDefault),
       `  Stowage phases (controller clock, from the call): destination frontends up ${phases.preparedMs} ms, ` +
         `libvirt done ${phases.migratedMs} ms, recorded ${phases.settledMs} ms`,
-      `  stowage / qmp   = ${result.ratioStowageQmp.toFixed(2)} (target <= 1.2)`,
+      `  stowage / qmp   = ${result.ratioStowageQmp.toFixed(2)} (target <= 1.2; same bandwidth as libvirt)`,
+      `  stowage / qmp with QEMU's default bandwidth = ${result.ratioStowageQmpDefault.toFixed(2)}`,
       `  stowage / virsh = ${result.ratioStowageVirsh.toFixed(2)}`,
+      `  virsh / qmp     = ${result.ratioVirshQmp.toFixed(2)}`,
       `  load average ${load0.toFixed(2)} -> ${load1.toFixed(2)}`,
       "",
     ].join("\n"),

@@ -97,7 +97,7 @@ export class QemuGuest {
         return await QmpClient.connect({ path: this.qmpSocket, connectTimeoutMs: Math.max(1, deadline - Date.now()) });
       } catch (err) {
         if (Date.now() > deadline || !this.running) throw err;
-        await sleep(50);
+        await sleep(10);
       }
     }
   }
@@ -184,8 +184,9 @@ export interface QmpMigrationResult {
  * Live-migrates `src` into `dst` (started with `incoming: "tcp:127.0.0.1:PORT"`
  * and the same disk) with QMP `migrate`, and waits for completion. Both share
  * the NBD export; the source QEMU stays paused (postmigrate) until stopped.
+ * `parameters` go to migrate-set-parameters on the source first (e.g. max-bandwidth).
  */
-export async function migrateQmp(src: QemuGuest, dst: QemuGuest, uri: string, timeoutMs = 60_000): Promise<QmpMigrationResult> {
+export async function migrateQmp(src: QemuGuest, dst: QemuGuest, uri: string, timeoutMs = 60_000, parameters?: Record<string, unknown>): Promise<QmpMigrationResult> {
   // The target listens once its monitor answers.
   const qd = await dst.qmp();
   const st = (await qd.execute("query-status")) as { status: string };
@@ -193,6 +194,7 @@ export async function migrateQmp(src: QemuGuest, dst: QemuGuest, uri: string, ti
   if (st.status !== "inmigrate") throw new Error(`migration target is ${st.status}, not inmigrate (start it with incoming)`);
   const q = await src.qmp();
   try {
+    if (parameters) await q.execute("migrate-set-parameters", parameters);
     const t0 = Date.now();
     await q.execute("migrate", { uri });
     const deadline = t0 + timeoutMs;
@@ -202,7 +204,7 @@ export async function migrateQmp(src: QemuGuest, dst: QemuGuest, uri: string, ti
       if (info.status === "failed" || info.status === "cancelled") throw new Error(`migration ${info.status}: ${info["error-desc"] ?? ""}`);
       if (Date.now() > deadline) throw new Error(`migration not completed within ${timeoutMs} ms (status ${info.status})`);
       if (!dst.running) throw new Error(`migration target exited:\n${dst.proc.output.slice(-2000)}`);
-      await sleep(20);
+      await sleep(5);
     }
   } finally {
     await q.close();

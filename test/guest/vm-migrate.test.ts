@@ -123,7 +123,8 @@ describe("stowctl vm attach / migrate with a writing guest", () => {
     expect(c.controllers.get("c1")!.running).toBe(false);
     expect(there.stderr).toMatch(/preparing/); // progress lines
     expect(await runningDomains(h2.uri)).toContain(name);
-    expect(await runningDomains(h1.uri)).not.toContain(name);
+    // The migration counts as done once the guest runs on node2; libvirt stops node1's paused copy right after.
+    await eventually(async () => !(await runningDomains(h1.uri)).includes(name), 10_000, "the source copy gone from node1");
     await eventually(async () => (await frontendsOn("node1")) === 0, 30_000, "node1 frontend stopped");
     await moreAcks(30, "on node2");
 
