@@ -20,7 +20,7 @@
 import { join } from "node:path";
 import type { Logger } from "pino";
 import type { NbdBackend, NbdRequest } from "../lib/nbd/backend.js";
-import type { NbdCompletion } from "../lib/nbd/client.js";
+import type { NbdClient, NbdCompletion } from "../lib/nbd/client.js";
 import { Cmd, DEFAULT_BLOCK_SIZES, Errno, TxFlag, type BlockSizes } from "../lib/nbd/protocol.js";
 import { NotFoundError, errorMessage } from "../lib/errors.js";
 import { NbdError } from "../lib/nbd/errors.js";
@@ -107,6 +107,8 @@ export interface SyncOptions {
   node?: string;
   /** Stall timeout of replica connections opened later (see Replica). */
   stallTimeoutMs?: number;
+  /** Send buffer of unix replica connections opened later (see Replica.open). */
+  sendBufferBytes?: number;
 }
 
 /** The default frontend lease; the controller waits longer (FENCE_MS) after a detach it could not confirm. */
@@ -125,8 +127,8 @@ const specOf = (uri: string): ReplicaAddress | undefined => {
 };
 
 /** Opens a replica, or gives up after `ms` (undefined: it did not answer). */
-async function openWithin(address: ReplicaAddress, connections: number, ms: number, log?: Logger, stallTimeoutMs?: number): Promise<Replica | undefined> {
-  const opening = Replica.open(address, connections, log, stallTimeoutMs).catch(() => undefined);
+async function openWithin(address: ReplicaAddress, connections: number, ms: number, log?: Logger, stallTimeoutMs?: number, sendBufferBytes?: number): Promise<Replica | undefined> {
+  const opening = Replica.open(address, connections, log, stallTimeoutMs, sendBufferBytes).catch(() => undefined);
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), ms)));
   const r = await Promise.race([opening, late]);
@@ -312,7 +314,7 @@ export class ReplicaSet implements NbdBackend {
         [...this.members.values()]
           .filter((m) => recorded.get(m.id)?.inSync && !m.replica?.healthy && m.address)
           .map(async (m) => {
-            const r = await openWithin(m.address!, this.sync!.connections ?? 2, 2_000, this.log, this.sync!.stallTimeoutMs);
+            const r = await openWithin(m.address!, this.sync!.connections ?? 2, 2_000, this.log, this.sync!.stallTimeoutMs, this.sync!.sendBufferBytes);
             if (r && r.info.size === this.size) {
               m.replica?.destroy();
               m.replica = r;
@@ -465,7 +467,7 @@ export class ReplicaSet implements NbdBackend {
   private async resync(m: Member): Promise<void> {
     const policy = this.policy!;
     if (!m.replica?.healthy) {
-      const r = await openWithin(m.address!, this.sync!.connections ?? 2, 10_000, this.log, this.sync!.stallTimeoutMs);
+      const r = await openWithin(m.address!, this.sync!.connections ?? 2, 10_000, this.log, this.sync!.stallTimeoutMs, this.sync!.sendBufferBytes);
       if (!r) return; // still away; tried again on the next refresh
       if (r.info.size !== this.size) {
         this.log?.error({ replica: m.id, size: r.info.size, volumeSize: this.size }, "reconnected replica has another size; not used");
@@ -500,9 +502,8 @@ export class ReplicaSet implements NbdBackend {
         log: this.log,
         report: (p) => void this.sync!.recorder.reportResync(m.id, p).catch(() => undefined),
         target: {
-          readInSync: (offset, length) => this.readInSync(offset, length),
-          write: (offset, data) => this.onReplica(rep, (c) => c.write(offset, data)),
-          writeZeroes: (offset, length) => this.onReplica(rep, (c) => c.writeZeroes(offset, length)),
+          sources: () => this.readConnections(),
+          replica: () => rep.pick(),
           flush: async () => {
             await Promise.all(rep.usableConnections().map((c) => c.flush()));
           },
@@ -550,25 +551,9 @@ export class ReplicaSet implements NbdBackend {
     this.log?.info({ replica: m.id, dirtyBytes: before, allocatedBytes: map.dirtyBytes }, "full copy: only allocated regions");
   }
 
-  private async onReplica(r: Replica, op: (c: NonNullable<ReturnType<Replica["pick"]>>) => Promise<void>): Promise<void> {
-    const c = r.pick();
-    if (!c) throw new ResyncAborted("no usable connection to the replica");
-    await op(c);
-  }
-
-  /** Reads from the in-sync replicas, trying each in turn. */
-  private async readInSync(offset: number, length: number): Promise<Buffer> {
-    let last: unknown = new Error("no in-sync replica is reachable");
-    for (const id of this.policy!.readSources()) {
-      const c = this.replicaOf(id)?.pick();
-      if (!c) continue;
-      try {
-        return await c.read(offset, length);
-      } catch (err) {
-        last = err;
-      }
-    }
-    throw last;
+  /** A usable connection to each in-sync replica, in the order reads try them. */
+  private readConnections(): NbdClient[] {
+    return this.policy!.readSources().flatMap((id) => this.replicaOf(id)?.pick() ?? []);
   }
 
   /** Reads from the first source with a usable connection; on an error, from the next one. */

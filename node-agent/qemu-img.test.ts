@@ -93,9 +93,9 @@ describe("qemu-img info parser", () => {
 });
 
 describe("copyArgs", () => {
-  it("overwrites the existing image from an NBD export, flushed at the end, optionally throttled", () => {
+  it("overwrites the existing image from an NBD export with O_DIRECT writes, flushed at the end, optionally throttled", () => {
     expect(copyArgs({ sourceUri: "nbd://10.0.0.2:10809/r-1", targetPath: "/p/v.r-2.qcow2", targetFormat: "qcow2", rateLimitBytes: 0 })).toEqual([
-      "convert", "-n", "-t", "writeback", "-f", "raw", "-O", "qcow2", "nbd://10.0.0.2:10809/r-1", "/p/v.r-2.qcow2",
+      "convert", "-n", "-t", "none", "-f", "raw", "-O", "qcow2", "nbd://10.0.0.2:10809/r-1", "/p/v.r-2.qcow2",
     ]);
     expect(copyArgs({ sourceUri: "nbd+unix:///r-1?socket=/s", targetPath: "/p/x.raw", targetFormat: "raw", rateLimitBytes: 50 << 20 })).toContain("52428800");
   });

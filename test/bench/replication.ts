@@ -8,8 +8,10 @@
 //             export, and vs N fio jobs writing N exports at once (the N-copy limit of the
 //             machine, per copy): 4k random write QD32 and 1M sequential write QD16
 //             (replication-write.ts)
-//   resync    Stowage's replica rebuild (DirPool.copyFrom: qemu-img convert from an NBD
-//             export) vs a plain qemu-img convert of the same file (replication-resync.ts)
+//   resync    Stowage's replica rebuilds (a detached volume's: DirPool.copyFrom, qemu-img
+//             convert from an NBD export; an attached volume's: the frontend's copy) vs a
+//             durable plain qemu-img convert of the same image into the same pool, images
+//             always opened as the agent does (replication-resync.ts)
 //   failover  a replica host's daemon SIGKILLed under QD1 writes in a real small cluster:
 //             kill → next acknowledged write (replication-failover.ts)
 // Each figure is the median of 3 runs, 5 for failovers (--quick: 1, shorter: about 75 s in
@@ -21,7 +23,7 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { AGENT_FILE_OPTIONS, Cleanups, progress, round } from "./replication-common.js";
 import { benchFailover } from "./replication-failover.js";
-import { FAILOVER_TARGET_MS, failoverLines, RESYNC_TARGET, resyncLines, writeLines, writeRatios } from "./replication-report.js";
+import { FAILOVER_TARGET_MS, failoverLines, RESYNC_TARGET, resyncLines, resyncRatios, writeLines, writeRatios } from "./replication-report.js";
 import { benchResync } from "./replication-resync.js";
 import { benchWrites, WRITE_SETUPS } from "./replication-write.js";
 
@@ -38,9 +40,9 @@ const USAGE = `usage: node dist/test/bench/replication.js [--quick] [--json] [--
   --runtime S      seconds per fio run
   --failovers N    failovers to take the median of
   --connections N  frontend connections to each replica (default: the frontend's default)
-  --direct-io      write and resync: open the images as the agent does
-                   (${AGENT_FILE_OPTIONS.join(",")}) instead of through the host page cache
-                   (the nbd-frontend benchmark's setting); the failover cluster's agents always do
+  --direct-io      write: open the images as the agent does (${AGENT_FILE_OPTIONS.join(",")})
+                   instead of through the host page cache (the nbd-frontend benchmark's
+                   setting); resync and the failover cluster's agents always do
 `;
 
 function parseOptions(argv: string[]) {
@@ -118,9 +120,9 @@ async function main(): Promise<void> {
     };
   }
   if (opts.parts.includes("resync")) {
-    const r = await benchResync({ dir, reps: REPS, fileOptions, cleanups });
+    const r = await benchResync({ dir, reps: REPS, cleanups });
     sections.push(resyncLines(r, REPS));
-    json.resync = { ...r, ratio: round(r.stowage.mbps / r.plain.mbps, 2), target: RESYNC_TARGET };
+    json.resync = { ...r, ratios: resyncRatios(r), target: RESYNC_TARGET };
   }
   if (opts.parts.includes("failover")) {
     const r = await benchFailover({ dir, reps: FAILOVERS, cleanups, writeRuntimeSec: RUNTIME });
@@ -132,7 +134,7 @@ async function main(): Promise<void> {
   json.load = [round(load0, 2), round(load1, 2)];
   const cache = opts.directIo ? `images opened as the agent does (${fileOptions.join(",")})` : "images through the host page cache";
   process.stdout.write(
-    [`Replication benchmark: ${cache}; load average ${load0.toFixed(1)} before, ${load1.toFixed(1)} after`, ...sections.flatMap((s) => ["", ...s])].join("\n") + "\n",
+    [`Replication benchmark: ${opts.parts.includes("write") ? `write part: ${cache}; ` : ""}load average ${load0.toFixed(1)} before, ${load1.toFixed(1)} after`, ...sections.flatMap((s) => ["", ...s])].join("\n") + "\n",
   );
   if (opts.json) process.stdout.write(JSON.stringify(json) + "\n");
 }
