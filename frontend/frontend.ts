@@ -26,7 +26,7 @@ export class Frontend {
    * Fails (and cleans up) otherwise.
    */
   static async start(args: FrontendArgs, log: Logger): Promise<Frontend> {
-    const opened = await Promise.allSettled(args.replicas.map((a) => Replica.open(a, args.connections, log, args.stallTimeoutMs)));
+    const opened = await Promise.allSettled(args.replicas.map((a) => Replica.open(a, args.connections, log, args.stallTimeoutMs, args.sendBufferBytes)));
     const replicas = opened.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     const unreachable = args.replicas.filter((_, i) => opened[i]!.status === "rejected");
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === "rejected");
@@ -49,9 +49,10 @@ export class Frontend {
           unreachable,
           node: args.node || undefined,
           stallTimeoutMs: args.stallTimeoutMs,
+          sendBufferBytes: args.sendBufferBytes,
         },
       );
-      const server = new NbdServer({ name: args.exportName, description: `stowage volume ${args.exportName}`, backend: set, log });
+      const server = new NbdServer({ name: args.exportName, description: `stowage volume ${args.exportName}`, backend: set, log, sendBufferBytes: args.sendBufferBytes });
       set.onBusy = (busy) => server.setBackendBusy(busy);
       await set.warmUp();
       // With a replica away, serving needs the record's word that the others are in-sync.

@@ -39,6 +39,7 @@ export function frontendArgv(a: {
   stateDir?: string;
   node?: string;
   copyRateMiB?: number;
+  sendBufferKiB?: number;
 }): string[] {
   const argv = ["--socket", a.socketPath, "--export", a.exportName, "--backend", a.replicas.map(replicaSpec).join(",")];
   if (a.controllers?.length) argv.push("--controllers", a.controllers.join(","));
@@ -47,6 +48,7 @@ export function frontendArgv(a: {
   if (a.node) argv.push("--node", a.node);
   if (a.copyRateMiB) argv.push("--copy-rate-mib", String(a.copyRateMiB));
   if (a.connections !== undefined) argv.push("--connections", String(a.connections));
+  if (a.sendBufferKiB !== undefined) argv.push("--send-buffer-kib", String(a.sendBufferKiB));
   if (a.socketMode !== undefined) argv.push("--socket-mode", `0${a.socketMode.toString(8)}`);
   return argv;
 }

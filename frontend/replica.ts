@@ -85,11 +85,14 @@ export class Replica extends EventEmitter<ReplicaEvents> {
     }
   }
 
-  /** Opens `connections` connections to the replica's export; all must succeed. */
-  static async open(address: ReplicaAddress, connections: number, log?: Logger, stallTimeoutMs = STALL_TIMEOUT_MS): Promise<Replica> {
+  /**
+   * Opens `connections` connections to the replica's export; all must succeed. A unix
+   * connection gets `sendBufferBytes` as its send buffer (lib/socket-buffer.ts).
+   */
+  static async open(address: ReplicaAddress, connections: number, log?: Logger, stallTimeoutMs = STALL_TIMEOUT_MS, sendBufferBytes?: number): Promise<Replica> {
     const opened = await Promise.allSettled(
       Array.from({ length: connections }, () =>
-        NbdClient.connect({ socketPath: address.socketPath, host: address.host, port: address.port, exportName: address.exportName }),
+        NbdClient.connect({ socketPath: address.socketPath, host: address.host, port: address.port, exportName: address.exportName, sendBufferBytes }),
       ),
     );
     const conns = opened.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));

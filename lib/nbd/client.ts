@@ -9,6 +9,7 @@
 // them (arena.ts), and a completion that keeps a slice must reference it.
 import { EventEmitter } from "node:events";
 import { connect as netConnect, type Socket } from "node:net";
+import { setSendBuffer } from "../socket-buffer.js";
 import { releaseArena, retainSlice, type Arena } from "./arena.js";
 import { ArenaReader } from "./arena-reader.js";
 import { BatchWriter } from "./batch-writer.js";
@@ -42,6 +43,8 @@ export interface NbdConnectOptions extends NbdAddress {
   timeoutMs?: number;
   /** Bytes the socket may queue before the client reports congestion (default 4 MiB). */
   writeHighWaterMark?: number;
+  /** SO_SNDBUF for a unix socket (lib/socket-buffer.ts); unset, or TCP, keeps the system's. */
+  sendBufferBytes?: number;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -154,6 +157,7 @@ export class NbdClient extends EventEmitter<NbdClientEvents> {
     if (early.length > 0) client.onChunk(early);
     // Handshake slices stay pinned; replies from here on follow the reference rule.
     reader.startRecycling();
+    if (opts.socketPath && opts.sendBufferBytes) await setSendBuffer(socket, opts.sendBufferBytes);
     return client;
   }
 

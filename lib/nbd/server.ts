@@ -5,6 +5,7 @@
 import { chmod, rm } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import type { Logger } from "pino";
+import { setSendBuffer } from "../socket-buffer.js";
 import { adoptAccepted, ArenaReader } from "./arena-reader.js";
 import type { NbdBackend } from "./backend.js";
 import { DEFAULT_BLOCK_SIZES, DOS_PAYLOAD_LIMIT, TxFlag, type BlockSizes } from "./protocol.js";
@@ -23,6 +24,8 @@ export interface NbdServerOptions {
   limits?: Partial<ConnectionLimits>;
   /** Bytes a client socket may queue for sending before its intake pauses (default 8 MiB). */
   replyHighWaterMark?: number;
+  /** SO_SNDBUF for accepted unix sockets (lib/socket-buffer.ts); unset keeps the system default. */
+  sendBufferBytes?: number;
 }
 
 /** Transmission flags the server core can honour; anything else a backend reports is dropped. */
@@ -68,12 +71,22 @@ export class NbdServer {
   async listenUnix(path: string, mode = 0o666): Promise<void> {
     await rm(path, { force: true });
     const hwm = this.opts.replyHighWaterMark ?? 8 * 1024 * 1024;
-    const server = createServer({ highWaterMark: hwm, pauseOnConnect: true }, (accepted) => {
+    const sendBuffer = this.opts.sendBufferBytes;
+    const serve = (accepted: Socket) => {
       let conn: NbdServerConnection | undefined;
       // No chunk can arrive before `conn` is set: reading starts on a later loop turn.
       const reader = new ArenaReader((chunk) => conn!.onData(chunk));
       const socket = adoptAccepted(accepted, reader, { writableHighWaterMark: hwm });
       conn = this.handle(socket, reader);
+    };
+    // The accepted socket is paused until served, so its buffer is set before any byte moves.
+    const server = createServer({ highWaterMark: hwm, pauseOnConnect: true }, (accepted) => {
+      if (!sendBuffer) return serve(accepted);
+      void setSendBuffer(accepted, sendBuffer).then((ok) => {
+        if (!ok) this.opts.log?.debug("could not raise a client socket's send buffer; keeping the system default");
+        if (accepted.destroyed) return;
+        serve(accepted);
+      });
     });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);

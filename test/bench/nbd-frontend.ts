@@ -1,6 +1,7 @@
 // Data-path benchmark (a script, not a test):
 //
 //   npm run build && node dist/test/bench/nbd-frontend.js [--quick] [--json] [--connections N] [--runtime S]
+//                                                          [--direct-io] [--send-buffer-kib N]
 //
 // fio's nbd engine straight at a qemu-storage-daemon raw export vs the same export
 // through a Stowage frontend process, in the same run, on the same image (a raw file in
@@ -18,23 +19,38 @@ import { run } from "../../lib/exec.js";
 import { frontendArgv } from "../../frontend/launch.js";
 import { FrontendProcess } from "../../frontend/testing/frontend-process.js";
 import { Qsd } from "../harness/qsd.js";
+import { AGENT_FILE_OPTIONS } from "./replication-common.js";
 
 const USAGE = `usage: node dist/test/bench/nbd-frontend.js [--quick] [--json] [--connections N] [--runtime S]
+                                               [--direct-io] [--send-buffer-kib N]
 
   --quick          one run per figure, 3 s each (default: median of 3 runs of 10 s)
   --json           print one JSON object with every figure as the last line
   --connections N  frontend connections to the replica (default: the frontend's default)
   --runtime S      seconds per fio run
+  --direct-io      open the image as the agent opens replicas (${AGENT_FILE_OPTIONS.join(",")})
+                   instead of through the host page cache
+  --send-buffer-kib N  the frontend's --send-buffer-kib (default: the frontend's default;
+                   0: the system default, as before the option existed)
 `;
 
 function parseOptions(argv: string[]) {
-  const o = { quick: false, json: false, connections: undefined as number | undefined, runtime: undefined as number | undefined };
+  const o = {
+    quick: false,
+    json: false,
+    connections: undefined as number | undefined,
+    runtime: undefined as number | undefined,
+    directIo: false,
+    sendBufferKiB: undefined as number | undefined,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "--quick") o.quick = true;
     else if (a === "--json") o.json = true;
     else if (a === "--connections") o.connections = Number(argv[++i]);
     else if (a === "--runtime") o.runtime = Number(argv[++i]);
+    else if (a === "--direct-io") o.directIo = true;
+    else if (a === "--send-buffer-kib") o.sendBufferKiB = Number(argv[++i]);
     else if (a === "-h" || a === "--help") {
       process.stdout.write(USAGE);
       process.exit(0);
@@ -121,10 +137,11 @@ async function main(): Promise<void> {
   const image = join(dir, "vol.raw");
   await writeFile(image, "");
   await truncate(image, IMAGE_SIZE);
-  const qsd = await Qsd.start({ dir, image, format: "raw", socket: join(dir, "qsd.sock"), exportName: "vol" });
+  const fileOptions = opts.directIo ? AGENT_FILE_OPTIONS : [];
+  const qsd = await Qsd.start({ dir, image, format: "raw", socket: join(dir, "qsd.sock"), exportName: "vol", fileOptions });
   cleanups.push(() => qsd.stop());
   const frontSock = join(dir, "front.sock");
-  const feArgs = frontendArgv({ socketPath: frontSock, exportName: "vol", replicas: [{ socketPath: qsd.socket, exportName: "vol" }], connections: opts.connections });
+  const feArgs = frontendArgv({ socketPath: frontSock, exportName: "vol", replicas: [{ socketPath: qsd.socket, exportName: "vol" }], connections: opts.connections, sendBufferKiB: opts.sendBufferKiB });
   // Started exactly as the agent starts it (frontend/launch.ts), environment included.
   const fe = await FrontendProcess.start(join(ROOT, "dist/frontend/main.js"), feArgs);
   cleanups.push(() => fe.stop());
@@ -174,7 +191,7 @@ async function main(): Promise<void> {
 
   const lines = [
     `NBD frontend vs direct qemu-storage-daemon export (raw image, fio nbd engine, ${REPS} run(s) of ${RUNTIME} s, median)`,
-    `load average ${load0.toFixed(1)} before, ${load1.toFixed(1)} after; ${opts.connections ?? "default"} frontend connection(s) to the replica`,
+    `load average ${load0.toFixed(1)} before, ${load1.toFixed(1)} after; ${opts.connections ?? "default"} frontend connection(s) to the replica; image ${opts.directIo ? `opened as the agent does (${AGENT_FILE_OPTIONS.join(",")})` : "through the host page cache"}; frontend send buffer ${opts.sendBufferKiB === undefined ? "default" : opts.sendBufferKiB === 0 ? "system default" : `${opts.sendBufferKiB} KiB`}`,
     "",
     `${"workload".padEnd(20)} ${"direct".padStart(10)} ${"frontend".padStart(10)} ${"ratio".padStart(6)} ${"target".padStart(7)}      fe CPU/IO   runs (direct | frontend)`,
     ...rows.map(
@@ -183,7 +200,7 @@ async function main(): Promise<void> {
     ),
   ];
   process.stdout.write(lines.join("\n") + "\n");
-  if (opts.json) process.stdout.write(JSON.stringify({ reps: REPS, runtime: RUNTIME, load: [load0, load1], rows }) + "\n");
+  if (opts.json) process.stdout.write(JSON.stringify({ reps: REPS, runtime: RUNTIME, load: [load0, load1], directIo: opts.directIo, sendBufferKiB: opts.sendBufferKiB ?? null, rows }) + "\n");
 }
 
 main()
