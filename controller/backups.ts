@@ -181,6 +181,14 @@ export class Backups {
    */
   private async take(created: BackupRecord): Promise<BackupRecord> {
     const t0 = Date.now();
+    // Milliseconds of each step, logged with the result (the benchmark reports them).
+    const steps: Record<string, number> = {};
+    let last = t0;
+    const step = (name: string) => {
+      const now = Date.now();
+      steps[name] = now - last;
+      last = now;
+    };
     const volume = created.volume;
     let spec = this.d.store.volumeSpec(volume)!.value;
     const attachments = spec.attachments ?? [];
@@ -190,6 +198,7 @@ export class Backups {
       throw new FailedPreconditionError(`volume ${volume} is being attached to ${attachedTo}`, { hint: "retry once stowctl volume get shows it attached" });
     }
     await this.lease(volume, created.id, true);
+    step("lease");
     spec = this.d.store.volumeSpec(volume)!.value;
     if ((spec.attachments ?? []).length !== attachments.length) throw new ConflictError(`volume ${volume} was attached or detached meanwhile`, { hint: "retry the command" });
     const inSync = spec.placement.filter((p) => !p.outOfSync && this.d.isOnline(p.node));
@@ -198,6 +207,7 @@ export class Backups {
       const st = this.d.store.volumeStatus(volume)?.value;
       return inSync.every((p) => st?.replicas.some((r) => r.id === p.id && r.exportUri)) ? true : undefined;
     });
+    step("open");
     // Incremental from the volume's last backup in the same store, if a replica still tracks changes since it.
     const base = this.list(volume).filter((b) => b.state === "ready" && b.node === created.node && b.bitmap && Boolean(b.replication) === Boolean(created.replication)).at(-1);
     const bitmaps = await Promise.all(inSync.map((p) => this.d.agents.for(p.node).listBackupBitmaps({ replicaId: p.id }, { timeoutMs: 30_000 })));
@@ -211,10 +221,12 @@ export class Backups {
       message: base && tracking < 0 ? `full: no replica tracks the changes since ${backupRef(base)} (a storage daemon restarted, or the replicas changed)` : "",
     };
     await this.put(record);
+    step("bitmaps");
     const next = bitmapName(record.id);
     const baseBitmap = record.kind === "incremental" ? base!.bitmap! : "";
     const fleeceId = fleeceOf(record);
     await this.d.agents.for(reader.node).prepareFleece({ replicaId: reader.id, pool: reader.pool, fleeceId }, { timeoutMs: 60_000 });
+    step("prepare");
     const held = await withWritesHeld(this.d.agents, volume, attachedTo, async () => {
       await Promise.all(
         inSync.map((p) =>
@@ -226,20 +238,34 @@ export class Backups {
     if (this.d.store.volumeSpec(volume)?.value.placement.find((p) => p.id === reader.id)?.outOfSync) {
       throw new UnavailableError(`backup of ${volume} not taken: replica ${reader.id} was marked out-of-sync while it was marked`, { hint: "retry the command" });
     }
-    // Marked: the volume may be attached again.
-    await this.lease(volume, created.id, false);
-    const { nbdUri } = await this.d.agents.for(reader.node).exportFleece({ fleeceId, bitmap: baseBitmap }, { timeoutMs: 30_000 });
+    step("mark");
+    // Marked: the volume may be attached again (while the fleece is exported).
+    const [, { nbdUri }] = await Promise.all([
+      this.lease(volume, created.id, false),
+      this.d.agents.for(reader.node).exportFleece({ fleeceId, bitmap: baseBitmap }, { timeoutMs: 30_000 }),
+    ]);
+    step("export");
     faultPoint("create-backup:exported", volume);
     const w = await this.d.agents.for(record.node).writeBackup(
       { name: backupRef(record), sourceNbdUri: nbdUri, base: base && record.kind === "incremental" ? backupRef(base) : "", bitmap: baseBitmap },
       { timeoutMs: 24 * 3600_000 },
     );
+    step("write");
     faultPoint("create-backup:written", volume);
-    await this.d.agents.for(reader.node).releaseFleece({ fleeceId, pool: reader.pool }, { timeoutMs: 60_000 });
-    await Promise.allSettled(
-      this.onlineReplicas(volume).map((p) => this.d.agents.for(p.node).settleBackupBitmaps({ replicaId: p.id, next, base: baseBitmap, succeeded: true }, { timeoutMs: 30_000 })),
-    );
-    await this.lease(volume, undefined);
+    // The fleece goes (the base's bitmap is exported with it: busy until then), and
+    // the base's bitmap with it; the other replicas drop theirs meanwhile.
+    const settle = (p: { id: string; node: string }) =>
+      this.d.agents.for(p.node).settleBackupBitmaps({ replicaId: p.id, next, base: baseBitmap, succeeded: true }, { timeoutMs: 30_000 });
+    const online = this.onlineReplicas(volume);
+    const [released] = await Promise.allSettled([
+      (async () => {
+        await this.d.agents.for(reader.node).releaseFleece({ fleeceId, pool: reader.pool }, { timeoutMs: 60_000 });
+        if (online.some((p) => p.id === reader.id)) await settle(reader).catch(() => undefined);
+      })(),
+      ...online.filter((p) => p.id !== reader.id).map(settle),
+    ]);
+    if (released!.status === "rejected") throw released.reason;
+    step("release");
     const ready: BackupRecord = {
       ...record,
       state: "ready",
@@ -250,8 +276,9 @@ export class Backups {
       durationMs: Date.now() - t0,
       bitmap: next,
     };
-    await this.put(ready);
-    this.d.log.info({ backup: backupRef(ready), kind: ready.kind, node: ready.node, readBytes: w.readBytes, dataBytes: w.dataBytes, newBytes: w.newBytes, ms: ready.durationMs }, "backup taken");
+    await Promise.all([this.lease(volume, undefined), this.put(ready)]);
+    step("finish");
+    this.d.log.info({ backup: backupRef(ready), kind: ready.kind, node: ready.node, readBytes: w.readBytes, dataBytes: w.dataBytes, newBytes: w.newBytes, ms: ready.durationMs, steps }, "backup taken");
     return ready;
   }
 

@@ -1,6 +1,6 @@
 // Turns an image (a file path or an async iterable of buffers) into a sequence of
-// chunks, reusing one working buffer: no allocation per byte or per read, only a
-// view per chunk. All-zero chunks are flagged so the store records them as zero
+// chunks, reusing two working buffers (the next read fills one while the other is
+// chunked): no allocation per byte or per read, only a view per chunk. All-zero chunks are flagged so the store records them as zero
 // runs instead of storing them; a long zero run is recognized with one memcmp
 // per `max` bytes instead of rolling the hash over it.
 import { open } from "node:fs/promises";
@@ -18,7 +18,26 @@ export interface ChunkView {
 
 const DEFAULT_READ_SIZE = 8 * 1024 * 1024;
 
-type Fill = (buf: Buffer, at: number, len: number) => Promise<number>;
+/** Reads the source's next bytes into buf[at..at+len): all of them, fewer only at its end. */
+export type Fill = (buf: Buffer, at: number, len: number) => Promise<number>;
+
+/** Sequential reads of a source: a file from its start, or an async iterable. */
+export async function openSource(source: ImageSource): Promise<{ fill: Fill; close: () => Promise<void> }> {
+  if (typeof source !== "string") return { fill: iterableFill(source), close: async () => {} };
+  const fh = await open(source, "r");
+  let filePos = 0;
+  const fill: Fill = async (b, at, len) => {
+    let n = 0;
+    while (n < len) {
+      const { bytesRead } = await fh.read(b, at + n, len - n, filePos);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+      filePos += bytesRead;
+    }
+    return n;
+  };
+  return { fill, close: () => fh.close() };
+}
 
 function iterableFill(source: AsyncIterable<Uint8Array>): Fill {
   const it = source[Symbol.asyncIterator]();
@@ -48,43 +67,25 @@ export async function* chunkStream(source: ImageSource, chunker: Chunker, readSi
   const zeros = Buffer.alloc(max);
   // The shortcut below is exact only if the chunker cuts a window of zeros at `max`.
   const zeroCut = chunker.cut(zeros, 0, max);
-  const buf = Buffer.allocUnsafe(readSize + max);
-  let fill: Fill;
-  let close = async () => {};
-  if (typeof source === "string") {
-    const fh = await open(source, "r");
-    let filePos = 0;
-    fill = async (b, at, len) => {
-      let n = 0;
-      while (n < len) {
-        const { bytesRead } = await fh.read(b, at + n, len - n, filePos);
-        if (bytesRead === 0) break;
-        n += bytesRead;
-        filePos += bytesRead;
-      }
-      return n;
-    };
-    close = () => fh.close();
-  } else fill = iterableFill(source);
-
+  readSize = Math.max(readSize, max);
+  // Two buffers: the next read fills one while the other is chunked. Each holds the
+  // previous one's unchunked tail (less than `max`) just before `max`, then the read.
+  const bufs = [Buffer.allocUnsafe(max + readSize), Buffer.allocUnsafe(max + readSize)];
+  const { fill, close } = await openSource(source);
+  let reading: Promise<number> | undefined;
   try {
-    let pos = 0;
-    let end = 0;
+    let cur = 0;
+    let buf = bufs[0]!;
+    let pos = max;
     let offset = 0;
-    let eof = false;
+    reading = fill(buf, max, readSize);
     for (;;) {
-      if (!eof && end - pos < max) {
-        if (pos > 0) {
-          buf.copyWithin(0, pos, end);
-          end -= pos;
-          pos = 0;
-        }
-        const want = buf.length - end;
-        const got = await fill(buf, end, want);
-        end += got;
-        if (got < want) eof = true;
-      }
-      if (pos === end) return;
+      const got = await reading!;
+      reading = undefined;
+      const end = max + got;
+      const eof = got < readSize;
+      const other = bufs[cur ^ 1]!;
+      if (!eof) reading = fill(other, max, readSize);
       while (end - pos >= max || (eof && pos < end)) {
         let len: number;
         let zero: boolean;
@@ -99,8 +100,16 @@ export async function* chunkStream(source: ImageSource, chunker: Chunker, readSi
         pos += len;
         offset += len;
       }
+      if (eof) return;
+      const tail = end - pos;
+      buf.copy(other, max - tail, pos, end);
+      cur ^= 1;
+      buf = other;
+      pos = max - tail;
     }
   } finally {
+    // A consumer that stops early leaves a read in flight: let it land before closing.
+    await reading?.catch(() => 0);
     await close();
   }
 }

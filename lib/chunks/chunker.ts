@@ -59,40 +59,49 @@ class CdcChunker implements Chunker {
     const bits = Math.log2(avg);
     if (!Number.isInteger(bits) || bits < 8 || bits > 28) throw new RangeError(`cdc average ${avg} must be a power of two between 256 B and 256 MiB`);
     if (!(min >= 64 && min < avg && avg < max)) throw new RangeError(`cdc sizes must satisfy 64 <= min < avg < max (got ${min}, ${avg}, ${max})`);
-    this.gear = gearTable(params.seed);
-    // Normalization level 2: two bits harder below the average, two easier above.
-    this.maskHard = topBits(bits + 2);
-    this.maskEasy = topBits(bits - 2);
+    ({ gear: this.gear, maskHard: this.maskHard, maskEasy: this.maskEasy } = cdcTables(params));
   }
 
   cut(buf: Uint8Array, start: number, end: number, resume = start): number {
     const { min, avg, max } = this.params;
-    const n = end - start;
-    if (n <= min) return n;
-    const limit = n < max ? n : max;
-    const normalEnd = start + (limit < avg ? limit : avg);
-    const hardEnd = start + limit;
-    const gear = this.gear;
-    const maskHard = this.maskHard;
-    const maskEasy = this.maskEasy;
-    let h = 0;
-    let i = start + min;
-    if (resume > i) {
-      // The hash depends only on the last 32 bytes (older ones are shifted out):
-      // rebuild it from those, without testing for a cut there again.
-      for (let j = Math.max(i, resume - 32); j < resume; j++) h = ((h << 1) + gear[buf[j]!]!) | 0;
-      i = resume;
-    }
-    for (; i < normalEnd; i++) {
-      h = ((h << 1) + gear[buf[i]!]!) | 0;
-      if ((h & maskHard) === 0) return i + 1 - start;
-    }
-    for (; i < hardEnd; i++) {
-      h = ((h << 1) + gear[buf[i]!]!) | 0;
-      if ((h & maskEasy) === 0) return i + 1 - start;
-    }
-    return limit;
+    return cdcCut(this.gear, this.maskHard, this.maskEasy, min, avg, max, buf, start, end, resume);
   }
+}
+
+/** The gear table and the masks of a cdc chunker: with its sizes, the arguments of cdcCut(). */
+export function cdcTables(params: ChunkerParams): { gear: Int32Array; maskHard: number; maskEasy: number } {
+  const bits = Math.log2(params.avg);
+  // Normalization level 2: two bits harder below the average, two easier above.
+  return { gear: gearTable(params.seed), maskHard: topBits(bits + 2), maskEasy: topBits(bits - 2) };
+}
+
+/**
+ * The cdc cut (see Chunker.cut). Self-contained, with no reference outside itself:
+ * the chunk workers run its source text (chunk-workers.ts).
+ */
+export function cdcCut(gear: Int32Array, maskHard: number, maskEasy: number, min: number, avg: number, max: number, buf: Uint8Array, start: number, end: number, resume: number): number {
+  const n = end - start;
+  if (n <= min) return n;
+  const limit = n < max ? n : max;
+  const normalEnd = start + (limit < avg ? limit : avg);
+  const hardEnd = start + limit;
+  let h = 0;
+  let i = start + min;
+  if (resume > i) {
+    // The hash depends only on the last 32 bytes (older ones are shifted out):
+    // rebuild it from those, without testing for a cut there again.
+    for (let j = Math.max(i, resume - 32); j < resume; j++) h = ((h << 1) + gear[buf[j]!]!) | 0;
+    i = resume;
+  }
+  for (; i < normalEnd; i++) {
+    h = ((h << 1) + gear[buf[i]!]!) | 0;
+    if ((h & maskHard) === 0) return i + 1 - start;
+  }
+  for (; i < hardEnd; i++) {
+    h = ((h << 1) + gear[buf[i]!]!) | 0;
+    if ((h & maskEasy) === 0) return i + 1 - start;
+  }
+  return limit;
 }
 
 class FixedChunker implements Chunker {

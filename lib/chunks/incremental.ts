@@ -63,10 +63,8 @@ export interface IncrementalWriteOptions {
   /** Default: the store's level. */
   zstdLevel?: number;
   labels?: Record<string, string>;
-  /** Chunk files being written and synced at once (default 16). */
+  /** Chunk files being written at once (default 16). */
   concurrency?: number;
-  /** Worker threads compressing chunks (default 0). */
-  compressWorkers?: number;
   /** Chunks past a changed range's end to wait for the boundaries to meet before cutting at the base's (default 16). */
   resyncChunks?: number;
   /** Largest read, bytes (default 8 MiB); reads end on 64 KiB multiples of the image. */
@@ -106,11 +104,7 @@ export async function writeIncremental(layout: Layout, config: StoreConfig, name
   const src = new SourceWindow(opts.read, zeros, size, Math.max(opts.maxRead ?? 8 * 1024 * 1024, READ_ALIGN));
   const extra = { changedBytes: dirty.reduce((n, r) => n + r.end - r.start, 0), reusedBytes: 0, rechunkedBytes: 0, forcedCuts: 0, missingBaseChunks: 0 };
 
-  const session = await WriteSession.start(layout, name, {
-    zstdLevel: opts.zstdLevel ?? config.zstdLevel,
-    concurrency: opts.concurrency ?? 16,
-    compressWorkers: opts.compressWorkers ?? 0,
-  });
+  const session = await WriteSession.start(layout, name, { zstdLevel: opts.zstdLevel ?? config.zstdLevel, concurrency: opts.concurrency ?? 16 });
 
   const addBytes = async (data: Buffer) => {
     if (isZero(data)) session.addZero(data.length);

@@ -10,33 +10,39 @@
 //      the GC removed it a moment before, the touch fails with ENOENT and the chunk
 //      is written again. Chunks reused from a base manifest are touched the same
 //      way (reuse()): the base may be deleted and collected while this write runs.
-//   3. A new chunk is written to tmp/, fsynced, and renamed into chunks/: a chunk
-//      file under its final name is always complete.
-//   4. After the last chunk: fsync every shard directory this write put or found a
-//      chunk in, then write the manifest to tmp/, fsync it, link it into
-//      manifests/ (which refuses an existing name) and fsync manifests/. So a
-//      committed manifest never points at a chunk a crash could lose. Chunks
-//      reused from a base need no directory fsync: the base was committed only
-//      after theirs.
+//   3. A new chunk is written to tmp/, made durable, and renamed into chunks/: a
+//      chunk file under its final name is always complete. The sync is batched: one
+//      syncfs for many files (chunk-staging.ts).
+//   4. After the last chunk: sync and rename what is left, write the manifest to
+//      tmp/, sync the file system once more (the renames, the manifest's bytes, and
+//      the directory entries of chunks found in the store, which another write may
+//      have renamed a moment ago), link the manifest into manifests/ (which refuses
+//      an existing name) and fsync manifests/. So a committed manifest never points
+//      at a chunk a crash could lose.
 //   5. Remove the pending record. A writer killed before that leaves a record whose
-//      process is gone; the GC removes it, and the chunks only it referenced.
+//      process is gone; the GC removes it, its tmp/ files, and the chunks only it
+//      referenced.
+//
+// Chunks arrive with their bytes (addData: hashed and compressed on the event loop,
+// as incremental writes do with their few new chunks) or already hashed by a worker
+// thread (addHashed, segment-pipeline.ts), which then also compresses and writes the
+// new ones (writing()).
 import { randomBytes } from "node:crypto";
 import { utimesSync } from "node:fs";
-import { link, open, rename, rm, stat, unlink } from "node:fs/promises";
+import { link, open, rm, stat, unlink } from "node:fs/promises";
 import { hostname } from "node:os";
 import { AlreadyExistsError, InvalidArgumentError } from "../errors.js";
 import { faultPoint } from "../faults.js";
-import { HEADER_BYTES, sha256, shardOf } from "./chunk-file.js";
+import { ChunkEncoder, sha256 } from "./chunk-file.js";
+import { ChunkStaging, syncFileSystem } from "./chunk-staging.js";
 import type { ChunkerParams } from "./chunker.js";
-import { CompressPool } from "./compress-pool.js";
 import { fsyncDir, type Layout, type PendingRecord, validManifestName, writePending } from "./layout.js";
 import { ManifestBuilder } from "./manifest.js";
 
 export interface SessionOptions {
   zstdLevel: number;
-  /** Chunk files being written and synced at once. */
+  /** Chunk files being written at once by addData(). */
   concurrency: number;
-  compressWorkers: number;
 }
 
 /** What a session added to the store; the caller adds the rest of its stats. */
@@ -47,17 +53,23 @@ export interface SessionCounters {
   dedupBytes: number;
 }
 
+/** A new chunk's file: written to `tmp`, renamed to `final` once durable. */
+export interface ChunkFile {
+  tmp: string;
+  final: string;
+}
+
 export class WriteSession {
   readonly builder = new ManifestBuilder();
   readonly counters: SessionCounters = { newChunks: 0, newBytes: 0, storedBytes: 0, dedupBytes: 0 };
   /** Chunk ids (hex) this session has written, touched or found written by itself. */
   private readonly known = new Set<string>();
-  /** Shard directories to fsync before the manifest. */
-  private readonly shards = new Set<string>();
   private readonly writes = new Set<Promise<void>>();
-  private readonly encoder: CompressPool;
+  private readonly staging: ChunkStaging;
+  private encoder: ChunkEncoder | undefined;
   private failure: unknown;
   private tmpSeq = 0;
+  private committed = false;
 
   private constructor(
     private readonly layout: Layout,
@@ -65,7 +77,7 @@ export class WriteSession {
     private readonly session: string,
     private readonly opts: SessionOptions,
   ) {
-    this.encoder = new CompressPool(opts.zstdLevel, opts.compressWorkers);
+    this.staging = new ChunkStaging(layout.tmpDir());
   }
 
   /** Checks the name and records the pending write (step 1); close() must follow. */
@@ -88,32 +100,40 @@ export class WriteSession {
    * once this returns a promise. Waits while `concurrency` chunk writes are in flight.
    */
   async addData(data: Uint8Array): Promise<void> {
-    const len = data.length;
     const id = sha256(data);
-    this.builder.addChunk(id, len);
     const idHex = id.toString("hex");
-    if (this.known.has(idHex)) {
-      this.counters.dedupBytes += len;
-      return;
-    }
-    this.known.add(idHex);
-    this.shards.add(shardOf(idHex));
-    if (touch(this.layout.chunk(idHex))) {
-      this.counters.dedupBytes += len;
-      return;
-    }
-    this.counters.newChunks++;
-    this.counters.newBytes += len;
-    if (this.failure) throw this.failure;
-    const p: Promise<void> = this.writeChunk(idHex, data).then(
-      () => void this.writes.delete(p),
-      (err) => {
-        this.writes.delete(p);
-        this.failure ??= err;
-      },
-    );
-    this.writes.add(p);
+    if (!this.lookup(id, idHex, data.length)) return;
+    this.encoder ??= new ChunkEncoder(this.opts.zstdLevel);
+    const parts = this.encoder.encode(data);
+    this.track(this.writeChunk(idHex, parts));
     if (this.writes.size >= this.opts.concurrency) await Promise.race(this.writes);
+  }
+
+  /**
+   * Appends a chunk hashed elsewhere (a worker). If the store lacks it, returns the
+   * file to write it to: the caller has it written and passes the write to writing().
+   */
+  addHashed(id: Uint8Array, length: number): ChunkFile | undefined {
+    const idHex = Buffer.from(id.buffer, id.byteOffset, id.byteLength).toString("hex");
+    if (!this.lookup(id, idHex, length)) return undefined;
+    return { tmp: this.layout.tmp(`${this.session}.${this.tmpSeq++}`), final: this.layout.chunk(idHex) };
+  }
+
+  /** Chunk files being written elsewhere; `sizes` (bytes of each) resolves once they are complete. commit() waits for them. */
+  writing(files: ChunkFile[], sizes: Promise<number[]>): void {
+    this.track(
+      sizes.then((s) =>
+        s.forEach((size, i) => {
+          this.counters.storedBytes += size;
+          this.staging.add(files[i]!.tmp, files[i]!.final, size);
+        }),
+      ),
+    );
+  }
+
+  /** Throws the first failure of a background write, if any. */
+  check(): void {
+    if (this.failure) throw this.failure;
   }
 
   /**
@@ -132,23 +152,23 @@ export class WriteSession {
     return true;
   }
 
-  /** Waits for the chunk writes, syncs their directories and commits the manifest (step 4). */
+  /** Waits for the chunk writes, makes them durable and commits the manifest (step 4). */
   async commit(chunker: ChunkerParams, labels: Record<string, string>): Promise<void> {
     await Promise.all(this.writes);
     if (this.failure) throw this.failure;
-    await this.syncShards();
-    faultPoint("chunks.write.before-manifest", this.name);
+    await this.staging.finish();
 
     const manifest = this.builder.encode({ name: this.name, createdMs: Date.now(), chunker, labels });
     const tmp = this.layout.tmp(`${this.session}.manifest`);
     const fh = await open(tmp, "wx");
     try {
       await fh.writeFile(manifest);
-      await fh.sync();
     } finally {
       await fh.close();
     }
     try {
+      await syncFileSystem(this.layout.tmpDir());
+      faultPoint("chunks.write.before-manifest", this.name);
       await link(tmp, this.layout.manifest(this.name));
     } catch (err: any) {
       if (err?.code === "EEXIST") throw new AlreadyExistsError("manifest", this.name);
@@ -157,37 +177,60 @@ export class WriteSession {
       await unlink(tmp).catch(() => {});
     }
     await fsyncDir(this.layout.manifestsDir());
+    this.committed = true;
     faultPoint("chunks.write.after-manifest", this.name);
   }
 
   /** Ends the session, committed or not: waits for stray writes, removes the pending record (step 5). */
   async close(): Promise<void> {
     await Promise.allSettled(this.writes);
-    await this.encoder.close();
+    if (!this.committed) {
+      await this.staging.finish().catch(() => undefined);
+      await Promise.all(this.staging.leftovers().map((f) => rm(f, { force: true })));
+    }
     await rm(this.layout.pending(this.session), { force: true });
   }
 
-  /** fsyncs the shard directories, `concurrency` at a time (one at a time, 256 of them took ~0.3 s here). */
-  private async syncShards(): Promise<void> {
-    const queue = [...this.shards];
-    const worker = async () => {
-      for (let s = queue.pop(); s !== undefined; s = queue.pop()) await fsyncDir(this.layout.shardDir(s));
-    };
-    await Promise.all(Array.from({ length: Math.min(this.opts.concurrency, queue.length) }, worker));
+  /** Records chunk `id` in the manifest; true if the store lacks it (counted as new: the caller stores it). */
+  private lookup(id: Uint8Array, idHex: string, len: number): boolean {
+    this.builder.addChunk(id, len);
+    if (this.known.has(idHex)) {
+      this.counters.dedupBytes += len;
+      return false;
+    }
+    this.known.add(idHex);
+    if (touch(this.layout.chunk(idHex))) {
+      this.counters.dedupBytes += len;
+      return false;
+    }
+    this.counters.newChunks++;
+    this.counters.newBytes += len;
+    if (this.failure) throw this.failure;
+    return true;
   }
 
-  private async writeChunk(idHex: string, data: Uint8Array): Promise<void> {
-    const parts = await this.encoder.encode(data);
-    this.counters.storedBytes += HEADER_BYTES + parts[1].length;
+  private track(p: Promise<void>): void {
+    const q: Promise<void> = p.then(
+      () => void this.writes.delete(q),
+      (err) => {
+        this.writes.delete(q);
+        this.failure ??= err;
+      },
+    );
+    this.writes.add(q);
+  }
+
+  private async writeChunk(idHex: string, parts: [Buffer, Buffer]): Promise<void> {
+    const size = parts[0].length + parts[1].length;
+    this.counters.storedBytes += size;
     const tmp = this.layout.tmp(`${this.session}.${this.tmpSeq++}`);
     const fh = await open(tmp, "wx");
     try {
       await fh.writev(parts);
-      await fh.sync();
     } finally {
       await fh.close();
     }
-    await rename(tmp, this.layout.chunk(idHex));
+    this.staging.add(tmp, this.layout.chunk(idHex), size);
   }
 }
 

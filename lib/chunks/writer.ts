@@ -1,10 +1,19 @@
 // Storing one image: chunk it, hash each chunk, keep what the store lacks, and
 // commit a manifest. The steps that make it safe against crashes and a concurrent
-// GC (pending record, touch, fsync order) are the session's: write-session.ts.
+// GC (pending record, touch, sync order) are the session's: write-session.ts.
+//
+// With worker threads (the default), segments of the image are cut, hashed and
+// compressed on every core (segment-pipeline.ts); without, all of it happens on the
+// event loop, chunk by chunk (chunk-stream.ts).
 import { type ChunkerParams, createChunker } from "./chunker.js";
 import { chunkStream, type ImageSource } from "./chunk-stream.js";
+import { defaultWorkers } from "./chunk-workers.js";
 import type { Layout, StoreConfig } from "./layout.js";
+import { writeSegments } from "./segment-pipeline.js";
 import { WriteSession } from "./write-session.js";
+
+/** Bytes per segment handed to a worker (with workers), or per read (without). */
+const DEFAULT_SEGMENT = 4 * 1024 * 1024;
 
 export interface WriteOptions {
   /** Default: the store's chunker. */
@@ -12,11 +21,11 @@ export interface WriteOptions {
   /** Default: the store's level. */
   zstdLevel?: number;
   labels?: Record<string, string>;
-  /** Chunk files being written and synced at once (default 16). */
+  /** Chunk files being written at once when hashing and compressing inline (default 16). */
   concurrency?: number;
-  /** Worker threads compressing chunks (default 0: inline; on the shared 2-core machine where this was measured, a worker was slower). */
-  compressWorkers?: number;
-  /** Bytes read from the source at a time (default 8 MiB). */
+  /** Worker threads that hash and compress (default: one per core, at most 4; 0: all on the event loop). */
+  workers?: number;
+  /** Bytes read from the source at a time: a segment, with workers (default 4 MiB). */
   readSize?: number;
 }
 
@@ -44,17 +53,16 @@ export interface WriteStats {
 export async function writeImage(layout: Layout, config: StoreConfig, name: string, source: ImageSource, opts: WriteOptions = {}): Promise<WriteStats> {
   const t0 = performance.now();
   const chunkerParams = opts.chunker ?? config.chunker;
-  const chunker = createChunker(chunkerParams);
-  const session = await WriteSession.start(layout, name, {
-    zstdLevel: opts.zstdLevel ?? config.zstdLevel,
-    concurrency: opts.concurrency ?? 16,
-    compressWorkers: opts.compressWorkers ?? 0,
-  });
+  const workers = opts.workers ?? defaultWorkers();
+  const zstdLevel = opts.zstdLevel ?? config.zstdLevel;
+  const session = await WriteSession.start(layout, name, { zstdLevel, concurrency: opts.concurrency ?? 16 });
   try {
-    for await (const chunk of chunkStream(source, chunker, opts.readSize)) {
-      if (chunk.zero) session.addZero(chunk.data.length);
-      else await session.addData(chunk.data);
-    }
+    if (workers > 0) await writeSegments(session, source, chunkerParams, { workers, zstdLevel, segmentBytes: opts.readSize ?? DEFAULT_SEGMENT });
+    else
+      for await (const chunk of chunkStream(source, createChunker(chunkerParams), opts.readSize)) {
+        if (chunk.zero) session.addZero(chunk.data.length);
+        else await session.addData(chunk.data);
+      }
     await session.commit(chunkerParams, opts.labels ?? {});
   } finally {
     await session.close();

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { execa } from "execa";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { dirtyRanges } from "./fleece.js";
+import { nbdExtents, STATE_HOLE, STATE_ZERO } from "./nbd-extents.js";
 import { QsdSupervisor } from "./supervisor.js";
 
 const MiB = 2 ** 20;
@@ -50,6 +51,15 @@ describe("fleecing and backup bitmaps", () => {
     await io(live, "write -P 0x33 4M 64k", "write -P 0x44 8M 4k");
     const uri = await s.fleece.export("b2", "stow-bk-1");
     expect(await dirtyRanges(uri, "stow-bk-1")).toEqual([{ offset: 4 * MiB, length: 64 * 1024 }]);
+    // Both contexts in one exchange: the bitmap's, and the allocation, which covers the whole export.
+    const { size, extents } = await nbdExtents(uri, ["qemu:dirty-bitmap:stow-bk-1", "base:allocation"]);
+    expect(size).toBe(16 * MiB);
+    expect(extents.get("qemu:dirty-bitmap:stow-bk-1")!.filter((e) => e.flags & 1)).toEqual([{ offset: 4 * MiB, length: 64 * 1024, flags: 1 }]);
+    const alloc = extents.get("base:allocation")!;
+    expect(alloc.reduce((n, e) => (expect(e.offset).toBe(n), n + e.length), 0)).toBe(16 * MiB);
+    const isData = (at: number) => alloc.some((e) => e.offset <= at && at < e.offset + e.length && !(e.flags & (STATE_HOLE | STATE_ZERO)));
+    for (const at of [0, MiB - 1, 4 * MiB, 4 * MiB + 65535]) expect(isData(at)).toBe(true);
+    for (const at of [2 * MiB, 12 * MiB]) expect(isData(at)).toBe(false);
     await io(uri, "read -P 0x22 4M 64k", "read -P 0x11 0 1M", "read -P 0 8M 4k");
     await io(live, "read -P 0x33 4M 64k", "read -P 0x44 8M 4k");
 

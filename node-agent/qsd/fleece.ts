@@ -8,7 +8,8 @@
 // a temporary qcow2 (the fleece) whose backing is the live image: from then on
 // the fleece reads as the image did at that instant, while the VM writes on.
 // The fleece is exported read-only with the base's bitmap, so the reader learns
-// which regions changed (qemu-img map with x-dirty-bitmap) and reads only those.
+// which regions changed (NBD block status of the bitmap's metadata context,
+// nbd-extents.ts) and reads only those.
 // Afterwards the fleece goes and the base's bitmap is removed; a failed backup
 // merges the new bitmap back into the base's instead, so nothing is forgotten.
 //
@@ -21,6 +22,7 @@ import { run } from "../../lib/exec.js";
 import type { Logger } from "../../lib/logger.js";
 import { unlinkIfExists } from "../../lib/file-ops.js";
 import { nodeNames } from "./exports.js";
+import { type Extent, nbdExtents } from "./nbd-extents.js";
 import type { QmpClient } from "./qmp-client.js";
 import { nbdUri, type NbdEndpoint } from "./qsd-args.js";
 
@@ -179,23 +181,16 @@ export class Fleece {
   }
 }
 
-/**
- * The byte ranges a bitmap marks dirty, read from an export that carries it:
- * qemu-img map with x-dirty-bitmap reports dirty ranges as "data": false.
- */
+/** The NBD metadata context of a dirty bitmap that an export carries. */
+export const bitmapContext = (bitmap: string) => `qemu:dirty-bitmap:${bitmap}`;
+
+/** The byte ranges a bitmap marks dirty, read from an export that carries it (NBD block status). */
 export async function dirtyRanges(uri: string, bitmap: string): Promise<{ offset: number; length: number }[]> {
-  const m = /^nbd:\/\/(\[[^\]]+\]|[^:/]+):(\d+)\/(.*)$/.exec(uri) ?? undefined;
-  const u = /^nbd\+unix:\/\/\/([^?]*)\?socket=(.*)$/.exec(uri) ?? undefined;
-  const server = m ? `server.type=inet,server.host=${m[1]!.replace(/^\[|\]$/g, "")},server.port=${m[2]}` : u ? `server.type=unix,server.path=${u[2]}` : undefined;
-  if (!server) throw new FailedPreconditionError(`cannot read a bitmap from ${uri}`);
-  const exportName = m ? m[3]! : u![1]!;
-  const { stdout } = await run("qemu-img", ["map", "--output=json", "--image-opts", `driver=nbd,${server},export=${exportName},x-dirty-bitmap=qemu:dirty-bitmap:${bitmap}`], { timeoutMs: 600_000 });
-  const out: { offset: number; length: number }[] = [];
-  for (const e of JSON.parse(stdout) as { start: number; length: number; data: boolean }[]) {
-    if (e.data) continue;
-    const last = out.at(-1);
-    if (last && last.offset + last.length === e.start) last.length += e.length;
-    else out.push({ offset: e.start, length: e.length });
-  }
-  return out;
+  const { extents } = await nbdExtents(uri, [bitmapContext(bitmap)]);
+  return dirtyOf(extents.get(bitmapContext(bitmap))!);
+}
+
+/** The dirty extents (flag 1) of a dirty-bitmap context, as ranges. */
+export function dirtyOf(extents: Extent[]): { offset: number; length: number }[] {
+  return extents.filter((e) => e.flags & 1).map(({ offset, length }) => ({ offset, length }));
 }

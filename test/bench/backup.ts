@@ -29,6 +29,43 @@ interface Sample {
   full: number;
   second: number;
   stored: number;
+  /** Stowage: where each backup's time went, ms (controller steps, the store node's, and the rest). */
+  steps?: { full: Record<string, number>; second: Record<string, number> };
+}
+
+/** The last pino line of the cluster's processes with message `msg` about backup `ref`. */
+function logLine(c: TestCluster, msg: string, ref: string): Record<string, any> | undefined {
+  for (const p of [...c.controllers.values(), ...c.agents.values()]) {
+    for (const line of p.output.split("\n").reverse()) {
+      if (!line.includes(msg) || !line.includes(ref)) continue;
+      try {
+        const j = JSON.parse(line);
+        if (j.msg === msg && j.backup === ref) return j;
+      } catch {
+        // not a log line
+      }
+    }
+  }
+  return undefined;
+}
+
+/**
+ * One backup's time, split: stowctl and the request around it ("client"), then the
+ * controller's steps (controller/backups.ts), the store node's part of "write"
+ * (block status of the fleece: "write.extents"; the chunk store: "write.store")
+ * and the rest of it ("write.rpc").
+ */
+function stepsOf(c: TestCluster, ref: string, totalMs: number): Record<string, number> {
+  const taken = logLine(c, "backup taken", ref);
+  const written = logLine(c, "backup written", ref);
+  const out: Record<string, number> = { client: totalMs - (taken?.ms ?? 0), ...(taken?.steps ?? {}) };
+  if (written?.steps && out.write !== undefined) {
+    out["write.extents"] = written.steps.extents;
+    out["write.store"] = written.steps.write;
+    out["write.rpc"] = out.write - written.ms;
+    delete out.write;
+  }
+  return out;
 }
 
 async function stowctl(c: TestCluster, args: string[]): Promise<string> {
@@ -71,7 +108,8 @@ async function stowageRun(c: TestCluster, run: number, full: CorpusImage, change
   const backup = async () => {
     const t = performance.now();
     const b = JSON.parse(await stowctl(c, ["backup", "create", volume, "-o", "json", "--wait-timeout", "3600"])).backup;
-    return { s: (performance.now() - t) / 1000, b };
+    const s = (performance.now() - t) / 1000;
+    return { s, b, steps: stepsOf(c, `${b.volume}@${b.id}`, s * 1000) };
   };
   await fill(c, volume, node, full);
   const one = await backup();
@@ -80,8 +118,14 @@ async function stowageRun(c: TestCluster, run: number, full: CorpusImage, change
   log(`stowage: ${round(mb(written), 1)} MB of 64 KiB blocks rewritten to make ${changed.name}`);
   const two = await backup();
   log(`stowage: second backup (${changed.name}, ${two.b.kind}) in ${two.s.toFixed(2)} s, ${two.b.durationMs} ms of it in the controller (${round(mb(two.b.readBytes), 1)} MB read, ${round(mb(two.b.newBytes))} MB new, ${round(mb(two.b.storedBytes))} MB stored)`);
-  return { full: one.s, second: two.s, stored: one.b.storedBytes + two.b.storedBytes };
+  log(`stowage: steps (ms): full ${fmtSteps(one.steps)}; second ${fmtSteps(two.steps)}`);
+  return { full: one.s, second: two.s, stored: one.b.storedBytes + two.b.storedBytes, steps: { full: one.steps, second: two.steps } };
 }
+
+const fmtSteps = (st: Record<string, number>) =>
+  Object.entries(st)
+    .map(([k, v]) => `${k} ${Math.round(v)}`)
+    .join(", ");
 
 async function toolRun(make: (work: string) => Promise<Contender>, full: CorpusImage, changed: CorpusImage): Promise<Sample & { label: string }> {
   const work = mkdtempSync(join(tmpdir(), "stowage-backup-bench-"));
@@ -145,6 +189,11 @@ async function main() {
   const b = [...med.entries()].find(([l]) => l.startsWith("borg"))![1];
   console.log(`\nstowage / borg: stored ${(s.stored / b.stored).toFixed(2)} (target <= 1), full-backup throughput ${(b.full / s.full).toFixed(2)}x (target >= 2)`);
   console.log(`stowage incremental / full backup time: ${(s.second / s.full).toFixed(2)} (target <= 0.05)`);
+  const withSteps = [...rows.values()].flat().filter((x) => x.steps);
+  for (const which of ["full", "second"] as const) {
+    const keys = [...new Set(withSteps.flatMap((x) => Object.keys(x.steps![which])))];
+    console.log(`stowage ${which === "full" ? "full" : "incremental"} backup, median ms per step: ${keys.map((k) => `${k} ${Math.round(median(withSteps.map((x) => x.steps![which][k] ?? 0)))}`).join(", ")}`);
+  }
 }
 
 main().catch((err) => {

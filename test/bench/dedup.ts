@@ -11,13 +11,14 @@
 // throughput (image bytes / s), and the incremental image's time against the first
 // image's. Then the single-core speeds of the engine's parts on the corpus's data.
 // Figures are medians of --runs runs (default 3; --quick: 1, and a one-root corpus).
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { createReadStream } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Compressor } from "zstd-napi";
 import { CDC_DEFAULTS, FIXED_DEFAULTS, chunkStream, createChunker } from "../../lib/chunks/index.js";
+import { CDC_WASM, wasmCutter } from "../../lib/chunks/cdc-wasm.js";
 import { sha256 } from "../../lib/chunks/chunk-file.js";
+import { cdcTables } from "../../lib/chunks/chunker.js";
 import { buildCorpus, type Corpus } from "./dedup-corpus.js";
 import { borg, type Contender, restic, stowage } from "./dedup-tools.js";
 
@@ -64,23 +65,20 @@ interface RunResult {
   shared: number[];
 }
 
+/** Backs the corpus up into a fresh repository in `work`; the repository stays until the benchmark ends (see main). */
 async function runContender(which: Which, work: string, corpus: Corpus): Promise<RunResult> {
   const dir = mkdtempSync(join(work, `${which}-`));
-  try {
-    const c: Contender = which === "cdc" ? await stowage(dir, "cdc") : which === "fixed" ? await stowage(dir, "fixed") : which === "borg" ? await borg(dir) : await restic(dir);
-    const r: RunResult = { seconds: [], stored: 0, shared: [] };
-    for (const image of corpus.images) {
-      const t = performance.now();
-      const s = await c.backup(image);
-      r.seconds.push((performance.now() - t) / 1000);
-      if (s.dataBytes) r.shared.push((s.dedupBytes ?? 0) / s.dataBytes);
-      log(`${c.label}: ${image.name} in ${r.seconds.at(-1)!.toFixed(2)} s`);
-    }
-    r.stored = c.storedBytes();
-    return r;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+  const c: Contender = which === "cdc" ? await stowage(dir, "cdc") : which === "fixed" ? await stowage(dir, "fixed") : which === "borg" ? await borg(dir) : await restic(dir);
+  const r: RunResult = { seconds: [], stored: 0, shared: [] };
+  for (const image of corpus.images) {
+    const t = performance.now();
+    const s = await c.backup(image);
+    r.seconds.push((performance.now() - t) / 1000);
+    if (s.dataBytes) r.shared.push((s.dedupBytes ?? 0) / s.dataBytes);
+    log(`${c.label}: ${image.name} in ${r.seconds.at(-1)!.toFixed(2)} s`);
   }
+  r.stored = c.storedBytes();
+  return r;
 }
 
 /** Single-core speeds of the engine's parts on the first image's data, MB/s. */
@@ -104,6 +102,23 @@ async function partSpeeds(corpus: Corpus) {
     cdcChunking: time(() => {
       for (let p = 0; p < whole.length; ) p += cdc.cut(whole, p, Math.min(whole.length, p + CDC_DEFAULTS.max));
     }),
+    // As a worker cuts: 4 MiB segments copied into the module's memory (grown beforehand) as it goes.
+    cdcWasm: ((cutter) =>
+      time(() => {
+        for (let s = 0, p = 0; s < whole.length; s += 4 << 20) {
+          const seg = whole.subarray(s, Math.min(whole.length, s + (4 << 20) + CDC_DEFAULTS.max));
+          cutter.begin(seg);
+          for (p -= s; p < Math.min(4 << 20, seg.length); ) p += cutter.cut(p, seg.length);
+          p += s;
+        }
+      }))(
+      (() => {
+        const { gear, maskHard, maskEasy } = cdcTables(CDC_DEFAULTS);
+        const c = wasmCutter(CDC_WASM, gear, maskHard, maskEasy, CDC_DEFAULTS.min, CDC_DEFAULTS.avg, CDC_DEFAULTS.max);
+        c.begin(Buffer.alloc((4 << 20) + CDC_DEFAULTS.max));
+        return c;
+      })(),
+    ),
     sha256: time(() => data.forEach((d) => sha256(d))),
     zstd1: 0,
     zstd3: 0,
@@ -123,7 +138,15 @@ async function warm(corpus: Corpus) {
 async function main() {
   const o = parseArgs(process.argv.slice(2));
   const corpus = await buildCorpus(o.quick, log);
-  const work = mkdtempSync(join(tmpdir(), "stowage-dedup-bench-"));
+  // Repositories go next to the corpus, not into /tmp, and are all removed at the end,
+  // not after each run. Creating a file on ext4 without a journal (as here) scans past
+  // every inode of its block group freed in the last seconds to minutes; /tmp, which
+  // every test on the machine fills and empties, made Stowage's chunk files cost
+  // ~0.5 ms each to create there instead of ~0.03 ms (measured), and so would deleting
+  // one contender's repository just before the next one writes. DEDUP_WORK_DIR moves it.
+  const base = process.env.DEDUP_WORK_DIR ?? join(corpus.dir, "work");
+  mkdirSync(base, { recursive: true });
+  const work = mkdtempSync(join(base, "stowage-dedup-bench-"));
   const cleanup = () => rmSync(work, { recursive: true, force: true });
   for (const sig of ["SIGINT", "SIGTERM"] as const)
     process.once(sig, () => {
@@ -182,7 +205,7 @@ function report(o: ReturnType<typeof parseArgs>, corpus: Corpus, results: Map<Wh
     }
   }
   const sp = Object.fromEntries(Object.entries(speeds).map(([k, v]) => [k, median(v)]));
-  p(`engine parts, one core, on ${images[0]!.name}'s non-zero data (MB/s, median of ${speeds.sha256!.length}): CDC chunking ${sp.cdcChunking!.toFixed(0)}, SHA-256 ${sp.sha256!.toFixed(0)}, zstd-1 ${sp.zstd1!.toFixed(0)}, zstd-3 ${sp.zstd3!.toFixed(0)}`);
+  p(`engine parts, one core, on ${images[0]!.name}'s non-zero data (MB/s, median of ${speeds.sha256!.length}): CDC chunking ${sp.cdcChunking!.toFixed(0)} (JavaScript) / ${sp.cdcWasm!.toFixed(0)} (WebAssembly, as the workers cut), SHA-256 ${sp.sha256!.toFixed(0)}, zstd-1 ${sp.zstd1!.toFixed(0)}, zstd-3 ${sp.zstd3!.toFixed(0)}`);
   out.parts = sp;
   if (o.json) p(JSON.stringify(out));
 }
