@@ -102,12 +102,13 @@ export async function exchangeGreeting(io: HandshakeIO): Promise<{ noZeroes: boo
   return { noZeroes };
 }
 
-interface OptionReply {
+export interface OptionReply {
   type: number;
   data: Buffer;
 }
 
-async function readOptionReply(io: HandshakeIO, option: number): Promise<OptionReply> {
+/** Reads one option reply to `option` (header and data), checking magic, option and length. */
+export async function readOptionReply(io: HandshakeIO, option: number): Promise<OptionReply> {
   const h = decodeOptionReplyHeader(await io.read(OPTION_REPLY_HEADER_SIZE));
   if (!h.magicOk) throw new NbdProtocolError("bad option reply magic");
   if (h.option !== option) throw new NbdProtocolError(`option reply for option ${h.option}, expected ${option}`);

@@ -7,8 +7,8 @@
 // and its own connection were most of the ~50 ms that took).
 import { connect, type Socket } from "node:net";
 import { NbdProtocolError } from "../../lib/nbd/errors.js";
-import { ByteQueue, exchangeGreeting, negotiateGo } from "../../lib/nbd/client-handshake.js";
-import { Cmd, decodeOptionReplyHeader, encodeOption, encodeRequest, isRepError, Opt, OPTION_REPLY_HEADER_SIZE, Rep, STRUCTURED_REPLY_MAGIC } from "../../lib/nbd/protocol.js";
+import { ByteQueue, exchangeGreeting, negotiateGo, readOptionReply } from "../../lib/nbd/client-handshake.js";
+import { Cmd, encodeOption, encodeRequest, isRepError, Opt, Rep, STRUCTURED_REPLY_MAGIC } from "../../lib/nbd/protocol.js";
 import { parseNbdUri } from "../../lib/nbd-uri.js";
 
 export interface Extent {
@@ -29,13 +29,6 @@ const REPLY_TYPE_ERROR_OFFSET = 32770;
 const STRUCTURED_HEADER_SIZE = 20;
 /** Bytes asked about per request (the length is 32 bits; the server may answer for less). */
 const MAX_REQUEST = 2 ** 31;
-
-async function optionReply(q: ByteQueue, option: number): Promise<{ type: number; data: Buffer }> {
-  const h = decodeOptionReplyHeader(await q.read(OPTION_REPLY_HEADER_SIZE));
-  if (!h.magicOk || h.option !== option) throw new NbdProtocolError(`bad reply to option ${option}`);
-  if (h.length > 64 * 1024) throw new NbdProtocolError(`option reply of ${h.length} bytes is too long`);
-  return { type: h.type, data: h.length ? await q.read(h.length) : Buffer.alloc(0) };
-}
 
 function metaContextRequest(exportName: string, contexts: string[]): Buffer {
   const parts: Buffer[] = [];
@@ -73,12 +66,12 @@ export async function nbdExtents(uri: string, contexts: string[]): Promise<{ siz
     });
     const { noZeroes } = await exchangeGreeting(io);
     io.write(encodeOption(Opt.STRUCTURED_REPLY));
-    const sr = await optionReply(q, Opt.STRUCTURED_REPLY);
+    const sr = await readOptionReply(io, Opt.STRUCTURED_REPLY);
     if (sr.type !== Rep.ACK) throw new NbdProtocolError("the server does not do structured replies (needed for block status)");
     io.write(encodeOption(Opt.SET_META_CONTEXT, metaContextRequest(a.exportName, contexts)));
     const ids = new Map<number, string>();
     for (;;) {
-      const r = await optionReply(q, Opt.SET_META_CONTEXT);
+      const r = await readOptionReply(io, Opt.SET_META_CONTEXT);
       if (r.type === Rep.ACK) break;
       if (r.type === Rep.META_CONTEXT) ids.set(r.data.readUInt32BE(0), r.data.subarray(4).toString("utf8"));
       else if (isRepError(r.type)) throw new NbdProtocolError(`the server refused metadata contexts ${contexts.join(", ")}: ${r.data.toString("utf8")}`, r.type);
