@@ -40,9 +40,14 @@ export async function run(file: string, args: string[], opts: RunOptions = {}): 
     });
     return { stdout: String(r.stdout), stderr: String(r.stderr) };
   } catch (err: any) {
-    const stderr = String(err?.stderr ?? "") || (err?.timedOut ? `timed out after ${opts.timeoutMs ?? 60_000} ms` : String(err?.shortMessage ?? err));
-    throw new ExecError(cmd, typeof err?.exitCode === "number" ? err.exitCode : undefined, stderr, err);
+    throw execError(cmd, err, opts.timeoutMs ?? 60_000);
   }
+}
+
+/** An execa failure as ExecError: the command's stderr, else why it ended. */
+function execError(cmd: string, err: any, timeoutMs: number): ExecError {
+  const stderr = String(err?.stderr ?? "") || (err?.timedOut ? `timed out after ${timeoutMs} ms` : String(err?.shortMessage ?? err));
+  return new ExecError(cmd, typeof err?.exitCode === "number" ? err.exitCode : undefined, stderr, err);
 }
 
 export interface Watcher {
@@ -67,8 +72,7 @@ export function watchLines(file: string, args: string[], onLine: (line: string) 
     () => undefined,
     (err: any) => {
       if (stopped && err?.isTerminated) return;
-      const stderr = String(err?.stderr ?? "") || (err?.timedOut ? `timed out after ${timeoutMs} ms` : String(err?.shortMessage ?? err));
-      throw new ExecError(cmd, typeof err?.exitCode === "number" ? err.exitCode : undefined, stderr, err);
+      throw execError(cmd, err, timeoutMs);
     },
   );
   return {

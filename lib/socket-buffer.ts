@@ -11,7 +11,10 @@
 // setsockopt on it: the option belongs to the kernel socket, which both processes
 // share, and perl's copy of the descriptor closes when it exits. SO_SNDBUFFORCE
 // (root, as the agent and its frontends run) ignores net.core.wmem_max; without
-// root SO_SNDBUF is tried, which the kernel caps at that maximum.
+// root SO_SNDBUF is tried, which the kernel caps at that maximum. This spawns perl
+// itself rather than through lib/exec: that would load execa into every frontend
+// (about 90 ms of its start, and so of every attach and migration), and the socket
+// must be handed over as a stream, not a descriptor number.
 import { spawn } from "node:child_process";
 import type { Socket } from "node:net";
 

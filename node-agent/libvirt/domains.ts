@@ -6,12 +6,12 @@ import { diskXml, firstFreeTarget } from "../../lib/libvirt-xml.js";
 import type { Logger } from "../../lib/logger.js";
 import { validateDomainName, validateName } from "../../lib/names.js";
 import type { Domain, DomainJob } from "../../gen/stowage/v1/agent.js";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Watcher } from "../../lib/exec.js";
 import { Virsh, type DomainState, type JobInfo } from "./virsh.js";
 
 const DETACH_WAIT_MS = 15_000;
 const MIGRATE_TIMEOUT_MS = 60 * 60_000;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** A destination event watcher runs this long, then the next one (so one orphaned by an agent crash ends soon). */
 const WATCH_SLICE_S = 30;
 
