@@ -26,7 +26,7 @@ export class Frontend {
    * Fails (and cleans up) otherwise.
    */
   static async start(args: FrontendArgs, log: Logger): Promise<Frontend> {
-    const opened = await Promise.allSettled(args.replicas.map((a) => Replica.open(a, args.connections, log, args.stallTimeoutMs, args.sendBufferBytes)));
+    const opened = await Promise.allSettled(args.replicas.map((a) => Replica.open(a, args.connections, { log, stallTimeoutMs: args.stallTimeoutMs, sendBufferBytes: args.sendBufferBytes })));
     const replicas = opened.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     const unreachable = args.replicas.filter((_, i) => opened[i]!.status === "rejected");
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === "rejected");

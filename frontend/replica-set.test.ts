@@ -187,7 +187,7 @@ describe("ReplicaSet", () => {
 describe("ReplicaSet with the recorded write policy", () => {
   async function named(name: string, size = 4 * MiB, stallTimeoutMs?: number): Promise<{ s: TestServer; r: Replica; uri: string }> {
     const s = await replicaServer(size, { name });
-    const r = await Replica.open({ spec: `unix:${s.socketPath}:${name}`, socketPath: s.socketPath, exportName: name }, 2, undefined, stallTimeoutMs);
+    const r = await Replica.open({ spec: `unix:${s.socketPath}:${name}`, socketPath: s.socketPath, exportName: name }, 2, { stallTimeoutMs });
     cleanups.push(() => r.close());
     return { s, r, uri: `nbd+unix:///${name}?socket=${s.socketPath}` };
   }

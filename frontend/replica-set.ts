@@ -27,7 +27,7 @@ import { NbdError } from "../lib/nbd/errors.js";
 import { formatNbdUri, parseNbdUri } from "../lib/nbd-uri.js";
 import { exportMap, markDataRegions } from "./sync/allocation.js";
 import type { ReplicaAddress } from "./args.js";
-import { Gather, Replica } from "./replica.js";
+import { Gather, Replica, type OpenOptions } from "./replica.js";
 import { DirtyMap } from "./sync/dirty-map.js";
 import { RegionLocks, type Token } from "./sync/region-locks.js";
 import { copyDirtyRegions, ResyncAborted } from "./sync/resync.js";
@@ -127,8 +127,8 @@ const specOf = (uri: string): ReplicaAddress | undefined => {
 };
 
 /** Opens a replica, or gives up after `ms` (undefined: it did not answer). */
-async function openWithin(address: ReplicaAddress, connections: number, ms: number, log?: Logger, stallTimeoutMs?: number, sendBufferBytes?: number): Promise<Replica | undefined> {
-  const opening = Replica.open(address, connections, log, stallTimeoutMs, sendBufferBytes).catch(() => undefined);
+async function openWithin(address: ReplicaAddress, connections: number, ms: number, opts: OpenOptions): Promise<Replica | undefined> {
+  const opening = Replica.open(address, connections, opts).catch(() => undefined);
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), ms)));
   const r = await Promise.race([opening, late]);
@@ -230,6 +230,11 @@ export class ReplicaSet implements NbdBackend {
     return !this.fenced && this.readAt !== undefined && performance.now() - this.readAt < (this.sync!.leaseMs ?? LEASE_MS);
   }
 
+  /** How replicas opened later (reconnects, replicas added) are opened. */
+  private replicaOptions(): OpenOptions {
+    return { log: this.log, stallTimeoutMs: this.sync!.stallTimeoutMs, sendBufferBytes: this.sync!.sendBufferBytes };
+  }
+
   private replicaOf(id: string): Replica | undefined {
     return this.members.get(id)?.replica;
   }
@@ -314,7 +319,7 @@ export class ReplicaSet implements NbdBackend {
         [...this.members.values()]
           .filter((m) => recorded.get(m.id)?.inSync && !m.replica?.healthy && m.address)
           .map(async (m) => {
-            const r = await openWithin(m.address!, this.sync!.connections ?? 2, 2_000, this.log, this.sync!.stallTimeoutMs, this.sync!.sendBufferBytes);
+            const r = await openWithin(m.address!, this.sync!.connections ?? 2, 2_000, this.replicaOptions());
             if (r && r.info.size === this.size) {
               m.replica?.destroy();
               m.replica = r;
@@ -467,7 +472,7 @@ export class ReplicaSet implements NbdBackend {
   private async resync(m: Member): Promise<void> {
     const policy = this.policy!;
     if (!m.replica?.healthy) {
-      const r = await openWithin(m.address!, this.sync!.connections ?? 2, 10_000, this.log, this.sync!.stallTimeoutMs, this.sync!.sendBufferBytes);
+      const r = await openWithin(m.address!, this.sync!.connections ?? 2, 10_000, this.replicaOptions());
       if (!r) return; // still away; tried again on the next refresh
       if (r.info.size !== this.size) {
         this.log?.error({ replica: m.id, size: r.info.size, volumeSize: this.size }, "reconnected replica has another size; not used");

@@ -43,6 +43,14 @@ const FILL = 16;
 /** Default: a connection with requests in flight and no reply for this long is dropped. */
 export const STALL_TIMEOUT_MS = 8_000;
 
+export interface OpenOptions {
+  log?: Logger;
+  /** A connection with requests in flight and no reply for this long is dropped (0: never; default STALL_TIMEOUT_MS). */
+  stallTimeoutMs?: number;
+  /** Send buffer of unix connections (lib/socket-buffer.ts); unset keeps the system default. */
+  sendBufferBytes?: number;
+}
+
 export class Replica extends EventEmitter<ReplicaEvents> {
   private congestedCount = 0;
   private readonly watchdog: NodeJS.Timeout | undefined;
@@ -89,7 +97,8 @@ export class Replica extends EventEmitter<ReplicaEvents> {
    * Opens `connections` connections to the replica's export; all must succeed. A unix
    * connection gets `sendBufferBytes` as its send buffer (lib/socket-buffer.ts).
    */
-  static async open(address: ReplicaAddress, connections: number, log?: Logger, stallTimeoutMs = STALL_TIMEOUT_MS, sendBufferBytes?: number): Promise<Replica> {
+  static async open(address: ReplicaAddress, connections: number, opts: OpenOptions = {}): Promise<Replica> {
+    const { log, stallTimeoutMs = STALL_TIMEOUT_MS, sendBufferBytes } = opts;
     const opened = await Promise.allSettled(
       Array.from({ length: connections }, () =>
         NbdClient.connect({ socketPath: address.socketPath, host: address.host, port: address.port, exportName: address.exportName, sendBufferBytes }),
