@@ -61,6 +61,16 @@ export interface PoolSettings {
   coldAfter?: string;
 }
 
+/** How far a running pool job has got, as its agent last said (GetPoolJobProgress). */
+export interface PoolJobProgressRecord {
+  totalBytes: number;
+  doneBytes: number;
+  itemsTotal: number;
+  itemsDone: number;
+  /** What it does now: "hashing file 3 of 12 (vm1.r-1a2b.qcow2)". */
+  phase: string;
+}
+
 /** A pool's dedup run, under way or the last one (pool-dedup/NODE@POOL): observed, not desired. */
 export interface PoolDedupRecord {
   node: string;
@@ -78,6 +88,8 @@ export interface PoolDedupRecord {
   freedBytes: number;
   scannedBytes: number;
   message: string;
+  /** While it runs: how far it has got, as the agent said at the last heartbeat. */
+  progress?: PoolJobProgressRecord;
 }
 
 /** One image of a compression run, as the agent reported it. */
@@ -111,6 +123,8 @@ export interface PoolCompressRecord {
   skipped: number;
   message: string;
   images: PoolCompressImageRecord[];
+  /** While it runs: how far it has got, as the agent said at the last heartbeat. */
+  progress?: PoolJobProgressRecord;
 }
 
 /** Kept under a lease that the leader refreshes on each heartbeat: gone means offline. */
@@ -124,9 +138,24 @@ export interface ReplicaPlacement {
   node: string;
   pool: string;
   /** Set while the replica misses acknowledged writes (recorded by a frontend). */
-  outOfSync?: { sinceMs: number; reason: string; generation: number };
+  outOfSync?: { sinceMs: number; reason: string; generation: number; agentCopy?: AgentCopyRecord };
   /** The last copy that brought the replica back in sync. */
   lastResync?: { atMs: number; kind: ResyncKind; bytes: number; ms: number };
+}
+
+/**
+ * The bulk copy of a new replica of an attached volume by its agent
+ * (controller/attached-rebuild.ts). `token` names the frontend's dirty map that
+ * tracks every write since before the copy started (TrackReplica); `copied` is set
+ * once the agent copied while that map tracked, and the replica is exported then
+ * for the frontend to copy only what was written meanwhile.
+ */
+export interface AgentCopyRecord {
+  token: string;
+  /** The node whose frontend tracks. */
+  node: string;
+  sinceMs: number;
+  copied?: { startedAtMs: number; atMs: number; bytes: number; ms: number };
 }
 
 /** incremental: only regions written while the replica was away; full: every allocated region. */

@@ -16,7 +16,7 @@ import { coldAfterMs, compressDecision, COMPRESS_STALE_MS, DEFAULT_COLD_AFTER, p
 import { keys } from "./keys.js";
 import type { PoolCompressImageRecord, PoolCompressRecord, PoolSettings } from "./model.js";
 import type { ClusterStore } from "./store.js";
-import { schedulePoolJobs } from "./pool-job-schedule.js";
+import { poolJobHeartbeat, poolJobProgressFields, schedulePoolJobs } from "./pool-job-schedule.js";
 
 /** Per-image lines kept in etcd; a pool with more images keeps the first ones (skips last). */
 const MAX_IMAGES = 200;
@@ -29,6 +29,7 @@ export interface PoolCompressDeps {
   instance: string;
   log: Logger;
   checkEveryMs?: number;
+  /** How often a running job's progress is asked of its agent and recorded (default 2 s). */
   heartbeatMs?: number;
   now?: () => Date;
 }
@@ -103,7 +104,14 @@ export class PoolCompressJobs {
       };
       await this.put(rec);
       this.d.log.info({ node, pool, trigger, coldAfterMs: cold }, "compression of a pool: started");
-      const beat = setInterval(() => void this.put({ ...rec, updatedAtMs: Date.now() }).catch(() => undefined), this.d.heartbeatMs ?? 5_000);
+      const beat = poolJobHeartbeat(
+        this.d.heartbeatMs ?? 2_000,
+        async () => {
+          const p = await this.d.agents.for(node).getPoolJobProgress({ pool, kind: "compress" }, { timeoutMs: 5_000 });
+          return p.running ? { totalBytes: p.totalBytes, doneBytes: p.doneBytes, itemsTotal: p.itemsTotal, itemsDone: p.itemsDone, phase: p.phase } : undefined;
+        },
+        (progress) => this.put({ ...rec, updatedAtMs: Date.now(), progress }),
+      );
       try {
         const r = await this.d.agents.for(node).compressImages({ pool, coldAfterMs: cold }, { timeoutMs: 24 * 3600_000 });
         const images: PoolCompressImageRecord[] = r.images.map((i) => ({ ...i, action: i.action as PoolCompressImageRecord["action"] }));
@@ -125,7 +133,7 @@ export class PoolCompressJobs {
       } catch (err) {
         rec = { ...rec, state: "failed", updatedAtMs: Date.now(), finishedAtMs: Date.now(), message: errorMessage(err) };
       } finally {
-        clearInterval(beat);
+        await beat.stop();
       }
       await this.put(rec);
       this.d.log.info({ node, pool, state: rec.state, saved: rec.savedBytes, compressed: rec.compressed }, "compression of a pool: finished");
@@ -190,13 +198,10 @@ export function poolCompressJobs(records: PoolCompressRecord[], now: number): Jo
         node: r.node,
         runner: r.runner,
         state: stalled ? JobState.JOB_STATE_STALLED : JobState.JOB_STATE_RUNNING,
-        message: `pool ${r.node}/${r.pool}: ${stalled ? `no progress report for ${Math.round((now - r.updatedAtMs) / 1000)}s; its controller may have died` : r.message}`,
-        totalBytes: 0,
-        copiedBytes: 0,
-        bytesPerSec: 0,
+        message: `pool ${r.node}/${r.pool}: ${stalled ? `no progress report for ${Math.round((now - r.updatedAtMs) / 1000)}s; its controller may have died` : r.progress?.phase || r.message}`,
+        ...poolJobProgressFields(r.startedAtMs, r.progress, now, 0),
         startedAtMs: r.startedAtMs,
         updatedAtMs: r.updatedAtMs,
-        etaSeconds: 0,
       };
     })
     .sort((a, b) => a.message.localeCompare(b.message));

@@ -16,7 +16,7 @@ import { dedupDecision, DEDUP_STALE_MS } from "./dedup-schedule.js";
 import { keys } from "./keys.js";
 import type { PoolDedupRecord, PoolSettings } from "./model.js";
 import type { ClusterStore } from "./store.js";
-import { schedulePoolJobs } from "./pool-job-schedule.js";
+import { poolJobHeartbeat, poolJobProgressFields, schedulePoolJobs } from "./pool-job-schedule.js";
 
 export interface PoolDedupDeps {
   store: ClusterStore;
@@ -27,7 +27,7 @@ export interface PoolDedupDeps {
   log: Logger;
   /** How often the schedule is looked at (default 30 s). */
   checkEveryMs?: number;
-  /** How often a running job's record is refreshed (default 5 s). */
+  /** How often a running job's progress is asked of its agent and recorded (default 2 s). */
   heartbeatMs?: number;
   now?: () => Date;
 }
@@ -94,7 +94,14 @@ export class PoolDedupJobs {
       };
       await this.put(rec);
       this.d.log.info({ node, pool, trigger }, "dedup of a pool: started");
-      const beat = setInterval(() => void this.put({ ...rec, updatedAtMs: Date.now() }).catch(() => undefined), this.d.heartbeatMs ?? 5_000);
+      const beat = poolJobHeartbeat(
+        this.d.heartbeatMs ?? 2_000,
+        async () => {
+          const p = await this.d.agents.for(node).getPoolJobProgress({ pool, kind: "dedup" }, { timeoutMs: 5_000 });
+          return p.running ? { totalBytes: p.totalBytes, doneBytes: p.doneBytes, itemsTotal: p.itemsTotal, itemsDone: p.itemsDone, phase: p.phase } : undefined;
+        },
+        (progress) => this.put({ ...rec, updatedAtMs: Date.now(), progress }),
+      );
       try {
         const r = await agent.dedupImages({ pool, checkOnly: false }, { timeoutMs: 12 * 3600_000 });
         const dedup = Math.max(0, r.sharedSavedBytes - r.sharedSavedBytesBefore);
@@ -112,7 +119,7 @@ export class PoolDedupJobs {
       } catch (err) {
         rec = { ...rec, state: "failed", updatedAtMs: Date.now(), finishedAtMs: Date.now(), message: errorMessage(err) };
       } finally {
-        clearInterval(beat);
+        await beat.stop();
       }
       await this.put(rec);
       this.d.log.info({ node, pool, state: rec.state, deduplicated: rec.deduplicatedBytes, saved: rec.savedBytes, freed: rec.freedBytes }, "dedup of a pool: finished");
@@ -167,13 +174,10 @@ export function poolDedupJobs(records: PoolDedupRecord[], now: number): Job[] {
         node: r.node,
         runner: r.runner,
         state: stalled ? JobState.JOB_STATE_STALLED : JobState.JOB_STATE_RUNNING,
-        message: `pool ${r.node}/${r.pool}: ${stalled ? `no progress report for ${Math.round((now - r.updatedAtMs) / 1000)}s; its controller may have died` : r.message}`,
-        totalBytes: r.scannedBytes,
-        copiedBytes: 0,
-        bytesPerSec: 0,
+        message: `pool ${r.node}/${r.pool}: ${stalled ? `no progress report for ${Math.round((now - r.updatedAtMs) / 1000)}s; its controller may have died` : r.progress?.phase || r.message}`,
+        ...poolJobProgressFields(r.startedAtMs, r.progress, now, r.scannedBytes),
         startedAtMs: r.startedAtMs,
         updatedAtMs: r.updatedAtMs,
-        etaSeconds: 0,
       };
     })
     .sort((a, b) => a.message.localeCompare(b.message));

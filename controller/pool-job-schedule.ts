@@ -3,7 +3,7 @@
 // job is due and not already running on this leader is started in the background.
 import { errorMessage } from "../lib/errors.js";
 import type { Logger } from "../lib/logger.js";
-import type { PoolSettings } from "./model.js";
+import type { PoolJobProgressRecord, PoolSettings } from "./model.js";
 import type { ClusterStore } from "./store.js";
 
 export interface PoolJobScheduleOptions {
@@ -33,4 +33,37 @@ export function schedulePoolJobs(o: PoolJobScheduleOptions): { stop(): void } {
   };
   timer = setTimeout(tick, Math.min(o.everyMs, 3_000));
   return { stop: () => clearTimeout(timer) };
+}
+
+/**
+ * While a pool job runs: every `everyMs`, ask its agent how far it has got and
+ * refresh the run's record with that (a record not refreshed shows stalled). `stop`
+ * waits for a refresh under way, so it never lands after the run's final record.
+ */
+export function poolJobHeartbeat(everyMs: number, poll: () => Promise<PoolJobProgressRecord | undefined>, put: (progress: PoolJobProgressRecord | undefined) => Promise<void>): { stop(): Promise<void> } {
+  let last: PoolJobProgressRecord | undefined;
+  let chain: Promise<void> = Promise.resolve();
+  const tick = async () => {
+    // An agent that cannot answer keeps the last figures: the record still shows the run alive.
+    last = (await poll().catch(() => undefined)) ?? last;
+    await put(last);
+  };
+  const timer = setInterval(() => {
+    chain = chain.then(tick).catch(() => undefined);
+  }, everyMs);
+  return {
+    stop: async () => {
+      clearInterval(timer);
+      await chain;
+    },
+  };
+}
+
+/** The progress fields of `stowctl job list` for a running pool job; `fallbackTotal` when the agent has not said yet. */
+export function poolJobProgressFields(startedAtMs: number, progress: PoolJobProgressRecord | undefined, now: number, fallbackTotal = 0) {
+  const totalBytes = progress?.totalBytes ?? fallbackTotal;
+  const copiedBytes = Math.min(totalBytes, progress?.doneBytes ?? 0);
+  const bytesPerSec = copiedBytes > 0 ? Math.round(copiedBytes / (Math.max(1, now - startedAtMs) / 1000)) : 0;
+  const etaSeconds = bytesPerSec > 0 ? Math.ceil((totalBytes - copiedBytes) / bytesPerSec) : 0;
+  return { totalBytes, copiedBytes, bytesPerSec, etaSeconds };
 }

@@ -127,4 +127,9 @@ describe("AgentService over gRPC", () => {
     await agent.ensureReplica({ ...req, sizeBytes: MiB, exported: true });
     expect(await agent.deleteReplica({ id: "r-0000e001", pool: "default" })).toEqual({ deleted: true });
   });
+
+  it("answers GetPoolJobProgress: nothing running on an agent without pool jobs; an unknown kind is refused", async () => {
+    expect(await agent.getPoolJobProgress({ pool: "default", kind: "compress" })).toMatchObject({ running: false, doneBytes: 0 });
+    await expect(agent.getPoolJobProgress({ pool: "default", kind: "defrag" })).rejects.toBeInstanceOf(InvalidArgumentError);
+  });
 });

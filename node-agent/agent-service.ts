@@ -233,5 +233,11 @@ export function createAgentService(
       const r = await compress.run(req.pool, req.coldAfterMs);
       return { ...r, images: r.images.map((i) => ({ ...i })) };
     },
+
+    getPoolJobProgress: async (req) => {
+      if (req.kind !== "dedup" && req.kind !== "compress") throw new InvalidArgumentError(`unknown pool job kind "${req.kind}"; use "dedup" or "compress"`);
+      const source = req.kind === "dedup" ? dedup : compress;
+      return source ? source.progress.get(req.kind, req.pool) : { running: false, totalBytes: 0, doneBytes: 0, itemsTotal: 0, itemsDone: 0, phase: "" };
+    },
   };
 }

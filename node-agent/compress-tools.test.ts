@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { compareCommand, compressCommand, eligibility, formatAge, parseImageFacts, type ImageFacts } from "./compress-tools.js";
+import { compareCommand, compressCommand, eligibility, formatAge, parseConvertProgress, parseImageFacts, type ImageFacts } from "./compress-tools.js";
 
 const DAY = 86_400_000;
 const NOW = 100 * DAY;
@@ -34,7 +34,7 @@ describe("command lines", () => {
   it("rewrites throttled, with zstd 64 KiB clusters, the source format given and the lock taken", () => {
     expect(compressCommand({ src: "/p/v.r-0000abcd.qcow2", tmp: "/p/.v.r-0000abcd.qcow2.tmp-01" })).toEqual({
       file: "nice",
-      args: "-n 19 ionice -c 3 qemu-img convert -f qcow2 -O qcow2 -c -o compression_type=zstd,cluster_size=65536 -m 1 /p/v.r-0000abcd.qcow2 /p/.v.r-0000abcd.qcow2.tmp-01".split(" "),
+      args: "-n 19 ionice -c 3 qemu-img convert -p -f qcow2 -O qcow2 -c -o compression_type=zstd,cluster_size=65536 -m 1 /p/v.r-0000abcd.qcow2 /p/.v.r-0000abcd.qcow2.tmp-01".split(" "),
     });
     expect(compressCommand({ src: "a", tmp: "b" }).args).not.toContain("-U");
   });
@@ -63,5 +63,15 @@ describe("parseImageFacts", () => {
 
   it("formats ages by their largest unit", () => {
     expect([formatAge(7 * DAY), formatAge(36 * 3600_000), formatAge(2 * 3600_000), formatAge(90_000), formatAge(5_000)]).toEqual(["7d", "1.5d", "2h", "1.5m", "5s"]);
+  });
+});
+
+describe("parseConvertProgress", () => {
+  it("reads qemu-img's progress lines and nothing else", () => {
+    expect(parseConvertProgress("    (0.00/100%)")).toBe(0);
+    expect(parseConvertProgress("    (42.17/100%)")).toBeCloseTo(0.4217);
+    expect(parseConvertProgress("    (100.00/100%)")).toBe(1);
+    expect(parseConvertProgress("")).toBeUndefined();
+    expect(parseConvertProgress("qemu-img: error while writing")).toBeUndefined();
   });
 });

@@ -59,6 +59,7 @@ export interface CompressCommandOptions {
  * the source format is given (never probed), the target is qcow2 with zstd
  * compressed 64 KiB clusters. Without -U: qemu-img takes the image's lock, so
  * a daemon that opened it meanwhile makes the convert fail instead of racing.
+ * `-p`: its progress on stdout (parseConvertProgress).
  */
 export function compressCommand(o: CompressCommandOptions): { file: string; args: string[] } {
   const rate = o.rateLimitBytes && o.rateLimitBytes > 0 ? ["-r", String(Math.floor(o.rateLimitBytes))] : [];
@@ -66,7 +67,7 @@ export function compressCommand(o: CompressCommandOptions): { file: string; args
     file: "nice",
     args: [
       "-n", "19", "ionice", "-c", "3",
-      "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", "-c", "-o", "compression_type=zstd,cluster_size=65536", "-m", "1", ...rate, o.src, o.tmp,
+      "qemu-img", "convert", "-p", "-f", "qcow2", "-O", "qcow2", "-c", "-o", "compression_type=zstd,cluster_size=65536", "-m", "1", ...rate, o.src, o.tmp,
     ],
   };
 }
@@ -88,4 +89,10 @@ export function parseImageFacts(stdout: string): { format: string; snapshotCount
   const snapshotCount = Array.isArray(j.snapshots) ? j.snapshots.length : 0;
   const backing = typeof j["backing-filename"] === "string" ? j["backing-filename"] : undefined;
   return backing ? { format: j.format, snapshotCount, backingFile: backing } : { format: j.format, snapshotCount };
+}
+
+/** The fraction done in one line of `qemu-img convert -p` output ("    (42.17/100%)"), else undefined. */
+export function parseConvertProgress(line: string): number | undefined {
+  const m = /^\s*\((\d+(?:\.\d+)?)\/100%\)\s*$/.exec(line);
+  return m ? Math.min(1, Number(m[1]) / 100) : undefined;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { cannotShare, duperemoveCommand, filesystemName, parseFilefrag, sharingSavings } from "./dedup-tools.js";
+import { cannotShare, duperemoveCommand, filesystemName, duperemoveProgress, parseDuperemoveLine, parseFilefrag, sharingSavings } from "./dedup-tools.js";
 
 // Captured from filefrag 1.47 on XFS after duperemove deduplicated two qcow2 images.
 const FILEFRAG = `Filesystem type is: 58465342
@@ -58,5 +58,25 @@ describe("filefrag", () => {
     expect(sharingSavings([r(0, 100), r(0, 100), r(0, 100)])).toBe(200);
     expect(sharingSavings([r(0, 100), r(50, 100)])).toBe(50);
     expect(sharingSavings([{ ...r(0, 100), shared: false }])).toBe(0);
+  });
+});
+
+describe("parseDuperemoveLine", () => {
+  it("reads the hashing and sharing steps of duperemove 0.11's output", () => {
+    // Lines captured from duperemove 0.11 deduplicating three files on XFS.
+    expect(parseDuperemoveLine("[2/3] (66.67%) csum: /mnt/x/b c")).toEqual({ step: "hashing", index: 2, count: 3, file: "/mnt/x/b c" });
+    expect(parseDuperemoveLine("[0x555e999a80c0] (1/4) Try to dedupe extents with id f2c604d3")).toEqual({ step: "sharing", index: 1, count: 4 });
+    for (const other of ["Gathering file list...", "Total files:  3", "[0x555e999a80c0] Skipping - extents are already deduped.", "Found 2 identical extents.", ""]) {
+      expect(parseDuperemoveLine(other)).toBeUndefined();
+    }
+  });
+});
+
+describe("duperemoveProgress", () => {
+  it("counts the hashed share of the bytes, then the sharing step", () => {
+    expect(duperemoveProgress("[1/4] (25.00%) csum: /p/a.qcow2", 400)).toEqual({ doneBytes: 0, itemsDone: 0, itemsTotal: 4, phase: "hashing file 1 of 4 (a.qcow2)" });
+    expect(duperemoveProgress("[3/4] (75.00%) csum: /p/c.qcow2", 400)).toMatchObject({ doneBytes: 200, itemsDone: 2 });
+    expect(duperemoveProgress("[0x5] (2/7) Try to dedupe extents with id 1", 400)).toEqual({ doneBytes: 400, itemsDone: 1, itemsTotal: 7, phase: "sharing identical extents 2 of 7" });
+    expect(duperemoveProgress("Total files:  4", 400)).toBeUndefined();
   });
 });

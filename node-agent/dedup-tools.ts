@@ -102,3 +102,38 @@ export function sharingSavings(extents: FileExtent[]): number {
   if (curEnd > curStart) physical += curEnd - curStart;
   return Math.max(0, logical - physical);
 }
+
+/** What one line of duperemove's output says about its progress. */
+export type DuperemoveProgress =
+  | { step: "hashing"; index: number; count: number; file: string }
+  | { step: "sharing"; index: number; count: number }
+  | undefined;
+
+/**
+ * duperemove 0.11 prints "[3/12] (25.00%) csum: FILE" as it starts hashing each file
+ * that changed since the hash file was written, then "[0x...] (2/7) Try to dedupe
+ * extents with id ..." for each set of identical extents it shares.
+ */
+export function parseDuperemoveLine(line: string): DuperemoveProgress {
+  const h = /^\[(\d+)\/(\d+)\] \([\d.]+%\) csum: (.+)$/.exec(line);
+  if (h) return { step: "hashing", index: Number(h[1]), count: Number(h[2]), file: h[3]! };
+  const d = /^\[0x[0-9a-f]+\] \((\d+)\/(\d+)\) Try to dedupe/.exec(line);
+  if (d) return { step: "sharing", index: Number(d[1]), count: Number(d[2]) };
+  return undefined;
+}
+
+/**
+ * A run's progress after one line of duperemove's output, over the pool's `scannedBytes`.
+ * Hashing is most of a run: files unchanged since the hash file are not hashed again,
+ * so the bytes done are the share of the files to hash that are hashed; the sharing
+ * step after it shows in the phase.
+ */
+export function duperemoveProgress(line: string, scannedBytes: number): { doneBytes: number; itemsDone: number; itemsTotal: number; phase: string } | undefined {
+  const p = parseDuperemoveLine(line);
+  if (!p) return undefined;
+  if (p.step === "hashing") {
+    const name = p.file.split("/").pop();
+    return { doneBytes: Math.floor((scannedBytes * (p.index - 1)) / p.count), itemsDone: p.index - 1, itemsTotal: p.count, phase: `hashing file ${p.index} of ${p.count} (${name})` };
+  }
+  return { doneBytes: scannedBytes, itemsDone: p.index - 1, itemsTotal: p.count, phase: `sharing identical extents ${p.index} of ${p.count}` };
+}

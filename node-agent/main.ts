@@ -10,6 +10,7 @@ import { AgentPools } from "./agent-pools.js";
 import { createAgentService } from "./agent-service.js";
 import { PoolDedup } from "./pool-dedup.js";
 import { PoolCompress } from "./pool-compress.js";
+import { PoolJobProgress } from "./pool-job-progress.js";
 import { AGENT_USAGE, loadAgentConfig, parseAgentFlags } from "./config.js";
 import { Backups } from "./backups.js";
 import { FrontendManager } from "./frontends.js";
@@ -53,8 +54,10 @@ async function main(argv: string[]): Promise<void> {
   const server = createServer();
   const domains = config.libvirt && new DomainManager(new Virsh(config.libvirt.uri), logger.child({ part: "libvirt" }));
   const backups = new Backups({ dataDir: config.dataDir, host: parseHostPort(config.advertise, { allowPortZero: true }).host, logger: logger.child({ part: "backups" }) });
-  const dedup = new PoolDedup(pools, config.dataDir, logger.child({ part: "dedup" }));
+  const poolJobs = new PoolJobProgress();
+  const dedup = new PoolDedup(pools, config.dataDir, logger.child({ part: "dedup" }), poolJobs);
   const compress = new PoolCompress(pools, config.dataDir, {
+    progress: poolJobs,
     exportedIds: async () => new Set((await qsd.exports.listExports()).map((e) => e.replicaId)),
     log: logger.child({ part: "compress" }),
   });

@@ -14,12 +14,13 @@ import { randomBytes } from "node:crypto";
 import { chmod, lstat, mkdir, readdir, readFile, rename, statfs, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { errorMessage, FailedPreconditionError } from "../lib/errors.js";
-import { run } from "../lib/exec.js";
+import { run, watchLines } from "../lib/exec.js";
 import { syncDir, syncFile, unlinkIfExists } from "../lib/file-ops.js";
 import type { Logger } from "../lib/logger.js";
 import type { AgentPools } from "./agent-pools.js";
-import { compareCommand, compressCommand, eligibility, parseImageFacts } from "./compress-tools.js";
+import { compareCommand, compressCommand, eligibility, parseConvertProgress, parseImageFacts } from "./compress-tools.js";
 import type { DirPool, ReplicaImage } from "./dir-pool.js";
+import { PoolJobProgress, type PoolJobRun } from "./pool-job-progress.js";
 import { tempFileName } from "./replica-file-name.js";
 
 export interface CompressedImageResult {
@@ -55,18 +56,23 @@ export interface PoolCompressOptions {
   /** qemu-img convert -r, bytes/s (0: no limit). */
   rateLimitBytes?: number;
   log?: Logger;
+  /** Where a run's progress is kept for GetPoolJobProgress (one per agent, shared with dedup). */
+  progress?: PoolJobProgress;
 }
 
 export class PoolCompress {
   private readonly running = new Set<string>();
   /** Replica ids being rewritten now, and whether an export asked to have them back. */
   private readonly rewriting = new Map<string, { yield: boolean }>();
+  readonly progress: PoolJobProgress;
 
   constructor(
     private readonly pools: AgentPools,
     private readonly dataDir: string,
     private readonly o: PoolCompressOptions,
-  ) {}
+  ) {
+    this.progress = o.progress ?? new PoolJobProgress();
+  }
 
   /**
    * An export of the replica is about to be opened: a rewrite of it in progress
@@ -85,18 +91,13 @@ export class PoolCompress {
     try {
       const started = Date.now();
       const marks = await this.loadMarks(poolName);
-      const images: CompressedImageResult[] = [];
-      for (const r of await pool.list()) {
-        const t0 = Date.now();
-        let res: CompressedImageResult;
-        try {
-          res = await pool.withReplicaLock(r.id, () => this.one(pool, r, coldAfterMs, now(), marks));
-        } catch (err) {
-          res = { replicaId: r.id, volume: r.volume, action: "skipped", reason: `failed: ${errorMessage(err)}`, bytesBefore: r.allocatedBytes, bytesAfter: r.allocatedBytes, durationMs: 0 };
-          this.o.log?.warn({ pool: poolName, replica: r.id, err: errorMessage(err) }, "compress: image left as it was");
-        }
-        res.durationMs = Date.now() - t0;
-        images.push(res);
+      const list = await pool.list();
+      const progress = this.progress.begin("compress", poolName, list.reduce((s, r) => s + r.allocatedBytes, 0), list.length, "looking at images");
+      let images: CompressedImageResult[];
+      try {
+        images = await this.each(pool, list, coldAfterMs, now, marks, progress);
+      } finally {
+        this.progress.end("compress", poolName, progress);
       }
       await this.saveMarks(poolName, marks);
       const done = images.filter((i) => i.action === "compressed");
@@ -110,8 +111,30 @@ export class PoolCompress {
     }
   }
 
-  /** One image, under its replica's lock. */
-  private async one(pool: DirPool, r: ReplicaImage, coldAfterMs: number, now: number, marks: Map<string, DoneMark>): Promise<CompressedImageResult> {
+  /** Every image of the list in turn; one that fails is left as it was. */
+  private async each(pool: DirPool, list: ReplicaImage[], coldAfterMs: number, now: () => number, marks: Map<string, DoneMark>, progress: PoolJobRun): Promise<CompressedImageResult[]> {
+    const images: CompressedImageResult[] = [];
+    let doneBytes = 0;
+    for (const r of list) {
+      const t0 = Date.now();
+      let res: CompressedImageResult;
+      progress.update({ doneBytes, itemsDone: images.length, phase: `image ${images.length + 1} of ${list.length} (${r.volume} ${r.id})` });
+      const copied = (fraction: number) => progress.update({ doneBytes: doneBytes + Math.floor(fraction * r.allocatedBytes) });
+      try {
+        res = await pool.withReplicaLock(r.id, () => this.one(pool, r, coldAfterMs, now(), marks, copied));
+      } catch (err) {
+        res = { replicaId: r.id, volume: r.volume, action: "skipped", reason: `failed: ${errorMessage(err)}`, bytesBefore: r.allocatedBytes, bytesAfter: r.allocatedBytes, durationMs: 0 };
+        this.o.log?.warn({ pool: pool.name, replica: r.id, err: errorMessage(err) }, "compress: image left as it was");
+      }
+      res.durationMs = Date.now() - t0;
+      images.push(res);
+      doneBytes += r.allocatedBytes;
+    }
+    return images;
+  }
+
+  /** One image, under its replica's lock; `copied` hears how far its rewrite has got (0..1). */
+  private async one(pool: DirPool, r: ReplicaImage, coldAfterMs: number, now: number, marks: Map<string, DoneMark>, copied: (fraction: number) => void): Promise<CompressedImageResult> {
     const base = { replicaId: r.id, volume: r.volume, durationMs: 0 };
     const skip = (reason: string, bytes: number): CompressedImageResult => ({ ...base, action: "skipped", reason, bytesBefore: bytes, bytesAfter: bytes });
     const path = await pool.imagePath(r.id);
@@ -142,7 +165,11 @@ export class PoolCompress {
     this.rewriting.set(r.id, state);
     try {
       const cmd = compressCommand({ src: path, tmp, rateLimitBytes: this.o.rateLimitBytes });
-      await run(cmd.file, cmd.args, { timeoutMs: IMAGE_TIMEOUT_MS });
+      const onLine = (line: string) => {
+        const f = parseConvertProgress(line);
+        if (f !== undefined) copied(f);
+      };
+      await watchLines(cmd.file, cmd.args, onLine, { timeoutMs: IMAGE_TIMEOUT_MS }).exited;
       const cmp = compareCommand(path, tmp);
       await run(cmp.file, cmp.args, { timeoutMs: IMAGE_TIMEOUT_MS }).catch((err) => {
         throw new Error(`the compressed copy does not compare equal, image left as it was: ${errorMessage(err)}`);

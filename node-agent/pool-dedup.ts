@@ -8,11 +8,12 @@ import { randomBytes } from "node:crypto";
 import { mkdir, readdir, statfs, lstat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { FailedPreconditionError } from "../lib/errors.js";
-import { run } from "../lib/exec.js";
+import { run, watchLines } from "../lib/exec.js";
 import { unlinkIfExists } from "../lib/file-ops.js";
 import type { Logger } from "../lib/logger.js";
 import type { AgentPools } from "./agent-pools.js";
-import { cannotShare, duperemoveCommand, filesystemName, parseFilefrag, sharingSavings } from "./dedup-tools.js";
+import { cannotShare, duperemoveCommand, duperemoveProgress, filesystemName, parseFilefrag, sharingSavings } from "./dedup-tools.js";
+import { PoolJobProgress } from "./pool-job-progress.js";
 
 export interface DedupResult {
   filesystem: string;
@@ -34,6 +35,8 @@ export class PoolDedup {
     private readonly pools: AgentPools,
     private readonly dataDir: string,
     private readonly log?: Logger,
+    /** Where the run's progress is kept for GetPoolJobProgress. */
+    readonly progress = new PoolJobProgress(),
   ) {}
 
   /** The pool's filesystem, or FailedPreconditionError saying why its extents cannot be shared. */
@@ -74,7 +77,17 @@ export class PoolDedup {
       await mkdir(dir, { recursive: true });
       const cmd = duperemoveCommand({ dir: pool.path, hashfile: join(dir, `${poolName}.hash`) });
       this.log?.info({ pool: poolName, files: files.length }, "dedup: running duperemove");
-      await run(cmd.file, cmd.args, { timeoutMs: RUN_TIMEOUT_MS });
+      const scanned = files.reduce((s, f) => s + f.bytes, 0);
+      const progress = this.progress.begin("dedup", poolName, scanned, files.length, "listing files");
+      try {
+        const onLine = (line: string) => {
+          const p = duperemoveProgress(line, scanned);
+          if (p) progress.update(p);
+        };
+        await watchLines(cmd.file, cmd.args, onLine, { timeoutMs: RUN_TIMEOUT_MS }).exited;
+      } finally {
+        this.progress.end("dedup", poolName, progress);
+      }
       const freeAfter = await this.freeBytes(pool.path);
       const after = await this.savings((await this.imageFiles(pool.path)).map((f) => f.path));
       const r: DedupResult = {
@@ -82,7 +95,7 @@ export class PoolDedup {
         freedBytes: freeAfter - freeBefore,
         sharedSavedBytes: after,
         sharedSavedBytesBefore: before,
-        scannedBytes: files.reduce((s, f) => s + f.bytes, 0),
+        scannedBytes: scanned,
         files: files.length,
         durationMs: Date.now() - started,
       };
@@ -117,3 +130,4 @@ export class PoolDedup {
     return s.bavail * s.bsize;
   }
 }
+

@@ -468,6 +468,24 @@ export interface DedupImagesResponse {
   durationMs: number;
 }
 
+export interface GetPoolJobProgressRequest {
+  pool: string;
+  /** "dedup" or "compress". */
+  kind: string;
+}
+
+export interface GetPoolJobProgressResponse {
+  running: boolean;
+  /** Bytes the run has to go through (allocated bytes of the images it looks at) and has gone through. */
+  totalBytes: number;
+  doneBytes: number;
+  /** Images (files) to look at, and looked at. */
+  itemsTotal: number;
+  itemsDone: number;
+  /** What it does now: "hashing vm1.r-1a2b.qcow2", "sharing identical extents", ... */
+  phase: string;
+}
+
 export interface CompressImagesRequest {
   pool: string;
   /** Images modified less than this long ago are left alone (0: any age). */
@@ -6424,6 +6442,256 @@ export const DedupImagesResponse: MessageFns<DedupImagesResponse> = {
   },
 };
 
+function createBaseGetPoolJobProgressRequest(): GetPoolJobProgressRequest {
+  return { pool: "", kind: "" };
+}
+
+export const GetPoolJobProgressRequest: MessageFns<GetPoolJobProgressRequest> = {
+  encode(message: GetPoolJobProgressRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pool !== "") {
+      writer.uint32(10).string(message.pool);
+    }
+    if (message.kind !== "") {
+      writer.uint32(18).string(message.kind);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetPoolJobProgressRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetPoolJobProgressRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pool = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetPoolJobProgressRequest {
+    return {
+      pool: isSet(object.pool) ? globalThis.String(object.pool) : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+    };
+  },
+
+  toJSON(message: GetPoolJobProgressRequest): unknown {
+    const obj: any = {};
+    if (message.pool !== "") {
+      obj.pool = message.pool;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetPoolJobProgressRequest>, I>>(base?: I): GetPoolJobProgressRequest {
+    return GetPoolJobProgressRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetPoolJobProgressRequest>, I>>(object: I): GetPoolJobProgressRequest {
+    const message = createBaseGetPoolJobProgressRequest();
+    message.pool = object.pool ?? "";
+    message.kind = object.kind ?? "";
+    return message;
+  },
+};
+
+function createBaseGetPoolJobProgressResponse(): GetPoolJobProgressResponse {
+  return { running: false, totalBytes: 0, doneBytes: 0, itemsTotal: 0, itemsDone: 0, phase: "" };
+}
+
+export const GetPoolJobProgressResponse: MessageFns<GetPoolJobProgressResponse> = {
+  encode(message: GetPoolJobProgressResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.running !== false) {
+      writer.uint32(8).bool(message.running);
+    }
+    if (message.totalBytes !== 0) {
+      writer.uint32(16).uint64(message.totalBytes);
+    }
+    if (message.doneBytes !== 0) {
+      writer.uint32(24).uint64(message.doneBytes);
+    }
+    if (message.itemsTotal !== 0) {
+      writer.uint32(32).uint32(message.itemsTotal);
+    }
+    if (message.itemsDone !== 0) {
+      writer.uint32(40).uint32(message.itemsDone);
+    }
+    if (message.phase !== "") {
+      writer.uint32(50).string(message.phase);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetPoolJobProgressResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetPoolJobProgressResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.running = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.totalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.doneBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.itemsTotal = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.itemsDone = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.phase = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetPoolJobProgressResponse {
+    return {
+      running: isSet(object.running) ? globalThis.Boolean(object.running) : false,
+      totalBytes: isSet(object.totalBytes)
+        ? globalThis.Number(object.totalBytes)
+        : isSet(object.total_bytes)
+        ? globalThis.Number(object.total_bytes)
+        : 0,
+      doneBytes: isSet(object.doneBytes)
+        ? globalThis.Number(object.doneBytes)
+        : isSet(object.done_bytes)
+        ? globalThis.Number(object.done_bytes)
+        : 0,
+      itemsTotal: isSet(object.itemsTotal)
+        ? globalThis.Number(object.itemsTotal)
+        : isSet(object.items_total)
+        ? globalThis.Number(object.items_total)
+        : 0,
+      itemsDone: isSet(object.itemsDone)
+        ? globalThis.Number(object.itemsDone)
+        : isSet(object.items_done)
+        ? globalThis.Number(object.items_done)
+        : 0,
+      phase: isSet(object.phase) ? globalThis.String(object.phase) : "",
+    };
+  },
+
+  toJSON(message: GetPoolJobProgressResponse): unknown {
+    const obj: any = {};
+    if (message.running !== false) {
+      obj.running = message.running;
+    }
+    if (message.totalBytes !== 0) {
+      obj.totalBytes = Math.round(message.totalBytes);
+    }
+    if (message.doneBytes !== 0) {
+      obj.doneBytes = Math.round(message.doneBytes);
+    }
+    if (message.itemsTotal !== 0) {
+      obj.itemsTotal = Math.round(message.itemsTotal);
+    }
+    if (message.itemsDone !== 0) {
+      obj.itemsDone = Math.round(message.itemsDone);
+    }
+    if (message.phase !== "") {
+      obj.phase = message.phase;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetPoolJobProgressResponse>, I>>(base?: I): GetPoolJobProgressResponse {
+    return GetPoolJobProgressResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetPoolJobProgressResponse>, I>>(object: I): GetPoolJobProgressResponse {
+    const message = createBaseGetPoolJobProgressResponse();
+    message.running = object.running ?? false;
+    message.totalBytes = object.totalBytes ?? 0;
+    message.doneBytes = object.doneBytes ?? 0;
+    message.itemsTotal = object.itemsTotal ?? 0;
+    message.itemsDone = object.itemsDone ?? 0;
+    message.phase = object.phase ?? "";
+    return message;
+  },
+};
+
 function createBaseCompressImagesRequest(): CompressImagesRequest {
   return { pool: "", coldAfterMs: 0 };
 }
@@ -8440,6 +8708,21 @@ export const AgentServiceService = {
       Buffer.from(CompressImagesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CompressImagesResponse => CompressImagesResponse.decode(value),
   },
+  /**
+   * How far a running DedupImages or CompressImages of the pool has got; running
+   * is false when none runs. The controller polls it while it waits for the run.
+   */
+  getPoolJobProgress: {
+    path: "/stowage.v1.AgentService/GetPoolJobProgress" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetPoolJobProgressRequest): Buffer =>
+      Buffer.from(GetPoolJobProgressRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetPoolJobProgressRequest => GetPoolJobProgressRequest.decode(value),
+    responseSerialize: (value: GetPoolJobProgressResponse): Buffer =>
+      Buffer.from(GetPoolJobProgressResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetPoolJobProgressResponse => GetPoolJobProgressResponse.decode(value),
+  },
 } as const;
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
@@ -8538,6 +8821,11 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
    * copy compares equal and is smaller. Refused while a run on the pool is under way.
    */
   compressImages: handleUnaryCall<CompressImagesRequest, CompressImagesResponse>;
+  /**
+   * How far a running DedupImages or CompressImages of the pool has got; running
+   * is false when none runs. The controller polls it while it waits for the run.
+   */
+  getPoolJobProgress: handleUnaryCall<GetPoolJobProgressRequest, GetPoolJobProgressResponse>;
 }
 
 export interface AgentServiceClient extends Client {
@@ -9097,6 +9385,25 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CompressImagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * How far a running DedupImages or CompressImages of the pool has got; running
+   * is false when none runs. The controller polls it while it waits for the run.
+   */
+  getPoolJobProgress(
+    request: GetPoolJobProgressRequest,
+    callback: (error: ServiceError | null, response: GetPoolJobProgressResponse) => void,
+  ): ClientUnaryCall;
+  getPoolJobProgress(
+    request: GetPoolJobProgressRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetPoolJobProgressResponse) => void,
+  ): ClientUnaryCall;
+  getPoolJobProgress(
+    request: GetPoolJobProgressRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetPoolJobProgressResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -41,6 +41,7 @@ const NO_VMS = {
   closeTemplateExport: noVms,
   dedupImages: noVms,
   compressImages: noVms,
+  getPoolJobProgress: noVms,
 };
 
 export class SimAgent {
