@@ -65,6 +65,7 @@ export function poolDetail(p: Pool): string {
     ["Used", `${formatSize(f.usedBytes)} (${formatPercent(f.usedPercent)} of capacity; physical, the whole filesystem)`],
     ["Available", formatSize(p.availableBytes)],
     ["Allocated", `${formatSize(p.allocatedBytes)} (the pool's replica images on disk)`],
+    ...(p.templateBytes > 0 ? ([["Templates", `${formatSize(p.templateBytes)} (template copies for linked clones, on disk)`]] as Array<[string, string]>) : []),
     ["Provisioned", `${formatSize(p.provisionedBytes)} (${formatPercent(f.provisionedPercent)} of the limit ${formatSize(f.provisionedLimitBytes)}; logical)`],
     ["Overcommit", `${p.overcommitRatio}x (${source})`],
     ...(f.warningPercent > 0
@@ -85,6 +86,7 @@ export function totalsFields(t: CapacityTotals): Array<[string, string]> {
     ["Used", `${formatSize(t.usedBytes)} (${pct(t.usedBytes, t.capacityBytes)}; physical)`],
     ["Available", formatSize(t.availableBytes)],
     ["Allocated", `${formatSize(t.allocatedBytes)} (replica images on disk)`],
+    ...(t.templateBytes > 0 ? ([["Templates", `${formatSize(t.templateBytes)} (template copies on disk)`]] as Array<[string, string]>) : []),
     ["Provisioned", `${formatSize(t.provisionedBytes)} (${pct(t.provisionedBytes, t.provisionedLimitBytes)} of the limit ${formatSize(t.provisionedLimitBytes)}; logical)`],
     [
       "Thin savings",

@@ -31,7 +31,7 @@ async function serve(register: (s: Server) => void): Promise<{ address: string; 
 const pool: Pool = {
   node: "host1", name: "default", type: "dir", path: "/srv/stowage/default",
   capacityBytes: 100 * GiB, availableBytes: 80 * GiB, allocatedBytes: GiB, provisionedBytes: 20 * GiB,
-  overcommitRatio: 2, replicaCount: 2,
+  overcommitRatio: 2, replicaCount: 2, templateBytes: 0,
 };
 const copying: Job = {
   volume: "vm5", replicaId: "r2", kind: "full", node: "host3", runner: "host3", state: JobState.JOB_STATE_RUNNING,

@@ -76,11 +76,11 @@ describe("capacity figures", () => {
   });
 
   it("sums pools into node and cluster totals", () => {
-    const pool = (cap: number, avail: number, alloc: number, prov: number) => ({
-      node: "n", name: "p", type: "dir", path: "/", capacityBytes: cap, availableBytes: avail, allocatedBytes: alloc, provisionedBytes: prov, overcommitRatio: 2, replicaCount: 1,
+    const pool = (cap: number, avail: number, alloc: number, prov: number, templates = 0) => ({
+      node: "n", name: "p", type: "dir", path: "/", capacityBytes: cap, availableBytes: avail, allocatedBytes: alloc, provisionedBytes: prov, overcommitRatio: 2, replicaCount: 1, templateBytes: templates,
     });
-    expect(capacityTotals([pool(100, 60, 30, 150), pool(50, 50, 0, 0)])).toEqual({
-      capacityBytes: 150, availableBytes: 110, usedBytes: 40, allocatedBytes: 30, provisionedBytes: 150, provisionedLimitBytes: 300, poolCount: 2, replicaCount: 2,
+    expect(capacityTotals([pool(100, 60, 30, 150, 5), pool(50, 50, 0, 0, 2)])).toEqual({
+      capacityBytes: 150, availableBytes: 110, usedBytes: 40, allocatedBytes: 30, provisionedBytes: 150, provisionedLimitBytes: 300, poolCount: 2, replicaCount: 2, templateBytes: 7,
     });
   });
 });

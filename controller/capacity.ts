@@ -109,6 +109,7 @@ export function capacityTotals(pools: Pool[]): CapacityTotals {
     provisionedLimitBytes: 0,
     poolCount: pools.length,
     replicaCount: 0,
+    templateBytes: 0,
   };
   for (const p of pools) {
     t.capacityBytes += p.capacityBytes;
@@ -118,6 +119,7 @@ export function capacityTotals(pools: Pool[]): CapacityTotals {
     t.provisionedBytes += p.provisionedBytes;
     t.provisionedLimitBytes = Math.min(t.provisionedLimitBytes + (p.capacity?.provisionedLimitBytes ?? provisionLimit(p)), Number.MAX_SAFE_INTEGER);
     t.replicaCount += p.replicaCount;
+    t.templateBytes += p.templateBytes;
   }
   return t;
 }

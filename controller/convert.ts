@@ -87,6 +87,7 @@ export function poolToApi(node: string, p: PoolRecord, provisionedBytes: number,
     provisionedBytes,
     overcommitRatio: p.overcommitRatio,
     replicaCount,
+    templateBytes: p.templateBytes ?? 0,
   };
 }
 

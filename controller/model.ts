@@ -17,6 +17,8 @@ export interface PoolRecord {
   capacityBytes: number;
   availableBytes: number;
   allocatedBytes: number;
+  /** Template copies in the pool, on disk (absent from agents before they reported it). */
+  templateBytes?: number;
   overcommitRatio: number;
 }
 

@@ -24,6 +24,7 @@ export function poolRecords(pools: Pool[]): PoolRecord[] {
     capacityBytes: p.capacityBytes,
     availableBytes: p.availableBytes,
     allocatedBytes: p.allocatedBytes,
+    templateBytes: p.templateBytes,
     overcommitRatio: p.overcommitRatio,
   }));
 }

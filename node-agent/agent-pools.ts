@@ -48,7 +48,7 @@ export class AgentPools {
         } catch (err) {
           if (!this.failing.has(p.name)) this.logger?.error({ pool: p.name, path: p.path, err: errorMessage(err) }, "cannot read pool");
           this.failing.add(p.name);
-          return poolToProto(this.node, p.config, { capacityBytes: 0, availableBytes: 0, allocatedBytes: 0, replicaCount: 0 });
+          return poolToProto(this.node, p.config, { capacityBytes: 0, availableBytes: 0, allocatedBytes: 0, replicaCount: 0, templateBytes: 0 });
         }
       }),
     );

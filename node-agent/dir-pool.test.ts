@@ -148,6 +148,19 @@ describe("DirPool with real qemu-img", () => {
     expect(s.replicaCount).toBe(4); // includes the unreadable image: it still uses space
     expect(s.allocatedBytes).toBeGreaterThanOrEqual(list.reduce((sum, r) => sum + r.allocatedBytes, 0));
     expect(s.allocatedBytes).toBeGreaterThanOrEqual(3 * MiB);
+    expect(s.templateBytes).toBe(0);
+  });
+
+  it("counts template copies apart from the replicas", async () => {
+    const before = await pool.stats();
+    await mkdir(join(root, "pool", "templates", "t1"), { recursive: true });
+    await writeFile(join(root, "pool", "templates", "t1", "base.qcow2"), Buffer.alloc(2 * MiB, 1));
+    const s = await pool.stats();
+    expect(s.templateBytes).toBeGreaterThanOrEqual(2 * MiB);
+    expect(s.templateBytes).toBeLessThan(3 * MiB);
+    expect(s.allocatedBytes).toBe(before.allocatedBytes);
+    expect(s.replicaCount).toBe(before.replicaCount);
+    await rm(join(root, "pool", "templates"), { recursive: true });
   });
 
   it("deletes idempotently", async () => {

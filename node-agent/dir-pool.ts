@@ -4,6 +4,7 @@
 import { randomBytes } from "node:crypto";
 import { lstat, readdir, rename, statfs } from "node:fs/promises";
 import type { Stats } from "node:fs";
+import { join } from "node:path";
 import { FailedPreconditionError, InsufficientCapacityError, InvalidArgumentError, NotFoundError } from "../lib/errors.js";
 import { validateName } from "../lib/names.js";
 import type { Logger } from "../lib/logger.js";
@@ -11,6 +12,7 @@ import type { PoolConfig } from "./config.js";
 import { exists, syncDir, syncFile, unlinkIfExists } from "./file-ops.js";
 import { KeyedMutex } from "../lib/keyed-mutex.js";
 import { mapLimit } from "../lib/map-limit.js";
+import { TEMPLATE_DIR } from "./template-images.js";
 import {
   checkPreallocation,
   cloneImage,
@@ -72,6 +74,8 @@ export interface PoolStats {
   availableBytes: number;
   allocatedBytes: number;
   replicaCount: number;
+  /** Template copies (TEMPLATE_DIR) on disk: not replicas, so not in allocatedBytes. */
+  templateBytes: number;
 }
 
 export interface DirPoolOptions {
@@ -257,13 +261,29 @@ export class DirPool {
   }
 
   async stats(): Promise<PoolStats> {
-    const [fs, files] = await Promise.all([statfs(this.path), this.scan()]);
+    const [fs, files, templateBytes] = await Promise.all([statfs(this.path), this.scan(), this.templateBytes()]);
     return {
       capacityBytes: fs.blocks * fs.bsize,
       availableBytes: fs.bavail * fs.bsize,
       allocatedBytes: files.reduce((sum, f) => sum + f.stat.blocks * 512, 0),
       replicaCount: files.length,
+      templateBytes,
     };
+  }
+
+  /** Bytes on disk of the files under the pool's template directory (none yet: 0). */
+  private async templateBytes(): Promise<number> {
+    const dir = join(this.path, TEMPLATE_DIR);
+    const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return [];
+      throw err;
+    });
+    const sizes = await mapLimit(
+      entries.filter((e) => e.isFile()),
+      64,
+      (e) => lstat(join(e.parentPath ?? e.path, e.name)).then((st) => st.blocks * 512, () => 0),
+    );
+    return sizes.reduce((a, b) => a + b, 0);
   }
 
   private async create(spec: ReplicaSpec): Promise<EnsureReplicaResult> {

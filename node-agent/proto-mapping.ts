@@ -65,5 +65,6 @@ export function poolToProto(node: string, pool: PoolConfig, stats: PoolStats): P
     provisionedBytes: 0,
     overcommitRatio: pool.overcommitRatio,
     replicaCount: stats.replicaCount,
+    templateBytes: stats.templateBytes,
   };
 }

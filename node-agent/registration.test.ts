@@ -10,7 +10,7 @@ const DEAD = "127.0.0.1:1"; // nothing listens on port 1: connection refused
 
 const POOL: Pool = {
   node: "node1", name: "default", type: "dir", path: "/p", capacityBytes: 1000, availableBytes: 600,
-  allocatedBytes: 400, provisionedBytes: 0, overcommitRatio: 2, replicaCount: 3,
+  allocatedBytes: 400, provisionedBytes: 0, overcommitRatio: 2, replicaCount: 3, templateBytes: 0,
 };
 
 const cleanups: (() => Promise<void>)[] = [];

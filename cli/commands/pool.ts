@@ -14,6 +14,8 @@ Figures:
   used          in use on that filesystem (physical), and its share of capacity
   available     free for new data there
   allocated     what the pool's replica images take on disk
+  templates     what template copies (the base images of linked clones) take there
+                besides; 'pool get' shows it when there are any
   provisioned   virtual sizes of the replicas placed there (logical), and their share
                 of the limit capacity x overcommit; placement refuses what would pass it
   level         ok, warning or critical: used or provisioned at or above the pool's

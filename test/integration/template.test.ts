@@ -141,6 +141,13 @@ describe("templates and linked clones", () => {
     const fullBytes = onDisk(full1.replicas[0]!.path);
     console.log(`space right after creation: linked clone replica ${linkedBytes} B, full clone replica ${fullBytes} B, template copy ${home.allocatedBytes} B`);
     expect(linkedBytes).toBeLessThan(fullBytes / 4);
+    // The template copy counts in its pool's figures apart from the replicas (agents report every heartbeat).
+    const templateBytes = async () => {
+      const r = await c.stowctl(["pool", "get", `${home.node}/default`, "-o", "json"]);
+      return Number(JSON.parse(r.stdout).pool.templateBytes ?? 0);
+    };
+    await eventually(async () => (await templateBytes()) >= home.allocatedBytes, 20_000, "the template copy in its pool's figures");
+    expect(await templateBytes()).toBeLessThan(home.allocatedBytes * 2);
 
     // A third replica of lc2 while it is attached, on the node that may lack a copy: the template is
     // copied there first, the replica made over it, then the frontend copies the allocated regions

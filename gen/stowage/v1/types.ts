@@ -557,6 +557,8 @@ export interface Pool {
   /** Thin provisioning limit: provisioned may reach capacity * overcommit_ratio. */
   overcommitRatio: number;
   replicaCount: number;
+  /** Bytes of the template copies kept in the pool (for linked clones) on disk; not in allocated_bytes. */
+  templateBytes: number;
   /**
    * -- Capacity (fields 20-29) --
    * Figures the controller derives: physical use, limits, thresholds.
@@ -958,6 +960,8 @@ export interface CapacityTotals {
   provisionedLimitBytes: number;
   poolCount: number;
   replicaCount: number;
+  /** What the template copies occupy on disk (besides allocated_bytes). */
+  templateBytes: number;
 }
 
 /**
@@ -1092,6 +1096,7 @@ function createBasePool(): Pool {
     provisionedBytes: 0,
     overcommitRatio: 0,
     replicaCount: 0,
+    templateBytes: 0,
     capacity: undefined,
     dedup: undefined,
     compress: undefined,
@@ -1129,6 +1134,9 @@ export const Pool: MessageFns<Pool> = {
     }
     if (message.replicaCount !== 0) {
       writer.uint32(80).uint32(message.replicaCount);
+    }
+    if (message.templateBytes !== 0) {
+      writer.uint32(88).uint64(message.templateBytes);
     }
     if (message.capacity !== undefined) {
       PoolCapacity.encode(message.capacity, writer.uint32(162).fork()).join();
@@ -1235,6 +1243,14 @@ export const Pool: MessageFns<Pool> = {
             message.replicaCount = reader.uint32();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.templateBytes = longToNumber(reader.uint64());
+            continue;
+          }
           case 20: {
             if (tag !== 162) {
               break;
@@ -1307,6 +1323,11 @@ export const Pool: MessageFns<Pool> = {
         : isSet(object.replica_count)
         ? globalThis.Number(object.replica_count)
         : 0,
+      templateBytes: isSet(object.templateBytes)
+        ? globalThis.Number(object.templateBytes)
+        : isSet(object.template_bytes)
+        ? globalThis.Number(object.template_bytes)
+        : 0,
       capacity: isSet(object.capacity) ? PoolCapacity.fromJSON(object.capacity) : undefined,
       dedup: isSet(object.dedup) ? PoolDedup.fromJSON(object.dedup) : undefined,
       compress: isSet(object.compress) ? PoolCompress.fromJSON(object.compress) : undefined,
@@ -1345,6 +1366,9 @@ export const Pool: MessageFns<Pool> = {
     if (message.replicaCount !== 0) {
       obj.replicaCount = Math.round(message.replicaCount);
     }
+    if (message.templateBytes !== 0) {
+      obj.templateBytes = Math.round(message.templateBytes);
+    }
     if (message.capacity !== undefined) {
       obj.capacity = PoolCapacity.toJSON(message.capacity);
     }
@@ -1372,6 +1396,7 @@ export const Pool: MessageFns<Pool> = {
     message.provisionedBytes = object.provisionedBytes ?? 0;
     message.overcommitRatio = object.overcommitRatio ?? 0;
     message.replicaCount = object.replicaCount ?? 0;
+    message.templateBytes = object.templateBytes ?? 0;
     message.capacity = (object.capacity !== undefined && object.capacity !== null)
       ? PoolCapacity.fromPartial(object.capacity)
       : undefined;
@@ -5884,6 +5909,7 @@ function createBaseCapacityTotals(): CapacityTotals {
     provisionedLimitBytes: 0,
     poolCount: 0,
     replicaCount: 0,
+    templateBytes: 0,
   };
 }
 
@@ -5912,6 +5938,9 @@ export const CapacityTotals: MessageFns<CapacityTotals> = {
     }
     if (message.replicaCount !== 0) {
       writer.uint32(64).uint32(message.replicaCount);
+    }
+    if (message.templateBytes !== 0) {
+      writer.uint32(72).uint64(message.templateBytes);
     }
     return writer;
   },
@@ -5993,6 +6022,14 @@ export const CapacityTotals: MessageFns<CapacityTotals> = {
             message.replicaCount = reader.uint32();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.templateBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6047,6 +6084,11 @@ export const CapacityTotals: MessageFns<CapacityTotals> = {
         : isSet(object.replica_count)
         ? globalThis.Number(object.replica_count)
         : 0,
+      templateBytes: isSet(object.templateBytes)
+        ? globalThis.Number(object.templateBytes)
+        : isSet(object.template_bytes)
+        ? globalThis.Number(object.template_bytes)
+        : 0,
     };
   },
 
@@ -6076,6 +6118,9 @@ export const CapacityTotals: MessageFns<CapacityTotals> = {
     if (message.replicaCount !== 0) {
       obj.replicaCount = Math.round(message.replicaCount);
     }
+    if (message.templateBytes !== 0) {
+      obj.templateBytes = Math.round(message.templateBytes);
+    }
     return obj;
   },
 
@@ -6092,6 +6137,7 @@ export const CapacityTotals: MessageFns<CapacityTotals> = {
     message.provisionedLimitBytes = object.provisionedLimitBytes ?? 0;
     message.poolCount = object.poolCount ?? 0;
     message.replicaCount = object.replicaCount ?? 0;
+    message.templateBytes = object.templateBytes ?? 0;
     return message;
   },
 };

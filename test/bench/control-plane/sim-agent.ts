@@ -111,6 +111,7 @@ export class SimAgent {
         provisionedBytes: 0,
         overcommitRatio: 10,
         replicaCount: 0,
+        templateBytes: 0,
       },
     ];
   }
