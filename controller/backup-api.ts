@@ -7,12 +7,14 @@ import type { RequestHandlers } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
 import { backupRef, type Backups } from "./backups.js";
 import type { BackupRecord } from "./model.js";
+import type { RestoreExports } from "./restore-exports.js";
 import { importFromNbd, type TransferApiDeps } from "./transfer-api.js";
 import { MAX_REPLICAS } from "./volume-api.js";
 
 export interface BackupApiDeps extends Omit<TransferApiDeps, "ensureLeader"> {
   ensureLeader: () => Promise<void>;
   backups: () => Backups;
+  restores: () => RestoreExports;
 }
 
 const STATES: Record<BackupRecord["state"], BackupState> = {
@@ -73,19 +75,9 @@ export function backupApi(d: BackupApiDeps): RequestHandlers<typeof BackupServic
         });
       }
       if (!d.isOnline(b.node)) throw new UnavailableError(`node ${b.node}, which keeps backup ${backupRef(b)}, is offline`, { hint: "bring it back, then retry" });
-      const exportId = `rs-${b.volume}-${b.id}`;
-      const agent = d.agents.for(b.node);
-      const served = await agent.serveBackup({ exportId, name: backupRef(b) }, { timeoutMs: 24 * 3600_000 });
-      try {
-        const res = await importFromNbd(
-          d,
-          { name: req.name, sizeBytes: b.sizeBytes, replicas: req.replicas, format: ImageFormat.IMAGE_FORMAT_QCOW2, preallocation: Preallocation.PREALLOCATION_OFF, pool: req.pool },
-          served.nbdUri,
-        );
-        return { volume: res.volume };
-      } finally {
-        await agent.stopExport({ exportId }, { timeoutMs: 30_000 }).catch(() => undefined);
-      }
+      const spec = { name: req.name, sizeBytes: b.sizeBytes, replicas: req.replicas, format: ImageFormat.IMAGE_FORMAT_QCOW2, preallocation: Preallocation.PREALLOCATION_OFF, pool: req.pool };
+      const res = await d.restores().serve(b.node, backupRef(b), req.name, (nbdUri) => importFromNbd(d, spec, nbdUri));
+      return { volume: res.volume };
     },
 
     async verifyStores(req) {

@@ -3,7 +3,7 @@
 
 export const PREFIX = "/stowage/v1/";
 
-export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template" | "backup" | "pool-dedup" | "pool-compress" | "replication";
+export type KeyKind = "node-spec" | "node-status" | "volume-spec" | "volume-status" | "operation" | "migration" | "job" | "event" | "snapshot" | "template" | "backup" | "pool-dedup" | "pool-compress" | "replication" | "restore-export";
 
 const SEGMENTS: Record<KeyKind, string> = {
   "node-spec": "nodes/spec/",
@@ -20,6 +20,7 @@ const SEGMENTS: Record<KeyKind, string> = {
   template: "templates/",
   "pool-dedup": "pool-dedup/",
   "pool-compress": "pool-compress/",
+  "restore-export": "restore-exports/",
 };
 
 export const keys = {
@@ -47,6 +48,8 @@ export const keys = {
   poolCompress: (node: string, pool: string) => PREFIX + SEGMENTS["pool-compress"] + `${node}@${pool}`,
   /** The asynchronous replication of a volume. */
   replication: (volume: string) => PREFIX + SEGMENTS.replication + volume,
+  /** A read-only export of a backup that a restore copies from, while it may run: restore-exports/EXPORT-ID. */
+  restoreExport: (exportId: string) => PREFIX + SEGMENTS["restore-export"] + exportId,
   prefixOf: (kind: KeyKind) => PREFIX + SEGMENTS[kind],
   /** Election keys live under this prefix (etcd3 adds its own suffix). */
   election: PREFIX + "leader",

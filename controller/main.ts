@@ -38,6 +38,7 @@ import { PoolCompressJobs } from "./pool-compress.js";
 import { Reconciler } from "./reconciler.js";
 import { backupApi } from "./backup-api.js";
 import { Backups } from "./backups.js";
+import { RestoreExports } from "./restore-exports.js";
 import { Replications, replicationApi } from "./replications.js";
 import { snapshotApi } from "./snapshot-api.js";
 import { transferApi } from "./transfer-api.js";
@@ -123,6 +124,7 @@ async function main(): Promise<void> {
   let migrator: Migrator | undefined;
   let snapshots: Snapshots | undefined;
   let backups: Backups | undefined;
+  let restores: RestoreExports | undefined;
   let replications: Replications | undefined;
   let templates: Templates | undefined;
   let capacityEvents: CapacityEvents | undefined;
@@ -164,7 +166,7 @@ async function main(): Promise<void> {
     SnapshotServiceService,
     snapshotApi({ store, view, placing, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), isOnline: (n) => registry.isOnline(n), snapshots: () => snapshots! }),
   );
-  const backupHandlers = backupApi({ store, agents, isOnline: (n) => registry.isOnline(n), ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), volumes, backups: () => backups! });
+  const backupHandlers = backupApi({ store, agents, isOnline: (n) => registry.isOnline(n), ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v), volumes, backups: () => backups!, restores: () => restores! });
   addService(server, BackupServiceService, backupHandlers);
   addService(server, ReplicationServiceService, replicationApi({ store, ensureLeader, backups: () => backups!, restore: backupHandlers.restoreBackup }));
   addService(
@@ -207,6 +209,8 @@ async function main(): Promise<void> {
       log: log.child({ part: "backups" }),
     });
     backups.start();
+    restores = new RestoreExports({ store, agents, isOnline: (n) => registry.isOnline(n), instance, log: log.child({ part: "restores" }) });
+    restores.start();
     replications = new Replications({ store, backups, isOnline: (n) => registry.isOnline(n), log: log.child({ part: "replications" }) });
     replications.start();
     templates.start();
@@ -226,6 +230,8 @@ async function main(): Promise<void> {
     replications = undefined;
     backups?.stop();
     backups = undefined;
+    restores?.stop();
+    restores = undefined;
     snapshots?.stop();
     snapshots = undefined;
     templates?.stop();

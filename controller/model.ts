@@ -414,6 +414,20 @@ export interface TemplateRecord {
 export type BackupStateName = "creating" | "ready" | "deleting";
 
 /** A backup (key backups/VOLUME@ID): a snapshot of the volume copied into one node's chunk store. */
+/** A backup served read-only for a restore (restore-exports/EXPORT-ID): recorded before it is served, removed once stopped. */
+export interface RestoreExportRecord {
+  exportId: string;
+  /** The node keeping the backup, which serves it. */
+  node: string;
+  /** VOLUME@ID of the backup. */
+  backup: string;
+  /** The volume the restore makes. */
+  volume: string;
+  sinceMs: number;
+  /** Controller instance running the restore. */
+  runner: string;
+}
+
 export interface BackupRecord {
   volume: string;
   /** YYYYMMDD-HHMMSS (UTC), sortable; unique per volume. */

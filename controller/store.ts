@@ -7,7 +7,7 @@ import type { Etcd3, IKeyValue, Watcher } from "etcd3";
 import { ConflictError } from "../lib/errors.js";
 import type { Logger } from "../lib/logger.js";
 import { keys, parseKey, PREFIX, type KeyKind, type ParsedKey } from "./keys.js";
-import type { EventRecord, FrontendStatus, JobRecord, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, SnapshotRecord, BackupRecord, ReplicationRecord, TemplateRecord, PoolDedupRecord, PoolCompressRecord, VolumeSpec, VolumeStatus } from "./model.js";
+import type { EventRecord, FrontendStatus, JobRecord, MigrationRecord, NodeSpec, NodeStatus, OperationRecord, SnapshotRecord, BackupRecord, ReplicationRecord, TemplateRecord, PoolDedupRecord, PoolCompressRecord, RestoreExportRecord, VolumeSpec, VolumeStatus } from "./model.js";
 
 export interface Entry<T> {
   value: T;
@@ -190,4 +190,5 @@ export class ClusterStore extends EventEmitter<{ change: [Change] }> {
   poolDedups = () => this.all<PoolDedupRecord>("pool-dedup");
   poolCompress = (node: string, pool: string) => this.get<PoolCompressRecord>(keys.poolCompress(node, pool));
   poolCompresses = () => this.all<PoolCompressRecord>("pool-compress");
+  restoreExports = () => this.all<RestoreExportRecord>("restore-export");
 }
