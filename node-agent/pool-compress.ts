@@ -118,8 +118,10 @@ export class PoolCompress {
     for (const r of list) {
       const t0 = Date.now();
       let res: CompressedImageResult;
-      progress.update({ doneBytes, itemsDone: images.length, phase: `image ${images.length + 1} of ${list.length} (${r.volume} ${r.id})` });
-      const copied = (fraction: number) => progress.update({ doneBytes: doneBytes + Math.floor(fraction * r.allocatedBytes) });
+      const phase = `image ${images.length + 1} of ${list.length} (${r.volume} ${r.id})`;
+      progress.update({ doneBytes, itemsDone: images.length, phase });
+      const copied = (fraction: number, step?: string) =>
+        progress.update({ doneBytes: doneBytes + Math.floor(fraction * r.allocatedBytes), phase: step ? `${phase}: ${step}` : phase });
       try {
         res = await pool.withReplicaLock(r.id, () => this.one(pool, r, coldAfterMs, now(), marks, copied));
       } catch (err) {
@@ -133,8 +135,8 @@ export class PoolCompress {
     return images;
   }
 
-  /** One image, under its replica's lock; `copied` hears how far its rewrite has got (0..1). */
-  private async one(pool: DirPool, r: ReplicaImage, coldAfterMs: number, now: number, marks: Map<string, DoneMark>, copied: (fraction: number) => void): Promise<CompressedImageResult> {
+  /** One image, under its replica's lock; `copied` hears how far its rewrite has got (0..1) and the step after it. */
+  private async one(pool: DirPool, r: ReplicaImage, coldAfterMs: number, now: number, marks: Map<string, DoneMark>, copied: (fraction: number, step?: string) => void): Promise<CompressedImageResult> {
     const base = { replicaId: r.id, volume: r.volume, durationMs: 0 };
     const skip = (reason: string, bytes: number): CompressedImageResult => ({ ...base, action: "skipped", reason, bytesBefore: bytes, bytesAfter: bytes });
     const path = await pool.imagePath(r.id);
@@ -170,6 +172,7 @@ export class PoolCompress {
         if (f !== undefined) copied(f);
       };
       await watchLines(cmd.file, cmd.args, onLine, { timeoutMs: IMAGE_TIMEOUT_MS }).exited;
+      copied(1, "comparing the copy with the image");
       const cmp = compareCommand(path, tmp);
       await run(cmp.file, cmp.args, { timeoutMs: IMAGE_TIMEOUT_MS }).catch((err) => {
         throw new Error(`the compressed copy does not compare equal, image left as it was: ${errorMessage(err)}`);
