@@ -13,7 +13,6 @@ import { rename, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
-import { execa } from "execa";
 import { TransferServiceService } from "../../gen/stowage/v1/controller.js";
 import { ImageFormat, Preallocation } from "../../gen/stowage/v1/types.js";
 import { StowageError } from "../../lib/errors.js";
@@ -25,6 +24,9 @@ import { plural } from "../output.js";
 import { COPY_WAIT_MS } from "../wait.js";
 import { COPY_WAIT_HELP, NO_WAIT_HELP, waitInSync, waitMs, type WaitFlags } from "./volume-wait.js";
 import { freePort } from "../../lib/free-port.js";
+
+/** execa is loaded by the commands that run qemu-img or qemu-nbd only: at start-up it would cost every stowctl command ~90 ms. */
+const loadExeca = async () => (await import("execa")).execa;
 
 export const IMPORT_FORMATS = ["qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc"] as const;
 export const EXPORT_FORMATS = ["qcow2", "raw", "vmdk", "vdi", "vhdx"] as const;
@@ -40,6 +42,7 @@ export async function inspectSource(file: string, format?: string): Promise<Sour
   if (format && !(IMPORT_FORMATS as readonly string[]).includes(format)) {
     throw new UsageError(`option '--source-format': "${format}" is not one of ${IMPORT_FORMATS.join(", ")}`);
   }
+  const execa = await loadExeca();
   const r = await execa("qemu-img", ["info", "--output=json", ...(format ? ["-f", format] : []), file], { reject: false });
   if (r.exitCode !== 0) throw new StowageError(`qemu-img cannot read ${file}: ${String(r.stderr).trim()}`, { hint: "is it a disk image? give its format with --source-format" });
   const info = JSON.parse(String(r.stdout)) as { format: string; "virtual-size": number };
@@ -73,6 +76,7 @@ export async function serveFile(file: string, format: string, host: string): Pro
   const dir = mkdtempSync(join(tmpdir(), "stowctl-import-"));
   const pidFile = join(dir, "qemu-nbd.pid");
   const port = await freePort(host);
+  const execa = await loadExeca();
   // --fork: returns once it serves; --persistent and --shared: several copies may connect.
   const r = await execa(
     "qemu-nbd",
@@ -205,6 +209,7 @@ async function exportVolume(ctx: CliContext, name: string, target: string, forma
   const t0 = Date.now();
   try {
     ctx.say(`exporting ${name} (${formatSize(open.sizeBytes)}) from replica ${open.replicaId} on ${open.node}`);
+    const execa = await loadExeca();
     const child = execa("qemu-img", ["convert", "-p", "-f", "raw", "-O", format, ...(compress ? ["-c"] : []), open.nbdUri, partial], { reject: false });
     if (ctx.output === "table" && process.stderr.isTTY) child.stdout?.pipe(process.stderr);
     const r = await child;
