@@ -3,7 +3,8 @@
 // NBD export (CopyReplica: qemu-img convert), then the replica is recorded in-sync.
 // The copy is recorded as a job (jobs/REPLICA) before the agent is called, with the
 // progress read from the target image's allocation every couple of seconds, so that
-// `stowctl job list` and `volume get` show it.
+// `stowctl job list` and `volume get` show it. The job and progress helpers serve
+// the attached volume's agent copy too (attached-rebuild.ts).
 import { ConflictError, errorMessage } from "../lib/errors.js";
 import { faultPoint } from "../lib/faults.js";
 import type { Logger } from "../lib/logger.js";
@@ -38,11 +39,12 @@ export class DetachedResync {
     for (const p of spec.placement.filter((x) => x.outOfSync)) {
       const target = replicas.find((r) => r.id === p.id);
       if (target?.state !== "healthy" || target.exportUri) continue;
-      const job = await this.recordStart(spec, specRevision, p, source);
+      const put = (job: JobRecord) => this.put(spec.name, specRevision, job);
+      const job = await recordCopyStart(this.d.agents, spec, p, source, put);
       if (!job) return 500; // the spec changed: judge again
       faultPoint("resync:job-recorded", spec.name);
       this.d.log.info({ volume: spec.name, replica: p.id, source: source.id }, "resync of a detached volume: copying from an in-sync replica");
-      const progress = this.followProgress(spec.name, specRevision, p, job, target.allocatedBytes);
+      const progress = followProgress(this.d.agents, this.d.store, spec.name, p, job, target.allocatedBytes, put, this.d.progressEveryMs);
       let res;
       try {
         res = await this.d.agents.for(p.node).copyReplica(
@@ -77,31 +79,6 @@ export class DetachedResync {
     return 500;
   }
 
-  /** Records the job before the agent is called; undefined when the spec moved. */
-  private async recordStart(spec: VolumeSpec, revision: number, p: ReplicaPlacement, source: ReplicaStatusRecord): Promise<JobRecord | undefined> {
-    const now = Date.now();
-    // The source's allocation is what the copy has to move (thin images); fresh from its agent when possible.
-    const inventory = await this.d.agents
-      .for(source.node)
-      .getInventory({}, { timeoutMs: 10_000 })
-      .catch(() => undefined);
-    const sourceBytes = inventory?.replicas.find((r) => r.id === source.id)?.allocatedBytes ?? source.allocatedBytes;
-    const job: JobRecord = {
-      replica: p.id,
-      volume: spec.name,
-      kind: "full",
-      node: p.node,
-      runner: p.node,
-      totalBytes: preallocated(spec) ? spec.sizeBytes : Math.max(sourceBytes, 1),
-      copiedBytes: 0,
-      bytesPerSec: 0,
-      startedAtMs: now,
-      updatedAtMs: now,
-      message: `copying from ${source.id} on ${source.node}`,
-    };
-    return (await this.put(spec.name, revision, job)) ? job : undefined;
-  }
-
   /** Conditional on the spec: a job is never recorded for a replica that left meanwhile. */
   private async put(volume: string, revision: number, job: JobRecord): Promise<boolean> {
     try {
@@ -112,39 +89,83 @@ export class DetachedResync {
       throw err;
     }
   }
+}
 
-  /**
-   * Reads the target image's allocation while the copy runs and records it as the
-   * job's progress (thin images only: a preallocated one is fully allocated already,
-   * so its job only shows that it is alive).
-   */
-  private followProgress(volume: string, revision: number, p: ReplicaPlacement, start: JobRecord, startAllocated: number) {
-    let job = start;
-    let writing: Promise<unknown> = Promise.resolve();
-    const thin = !preallocated(this.d.store.volumeSpec(volume)?.value);
-    const tick = async () => {
-      let copied = job.copiedBytes;
-      if (thin) {
-        const inv = await this.d.agents.for(p.node).getInventory({}, { timeoutMs: 5_000 });
-        const allocated = inv.replicas.find((r) => r.id === p.id)?.allocatedBytes;
-        if (allocated !== undefined) copied = Math.min(job.totalBytes, Math.max(0, allocated - startAllocated));
-      }
-      const now = Date.now();
-      const elapsed = Math.max(1, now - job.startedAtMs) / 1000;
-      job = { ...job, copiedBytes: copied, bytesPerSec: Math.round(copied / elapsed), updatedAtMs: now };
-      await this.put(volume, revision, job);
-    };
-    const timer = setInterval(() => {
-      writing = writing.then(tick).catch(() => undefined);
-    }, this.d.progressEveryMs ?? 2_000);
-    return {
-      job: () => job,
-      stop: async () => {
-        clearInterval(timer);
-        await writing;
-      },
-    };
-  }
+/**
+ * Records the job of a copy about to start (through `put`); undefined when `put`
+ * refused (the spec moved).
+ */
+export async function recordCopyStart(
+  agents: AgentClients,
+  spec: VolumeSpec,
+  p: ReplicaPlacement,
+  source: ReplicaStatusRecord,
+  put: (job: JobRecord) => Promise<boolean>,
+  message = `copying from ${source.id} on ${source.node}`,
+): Promise<JobRecord | undefined> {
+  const now = Date.now();
+  // The source's allocation is what the copy has to move (thin images); fresh from its agent when possible.
+  const inventory = await agents
+    .for(source.node)
+    .getInventory({}, { timeoutMs: 10_000 })
+    .catch(() => undefined);
+  const sourceBytes = inventory?.replicas.find((r) => r.id === source.id)?.allocatedBytes ?? source.allocatedBytes;
+  const job: JobRecord = {
+    replica: p.id,
+    volume: spec.name,
+    kind: "full",
+    node: p.node,
+    runner: p.node,
+    totalBytes: preallocated(spec) ? spec.sizeBytes : Math.max(sourceBytes, 1),
+    copiedBytes: 0,
+    bytesPerSec: 0,
+    startedAtMs: now,
+    updatedAtMs: now,
+    message,
+  };
+  return (await put(job)) ? job : undefined;
+}
+
+/**
+ * Reads the target image's allocation while the copy runs and records it as the
+ * job's progress through `put` (thin images only: a preallocated one is fully
+ * allocated already, so its job only shows that it is alive).
+ */
+export function followProgress(
+  agents: AgentClients,
+  store: ClusterStore,
+  volume: string,
+  p: ReplicaPlacement,
+  start: JobRecord,
+  startAllocated: number,
+  put: (job: JobRecord) => Promise<boolean>,
+  everyMs = 2_000,
+) {
+  let job = start;
+  let writing: Promise<unknown> = Promise.resolve();
+  const thin = !preallocated(store.volumeSpec(volume)?.value);
+  const tick = async () => {
+    let copied = job.copiedBytes;
+    if (thin) {
+      const inv = await agents.for(p.node).getInventory({}, { timeoutMs: 5_000 });
+      const allocated = inv.replicas.find((r) => r.id === p.id)?.allocatedBytes;
+      if (allocated !== undefined) copied = Math.min(job.totalBytes, Math.max(0, allocated - startAllocated));
+    }
+    const now = Date.now();
+    const elapsed = Math.max(1, now - job.startedAtMs) / 1000;
+    job = { ...job, copiedBytes: copied, bytesPerSec: Math.round(copied / elapsed), updatedAtMs: now };
+    await put(job);
+  };
+  const timer = setInterval(() => {
+    writing = writing.then(tick).catch(() => undefined);
+  }, everyMs);
+  return {
+    job: () => job,
+    stop: async () => {
+      clearInterval(timer);
+      await writing;
+    },
+  };
 }
 
 function preallocated(spec: VolumeSpec | undefined): boolean {

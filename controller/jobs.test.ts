@@ -67,6 +67,23 @@ describe("volumeJobs", () => {
       ],
       { state: JobState.JOB_STATE_QUEUED, kind: "incremental", message: "the frontend on n1 copies it" },
     ],
+    "attached, a new replica: its agent copies once the frontend tracks writes": [
+      [spec({ attachments: [{ node: "n1", sinceMs: 0 }] }), status(), new Map(), online(), NOW],
+      { state: JobState.JOB_STATE_QUEUED, kind: "full", message: "waiting for the frontend on n1 to track writes; then its agent copies it" },
+    ],
+    "attached, a new replica the frontend tracks: its agent copies it next": [
+      [
+        spec({
+          attachments: [{ node: "n1", sinceMs: 0 }],
+          placement: [spec().placement[0]!, { ...spec().placement[1]!, outOfSync: { ...spec().placement[1]!.outOfSync!, agentCopy: { token: "0123456789abcdef", node: "n1", sinceMs: 6 } } }],
+        }),
+        status(),
+        new Map(),
+        online(),
+        NOW,
+      ],
+      { state: JobState.JOB_STATE_QUEUED, kind: "full", message: "its agent copies it next; the frontend on n1 tracks writes" },
+    ],
     "a deleting volume has no jobs": [[spec({ deleting: true }), status(), new Map([["r2", record]]), online(), NOW], undefined],
     "in-sync replicas have no jobs, even with a stale record": [
       [spec({ placement: [{ id: "r1", node: "n1", pool: "p" }, { id: "r2", node: "n2", pool: "p" }] }), status(), new Map([["r2", record]]), online(), NOW],

@@ -4,6 +4,7 @@
 // one), otherwise queued or waiting with the reason. Pure: records and `now` in.
 import { JobState, type Job } from "../gen/stowage/v1/types.js";
 import type { JobRecord, ResyncKind, VolumeSpec, VolumeStatus } from "./model.js";
+import { awaitsAgentCopy } from "./attached-rebuild.js";
 import { NEW_REPLICA_REASON } from "./placement-edits.js";
 
 /** A job whose runner has not reported for this long shows as stalled. */
@@ -42,6 +43,11 @@ export function volumeJobs(
     } else if (!sourceReady) {
       state = JobState.JOB_STATE_WAITING;
       message = "no in-sync replica is reachable to copy from";
+    } else if (attachedTo.length > 0 && awaitsAgentCopy(p)) {
+      // attached-rebuild.ts: the frontend tracks writes, then the replica's agent copies.
+      message = p.outOfSync.agentCopy?.token
+        ? `its agent copies it next; the frontend on ${p.outOfSync.agentCopy.node} tracks writes`
+        : `waiting for the frontend on ${attachedTo.join(", ")} to track writes; then its agent copies it`;
     } else if (attachedTo.length > 0) {
       message = `the frontend on ${attachedTo.join(", ")} copies it`;
     } else if ((status?.frontends ?? []).length > 0) {

@@ -2,7 +2,8 @@
 // only enqueue names; each pass re-reads spec and status from the store and
 // converges: creates or grows missing replicas, keeps each volume's replica set as
 // asked (replica-keeper.ts: scaling, grace-period replacement, drains), copies
-// out-of-sync replicas of detached volumes (detached-resync.ts), deletes the
+// out-of-sync replicas of detached volumes (detached-resync.ts) and new replicas of
+// attached ones (attached-rebuild.ts, with the frontend), deletes the
 // replicas of deleted volumes, removes orphaned images from nodes, and writes the
 // derived status.
 import type { Etcd3 } from "etcd3";
@@ -13,6 +14,7 @@ import type { Logger } from "../lib/logger.js";
 import type { AgentClients } from "./agents.js";
 import type { ClusterView } from "./cluster-view.js";
 import { formatToApi, preallocationToApi } from "./convert.js";
+import { AttachedRebuild, awaitsAgentCopy } from "./attached-rebuild.js";
 import { DetachedResync } from "./detached-resync.js";
 import { activeExport } from "./transfer-api.js";
 import { keys } from "./keys.js";
@@ -67,6 +69,7 @@ export class Reconciler {
   private readonly log: Logger;
   readonly keeper: ReplicaKeeper;
   private readonly resync: DetachedResync;
+  private readonly rebuild: AttachedRebuild;
   private readonly templates?: Pick<Templates, "ensureCopy">;
 
   constructor(
@@ -76,6 +79,7 @@ export class Reconciler {
     ({ etcd: this.etcd, store: this.store, agents: this.agents, registry: this.registry, log: this.log, templates: this.templates } = deps);
     this.keeper = new ReplicaKeeper({ ...deps, graceMs: opts.replicaGraceMs, log: deps.log.child({ part: "replicas" }) });
     this.resync = new DetachedResync({ store: deps.store, agents: deps.agents, log: deps.log, copyRateBytes: opts.copyRateBytes ?? 0 });
+    this.rebuild = new AttachedRebuild({ store: deps.store, agents: deps.agents, log: deps.log, copyRateBytes: opts.copyRateBytes ?? 0, enqueue: (v) => this.volumes.add(v) });
     const onError = (what: string) => (id: string, err: unknown) =>
       this.log.warn({ [what]: id, err: errorMessage(err) }, `${what} reconcile failed; will retry`);
     this.volumes = new WorkQueue((n) => this.reconcileVolume(n), opts.concurrency, onError("volume"));
@@ -91,6 +95,7 @@ export class Reconciler {
   }
 
   stop(): void {
+    this.rebuild.stop();
     clearInterval(this.resyncTimer);
     this.store.off("change", this.onChange);
     this.volumes.stop();
@@ -154,7 +159,8 @@ export class Reconciler {
     // Frontends of detached nodes stop first: they hold the exports open.
     const stopping = await this.stopFrontends(spec, prevFrontends);
     // Replicas are exported over NBD only while the volume is attached somewhere, or as
-    // the source of a resync of a detached volume (the copy's target is never exported).
+    // the source of a resync of a detached volume (the copy's target is never exported;
+    // nor is a new replica of an attached one before its agent copied it).
     const attached = (spec.attachments ?? []).length > 0 || stopping.length > 0;
     // Nothing is copied while a revert rolls the in-sync replicas back (a copy would mix old and new).
     const resync = !attached && prevFrontends.length === 0 && !spec.reverting && spec.placement.some((p) => p.outOfSync);
@@ -164,7 +170,12 @@ export class Reconciler {
     const backingUp = spec.backingUp !== undefined && spec.backingUp.untilMs > Date.now();
     const replicas = await Promise.all(
       spec.placement.map((p) =>
-        this.ensureReplica(spec, p, previous.get(p.id), attached || (resync && !p.outOfSync) || p.id === exporting || (backingUp && !p.outOfSync)),
+        this.ensureReplica(
+          spec,
+          p,
+          previous.get(p.id),
+          (attached && !awaitsAgentCopy(p)) || (resync && !p.outOfSync) || p.id === exporting || (backingUp && !p.outOfSync),
+        ),
       ),
     );
     // A clone's replicas made from the snapshot exist: forget the source, so that an image lost
@@ -197,6 +208,7 @@ export class Reconciler {
     await this.keeper.dropStaleJobs(spec, specE.modRevision);
     const again = [removal, plan.recheckInMs];
     if (resync) again.push(await this.resync.run(spec, specE.modRevision, replicas));
+    else if (attached) again.push(this.rebuild.run(spec, replicas, frontends));
     if (status.phase !== "healthy" || frontends.some((f) => f.state !== "attached")) again.push(2_000);
     // Closes the export once its lease ran out.
     if (exporting) again.push(Math.max(spec.exporting!.untilMs - Date.now(), 0) + 100);

@@ -2,11 +2,14 @@
 // every acknowledged write. Frontends call it: MarkOutOfSync before they
 // acknowledge a write a replica failed, MarkInSync after a resync. Each change
 // is one compare-and-swap on the volume spec and bumps the volume's generation.
+// TrackReplica records which dirty map tracks a new replica of an attached volume
+// while its agent copies it (attached-rebuild.ts); it changes no generation.
 import type { ReplicaSyncServiceService, SyncState } from "../gen/stowage/v1/controller.js";
 import { ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../lib/errors.js";
 import type { RequestHandlers } from "../lib/grpc.js";
 import { validateName } from "../lib/names.js";
 import { keys } from "./keys.js";
+import { awaitsAgentCopy } from "./attached-rebuild.js";
 import type { JobRecord, ResyncKind, VolumeSpec, VolumeStatus } from "./model.js";
 import type { ClusterStore } from "./store.js";
 
@@ -24,6 +27,7 @@ export function generationOf(spec: VolumeSpec): number {
 
 export function syncState(spec: VolumeSpec, status?: VolumeStatus, copyRateBytes = 0): SyncState {
   const exported = new Map((status?.replicas ?? []).filter((r) => r.state === "healthy" && r.exportUri).map((r) => [r.id, r.exportUri!]));
+  const attached = (spec.attachments ?? []).length > 0;
   return {
     volume: spec.name,
     generation: generationOf(spec),
@@ -35,6 +39,8 @@ export function syncState(spec: VolumeSpec, status?: VolumeStatus, copyRateBytes
       nbdUri: exported.get(p.id) ?? "",
       inSync: !p.outOfSync,
       outOfSyncGeneration: p.outOfSync?.generation ?? 0,
+      agentCopy: attached && awaitsAgentCopy(p),
+      trackingToken: p.outOfSync?.agentCopy?.token ?? "",
     })),
     copyRateBytes,
     attachedNodes: (spec.attachments ?? []).map((a) => a.node),
@@ -151,8 +157,38 @@ export function syncApi(d: SyncApiDeps): RequestHandlers<typeof ReplicaSyncServi
             hint: "resync it again",
           });
         }
-        return withReplicaInSync(s, p.id, req.kind ? { kind: kindOf(req.kind), bytes: req.copiedBytes, ms: req.durationMs } : undefined);
+        // After an agent copy the frontend copied only what was written meanwhile: the record shows both as one rebuild.
+        const agent = p.outOfSync.agentCopy?.copied;
+        const copy = agent
+          ? { kind: "full" as const, bytes: agent.bytes + req.copiedBytes, ms: Date.now() - agent.startedAtMs }
+          : req.kind
+            ? { kind: kindOf(req.kind), bytes: req.copiedBytes, ms: req.durationMs }
+            : undefined;
+        return withReplicaInSync(s, p.id, copy);
       }, [keys.job(req.replicaId)]);
+      return { state: syncState(spec, d.store.volumeStatus(req.volume)?.value, d.copyRateBytes) };
+    },
+
+    async trackReplica(req) {
+      await d.ensureLeader();
+      if (!/^[0-9a-z-]{1,32}$/.test(req.token)) throw new InvalidArgumentError(`invalid tracking token ${JSON.stringify(req.token)}`);
+      const spec = await update(req.volume, (s) => {
+        const p = replica(s, req.replicaId);
+        if (!p.outOfSync || !awaitsAgentCopy(p)) {
+          throw new FailedPreconditionError(`replica ${p.id} of volume ${s.name} waits for no agent copy`, { hint: "it is in sync, or copied by a frontend" });
+        }
+        if (p.outOfSync.generation !== req.generation) {
+          throw new FailedPreconditionError(`replica ${p.id} was recorded out-of-sync at generation ${p.outOfSync.generation}, not ${req.generation}`, { hint: "read the sync state again" });
+        }
+        const migrating = (s.attachments ?? []).find((a) => a.migration);
+        if (migrating) {
+          throw new FailedPreconditionError(`volume ${s.name} is in the live migration of domain ${migrating.migration}; replica ${p.id} is copied after it ends`, { hint: "report again after the migration" });
+        }
+        const cur = p.outOfSync.agentCopy;
+        if (cur?.token === req.token && cur.node === req.node) return undefined; // recorded already: idempotent
+        const agentCopy = { token: req.token, node: req.node, sinceMs: Date.now() };
+        return { ...s, placement: s.placement.map((x) => (x.id === p.id ? { ...x, outOfSync: { ...x.outOfSync!, agentCopy } } : x)) };
+      });
       return { state: syncState(spec, d.store.volumeStatus(req.volume)?.value, d.copyRateBytes) };
     },
 

@@ -381,6 +381,78 @@ describe("ReplicaSet with the recorded write policy", () => {
     expect(b.s.backend.calls).toBe(calls);
   });
 
+  it("tracks a new replica its agent copies: an empty map, named in the record; nothing copied from here until the copy is done, then only what was written meanwhile", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const record = new FakeRecord(["r-a"]);
+    const set = synced([a.r], record);
+    const c = await front(set);
+    await c.write(0, randomBytes(2 * MiB));
+    await c.flush();
+    record.add("r-b", b.uri, true);
+    await until("the tracking record", () => record.tracked.length === 1);
+    const token = record.tracked[0]!.token;
+    expect(record.replicas[1]!.trackingToken).toBe(token);
+    // The agent's copy reads the source now (the bench and the integration tests run the real one) ...
+    b.s.backend.data.set(a.s.backend.data);
+    // ... and misses these writes, which land while it runs.
+    await c.write(64 * 1024 + 100, randomBytes(100));
+    await c.write(3 * MiB, randomBytes(4096));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(b.s.backend.calls).toBe(0);
+    expect(set.policy!.state("r-b")).toBe("out-of-sync");
+    record.copied("r-b", b.uri);
+    await until("the catch-up", () => set.policy!.state("r-b") === "in-sync");
+    expect(record.inSyncMarks).toEqual([{ id: "r-b", kind: "incremental", bytes: 2 * 64 * 1024 }]);
+    expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
+    expect(record.tracked).toHaveLength(1);
+  });
+
+  it("keeps its tracking map across a restart (no new token); a frontend without the map tracks anew with another token", async () => {
+    const a = await named("r-a");
+    const dir = stateDir();
+    const record = new FakeRecord(["r-a"]);
+    const first = synced([a.r], record, { dir });
+    await first.warmUp();
+    record.add("r-b", "", true);
+    await until("the first tracking record", () => record.tracked.length === 1);
+    const c = await front(first);
+    await c.write(MiB, randomBytes(4096));
+    await first.close();
+    const a2 = await Replica.open(a.r.address, 2);
+    cleanups.push(() => a2.close());
+    const second = synced([a2], record, { dir });
+    await second.warmUp();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(record.tracked).toHaveLength(1);
+    await second.close();
+    // Elsewhere (no map): its writes since are tracked in a new map, whose token voids a copy made for the old one.
+    const a3 = await Replica.open(a.r.address, 2);
+    cleanups.push(() => a3.close());
+    const third = synced([a3], record, { dir: stateDir() });
+    await third.warmUp();
+    await until("the second tracking record", () => record.tracked.length === 2);
+    expect(record.tracked[1]!.token).not.toBe(record.tracked[0]!.token);
+    expect(record.replicas[1]!.trackingToken).toBe(record.tracked[1]!.token);
+  });
+
+  it("copies everything once copied when its map is not the one the record names", async () => {
+    const a = await named("r-a");
+    const b = await named("r-b");
+    const record = new FakeRecord(["r-a"]);
+    const set = synced([a.r], record);
+    const c = await front(set);
+    await c.write(0, randomBytes(MiB));
+    record.add("r-b", "", true);
+    await until("the tracking record", () => record.tracked.length === 1);
+    // The record names another frontend's map (this one's report was overtaken).
+    record.replicas[1]!.trackingToken = "0000000000000000";
+    record.copied("r-b", b.uri);
+    await until("the copy", () => set.policy!.state("r-b") === "in-sync");
+    expect(record.inSyncMarks).toEqual([{ id: "r-b", kind: "full", bytes: 4 * MiB }]);
+    expect(b.s.backend.data.equals(a.s.backend.data)).toBe(true);
+  });
+
   it("starts with a replica unreachable: it is recorded out-of-sync before the first write is acknowledged", async () => {
     const a = await named("r-a");
     const record = new FakeRecord(["r-a", "r-b"]);

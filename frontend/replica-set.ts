@@ -16,7 +16,13 @@
 //   dropped, replicas that joined the volume are added (out of sync), replicas
 //   that left are closed; an out-of-sync replica whose export answers again is
 //   reconnected and resynced (sync/resync.ts): it gets live writes while its
-//   dirty regions are copied under region locks, then it is recorded in-sync.
+//   dirty regions are copied under region locks, then it is recorded in-sync;
+// - a NEW replica of the volume is copied by its agent instead (the record says
+//   agentCopy; it is not exported meanwhile): its dirty map starts empty and
+//   named by a token, the controller is told (TrackReplica), and once the agent
+//   copied and the replica is exported, only the regions written since are
+//   copied here (the returning-replica path above).
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import type { NbdBackend, NbdRequest } from "../lib/nbd/backend.js";
@@ -76,6 +82,12 @@ interface Member {
   mapOpening?: Promise<void>;
   /** Being reconnected or resynced. */
   busy: boolean;
+  /** The record says its agent makes its bulk copy: this frontend only tracks writes for it. */
+  agentCopy?: boolean;
+  /** The map token the record names ("" when none). */
+  recordedToken?: string;
+  /** A TrackReplica call in flight. */
+  tracking?: Promise<void>;
   /** Ran out of space (ENOSPC): no resync before `until`; the wait doubles each time. */
   noSpace?: { until: number; backoffMs: number };
 }
@@ -178,6 +190,8 @@ export class ReplicaSet implements NbdBackend {
   private closed = false;
   /** Resync copy limit, bytes/s (the record's, else the command line's). */
   private copyRateBytes: number;
+  /** Dirty maps opened so far: a write that waited for marks checks it did not miss a new one. */
+  private mapsOpened = 0;
   /** Resync copies done (tests and logs). */
   readonly resyncs: { replica: string; kind: string; bytes: number; ms: number }[] = [];
 
@@ -312,6 +326,8 @@ export class ReplicaSet implements NbdBackend {
       }
       const address = r.nbdUri ? specOf(r.nbdUri) : undefined;
       if (address && address.spec !== m.address?.spec) m.address = address;
+      m.agentCopy = !r.inSync && r.agentCopy === true;
+      m.recordedToken = r.trackingToken ?? "";
     }
     if (!this.policy) {
       // Replicas recorded in-sync that were not given (or did not answer) at start: try them once.
@@ -342,7 +358,7 @@ export class ReplicaSet implements NbdBackend {
       this.policy = policy;
       for (const id of ids) {
         if (policy.state(id) === "faulted") void this.mark(id, "unreachable when the frontend started");
-        if (policy.state(id) === "out-of-sync") await this.ensureMap(id, recorded.get(id)!.outOfSyncGeneration, false);
+        if (policy.state(id) === "out-of-sync") await this.openMapFor(id, recorded.get(id)!.outOfSyncGeneration);
       }
     } else {
       const policy = this.policy;
@@ -351,7 +367,7 @@ export class ReplicaSet implements NbdBackend {
           policy.added(r.id, r.inSync);
           this.log?.warn({ replica: r.id, inSync: r.inSync }, "replica joined the volume");
           if (r.inSync) void this.mark(r.id, "recorded in-sync but unknown to this frontend");
-          else await this.ensureMap(r.id, r.outOfSyncGeneration, false);
+          else await this.openMapFor(r.id, r.outOfSyncGeneration);
           continue;
         }
         const s = policy.state(r.id);
@@ -361,12 +377,56 @@ export class ReplicaSet implements NbdBackend {
         if (!r.inSync && (s === "in-sync" || markedAgain)) {
           policy.recordedOutOfSync(r.id);
           this.log?.warn({ replica: r.id, generation: r.outOfSyncGeneration }, "replica recorded out-of-sync by another frontend; no longer used");
-          await this.ensureMap(r.id, r.outOfSyncGeneration, false);
+          await this.openMapFor(r.id, r.outOfSyncGeneration);
         }
       }
       policy.generation = Math.max(policy.generation, state.generation);
+      for (const r of state.replicas) {
+        const m = this.members.get(r.id);
+        if (!m || !policy.has(r.id) || policy.state(r.id) !== "out-of-sync") continue;
+        await this.openMapFor(r.id, r.outOfSyncGeneration);
+      }
     }
+    for (const m of this.members.values()) if (m.agentCopy && !this.sharedWrites && m.map?.token && m.map.token !== m.recordedToken) void this.track(m);
     for (const id of [...this.members.keys()]) if (!recorded.has(id)) await this.drop(id);
+  }
+
+  /**
+   * The map an out-of-sync replica needs now: a tracking one (empty from now on,
+   * with a token) while its agent is to copy it; else the one found, unless it
+   * carries a token the record does not name (it does not cover the copy the
+   * agent made: everything is copied).
+   */
+  private openMapFor(id: string, generation: number): Promise<void> {
+    const m = this.members.get(id);
+    if (!m) return Promise.resolve();
+    if (m.agentCopy) return this.ensureMap(id, generation, "track");
+    return this.ensureMap(id, generation, "found", m.recordedToken ?? "");
+  }
+
+  /**
+   * Tells the controller that the replica's map (with its token) tracks every write
+   * from now on. Writes sent before the map opened are waited for first: the agent's
+   * copy may start as soon as this is recorded, and must read them.
+   */
+  private track(m: Member): Promise<void> {
+    if (m.tracking) return m.tracking;
+    const map = m.map!;
+    m.tracking = (async () => {
+      this.locks.activate();
+      try {
+        await this.locks.drained();
+      } finally {
+        this.locks.deactivate();
+      }
+      if (this.closed || m.map !== map) return;
+      await this.sync!.recorder.trackReplica(m.id, map.options.generation, map.token);
+      m.recordedToken = map.token;
+      this.log?.info({ replica: m.id, token: map.token, generation: map.options.generation }, "tracking writes to the new replica while its agent copies it");
+    })()
+      .catch((err: unknown) => this.log?.warn({ replica: m.id, err: errorMessage(err) }, "could not record that this frontend tracks the new replica; trying again"))
+      .finally(() => (m.tracking = undefined));
+    return m.tracking;
   }
 
   /** A replica left the volume: no more requests, and its dirty map goes. */
@@ -394,27 +454,41 @@ export class ReplicaSet implements NbdBackend {
 
   /**
    * Opens the dirty map of an out-of-sync replica for the generation it was recorded
-   * at. `fresh`: this frontend recorded it just now, so it knows every write the
-   * replica misses. Otherwise a map from before (a restart) is used as found, and a
-   * missing or different one means nothing is known: every region is dirty.
+   * at. "fresh": this frontend recorded it just now, so it knows every write the
+   * replica misses. "found": a map from before (a restart) is used as found, and a
+   * missing or different one (or one whose token is not `token`) means nothing is
+   * known: every region is dirty. "track": a map with a token found is kept (this
+   * frontend restarted while tracking); else a new, empty one gets a new token.
    */
-  private ensureMap(id: string, generation: number, fresh: boolean): Promise<void> {
+  private ensureMap(id: string, generation: number, how: "fresh" | "found" | "track", token = ""): Promise<void> {
     const m = this.members.get(id);
-    if (!m || (m.map && m.map.options.generation === generation)) return Promise.resolve();
+    if (!m) return Promise.resolve();
+    const cur = m.map;
+    if (cur && cur.options.generation === generation && (how === "track" ? cur.token !== "" : how === "fresh" || !cur.token || cur.token === token)) return Promise.resolve();
     if (m.mapOpening) return m.mapOpening;
+    this.mapsOpened++;
     m.mapOpening = (async () => {
       try {
         const old = m.map;
         m.map = undefined;
         await old?.close();
-        const { map, state } = await DirtyMap.open(this.mapPath(id), { sizeBytes: this.size, regionBytes: REGION_BYTES, generation });
+        const options = { sizeBytes: this.size, regionBytes: REGION_BYTES, generation };
+        let { map, state } = await DirtyMap.open(this.mapPath(id), options);
+        const stale = how === "track" ? state !== "loaded" || map.token === "" : how === "found" && map.token !== "" && map.token !== token;
+        if (stale) {
+          await map.close();
+          await DirtyMap.remove(map.path);
+          ({ map, state } = await DirtyMap.open(this.mapPath(id), options));
+        }
+        const fresh = how === "fresh" || (how === "track" && stale);
         if (state !== "loaded" && !fresh) await map.markAll();
         if (fresh) {
           // Writes it took but may have lost with its own caches (not flushed yet).
           await map.markRegions([this.unflushed, ...this.flushing].flatMap((set) => [...set]));
         }
+        if (how === "track" && stale) await map.setToken(randomBytes(8).toString("hex"));
         m.map = map;
-        this.log?.info({ replica: id, generation, state, dirtyBytes: map.dirtyBytes, full: map.full }, "dirty map open");
+        this.log?.info({ replica: id, generation, state, dirtyBytes: map.dirtyBytes, full: map.full, token: map.token || undefined }, "dirty map open");
       } catch (err) {
         this.log?.error({ replica: id, err: errorMessage(err) }, "cannot keep a dirty map; the replica will get a full copy");
       } finally {
@@ -461,7 +535,8 @@ export class ReplicaSet implements NbdBackend {
     const policy = this.policy!;
     if (this.sharedWrites) return;
     for (const m of this.members.values()) {
-      if (m.busy || !m.address || !policy.has(m.id) || policy.state(m.id) !== "out-of-sync") continue;
+      // A replica its agent is to copy gets no copy from here until that is done.
+      if (m.busy || m.agentCopy || !m.address || !policy.has(m.id) || policy.state(m.id) !== "out-of-sync") continue;
       if (m.noSpace && Date.now() < m.noSpace.until) continue;
       if (!policy.readSources().length) return;
       m.busy = true;
@@ -488,7 +563,7 @@ export class ReplicaSet implements NbdBackend {
     if (m.mapOpening) await m.mapOpening;
     if (!m.map) {
       // Nothing known about what it misses (its map could not be kept): copy everything.
-      await this.ensureMap(m.id, policy.has(m.id) ? policy.generation : 0, false);
+      await this.ensureMap(m.id, policy.has(m.id) ? policy.generation : 0, "found");
       if (!m.map) return;
     }
     if (policy.state(m.id) !== "out-of-sync") return;
@@ -593,9 +668,11 @@ export class ReplicaSet implements NbdBackend {
       this.flushing.add(flushed);
       return this.send(req, payload, undefined, flushed);
     }
+    const maps = this.mapsOpened;
     const marking = this.markMissing(req.offset, req.length);
     if (marking === undefined) return this.enter(req, payload);
-    marking.then(() => this.enter(req, payload), (err: unknown) => {
+    // A map opened while this write waited (a new replica's tracking map) must have it too.
+    marking.then(() => (this.mapsOpened === maps ? this.enter(req, payload) : this.toTargets(req, payload)), (err: unknown) => {
       this.log?.error({ err: errorMessage(err) }, "cannot mark a dirty region; failing the write");
       req.done(Errno.EIO);
     });
@@ -735,7 +812,7 @@ export class ReplicaSet implements NbdBackend {
           if (!policy.has(id) || policy.state(id) !== "faulted") return;
           policy.markConfirmed(id, generation);
           this.log?.error({ replica: id, generation, reason }, "replica recorded out-of-sync; writing to the others");
-          await this.ensureMap(id, generation, true);
+          await this.ensureMap(id, generation, "fresh");
         },
         async (err: unknown) => {
           if (!policy.has(id) || policy.state(id) !== "faulted") return;

@@ -129,4 +129,25 @@ describe("DirtyMap", () => {
     expect(map.syncs).toBe(before + 1);
     await map.close();
   });
+
+  it("keeps a tracking token across a reopen, beside the dirty bits, and only on a map that is not a full copy", async () => {
+    const { map } = await DirtyMap.open(path, opts);
+    expect(map.token).toBe("");
+    await map.setToken("0123456789abcdef");
+    await map.markDirty(3 * 64 * KiB, 1);
+    await map.close();
+    const again = await DirtyMap.open(path, opts);
+    expect(again.state).toBe("loaded");
+    expect(again.map.token).toBe("0123456789abcdef");
+    expect([...again.map.dirtyRegions()]).toEqual([3]);
+    await expect(again.map.setToken("BAD TOKEN")).rejects.toThrow(RangeError);
+    await again.map.markAll();
+    await expect(again.map.setToken("fedcba9876543210")).rejects.toThrow(/full copy/);
+    await again.map.close();
+    // A map of another generation starts over: no token.
+    const other = await DirtyMap.open(path, { ...opts, generation: 8 });
+    expect(other.state).toBe("mismatch");
+    expect(other.map.token).toBe("");
+    await other.map.close();
+  });
 });

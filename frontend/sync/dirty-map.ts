@@ -12,6 +12,10 @@
 // A header that does not match (other volume size, region size or tracked
 // generation), or no file at all when one was expected, means "unknown": the
 // caller must copy everything.
+//
+// A map may carry a token (header bytes 40-71): it names a map that tracks a new
+// replica from empty while its agent copies the bulk of it (TrackReplica). The
+// controller records the token; a map with another one does not cover that copy.
 import { open, rename, rm, type FileHandle } from "node:fs/promises";
 
 const MAGIC = "STOWDIRT";
@@ -45,6 +49,9 @@ function encodeHeader(o: DirtyMapOptions): Buffer {
 
 /** Header byte 32: 1 when the map stands for a full copy (nothing was known about the replica). */
 const FULL_AT = 32;
+/** Header bytes 40-71: the tracking token (latin1, zero-padded; empty: none). */
+const TOKEN_AT = 40;
+const TOKEN_MAX = 32;
 
 function headerMatches(h: Buffer, o: DirtyMapOptions): boolean {
   return (
@@ -75,6 +82,8 @@ export class DirtyMap {
     private readonly bits: Uint8Array,
     /** Every region was marked because nothing was known (see markAll): the copy is a full one. */
     public full: boolean,
+    /** The tracking token ("" when none; see setToken). */
+    private tokenValue: string,
   ) {
     this.regions = regionCount(options.sizeBytes, options.regionBytes);
     for (const byte of bits) this.dirtyCount += popcount(byte);
@@ -92,6 +101,7 @@ export class DirtyMap {
     const bits = new Uint8Array(Math.ceil(bitmapBytes / PAGE) * PAGE);
     let state: OpenState = "created";
     let full = false;
+    let token = "";
     const existing = await open(path, "r").catch(() => undefined);
     if (existing) {
       try {
@@ -101,6 +111,7 @@ export class DirtyMap {
           await existing.read(bits, 0, bits.length, HEADER);
           state = "loaded";
           full = h[FULL_AT] === 1;
+          token = h.toString("latin1", TOKEN_AT, TOKEN_AT + TOKEN_MAX).replace(/\0+$/, "");
         } else {
           state = "mismatch";
         }
@@ -119,11 +130,32 @@ export class DirtyMap {
       await rename(tmp, path);
     }
     const file = await open(path, "r+");
-    return { map: new DirtyMap(path, o, file, bits, full), state };
+    return { map: new DirtyMap(path, o, file, bits, full, token), state };
   }
 
   static async remove(path: string): Promise<void> {
     await rm(path, { force: true });
+  }
+
+  /** The tracking token ("" when the map has none). */
+  get token(): string {
+    return this.tokenValue;
+  }
+
+  /**
+   * Names the map (TrackReplica): on disk before this resolves, so a token the
+   * controller records always names a map that exists. Only an empty map that
+   * is not a full copy gets one: it tracks a replica from a known point.
+   */
+  async setToken(token: string): Promise<void> {
+    if (!/^[0-9a-z-]{1,32}$/.test(token)) throw new RangeError(`bad tracking token ${JSON.stringify(token)}`);
+    if (this.full) throw new Error("a map standing for a full copy cannot track");
+    const b = Buffer.alloc(TOKEN_MAX);
+    b.write(token, 0, "latin1");
+    await this.file.write(b, 0, TOKEN_MAX, TOKEN_AT);
+    await this.file.datasync();
+    this.syncs++;
+    this.tokenValue = token;
   }
 
   get count(): number {

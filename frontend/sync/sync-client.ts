@@ -18,6 +18,10 @@ export interface RecordedReplica {
   inSync: boolean;
   /** When out of sync: the generation it was recorded at. */
   outOfSyncGeneration: number;
+  /** A new replica whose agent makes the bulk copy: track its writes (trackReplica), copy nothing. */
+  agentCopy?: boolean;
+  /** The dirty-map token recorded by trackReplica ("" or absent: none). */
+  trackingToken?: string;
 }
 
 export interface RecordedSyncState {
@@ -50,6 +54,12 @@ export interface SyncRecorder {
   reportResync(replicaId: string, progress: ResyncProgress): Promise<void>;
   /** The recorded state (replicas another frontend may have marked meanwhile, replicas added or removed). */
   syncState(): Promise<RecordedSyncState>;
+  /**
+   * Records that this frontend's dirty map `token` tracks every write to the replica
+   * from now on (its agent may then copy it). Throws FailedPreconditionError when
+   * refused (no agent copy pending, or marked again since `generation`).
+   */
+  trackReplica(replicaId: string, generation: number, token: string): Promise<void>;
 }
 
 export interface SyncClientOptions {
@@ -92,6 +102,12 @@ export class SyncClient implements SyncRecorder {
     await this.service.reportResync(
       { volume: this.o.volume, replicaId, kind: p.kind, totalBytes: p.totalBytes, copiedBytes: p.copiedBytes, bytesPerSec: Math.round(p.bytesPerSec), startedAtMs: p.startedAtMs, runner: this.o.node ?? "" },
       { timeoutMs: 2_000 },
+    );
+  }
+
+  async trackReplica(replicaId: string, generation: number, token: string): Promise<void> {
+    await this.call(`record that this frontend tracks replica ${replicaId} of ${this.o.volume}`, (timeoutMs) =>
+      this.service.trackReplica({ volume: this.o.volume, replicaId, generation, token, node: this.o.node ?? "" }, { timeoutMs }),
     );
   }
 

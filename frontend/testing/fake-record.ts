@@ -21,6 +21,8 @@ export class FakeRecord implements SyncRecorder {
   reads = 0;
   /** Nodes the volume is attached to (undefined: not reported). */
   attachedNodes: string[] | undefined;
+  /** trackReplica calls, in order. */
+  readonly tracked: { id: string; generation: number; token: string }[] = [];
 
   constructor(ids: string[], outOfSync: string[] = []) {
     this.replicas = ids.map((id) => ({ id, node: "", nbdUri: "", inSync: !outOfSync.includes(id), outOfSyncGeneration: outOfSync.includes(id) ? 1 : 0 }));
@@ -64,15 +66,31 @@ export class FakeRecord implements SyncRecorder {
     this.progress.push(p);
   }
 
+  async trackReplica(id: string, generation: number, token: string): Promise<void> {
+    this.up();
+    const r = this.find(id);
+    if (!r.agentCopy) throw new FailedPreconditionError(`replica ${id} waits for no agent copy`);
+    if (r.outOfSyncGeneration !== generation) throw new FailedPreconditionError(`replica ${id} was marked out-of-sync again`);
+    this.tracked.push({ id, generation, token });
+    r.trackingToken = token;
+  }
+
+  /** The agent copied the replica (the controller then exports it): the frontend catches up. */
+  copied(id: string, nbdUri: string): void {
+    const r = this.find(id);
+    r.agentCopy = false;
+    r.nbdUri = nbdUri;
+  }
+
   async syncState(): Promise<RecordedSyncState> {
     this.up();
     this.reads++;
     return { generation: this.generation, replicas: this.replicas.map((r) => ({ ...r })), attachedNodes: this.attachedNodes && [...this.attachedNodes] };
   }
 
-  /** Adds a replica the way the controller does (out of sync, to be copied). */
-  add(id: string, nbdUri: string): void {
-    this.replicas.push({ id, node: "", nbdUri, inSync: false, outOfSyncGeneration: ++this.generation });
+  /** Adds a replica the way the controller does (out of sync, to be copied; by its agent when `agentCopy`, not exported until then). */
+  add(id: string, nbdUri: string, agentCopy = false): void {
+    this.replicas.push({ id, node: "", nbdUri: agentCopy ? "" : nbdUri, inSync: false, outOfSyncGeneration: ++this.generation, ...(agentCopy ? { agentCopy, trackingToken: "" } : {}) });
   }
 
   remove(id: string): void {

@@ -1,12 +1,19 @@
 // Part 2 of the replication benchmark: how fast a replica is rebuilt, against a plain
 // `qemu-img convert` copy of the same data, in the same run, alternating.
 //
-// Both rebuild paths are timed through Stowage's own code, with no rate limit:
+// The rebuild paths are timed through Stowage's own code, with no rate limit:
 //   detached volume  DirPool.copyFrom (node-agent/dir-pool.ts): `qemu-img convert -n` from
 //                    the NBD export of an in-sync replica into the existing image, flushed;
-//   attached volume  the frontend's copy (frontend/sync/resync.ts): a replica set over the
-//                    source's export told by its record that a new replica joined, timed
-//                    until the copy is flushed and recorded in-sync.
+//   attached volume  the agent copies and the frontend catches up (controller/attached-
+//                    rebuild.ts): a replica set over the source's export (the frontend) is
+//                    told by its record that a new replica joined, to be copied by its agent;
+//                    once it tracks writes in an empty dirty map (untimed, like making the
+//                    image), the clock runs through DirPool.copyFrom, the export of the
+//                    copied image by the target daemon (QsdExports, as the agent opens it),
+//                    and the frontend's catch-up, until the replica is recorded in-sync;
+//   frontend copy    the fallback (frontend/sync/resync.ts): the same replica set told that
+//                    a new, exported replica joined, timed until its copy of every allocated
+//                    region is flushed and recorded in-sync.
 //
 // The baseline is made honest, because the naive one is not a copy at all: qemu-img's
 // default target cache is `unsafe` (no flush ever), so a plain convert ends with the data
@@ -27,6 +34,7 @@ import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { run } from "../../lib/exec.js";
 import { DirPool } from "../../node-agent/dir-pool.js";
+import { QsdExports } from "../../node-agent/qsd/exports.js";
 import { Qsd } from "../harness/qsd.js";
 import { Replica } from "../../frontend/replica.js";
 import { ReplicaSet } from "../../frontend/replica-set.js";
@@ -51,7 +59,13 @@ export interface ResyncResult {
   dataBytes: number;
   /** Stowage's rebuild path for a detached volume: DirPool.copyFrom from the source's NBD export. */
   stowage: CopyFigure;
-  /** Stowage's rebuild path for an attached volume: the frontend's full copy (allocated regions) to a new replica. */
+  /** Stowage's rebuild path for an attached volume: the agent's copy, the export, the frontend's catch-up, until recorded in-sync. */
+  attached: CopyFigure;
+  /** Of that, the agent's copy alone (seconds; MB/s of data). */
+  attachedCopy: CopyFigure;
+  /** Untimed above: from the new replica joining the record until the frontend's tracking map is recorded. */
+  trackingSetup: CopyFigure;
+  /** The fallback for an attached volume: the frontend's full copy (allocated regions) to a new, exported replica. */
   frontend: CopyFigure;
   /** `qemu-img convert -O qcow2 SOURCE TARGET`: the source through the page cache, the target never flushed. */
   plainNaive: CopyFigure;
@@ -116,8 +130,13 @@ export async function benchResync(o: ResyncOptions): Promise<ResyncResult> {
   const plainDirect: number[] = [];
   const nbdUnflushed: number[] = [];
   const frontend: number[] = [];
+  const attached: number[] = [];
+  const attachedCopy: number[] = [];
+  const trackingSetup: number[] = [];
   let verified = false;
   let frontendVerified = false;
+  let attachedVerified = false;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   /** A fresh replica image filled from the source's export by `copy`, timed; compared with the source when `verify`. */
   const viaNbd = async (into: number[], copy: (uri: string, path: string) => Promise<unknown>, verify = false) => {
@@ -175,6 +194,61 @@ export async function benchResync(o: ResyncOptions): Promise<ResyncResult> {
     }
     await pool.deleteReplica(REPLICA.id);
   };
+  /**
+   * The attached-volume path (controller/attached-rebuild.ts), with the controller's part
+   * played by the bench: the replica set (the frontend) reads a record in which a new,
+   * unexported replica awaits its agent's copy; once it tracks writes for it, the agent's
+   * copy (DirPool.copyFrom), the target daemon's export of the image (QsdExports, a daemon
+   * already running, as on an agent's node) and the frontend's catch-up of what was
+   * written meanwhile (nothing here), until recorded in-sync (the record is read every 5 ms).
+   */
+  const viaAgentAndFrontend = async (verify = false) => {
+    const { replica } = await pool.ensureReplica({ ...REPLICA, sizeBytes: IMAGE_BYTES, format: "qcow2", preallocation: "off" });
+    const { qsd, stop } = await startSource();
+    const other = join(dir, "other.qcow2");
+    const tq = await Qsd.start({ dir, image: other, format: "qcow2", sizeMiB: 1, exportName: "other", socket: join(dir, "target.sock"), fileOptions });
+    const stopTarget = o.cleanups.add("target qemu-storage-daemon", () => tq.stop());
+    const qmp = await tq.qmp();
+    const exports = new QsdExports({ qmp: () => qmp, endpoint: () => ({ unixSocket: tq.socket }) });
+    const maps = join(dir, "maps");
+    await mkdir(maps, { recursive: true });
+    const record = new FakeRecord(["source"]);
+    const set = new ReplicaSet([await Replica.open({ spec: qsd.uri, socketPath: qsd.socket, exportName: "source" }, 2)], undefined, {
+      recorder: record,
+      generation: 1,
+      stateDir: maps,
+      volume: "bench",
+      refreshMs: 5,
+    });
+    try {
+      await set.warmUp();
+      const t0 = performance.now();
+      record.add(REPLICA.id, "", true);
+      while (!record.replicas.find((r) => r.id === REPLICA.id)?.trackingToken) await sleep(1);
+      trackingSetup.push((performance.now() - t0) / 1000);
+      await syncDisks();
+      const t = performance.now();
+      await pool.copyFrom(REPLICA.id, qsd.uri, 0);
+      attachedCopy.push((performance.now() - t) / 1000);
+      const d = await exports.ensureExport({ replicaId: REPLICA.id, path: replica.path, format: "qcow2", writable: true });
+      record.copied(REPLICA.id, d.nbdUri);
+      while (record.inSyncMarks.length === 0) await sleep(1);
+      attached.push((performance.now() - t) / 1000);
+      if (set.resyncs[0]?.kind !== "incremental") throw new Error(`the frontend's catch-up was ${set.resyncs[0]?.kind}, not incremental`);
+    } finally {
+      await set.close();
+      await exports.removeExport(REPLICA.id, { force: true }).catch(() => undefined);
+      await qmp.close();
+      await stopTarget();
+      await stop();
+      await rm(other, { force: true });
+    }
+    if (verify) {
+      const compare = ["compare", "-f", "qcow2", "-F", "qcow2", source, replica.path];
+      attachedVerified = await run("qemu-img", compare, { timeoutMs: 300_000 }).then(() => true, () => false);
+    }
+    await pool.deleteReplica(REPLICA.id);
+  };
   /** `qemu-img convert` of the source file into a new image in the pool directory (`cache`: its -T and -t options). */
   const plainCopy = async (into: number[], cache: string[]) => {
     await syncDisks();
@@ -187,7 +261,8 @@ export async function benchResync(o: ResyncOptions): Promise<ResyncResult> {
   for (let rep = 0; rep < o.reps; rep++) {
     const steps = [
       ["Stowage rebuild (DirPool.copyFrom over NBD)", () => viaNbd(stowage, (uri) => pool.copyFrom(REPLICA.id, uri, 0), rep === 0)],
-      ["Stowage rebuild through the frontend (attached volume)", () => viaFrontend(frontend, rep === 0)],
+      ["Stowage rebuild of an attached volume (agent copy, frontend catch-up)", () => viaAgentAndFrontend(rep === 0)],
+      ["Stowage rebuild through the frontend (the fallback)", () => viaFrontend(frontend, rep === 0)],
       ["plain qemu-img convert, no cache options", () => plainCopy(plainNaive, [])],
       ["plain qemu-img convert -T none", () => plainCopy(plain, ["-T", "none"])],
       ["plain qemu-img convert -T none -t writeback", () => plainCopy(plainFlushed, ["-T", "none", "-t", "writeback"])],
@@ -207,12 +282,15 @@ export async function benchResync(o: ResyncOptions): Promise<ResyncResult> {
     imageBytes: IMAGE_BYTES,
     dataBytes: DATA_BYTES,
     stowage: figure(stowage),
+    attached: figure(attached),
+    attachedCopy: figure(attachedCopy),
+    trackingSetup: figure(trackingSetup),
     frontend: figure(frontend),
     plainNaive: figure(plainNaive),
     plain: figure(plain),
     plainFlushed: figure(plainFlushed),
     plainDirect: figure(plainDirect),
     nbdUnflushed: figure(nbdUnflushed),
-    verified: verified && frontendVerified,
+    verified: verified && frontendVerified && attachedVerified,
   };
 }

@@ -9,7 +9,8 @@
 //             machine, per copy): 4k random write QD32 and 1M sequential write QD16
 //             (replication-write.ts)
 //   resync    Stowage's replica rebuilds (a detached volume's: DirPool.copyFrom, qemu-img
-//             convert from an NBD export; an attached volume's: the frontend's copy) vs a
+//             convert from an NBD export; an attached volume's: the same copy while the
+//             frontend tracks writes, then its catch-up; and the frontend's full copy) vs a
 //             durable plain qemu-img convert of the same image into the same pool, images
 //             always opened as the agent does (replication-resync.ts)
 //   failover  a replica host's daemon SIGKILLed under QD1 writes in a real small cluster:

@@ -2,7 +2,8 @@
 // first, then leaves H; refused when a replica has nowhere to go; the drain is in
 // the node's spec, so it survives a leader SIGKILLed mid-copy and an agent restart;
 // `node uncordon` ends it. Copies are throttled (--copy-rate-mib) so they can be seen.
-// The last case drains the node an attached volume runs on: its frontend copies.
+// The last case drains the node an attached volume runs on: the replacement's agent
+// copies while the frontend tracks writes, then the frontend copies those.
 import { existsSync, readFileSync } from "node:fs";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -150,7 +151,7 @@ describe("node drain", () => {
     expect((await getVolume(c, "d2")).replicas.some((x) => x.node === host)).toBe(false);
   });
 
-  it("drains the node an attached volume runs on while it is written: its frontend copies the replacement, no write fails", async () => {
+  it("drains the node an attached volume runs on while it is written: the replacement is copied (agent, then frontend), no write fails", async () => {
     // On the node drained before (now empty): the other two are cordoned while a1 is placed.
     const others = ["n1", "n2", "n3"].filter((n) => n !== host);
     for (const n of others) expect((await c.stowctl(["node", "cordon", n])).code).toBe(0);
@@ -179,7 +180,7 @@ describe("node drain", () => {
     const v = await waitSettled(c, "a1", 1);
     expect(v.replicas[0]!.node).not.toBe(node);
     expect(v.replicas[0]!.lastResync).toMatchObject({ kind: "full" });
-    console.log(`[figures] drain of ${node} under an attached, written 32 MiB volume: ${took} ms; the frontend's copy ${v.replicas[0]!.lastResync!.durationMs} ms (throttled to ${RATE_MIB} MiB/s)`);
+    console.log(`[figures] drain of ${node} under an attached, written 32 MiB volume: ${took} ms; the rebuild ${v.replicas[0]!.lastResync!.durationMs} ms (throttled to ${RATE_MIB} MiB/s)`);
     const check = await io(["read -P 0x51 0 4M", "read -P 0x52 8M 64k", "read -P 0x52 27M 64k"]);
     expect(check.exitCode, check.stderr).toBe(0);
     expect(check.stdout).not.toMatch(/Pattern verification failed/);

@@ -308,6 +308,21 @@ export interface ListJobsResponse {
   rebuildsPaused: string;
 }
 
+export interface TrackReplicaRequest {
+  volume: string;
+  replicaId: string;
+  /** The replica's out_of_sync_generation the map was opened for. */
+  generation: number;
+  /** Names the frontend's dirty map (random, kept in the map's file). */
+  token: string;
+  /** The node whose frontend tracks. */
+  node: string;
+}
+
+export interface TrackReplicaResponse {
+  state?: SyncState | undefined;
+}
+
 export interface GetSyncStateRequest {
   volume: string;
 }
@@ -384,6 +399,18 @@ export interface SyncReplica {
    * for it tracks writes since then).
    */
   outOfSyncGeneration: number;
+  /**
+   * A new replica of an attached volume whose bulk copy the agent makes: the
+   * frontend tracks writes for it (TrackReplica) and copies nothing itself
+   * until this is false again (the replica is exported once copied).
+   */
+  agentCopy: boolean;
+  /**
+   * The dirty-map token recorded by TrackReplica ("" when none): once the agent
+   * copied, only the map with this token may serve the catch-up; any other map
+   * means a full copy.
+   */
+  trackingToken: string;
 }
 
 export interface GetSyncStateResponse {
@@ -4785,6 +4812,212 @@ export const ListJobsResponse: MessageFns<ListJobsResponse> = {
   },
 };
 
+function createBaseTrackReplicaRequest(): TrackReplicaRequest {
+  return { volume: "", replicaId: "", generation: 0, token: "", node: "" };
+}
+
+export const TrackReplicaRequest: MessageFns<TrackReplicaRequest> = {
+  encode(message: TrackReplicaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.volume !== "") {
+      writer.uint32(10).string(message.volume);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(24).uint64(message.generation);
+    }
+    if (message.token !== "") {
+      writer.uint32(34).string(message.token);
+    }
+    if (message.node !== "") {
+      writer.uint32(42).string(message.node);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrackReplicaRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrackReplicaRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.volume = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrackReplicaRequest {
+    return {
+      volume: isSet(object.volume) ? globalThis.String(object.volume) : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+    };
+  },
+
+  toJSON(message: TrackReplicaRequest): unknown {
+    const obj: any = {};
+    if (message.volume !== "") {
+      obj.volume = message.volume;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrackReplicaRequest>, I>>(base?: I): TrackReplicaRequest {
+    return TrackReplicaRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrackReplicaRequest>, I>>(object: I): TrackReplicaRequest {
+    const message = createBaseTrackReplicaRequest();
+    message.volume = object.volume ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.generation = object.generation ?? 0;
+    message.token = object.token ?? "";
+    message.node = object.node ?? "";
+    return message;
+  },
+};
+
+function createBaseTrackReplicaResponse(): TrackReplicaResponse {
+  return { state: undefined };
+}
+
+export const TrackReplicaResponse: MessageFns<TrackReplicaResponse> = {
+  encode(message: TrackReplicaResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== undefined) {
+      SyncState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrackReplicaResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrackReplicaResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = SyncState.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrackReplicaResponse {
+    return { state: isSet(object.state) ? SyncState.fromJSON(object.state) : undefined };
+  },
+
+  toJSON(message: TrackReplicaResponse): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = SyncState.toJSON(message.state);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrackReplicaResponse>, I>>(base?: I): TrackReplicaResponse {
+    return TrackReplicaResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrackReplicaResponse>, I>>(object: I): TrackReplicaResponse {
+    const message = createBaseTrackReplicaResponse();
+    message.state = (object.state !== undefined && object.state !== null)
+      ? SyncState.fromPartial(object.state)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseGetSyncStateRequest(): GetSyncStateRequest {
   return { volume: "" };
 }
@@ -5564,7 +5797,7 @@ export const SyncState: MessageFns<SyncState> = {
 };
 
 function createBaseSyncReplica(): SyncReplica {
-  return { id: "", node: "", nbdUri: "", inSync: false, outOfSyncGeneration: 0 };
+  return { id: "", node: "", nbdUri: "", inSync: false, outOfSyncGeneration: 0, agentCopy: false, trackingToken: "" };
 }
 
 export const SyncReplica: MessageFns<SyncReplica> = {
@@ -5583,6 +5816,12 @@ export const SyncReplica: MessageFns<SyncReplica> = {
     }
     if (message.outOfSyncGeneration !== 0) {
       writer.uint32(40).uint64(message.outOfSyncGeneration);
+    }
+    if (message.agentCopy !== false) {
+      writer.uint32(48).bool(message.agentCopy);
+    }
+    if (message.trackingToken !== "") {
+      writer.uint32(58).string(message.trackingToken);
     }
     return writer;
   },
@@ -5640,6 +5879,22 @@ export const SyncReplica: MessageFns<SyncReplica> = {
             message.outOfSyncGeneration = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.agentCopy = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.trackingToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5671,6 +5926,16 @@ export const SyncReplica: MessageFns<SyncReplica> = {
         : isSet(object.out_of_sync_generation)
         ? globalThis.Number(object.out_of_sync_generation)
         : 0,
+      agentCopy: isSet(object.agentCopy)
+        ? globalThis.Boolean(object.agentCopy)
+        : isSet(object.agent_copy)
+        ? globalThis.Boolean(object.agent_copy)
+        : false,
+      trackingToken: isSet(object.trackingToken)
+        ? globalThis.String(object.trackingToken)
+        : isSet(object.tracking_token)
+        ? globalThis.String(object.tracking_token)
+        : "",
     };
   },
 
@@ -5691,6 +5956,12 @@ export const SyncReplica: MessageFns<SyncReplica> = {
     if (message.outOfSyncGeneration !== 0) {
       obj.outOfSyncGeneration = Math.round(message.outOfSyncGeneration);
     }
+    if (message.agentCopy !== false) {
+      obj.agentCopy = message.agentCopy;
+    }
+    if (message.trackingToken !== "") {
+      obj.trackingToken = message.trackingToken;
+    }
     return obj;
   },
 
@@ -5704,6 +5975,8 @@ export const SyncReplica: MessageFns<SyncReplica> = {
     message.nbdUri = object.nbdUri ?? "";
     message.inSync = object.inSync ?? false;
     message.outOfSyncGeneration = object.outOfSyncGeneration ?? 0;
+    message.agentCopy = object.agentCopy ?? false;
+    message.trackingToken = object.trackingToken ?? "";
     return message;
   },
 };
@@ -12085,6 +12358,24 @@ export const ReplicaSyncServiceService = {
       Buffer.from(ReportResyncResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReportResyncResponse => ReportResyncResponse.decode(value),
   },
+  /**
+   * A frontend tracks every write to a new replica of an attached volume in an
+   * empty dirty map (durable, named by `token`) from now on: the replica's agent
+   * may then copy the bulk of it from an in-sync replica, and the frontend
+   * copies only the regions written meanwhile. Refused (FAILED_PRECONDITION)
+   * when the replica waits for no such copy or was marked again since
+   * `generation`. Recording another token voids a copy that started before.
+   */
+  trackReplica: {
+    path: "/stowage.v1.ReplicaSyncService/TrackReplica" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: TrackReplicaRequest): Buffer => Buffer.from(TrackReplicaRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): TrackReplicaRequest => TrackReplicaRequest.decode(value),
+    responseSerialize: (value: TrackReplicaResponse): Buffer =>
+      Buffer.from(TrackReplicaResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TrackReplicaResponse => TrackReplicaResponse.decode(value),
+  },
 } as const;
 
 export interface ReplicaSyncServiceServer extends UntypedServiceImplementation {
@@ -12098,6 +12389,15 @@ export interface ReplicaSyncServiceServer extends UntypedServiceImplementation {
   markInSync: handleUnaryCall<MarkInSyncRequest, MarkInSyncResponse>;
   /** Progress of a resync or rebuild the frontend runs (shown by `stowctl job list`). */
   reportResync: handleUnaryCall<ReportResyncRequest, ReportResyncResponse>;
+  /**
+   * A frontend tracks every write to a new replica of an attached volume in an
+   * empty dirty map (durable, named by `token`) from now on: the replica's agent
+   * may then copy the bulk of it from an in-sync replica, and the frontend
+   * copies only the regions written meanwhile. Refused (FAILED_PRECONDITION)
+   * when the replica waits for no such copy or was marked again since
+   * `generation`. Recording another token voids a copy that started before.
+   */
+  trackReplica: handleUnaryCall<TrackReplicaRequest, TrackReplicaResponse>;
 }
 
 export interface ReplicaSyncServiceClient extends Client {
@@ -12166,6 +12466,29 @@ export interface ReplicaSyncServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReportResyncResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A frontend tracks every write to a new replica of an attached volume in an
+   * empty dirty map (durable, named by `token`) from now on: the replica's agent
+   * may then copy the bulk of it from an in-sync replica, and the frontend
+   * copies only the regions written meanwhile. Refused (FAILED_PRECONDITION)
+   * when the replica waits for no such copy or was marked again since
+   * `generation`. Recording another token voids a copy that started before.
+   */
+  trackReplica(
+    request: TrackReplicaRequest,
+    callback: (error: ServiceError | null, response: TrackReplicaResponse) => void,
+  ): ClientUnaryCall;
+  trackReplica(
+    request: TrackReplicaRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TrackReplicaResponse) => void,
+  ): ClientUnaryCall;
+  trackReplica(
+    request: TrackReplicaRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TrackReplicaResponse) => void,
   ): ClientUnaryCall;
 }
 
