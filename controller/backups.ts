@@ -22,7 +22,6 @@ import { applyRetention, type RetentionPolicy } from "./backup-retention.js";
 import { keys } from "./keys.js";
 import type { BackupRecord } from "./model.js";
 import { withWritesHeld } from "./snapshots.js";
-import { until } from "./transfer-api.js";
 import type { ClusterStore } from "./store.js";
 
 const SWEEP_MS = 5_000;
@@ -203,7 +202,7 @@ export class Backups {
     if ((spec.attachments ?? []).length !== attachments.length) throw new ConflictError(`volume ${volume} was attached or detached meanwhile`, { hint: "retry the command" });
     const inSync = spec.placement.filter((p) => !p.outOfSync && this.d.isOnline(p.node));
     if (inSync.length === 0) throw new UnavailableError(`no in-sync replica of ${volume} is online`);
-    await until(`opening the replicas of ${volume}`, 30_000, () => {
+    await this.untilState(`opening the replicas of ${volume}`, 30_000, () => {
       const st = this.d.store.volumeStatus(volume)?.value;
       return inSync.every((p) => st?.replicas.some((r) => r.id === p.id && r.exportUri)) ? true : undefined;
     });
@@ -280,6 +279,29 @@ export class Backups {
     step("finish");
     this.d.log.info({ backup: backupRef(ready), kind: ready.kind, node: ready.node, readBytes: w.readBytes, dataBytes: w.dataBytes, newBytes: w.newBytes, ms: ready.durationMs, steps }, "backup taken");
     return ready;
+  }
+
+  /**
+   * Waits until `fn` answers, checking again at every change of the cluster's state
+   * (and every 50 ms besides): the replicas of a detached volume open a few ms after
+   * the lease is written, and a fixed 50 ms poll made every backup wait that long.
+   */
+  private async untilState<T>(what: string, ms: number, fn: () => T | undefined): Promise<T> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const v = fn();
+      if (v !== undefined) return v;
+      if (Date.now() > deadline) throw new UnavailableError(`${what} did not happen within ${ms / 1000} s`, { hint: "see stowctl volume get; retry the command" });
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          this.d.store.off("change", done);
+          resolve();
+        };
+        const timer = setTimeout(done, 50);
+        this.d.store.on("change", done);
+      });
+    }
   }
 
   private onlineReplicas(volume: string) {

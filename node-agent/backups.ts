@@ -5,7 +5,7 @@
 //
 // - A backup reads a replica's fleece export (node-agent/qsd/fleece.ts) through
 //   an NBD client into the chunk store: a full one every allocated extent (NBD
-//   block status, qsd/nbd-extents.ts; holes as zeroes without reading them), an
+//   block status, qsd/nbd-extents.ts; holes are neither read nor chunked), an
 //   incremental one only the regions the previous backup's dirty bitmap lists.
 // - A restore writes the backup into a sparse raw file in the store's scratch
 //   folder and exports that; the file goes when the export is stopped.
@@ -25,8 +25,6 @@ import { type Extent as NbdExtent, nbdExtents, STATE_HOLE, STATE_ZERO } from "./
 import { freePort } from "../lib/free-port.js";
 
 const ID_RE = /^[a-z0-9][a-z0-9._@-]{0,150}$/;
-const PIECE = 1024 * 1024;
-const READ_AHEAD = 8;
 
 function checkId(kind: string, id: string): void {
   if (!ID_RE.test(id)) throw new InvalidArgumentError(`invalid ${kind} "${id}"`);
@@ -41,33 +39,6 @@ interface Extent {
 /** Allocation extents ("base:allocation"): holes and ranges that read as zeros are not data. */
 function allocation(extents: NbdExtent[]): Extent[] {
   return extents.map((e) => ({ start: e.offset, length: e.length, data: !(e.flags & (STATE_HOLE | STATE_ZERO)) }));
-}
-
-/** The export's bytes in order: data extents read with a few requests in flight, the rest as zeroes. */
-async function* readImage(client: NbdClient, extents: Extent[]): AsyncGenerator<Uint8Array> {
-  const zeroes = Buffer.alloc(PIECE);
-  for (const e of extents) {
-    const end = e.start + e.length;
-    if (!e.data) {
-      for (let off = e.start; off < end; off += PIECE) yield zeroes.subarray(0, Math.min(PIECE, end - off));
-      continue;
-    }
-    const pending: Promise<Buffer>[] = [];
-    let next = e.start;
-    const fill = () => {
-      while (pending.length < READ_AHEAD && next < end) {
-        const len = Math.min(PIECE, end - next);
-        pending.push(client.read(next, len));
-        next += len;
-      }
-    };
-    fill();
-    while (pending.length > 0) {
-      const buf = await pending.shift()!;
-      fill();
-      yield buf;
-    }
-  }
 }
 
 export interface BackupsOptions {
@@ -109,31 +80,35 @@ export class Backups {
     checkId("backup name", name);
     return this.mutex.run(name, async () => {
       const t0 = Date.now();
-      const store = await this.store();
-      // What changed (incremental) and what is allocated, in one block-status exchange; the data over a second connection.
+      // While the store opens (made on the first backup) and its worker threads start:
+      // what changed (incremental) and what is allocated, in one block-status
+      // exchange, and a second connection for the data.
+      if (!incremental) ChunkStore.warmUp();
       const contexts = incremental ? [bitmapContext(incremental.bitmap), "base:allocation"] : ["base:allocation"];
-      const [ext, conn] = await Promise.allSettled([nbdExtents(sourceUri, contexts), NbdClient.connect({ ...parseNbdUri(sourceUri) })]);
-      if (ext.status === "rejected" || conn.status === "rejected") {
+      const [st, ext, conn] = await Promise.allSettled([this.store(), nbdExtents(sourceUri, contexts), NbdClient.connect({ ...parseNbdUri(sourceUri) })]);
+      if (st.status === "rejected" || ext.status === "rejected" || conn.status === "rejected") {
         if (conn.status === "fulfilled") conn.value.destroy();
-        throw ext.status === "rejected" ? ext.reason : (conn as PromiseRejectedResult).reason;
+        throw [st, ext, conn].map((r) => (r.status === "rejected" ? r.reason : undefined)).find((e) => e !== undefined);
       }
+      const store = st.value;
       const { extents } = ext.value;
       const client = conn.value;
       const alloc = allocation(extents.get("base:allocation")!);
       const t1 = Date.now();
       try {
         let stats: WriteStats & { readBytes: number };
+        // Holes and ranges that read as zeros: never read (and long ones, in a full backup, not even chunked).
+        const zeros = alloc.filter((e) => !e.data).map((e) => ({ offset: e.start, length: e.length }));
         if (incremental) {
           const changed = dirtyOf(extents.get(bitmapContext(incremental.bitmap))!);
-          const zeros = alloc.filter((e) => !e.data).map((e) => ({ offset: e.start, length: e.length }));
           stats = await store.writeIncremental(name, incremental.base, { size: client.size, changed, zeros, read: (offset, length) => client.read(offset, length) });
         } else {
-          const w = await store.write(name, readImage(client, alloc));
+          const w = await store.write(name, { size: client.size, zeros, read: (offset, length) => client.read(offset, length) });
           stats = { ...w, readBytes: alloc.reduce((n, e) => n + (e.data ? e.length : 0), 0) };
         }
         const ms = Date.now() - t0;
         this.o.logger.info(
-          { backup: name, base: incremental?.base, source: sourceUri, dataBytes: stats.dataBytes, readBytes: stats.readBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, ms, steps: { extents: t1 - t0, write: ms - (t1 - t0) } },
+          { backup: name, base: incremental?.base, source: sourceUri, dataBytes: stats.dataBytes, readBytes: stats.readBytes, skippedBytes: stats.skippedBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, ms, steps: { extents: t1 - t0, write: ms - (t1 - t0) } },
           "backup written",
         );
         return { ...stats, ms };

@@ -9,6 +9,21 @@
 //
 // The id is the SHA-256 of the uncompressed data, so a chunk file checks itself:
 // decode it, hash it, compare with its name.
+//
+// A pack (store version 2) holds the records above of several chunks in one file,
+// and each of its chunks' names in chunks/ is a hard link to it: a write of many
+// new chunks creates one inode per pack instead of one per chunk (creating files
+// was most of a full backup's time, see README.md "On disk").
+//
+//   bytes 0-3   "SCP1"
+//   bytes 4-7   number of records N, little endian
+//   N x 16      index: the first 8 bytes of the chunk's id, the record's offset
+//               in the file and its length (u32 LE each)
+//   records     as above: "SCK1" header and payload, one after the other
+//
+// A reader finds its record by the id's prefix and checks the whole id when it
+// decodes it, as for a chunk file of its own. A pack's space is freed when its last
+// name goes (gc.ts).
 import { createHash } from "node:crypto";
 import { Compressor, Decompressor } from "zstd-napi";
 import { CorruptChunkError } from "./errors.js";
@@ -16,6 +31,10 @@ import { CorruptChunkError } from "./errors.js";
 export const ID_BYTES = 32;
 export const HEADER_BYTES = 12;
 const MAGIC = Buffer.from("SCK1", "latin1");
+export const PACK_MAGIC = Buffer.from("SCP1", "latin1");
+export const PACK_HEADER_BYTES = 8;
+export const PACK_ENTRY_BYTES = 16;
+export const PACK_PREFIX_BYTES = 8;
 export const CODEC_RAW = 0;
 export const CODEC_ZSTD = 1;
 
@@ -32,6 +51,25 @@ export function encodeHeader(length: number, zstd: boolean): Buffer {
   header[4] = zstd ? CODEC_ZSTD : CODEC_RAW;
   header.writeUInt32LE(length, 8);
   return header;
+}
+
+/** A pack's bytes (see above), given each chunk's id and record (header and payload). */
+export function encodePack(records: { id: Uint8Array; record: Buffer[] }[]): Buffer {
+  const head = Buffer.alloc(PACK_HEADER_BYTES + PACK_ENTRY_BYTES * records.length);
+  PACK_MAGIC.copy(head, 0);
+  head.writeUInt32LE(records.length, 4);
+  const parts: Buffer[] = [head];
+  let offset = head.length;
+  records.forEach((r, i) => {
+    const at = PACK_HEADER_BYTES + PACK_ENTRY_BYTES * i;
+    const length = r.record.reduce((n, b) => n + b.length, 0);
+    head.set(r.id.subarray(0, PACK_PREFIX_BYTES), at);
+    head.writeUInt32LE(offset, at + PACK_PREFIX_BYTES);
+    head.writeUInt32LE(length, at + PACK_PREFIX_BYTES + 4);
+    parts.push(...r.record);
+    offset += length;
+  });
+  return Buffer.concat(parts, offset);
 }
 
 /** Compresses chunks with one reused zstd context. */

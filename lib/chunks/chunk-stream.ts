@@ -6,7 +6,26 @@
 import { open } from "node:fs/promises";
 import type { Chunker } from "./chunker.js";
 
-export type ImageSource = string | AsyncIterable<Uint8Array>;
+/**
+ * An image read by offset, with the ranges known to read as zeros: those are never
+ * read, and long ones are not even looked at (segment-pipeline.ts). What a full
+ * backup has from an NBD export and its block status (holes, zero clusters).
+ */
+export interface RangeSource {
+  size: number;
+  /** Ranges that read as zeros: sorted, not overlapping. */
+  zeros: readonly { offset: number; length: number }[];
+  /** Exactly `length` bytes at `offset`. */
+  read: (offset: number, length: number) => Promise<Uint8Array>;
+}
+
+export type ImageSource = string | AsyncIterable<Uint8Array> | RangeSource;
+
+export const isRangeSource = (s: ImageSource): s is RangeSource => typeof s === "object" && "read" in s && "zeros" in s;
+
+/** Largest read() of a RangeSource, and how many are in flight at most. */
+const RANGE_READ = 1024 * 1024;
+const RANGE_READS_IN_FLIGHT = 8;
 
 export interface ChunkView {
   /** The chunk's bytes; valid only until the iterator is advanced. */
@@ -21,9 +40,15 @@ const DEFAULT_READ_SIZE = 8 * 1024 * 1024;
 /** Reads the source's next bytes into buf[at..at+len): all of them, fewer only at its end. */
 export type Fill = (buf: Buffer, at: number, len: number) => Promise<number>;
 
-/** Sequential reads of a source: a file from its start, or an async iterable. */
-export async function openSource(source: ImageSource): Promise<{ fill: Fill; close: () => Promise<void> }> {
-  if (typeof source !== "string") return { fill: iterableFill(source), close: async () => {} };
+/**
+ * Sequential reads of a source: a file from its start, an async iterable, or a
+ * range source (whose reader may also skip ahead: `skipTo`, over known zeros).
+ */
+export async function openSource(source: ImageSource): Promise<{ fill: Fill; close: () => Promise<void>; skipTo?: (pos: number) => void }> {
+  if (typeof source !== "string") {
+    if (isRangeSource(source)) return { ...rangeFill(source), close: async () => {} };
+    return { fill: iterableFill(source), close: async () => {} };
+  }
   const fh = await open(source, "r");
   let filePos = 0;
   const fill: Fill = async (b, at, len) => {
@@ -37,6 +62,48 @@ export async function openSource(source: ImageSource): Promise<{ fill: Fill; clo
     return n;
   };
   return { fill, close: () => fh.close() };
+}
+
+function rangeFill(src: RangeSource): { fill: Fill; skipTo: (pos: number) => void } {
+  let pos = 0;
+  let zi = 0; // the first zero range that ends after pos
+  const fill: Fill = async (buf, at, len) => {
+    const end = Math.min(pos + len, src.size);
+    const reads: { off: number; len: number; into: number }[] = [];
+    while (zi < src.zeros.length && src.zeros[zi]!.offset + src.zeros[zi]!.length <= pos) zi++;
+    for (let x = pos, z = zi; x < end; ) {
+      const zr = src.zeros[z];
+      if (zr && zr.offset <= x) {
+        const e = Math.min(zr.offset + zr.length, end);
+        buf.fill(0, at + x - pos, at + e - pos);
+        x = e;
+        z++;
+        continue;
+      }
+      const e = Math.min(end, zr ? zr.offset : end, x + RANGE_READ);
+      reads.push({ off: x, len: e - x, into: at + x - pos });
+      x = e;
+    }
+    // A few reads in flight, each copied into place as it lands.
+    let next = 0;
+    const worker = async () => {
+      while (next < reads.length) {
+        const r = reads[next++]!;
+        const data = await src.read(r.off, r.len);
+        if (data.length !== r.len) throw new Error(`image source: read(${r.off}, ${r.len}) returned ${data.length} bytes`);
+        buf.set(data, r.into);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(RANGE_READS_IN_FLIGHT, reads.length) }, worker));
+    const n = end - pos;
+    pos = end;
+    return Math.max(0, n);
+  };
+  const skipTo = (to: number) => {
+    if (to < pos) throw new Error(`image source: cannot skip back from ${pos} to ${to}`);
+    pos = Math.min(to, src.size);
+  };
+  return { fill, skipTo };
 }
 
 function iterableFill(source: AsyncIterable<Uint8Array>): Fill {

@@ -5,9 +5,9 @@
 //   chunk   cut the segment into chunks from its first byte, as chunk-stream.ts
 //           would (zero shortcut included), and hash every data chunk: answers
 //           the chunks' lengths (negative: all zero) and their ids.
-//   store   compress the given byte ranges of a segment and write each to its
-//           file (a tmp/ file, not synced: the write session syncs them in
-//           batches, chunk-staging.ts); answers the files' sizes.
+//   store   compress the given byte ranges of a segment and write them as one
+//           pack (chunk-file.ts) to a tmp/ file, not synced: the write session
+//           has it synced and linked (chunk-staging.ts); answers the pack's size.
 //
 // One pool per process, shared by concurrent writes; its threads are started when
 // first needed and do not keep the process alive while idle. The worker is plain
@@ -17,7 +17,7 @@
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { HEADER_BYTES } from "./chunk-file.js";
+import { HEADER_BYTES, PACK_ENTRY_BYTES, PACK_HEADER_BYTES, PACK_PREFIX_BYTES } from "./chunk-file.js";
 import { CDC_WASM, wasmCutter } from "./cdc-wasm.js";
 import { cdcTables, type ChunkerParams } from "./chunker.js";
 import { chainChunks } from "./segments.js";
@@ -25,7 +25,7 @@ import { chainChunks } from "./segments.js";
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require("node:worker_threads");
 const { createHash } = require("node:crypto");
-const { closeSync, openSync, writevSync } = require("node:fs");
+const { closeSync, openSync, writeSync } = require("node:fs");
 const { Compressor } = require(workerData.zstdPath);
 ${chainChunks.toString()}
 ${wasmCutter.toString()}
@@ -74,23 +74,35 @@ function chunk(m) {
   parentPort.postMessage({ seq: m.seq, lengths: out.buffer, ids: ids.buffer }, [out.buffer, ids.buffer]);
 }
 function store(m) {
+  // One pack (chunk-file.ts): "SCP1", the record count, the index, then each chunk's record.
   const buf = Buffer.from(m.sab);
   const z = compressor(m.level);
-  const sizes = [];
-  for (const { start, length, path } of m.items) {
+  const n = m.items.length;
+  const head = Buffer.alloc(${PACK_HEADER_BYTES} + ${PACK_ENTRY_BYTES} * n);
+  head.write("SCP1", 0, "latin1");
+  head.writeUInt32LE(n, 4);
+  const parts = [head];
+  let offset = head.length;
+  for (let i = 0; i < n; i++) {
+    const { start, length } = m.items[i];
     const raw = buf.subarray(start, start + length);
     const packed = z.compress(raw);
     const zstd = packed.length < raw.length;
     const payload = zstd ? packed : raw;
-    const fd = openSync(path, "wx");
-    try {
-      writevSync(fd, [header(raw.length, zstd), payload]);
-    } finally {
-      closeSync(fd);
-    }
-    sizes.push(${HEADER_BYTES} + payload.length);
+    const at = ${PACK_HEADER_BYTES} + ${PACK_ENTRY_BYTES} * i;
+    head.set(m.prefixes.subarray(${PACK_PREFIX_BYTES} * i, ${PACK_PREFIX_BYTES} * (i + 1)), at);
+    head.writeUInt32LE(offset, at + ${PACK_PREFIX_BYTES});
+    head.writeUInt32LE(${HEADER_BYTES} + payload.length, at + ${PACK_PREFIX_BYTES} + 4);
+    parts.push(header(raw.length, zstd), payload);
+    offset += ${HEADER_BYTES} + payload.length;
   }
-  parentPort.postMessage({ seq: m.seq, sizes });
+  const fd = openSync(m.path, "wx");
+  try {
+    writeSync(fd, Buffer.concat(parts, offset));
+  } finally {
+    closeSync(fd);
+  }
+  parentPort.postMessage({ seq: m.seq, size: offset });
 }
 parentPort.on("message", (m) => {
   try {
@@ -117,7 +129,7 @@ interface Reply {
   seq: number;
   lengths?: ArrayBuffer;
   ids?: ArrayBuffer;
-  sizes?: number[];
+  size?: number;
   error?: { message: string; code?: string };
 }
 
@@ -224,9 +236,9 @@ export class ChunkWorkers {
     return { lengths: new Int32Array(r.lengths!), ids: Buffer.from(r.ids!) };
   }
 
-  /** Compresses byte ranges of `sab` into chunk files; resolves to the files' sizes. */
-  async store(sab: SharedArrayBuffer, items: { start: number; length: number; path: string }[], level: number, workers: number): Promise<number[]> {
-    return (await this.submit("store", { op: "store", sab, items, level }, workers)).sizes!;
+  /** Compresses byte ranges of `sab` into one pack at `path` (`prefixes`: 8 bytes of each chunk's id); resolves to its size. */
+  async store(sab: SharedArrayBuffer, items: { start: number; length: number }[], prefixes: Uint8Array, path: string, level: number, workers: number): Promise<number> {
+    return (await this.submit("store", { op: "store", sab, items, prefixes, path, level }, workers)).size!;
   }
 
   private submit(kind: "chunk" | "store", message: object, workers: number): Promise<Reply> {

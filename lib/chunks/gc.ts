@@ -26,6 +26,11 @@
 // GC moves them back before doing anything, and readers look there too. Writers
 // whose process is gone leave pending records and tmp/ files: removed here.
 // All of this assumes one host's clock: the store is a local directory.
+//
+// Names that are links to one pack (chunk-file.ts) share its inode, so its mtime:
+// a touch of any of its chunks keeps the unreferenced others one more round (late,
+// never early). A pack's bytes are freed with its last name; one left mostly dead
+// is rewritten with only its live records (pack-compaction.ts).
 import { open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import { hostname } from "node:os";
 import { ConflictError, NotFoundError } from "../errors.js";
@@ -33,6 +38,7 @@ import { faultPoint } from "../faults.js";
 import { isIdHex } from "./chunk-file.js";
 import { type Layout, type PendingRecord, SHARDS, writerAlive } from "./layout.js";
 import { listManifestNames, readManifest } from "./manifests.js";
+import { compactPacks } from "./pack-compaction.js";
 
 export interface GcOptions {
   /** Safety margin subtracted from the cutoff, ms (default 2000). */
@@ -49,6 +55,8 @@ export interface GcStats {
   removedBytes: number;
   /** Unreferenced chunks kept because a writer may be using them. */
   keptRecent: number;
+  /** Packs rewritten without their dead records (pack-compaction.ts; their bytes freed are in removedBytes). */
+  compactedPacks: number;
   stalePending: number;
   removedTmpFiles: number;
   restoredFromTrash: number;
@@ -58,7 +66,7 @@ export interface GcStats {
 export async function collectGarbage(layout: Layout, opts: GcOptions = {}): Promise<GcStats> {
   const t0 = performance.now();
   const margin = opts.marginMs ?? 2000;
-  const stats: GcStats = { manifests: 0, liveWriters: 0, referencedChunks: 0, removedChunks: 0, removedBytes: 0, keptRecent: 0, stalePending: 0, removedTmpFiles: 0, restoredFromTrash: 0, seconds: 0 };
+  const stats: GcStats = { manifests: 0, liveWriters: 0, referencedChunks: 0, removedChunks: 0, removedBytes: 0, keptRecent: 0, compactedPacks: 0, stalePending: 0, removedTmpFiles: 0, restoredFromTrash: 0, seconds: 0 };
   const release = await lockGc(layout);
   try {
     stats.restoredFromTrash = await restoreTrash(layout);
@@ -92,7 +100,7 @@ export async function collectGarbage(layout: Layout, opts: GcOptions = {}): Prom
         }
         if (opts.dryRun) {
           stats.removedChunks++;
-          stats.removedBytes += st.size;
+          stats.removedBytes += freed(st);
           continue;
         }
         const trashed = layout.trash(id);
@@ -111,8 +119,14 @@ export async function collectGarbage(layout: Layout, opts: GcOptions = {}): Prom
         }
         await unlink(trashed);
         stats.removedChunks++;
-        stats.removedBytes += again.size;
+        stats.removedBytes += freed(again);
       }
+    }
+
+    if (!opts.dryRun) {
+      const c = await compactPacks(layout);
+      stats.compactedPacks = c.packs;
+      stats.removedBytes += c.freedBytes;
     }
 
     const liveSessions = new Set(live.map((r) => r.session));
@@ -130,6 +144,9 @@ export async function collectGarbage(layout: Layout, opts: GcOptions = {}): Prom
   stats.seconds = (performance.now() - t0) / 1000;
   return stats;
 }
+
+/** Bytes removing this name frees: a pack's (chunk-file.ts) only with its last name. */
+const freed = (st: { size: number; nlink: number }) => (st.nlink <= 1 ? st.size : 0);
 
 /** Moves chunks an interrupted GC left in trash/ back; the caller holds the GC lock. */
 async function restoreTrash(layout: Layout): Promise<number> {

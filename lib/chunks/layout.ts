@@ -1,7 +1,8 @@
 // The store's directory and the file-system steps everything else is built from.
 //
 //   STORE              JSON: format, version, default chunker and zstd level
-//   chunks/00..ff/ID   chunk files, sharded by the first byte of the id (chunk-file.ts)
+//   chunks/00..ff/ID   chunk files, sharded by the first byte of the id, or links to
+//                      packs of several chunks (chunk-file.ts)
 //   manifests/NAME     committed manifests (manifest.ts)
 //   pending/SESSION    one per write in progress: who, since when (the GC protocol, gc.ts)
 //   tmp/               files being written; renamed into place once complete and synced
@@ -16,14 +17,21 @@ import { syncDir } from "../file-ops.js";
 
 export const FORMAT = "stowage-chunk-store";
 
+/**
+ * 2: chunk names may be links to packs (chunk-file.ts). A version 1 store is
+ * upgraded when opened (it reads the same); software that knows only version 1
+ * then refuses it instead of misreading packs as corrupt chunks.
+ */
+export const VERSION = 2;
+
 export interface StoreConfig {
   format: typeof FORMAT;
-  version: 1;
+  version: 1 | 2;
   chunker: ChunkerParams;
   zstdLevel: number;
 }
 
-export const DEFAULT_CONFIG: StoreConfig = { format: FORMAT, version: 1, chunker: CDC_DEFAULTS, zstdLevel: 3 };
+export const DEFAULT_CONFIG: StoreConfig = { format: FORMAT, version: VERSION, chunker: CDC_DEFAULTS, zstdLevel: 3 };
 
 export class Layout {
   constructor(readonly root: string) {}
@@ -60,7 +68,11 @@ export async function readConfig(layout: Layout): Promise<StoreConfig> {
     throw err;
   }
   const config = JSON.parse(text) as StoreConfig;
-  if (config.format !== FORMAT || config.version !== 1) throw new StoreFormatError(layout.root, `unsupported store format ${config.format} v${config.version}`);
+  if (config.format !== FORMAT || (config.version !== 1 && config.version !== VERSION)) throw new StoreFormatError(layout.root, `unsupported store format ${config.format} v${config.version}`);
+  if (config.version === 1) {
+    config.version = VERSION;
+    await atomicWrite(layout.config(), Buffer.from(JSON.stringify(config, null, 2) + "\n"), layout.tmp("STORE"));
+  }
   return config;
 }
 

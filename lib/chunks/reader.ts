@@ -1,18 +1,68 @@
 // Reading chunk files back: the chunk's own path, or trash/ if an interrupted GC
-// left it there (gc.ts moves it back at its next run).
-import { readFile } from "node:fs/promises";
+// left it there (gc.ts moves it back at its next run). A name may be a chunk file
+// of its own or a link to a pack of several (chunk-file.ts): either way the answer
+// is the chunk's record, a "SCK1" header and its payload, for ChunkDecoder.
+import { type FileHandle, open } from "node:fs/promises";
+import { PACK_ENTRY_BYTES, PACK_HEADER_BYTES, PACK_MAGIC, PACK_PREFIX_BYTES } from "./chunk-file.js";
+import { CorruptChunkError } from "./errors.js";
 import type { Layout } from "./layout.js";
 
-/** The chunk file's bytes, or undefined if it is in neither place. */
+/** Bytes read first: a small chunk file whole, or a pack's index of up to ~250 records. */
+const HEAD_BYTES = 4096;
+
+/**
+ * The chunk's record (header and payload), or undefined if it is in neither place.
+ * Throws CorruptChunkError when the name is a pack that does not hold the chunk.
+ */
 export async function readChunkFile(layout: Layout, idHex: string): Promise<Buffer | undefined> {
   for (const path of [layout.chunk(idHex), layout.trash(idHex)]) {
+    let fh: FileHandle;
     try {
-      return await readFile(path);
+      fh = await open(path, "r");
     } catch (err: any) {
-      if (err?.code !== "ENOENT") throw err;
+      if (err?.code === "ENOENT") continue;
+      throw err;
+    }
+    try {
+      return await readRecord(fh, idHex);
+    } finally {
+      await fh.close();
     }
   }
   return undefined;
+}
+
+async function readAt(fh: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  let got = 0;
+  while (got < length) {
+    const { bytesRead } = await fh.read(buf, got, length - got, position + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return buf.subarray(0, got);
+}
+
+async function readRecord(fh: FileHandle, idHex: string): Promise<Buffer> {
+  const head = await readAt(fh, 0, HEAD_BYTES);
+  if (head.length < PACK_HEADER_BYTES || !head.subarray(0, 4).equals(PACK_MAGIC)) {
+    // A chunk file of its own: all of it.
+    if (head.length < HEAD_BYTES) return head;
+    const { size } = await fh.stat();
+    return Buffer.concat([head, await readAt(fh, HEAD_BYTES, Math.max(0, size - HEAD_BYTES))]);
+  }
+  const count = head.readUInt32LE(4);
+  const indexEnd = PACK_HEADER_BYTES + count * PACK_ENTRY_BYTES;
+  const index = indexEnd <= head.length ? head : await readAt(fh, 0, indexEnd);
+  if (index.length < indexEnd) throw new CorruptChunkError(idHex, "pack index cut short");
+  const prefix = Buffer.from(idHex.slice(0, 2 * PACK_PREFIX_BYTES), "hex");
+  for (let at = PACK_HEADER_BYTES; at < indexEnd; at += PACK_ENTRY_BYTES) {
+    if (index.compare(prefix, 0, PACK_PREFIX_BYTES, at, at + PACK_PREFIX_BYTES) !== 0) continue;
+    const offset = index.readUInt32LE(at + PACK_PREFIX_BYTES);
+    const length = index.readUInt32LE(at + PACK_PREFIX_BYTES + 4);
+    return readAt(fh, offset, length); // a short read fails the decoder's checks
+  }
+  throw new CorruptChunkError(idHex, "not in its pack's index");
 }
 
 /**

@@ -21,14 +21,19 @@
 // So the event loop reads (one segment ahead), stitches, looks each chunk up and
 // builds the manifest; the workers cut, hash, compress and write. Then the store
 // step: the new chunks' byte ranges go back to a worker, which compresses them into
-// their files, while later segments are cut. Segments live in shared memory, are
-// never copied (but for the `max` bytes of overlap), and are reused once stored.
-import { sha256 } from "./chunk-file.js";
+// one pack file (chunk-file.ts), while later segments are cut. Segments live in
+// shared memory, are never copied (but for the `max` bytes of overlap), and are
+// reused once stored. Long runs of zeros a source read by offset knows of are
+// skipped whole (zeroSkips()): no segment holds them.
+import { PACK_PREFIX_BYTES, sha256 } from "./chunk-file.js";
 import { type ChunkerParams, createChunker } from "./chunker.js";
-import { type ImageSource, openSource } from "./chunk-stream.js";
+import { type ImageSource, isRangeSource, openSource } from "./chunk-stream.js";
 import { ChunkWorkers, cutSpec } from "./chunk-workers.js";
 import { chainChunks } from "./segments.js";
-import type { ChunkFile, WriteSession } from "./write-session.js";
+import type { WriteSession } from "./write-session.js";
+
+/** Shortest run of known zeros skipped (a skip must be at least `max` long; shorter ones cost little to cut). */
+const SKIP_AT_LEAST = 1024 * 1024;
 
 export interface SegmentOptions {
   workers: number;
@@ -44,7 +49,33 @@ interface Segment {
   got: number;
 }
 
-interface Dispatched {
+interface NewPack {
+  items: { start: number; length: number; prefix: Uint8Array }[];
+  finals: string[];
+  prefixes: Set<string>;
+}
+
+/** Zeros not looked at: [start, end), with at least `max` more zeros after end. */
+interface Skip {
+  start: number;
+  end: number;
+}
+
+/**
+ * The runs of zeros to skip: each zero range long enough, but for its last `max`
+ * bytes (the next segment starts there: the chunk that crosses from the zeros
+ * into the data after them is cut from real bytes). A segment that ends where a
+ * skip starts has the skip's first `max` bytes as its overlap.
+ */
+export function zeroSkips(zeros: readonly { offset: number; length: number }[], max: number): Skip[] {
+  const out: Skip[] = [];
+  for (const z of zeros) if (z.length >= SKIP_AT_LEAST + max) out.push({ start: z.offset, end: z.offset + z.length - max });
+  return out;
+}
+
+type Dispatched = { zero: Skip } | DataSegment;
+
+interface DataSegment {
   seg: Segment;
   /** Image offset of the segment's first byte. */
   start: number;
@@ -77,7 +108,8 @@ class SegmentBuffers {
   }
 }
 
-export async function writeSegments(session: WriteSession, source: ImageSource, params: ChunkerParams, opts: SegmentOptions): Promise<void> {
+/** Returns the bytes of known zeros skipped (neither read nor cut). */
+export async function writeSegments(session: WriteSession, source: ImageSource, params: ChunkerParams, opts: SegmentOptions): Promise<number> {
   const pool = ChunkWorkers.shared();
   const chunker = createChunker(params);
   const max = params.max;
@@ -89,17 +121,42 @@ export async function writeSegments(session: WriteSession, source: ImageSource, 
   const depth = 2 * opts.workers + 2;
   // Enough that reading never waits for a segment only the event loop could free.
   const buffers = new SegmentBuffers(segBytes + max, depth + 4);
-  const { fill, close } = await openSource(source);
-  /** The next segment: the previous one's overlap (its last `max` bytes), then the source's next bytes. */
+  const { fill, close, skipTo } = await openSource(source);
+  // Long runs of zeros a range source knows of are skipped: neither read nor cut.
+  const skips = zeroShortcut && skipTo && isRangeSource(source) ? zeroSkips(source.zeros, max) : [];
+  let si = 0;
+  let next = 0; // image offset of the next unit
+  /** The next segment's first bytes: the previous one's overlap. */
   let carry: Buffer | undefined;
-  const read = async (): Promise<{ seg: Segment; dataEnd: number }> => {
+  /** The next unit: a skipped run of zeros, or a segment (the carry, then the source's next bytes, up to a skip). */
+  const read = async (): Promise<{ zero: Skip } | { seg: Segment; start: number; dataEnd: number; eof: boolean }> => {
+    const skip = skips[si];
+    if (skip && skip.start === next) {
+      si++;
+      skipTo!(skip.end);
+      next = skip.end;
+      return { zero: skip };
+    }
     const sab = await buffers.acquire();
     const buf = Buffer.from(sab);
-    let have = 0;
-    if (carry) have = carry.copy(buf, 0);
-    have += await fill(buf, have, segBytes + max - have);
-    carry = have > segBytes ? buf.subarray(segBytes, have) : undefined;
-    return { seg: { sab, buf, got: Math.min(have, segBytes) }, dataEnd: have };
+    let have = carry ? carry.copy(buf, 0) : 0;
+    // Up to a skip, the segment's bytes and its overlap come from the source; past
+    // it, the overlap is the skip's first zeros.
+    const stop = skip ? skip.start - next : Infinity;
+    const own = Math.min(segBytes, stop);
+    const want = own + max;
+    const fromSource = Math.min(want, stop);
+    if (have < fromSource) have += await fill(buf, have, fromSource - have);
+    const short = have < fromSource; // the source ended
+    if (!short && fromSource < want) {
+      buf.fill(0, have, want);
+      have = want;
+    }
+    const got = Math.min(have, own);
+    carry = have > got && got < stop ? buf.subarray(got, have) : undefined;
+    const start = next;
+    next += got;
+    return { seg: { sab, buf, got }, start, dataEnd: have, eof: short && !carry };
   };
 
   const queue: Dispatched[] = []; // dispatched, not yet stitched (the head is being stitched)
@@ -107,15 +164,30 @@ export async function writeSegments(session: WriteSession, source: ImageSource, 
   const cut = (buf: Buffer, s: number, e: number) => chunker.cut(buf, s, e);
 
   const stitch = async (d: Dispatched) => {
+    if ("zero" in d) {
+      // Zeros from pos (at most `max` past the skip's start, where the previous
+      // segment's last chunk ended) to past the skip's end: the chunker cuts them
+      // every `max` bytes, and the zeros go on for `max` bytes after the skip.
+      const { start, end } = d.zero;
+      if (pos < start || pos > end) throw new Error(`segment pipeline: at ${pos}, outside the zeros skipped from ${start} to ${end}`);
+      const n = Math.ceil((end - pos) / max);
+      session.addZero(n * max);
+      pos += n * max;
+      return;
+    }
     const { lengths, ids } = await d.result;
     session.check();
-    const items: { start: number; length: number; path: string }[] = [];
-    const files: ChunkFile[] = [];
+    // The segment's new chunks, to be written as one pack (two if ids' pack prefixes ever collide).
+    const packs: NewPack[] = [];
     const add = (id: Uint8Array, start: number, length: number) => {
-      const f = session.addHashed(id, length);
-      if (!f) return;
-      items.push({ start, length, path: f.tmp });
-      files.push(f);
+      const final = session.addHashed(id, length);
+      if (!final) return;
+      const prefix = Buffer.from(id.buffer, id.byteOffset, PACK_PREFIX_BYTES).toString("hex");
+      let pack = packs.find((p) => !p.prefixes.has(prefix));
+      if (!pack) packs.push((pack = { items: [], finals: [], prefixes: new Set() }));
+      pack.items.push({ start, length, prefix: id.subarray(0, PACK_PREFIX_BYTES) });
+      pack.finals.push(final);
+      pack.prefixes.add(prefix);
     };
     const buf = d.seg.buf.subarray(0, d.dataEnd);
     const end = d.start + d.seg.got;
@@ -158,14 +230,20 @@ export async function writeSegments(session: WriteSession, source: ImageSource, 
       else add(sha256(buf.subarray(p, p + n)), p, n);
       pos += Math.abs(n);
     }
-    if (files.length === 0) buffers.release(d.seg.sab);
+    if (packs.length === 0) buffers.release(d.seg.sab);
     else {
-      const stored = pool.store(d.seg.sab, items, opts.zstdLevel, opts.workers);
-      stored.then(
+      const written = packs.map((p) => {
+        const tmp = session.packFile();
+        const prefixes = new Uint8Array(PACK_PREFIX_BYTES * p.items.length);
+        p.items.forEach((it, i) => prefixes.set(it.prefix, PACK_PREFIX_BYTES * i));
+        const size = pool.store(d.seg.sab, p.items.map(({ start, length }) => ({ start, length })), prefixes, tmp, opts.zstdLevel, opts.workers);
+        session.writingPack(tmp, p.finals, size);
+        return size;
+      });
+      Promise.all(written).then(
         () => buffers.release(d.seg.sab),
         () => undefined,
       );
-      session.writing(files, stored);
     }
   };
 
@@ -173,6 +251,7 @@ export async function writeSegments(session: WriteSession, source: ImageSource, 
   // their results in order. Each segment is dispatched as soon as it (and its
   // overlap) is read, and stitched as soon as its chunks are known.
   let total = 0;
+  let skipped = 0;
   let waiting: (() => void)[] = [];
   let readerDone = false;
   let failed = false;
@@ -205,17 +284,25 @@ export async function writeSegments(session: WriteSession, source: ImageSource, 
     for (;;) {
       while (queue.length >= depth && !failed) await waitSignal();
       if (failed) break;
-      const { seg, dataEnd } = await read();
+      const unit = await read();
+      if ("zero" in unit) {
+        skipped += unit.zero.end - unit.zero.start;
+        queue.push(unit);
+        total = unit.zero.end;
+        signal();
+        continue;
+      }
+      const { seg, start, dataEnd, eof } = unit;
       if (seg.got === 0) {
         buffers.release(seg.sab);
         break;
       }
       const result = pool.chunk(seg.sab, seg.got, dataEnd, spec, opts.workers);
       result.catch(() => undefined); // awaited in order by stitch(); a failure surfaces there
-      queue.push({ seg, start: total, dataEnd, result });
-      total += seg.got;
+      queue.push({ seg, start, dataEnd, result });
+      total = start + seg.got;
       signal();
-      if (dataEnd <= segBytes) break; // the source's end
+      if (eof) break; // the source's end
     }
   } finally {
     readerDone = true;
@@ -225,4 +312,5 @@ export async function writeSegments(session: WriteSession, source: ImageSource, 
   }
   await stitching;
   if (pos !== total) throw new Error(`segment pipeline: chunked ${pos} bytes of ${total}`);
+  return skipped;
 }

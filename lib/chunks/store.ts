@@ -7,6 +7,7 @@
 import { stat } from "node:fs/promises";
 import { type ChunkerKind, chunkerParams } from "./chunker.js";
 import type { ImageSource } from "./chunk-stream.js";
+import { ChunkWorkers } from "./chunk-workers.js";
 import { collectGarbage, type GcOptions, type GcStats } from "./gc.js";
 import { type IncrementalStats, type IncrementalWriteOptions, writeIncremental } from "./incremental.js";
 import { createLayout, DEFAULT_CONFIG, Layout, readConfig, type StoreConfig } from "./layout.js";
@@ -43,6 +44,14 @@ export class ChunkStore {
       await createLayout(layout, config);
     }
     return new ChunkStore(layout, await readConfig(layout));
+  }
+
+  /**
+   * Starts the worker threads full writes use (they start with the first write
+   * otherwise): a caller about to write can have that overlap its own preparations.
+   */
+  static warmUp(): void {
+    ChunkWorkers.shared();
   }
 
   /** Stores an image under a new manifest name. */

@@ -61,14 +61,16 @@ export async function verifyStore(layout: Layout, opts: VerifyOptions = {}): Pro
   await orderedMap(
     files,
     opts.readAhead ?? 8,
-    (id) => readChunkFile(layout, id),
+    // A pack that does not hold the chunk it is named after is reported like a corrupt file.
+    (id) => readChunkFile(layout, id).catch((err) => (err instanceof CorruptChunkError ? err : Promise.reject(err))),
     async (file, id) => {
       if (!file || present.has(id)) return; // removed meanwhile, or seen in both places
       present.add(id);
       report.chunksChecked++;
-      report.bytesChecked += file.length;
       if (!users.has(id)) report.unreferenced++;
       try {
+        if (file instanceof CorruptChunkError) throw file;
+        report.bytesChecked += file.length;
         decoder.decode(file, id);
       } catch (err) {
         if (!(err instanceof CorruptChunkError)) throw err;

@@ -10,13 +10,13 @@
 //      the GC removed it a moment before, the touch fails with ENOENT and the chunk
 //      is written again. Chunks reused from a base manifest are touched the same
 //      way (reuse()): the base may be deleted and collected while this write runs.
-//   3. A new chunk is written to tmp/, made durable, and renamed into chunks/: a
-//      chunk file under its final name is always complete. The sync is batched: one
-//      syncfs for many files (chunk-staging.ts).
-//   4. After the last chunk: sync and rename what is left, write the manifest to
-//      tmp/, sync the file system once more (the renames, the manifest's bytes, and
-//      the directory entries of chunks found in the store, which another write may
-//      have renamed a moment ago), link the manifest into manifests/ (which refuses
+//   3. New chunks are written to tmp/ a pack of several at a time (chunk-file.ts),
+//      made durable (fsync) and linked into chunks/ under each of their names: a
+//      chunk's name in chunks/ always leads to a complete file (chunk-staging.ts).
+//   4. After the last chunk: wait for those, write the manifest to tmp/, sync the
+//      file system (the links, the manifest's bytes, and the directory entries of
+//      chunks found in the store, which another write may have linked a moment
+//      ago), link the manifest into manifests/ (which refuses
 //      an existing name) and fsync manifests/. So a committed manifest never points
 //      at a chunk a crash could lose.
 //   5. Remove the pending record. A writer killed before that leaves a record whose
@@ -24,20 +24,24 @@
 //      referenced.
 //
 // Chunks arrive with their bytes (addData: hashed and compressed on the event loop,
-// as incremental writes do with their few new chunks) or already hashed by a worker
-// thread (addHashed, segment-pipeline.ts), which then also compresses and writes the
-// new ones (writing()).
+// as incremental writes do with their few new chunks, and written a pack at a
+// time) or already hashed by a worker thread (addHashed, segment-pipeline.ts),
+// which then also compresses and writes the new ones into a pack (writingPack()).
 import { randomBytes } from "node:crypto";
 import { utimesSync } from "node:fs";
-import { link, open, rm, stat, unlink } from "node:fs/promises";
+import { link, open, rm, stat, unlink, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { AlreadyExistsError, InvalidArgumentError } from "../errors.js";
 import { faultPoint } from "../faults.js";
-import { ChunkEncoder, sha256 } from "./chunk-file.js";
+import { ChunkEncoder, encodePack, PACK_PREFIX_BYTES, sha256 } from "./chunk-file.js";
 import { ChunkStaging, syncFileSystem } from "./chunk-staging.js";
 import type { ChunkerParams } from "./chunker.js";
 import { fsyncDir, type Layout, type PendingRecord, validManifestName, writePending } from "./layout.js";
 import { ManifestBuilder } from "./manifest.js";
+
+/** Chunks addData() collects into one pack, at most (records, bytes). */
+const PACK_RECORDS = 64;
+const PACK_BYTES = 4 * 1024 * 1024;
 
 export interface SessionOptions {
   zstdLevel: number;
@@ -53,12 +57,6 @@ export interface SessionCounters {
   dedupBytes: number;
 }
 
-/** A new chunk's file: written to `tmp`, renamed to `final` once durable. */
-export interface ChunkFile {
-  tmp: string;
-  final: string;
-}
-
 export class WriteSession {
   readonly builder = new ManifestBuilder();
   readonly counters: SessionCounters = { newChunks: 0, newBytes: 0, storedBytes: 0, dedupBytes: 0 };
@@ -67,6 +65,8 @@ export class WriteSession {
   private readonly writes = new Set<Promise<void>>();
   private readonly staging: ChunkStaging;
   private encoder: ChunkEncoder | undefined;
+  /** New chunks from addData() not yet written: the next pack. */
+  private pack: { records: { id: Uint8Array; record: Buffer[] }[]; finals: string[]; prefixes: Set<string>; bytes: number } = { records: [], finals: [], prefixes: new Set(), bytes: 0 };
   private failure: unknown;
   private tmpSeq = 0;
   private committed = false;
@@ -77,7 +77,7 @@ export class WriteSession {
     private readonly session: string,
     private readonly opts: SessionOptions,
   ) {
-    this.staging = new ChunkStaging(layout.tmpDir());
+    this.staging = new ChunkStaging();
   }
 
   /** Checks the name and records the pending write (step 1); close() must follow. */
@@ -104,30 +104,56 @@ export class WriteSession {
     const idHex = id.toString("hex");
     if (!this.lookup(id, idHex, data.length)) return;
     this.encoder ??= new ChunkEncoder(this.opts.zstdLevel);
-    const parts = this.encoder.encode(data);
-    this.track(this.writeChunk(idHex, parts));
+    const record = this.encoder.encode(data);
+    const prefix = idHex.slice(0, 2 * PACK_PREFIX_BYTES);
+    if (this.pack.prefixes.has(prefix)) this.flushPack(); // ids must differ in their first bytes within a pack
+    this.pack.records.push({ id, record });
+    this.pack.finals.push(this.layout.chunk(idHex));
+    this.pack.prefixes.add(prefix);
+    this.pack.bytes += record[0].length + record[1].length;
+    if (this.pack.records.length >= PACK_RECORDS || this.pack.bytes >= PACK_BYTES) this.flushPack();
     if (this.writes.size >= this.opts.concurrency) await Promise.race(this.writes);
+  }
+
+  /** Writes the chunks addData() collected as one pack. */
+  private flushPack(): void {
+    const { records, finals } = this.pack;
+    if (records.length === 0) return;
+    this.pack = { records: [], finals: [], prefixes: new Set(), bytes: 0 };
+    const bytes = encodePack(records);
+    this.counters.storedBytes += bytes.length;
+    const tmp = this.packFile();
+    this.track(
+      (async () => {
+        await writeFile(tmp, bytes, { flag: "wx" });
+        this.staging.addPack(tmp, finals);
+      })(),
+    );
   }
 
   /**
    * Appends a chunk hashed elsewhere (a worker). If the store lacks it, returns the
-   * file to write it to: the caller has it written and passes the write to writing().
+   * path it must end up at: the caller has it written into a pack (packFile()) and
+   * passes the write to writingPack().
    */
-  addHashed(id: Uint8Array, length: number): ChunkFile | undefined {
+  addHashed(id: Uint8Array, length: number): string | undefined {
     const idHex = Buffer.from(id.buffer, id.byteOffset, id.byteLength).toString("hex");
     if (!this.lookup(id, idHex, length)) return undefined;
-    return { tmp: this.layout.tmp(`${this.session}.${this.tmpSeq++}`), final: this.layout.chunk(idHex) };
+    return this.layout.chunk(idHex);
   }
 
-  /** Chunk files being written elsewhere; `sizes` (bytes of each) resolves once they are complete. commit() waits for them. */
-  writing(files: ChunkFile[], sizes: Promise<number[]>): void {
+  /** A new file name in tmp/ for a pack. */
+  packFile(): string {
+    return this.layout.tmp(`${this.session}.${this.tmpSeq++}`);
+  }
+
+  /** A pack being written elsewhere at `tmp`, holding the chunks named `finals`; `size` resolves once it is complete. commit() waits for it. */
+  writingPack(tmp: string, finals: string[], size: Promise<number>): void {
     this.track(
-      sizes.then((s) =>
-        s.forEach((size, i) => {
-          this.counters.storedBytes += size;
-          this.staging.add(files[i]!.tmp, files[i]!.final, size);
-        }),
-      ),
+      size.then((bytes) => {
+        this.counters.storedBytes += bytes;
+        this.staging.addPack(tmp, finals);
+      }),
     );
   }
 
@@ -154,6 +180,7 @@ export class WriteSession {
 
   /** Waits for the chunk writes, makes them durable and commits the manifest (step 4). */
   async commit(chunker: ChunkerParams, labels: Record<string, string>): Promise<void> {
+    this.flushPack();
     await Promise.all(this.writes);
     if (this.failure) throw this.failure;
     await this.staging.finish();
@@ -220,18 +247,6 @@ export class WriteSession {
     this.writes.add(q);
   }
 
-  private async writeChunk(idHex: string, parts: [Buffer, Buffer]): Promise<void> {
-    const size = parts[0].length + parts[1].length;
-    this.counters.storedBytes += size;
-    const tmp = this.layout.tmp(`${this.session}.${this.tmpSeq++}`);
-    const fh = await open(tmp, "wx");
-    try {
-      await fh.writev(parts);
-    } finally {
-      await fh.close();
-    }
-    this.staging.add(tmp, this.layout.chunk(idHex), size);
-  }
 }
 
 /** Sets the chunk's mtime to now; false if it does not exist. */

@@ -47,6 +47,8 @@ export interface WriteStats {
   storedBytes: number;
   /** Non-zero bytes not stored because the store (or this image) already had them. */
   dedupBytes: number;
+  /** Bytes of zeros the source said were zeros, long runs of them, neither read nor looked at. */
+  skippedBytes?: number;
   seconds: number;
 }
 
@@ -56,8 +58,9 @@ export async function writeImage(layout: Layout, config: StoreConfig, name: stri
   const workers = opts.workers ?? defaultWorkers();
   const zstdLevel = opts.zstdLevel ?? config.zstdLevel;
   const session = await WriteSession.start(layout, name, { zstdLevel, concurrency: opts.concurrency ?? 16 });
+  let skippedBytes = 0;
   try {
-    if (workers > 0) await writeSegments(session, source, chunkerParams, { workers, zstdLevel, segmentBytes: opts.readSize ?? DEFAULT_SEGMENT });
+    if (workers > 0) skippedBytes = await writeSegments(session, source, chunkerParams, { workers, zstdLevel, segmentBytes: opts.readSize ?? DEFAULT_SEGMENT });
     else
       for await (const chunk of chunkStream(source, createChunker(chunkerParams), opts.readSize)) {
         if (chunk.zero) session.addZero(chunk.data.length);
@@ -75,6 +78,7 @@ export async function writeImage(layout: Layout, config: StoreConfig, name: stri
     dataBytes: builder.size - builder.zeroBytes,
     chunks: builder.chunks,
     ...counters,
+    skippedBytes,
     seconds: (performance.now() - t0) / 1000,
   };
 }

@@ -52,8 +52,8 @@ function logLine(c: TestCluster, msg: string, ref: string): Record<string, any> 
 /**
  * One backup's time, split: stowctl and the request around it ("client"), then the
  * controller's steps (controller/backups.ts), the store node's part of "write"
- * (block status of the fleece: "write.extents"; the chunk store: "write.store")
- * and the rest of it ("write.rpc").
+ * (opening the store, block status of the fleece and connecting to it:
+ * "write.extents"; the chunk store: "write.store") and the rest of it ("write.rpc").
  */
 function stepsOf(c: TestCluster, ref: string, totalMs: number): Record<string, number> {
   const taken = logLine(c, "backup taken", ref);

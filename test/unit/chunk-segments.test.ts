@@ -32,7 +32,39 @@ async function sameManifests(kind: ChunkerKind, img: Buffer, segment: number) {
   expect(par.logicalBytes).toBe(img.length);
   expect(par.newChunks).toBe(0); // the same chunks: all found
   expect(seq.dataBytes).toBe(par.dataBytes);
+  // The same image read by offset, told where its zeros are (as NBD block status
+  // says, in 4 KiB blocks): long runs of them are skipped, none of them is read.
+  const zeros = zeroBlocks(img, 4 * KiB);
+  let readZeros = 0;
+  const source = {
+    size: img.length,
+    zeros,
+    read: async (offset: number, length: number) => {
+      readZeros += zeros.filter((z) => z.offset < offset + length && offset < z.offset + z.length).length;
+      return img.subarray(offset, offset + length);
+    },
+  };
+  const byRange = await store.write(`range${n}`, source, { workers: 2, readSize: segment });
+  expect([...(await store.manifest(`range${n}`)).entries()]).toEqual(a);
+  expect(byRange.newChunks).toBe(0);
+  expect(readZeros).toBe(0);
+  const max = store.config.chunker.max;
+  const longZeros = zeros.filter((z) => z.length >= 1 * MiB + max);
+  expect(byRange.skippedBytes).toBe(longZeros.reduce((t, z) => t + z.length - max, 0));
   return a;
+}
+
+/** Runs of whole all-zero blocks of `grain` bytes (the last one may be short). */
+function zeroBlocks(img: Buffer, grain: number): { offset: number; length: number }[] {
+  const out: { offset: number; length: number }[] = [];
+  for (let at = 0; at < img.length; at += grain) {
+    const end = Math.min(at + grain, img.length);
+    if (img.subarray(at, end).some((b) => b !== 0)) continue;
+    const last = out.at(-1);
+    if (last && last.offset + last.length === at) last.length += end - at;
+    else out.push({ offset: at, length: end - at });
+  }
+  return out;
 }
 
 describe("parallel write in segments", () => {
@@ -51,6 +83,7 @@ describe("parallel write in segments", () => {
       ])],
     ["zeros then one data island then zeros", () => imageBytes(6 * MiB, 23, [[0, 2 * MiB + 4097], [2 * MiB + 70 * KiB, 6 * MiB]])],
     ["all zeros", () => Buffer.alloc(3 * MiB)],
+    ["long zeros up to the end, after data", () => imageBytes(5 * MiB + 3, 28, [[1 * MiB + 12345, 5 * MiB + 3]])],
     ["shorter than a segment", () => imageBytes(300 * KiB + 1, 24, [[10 * KiB, 20 * KiB]])],
     ["exactly two segments", () => imageBytes(1 * MiB, 25, [[600 * KiB, 700 * KiB]])],
   ];
