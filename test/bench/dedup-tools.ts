@@ -15,12 +15,18 @@ export interface Contender {
   storedBytes(): number;
 }
 
-export function dirBytes(dir: string): number {
+/** Bytes of the files under `dir`, each file once however many names it has (a chunk pack has one per chunk). */
+export function dirBytes(dir: string, seen = new Set<number>()): number {
   let n = 0;
   for (const e of readdirSync(dir, { withFileTypes: true })) {
     const p = join(dir, e.name);
-    if (e.isDirectory()) n += dirBytes(p);
-    else if (e.isFile()) n += statSync(p).size;
+    if (e.isDirectory()) n += dirBytes(p, seen);
+    else if (e.isFile()) {
+      const st = statSync(p);
+      if (seen.has(st.ino)) continue;
+      seen.add(st.ino);
+      n += st.size;
+    }
   }
   return n;
 }
