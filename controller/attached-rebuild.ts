@@ -22,7 +22,7 @@ import { ConflictError, errorMessage } from "../lib/errors.js";
 import { faultPoint } from "../lib/faults.js";
 import type { Logger } from "../lib/logger.js";
 import type { AgentClients } from "./agents.js";
-import { followProgress, recordCopyStart } from "./detached-resync.js";
+import { agentCopy, followProgress, recordCopyStart } from "./detached-resync.js";
 import { keys } from "./keys.js";
 import type { FrontendStatus, JobRecord, ReplicaPlacement, ReplicaStatusRecord, VolumeSpec } from "./model.js";
 import { NEW_REPLICA_REASON } from "./placement-edits.js";
@@ -158,10 +158,7 @@ export class AttachedRebuild {
     log.info({ source: source.id, tracker: basis.node, token: basis.token }, "rebuild of an attached volume's new replica: its agent copies, the frontend tracks writes");
     let res;
     try {
-      res = await this.d.agents.for(p.node).copyReplica(
-        { id: p.id, pool: p.pool, sourceNbdUri: source.exportUri!, rateLimitBytes: this.d.copyRateBytes },
-        { timeoutMs: 24 * 3600_000 },
-      );
+      res = await agentCopy(this.d.agents, p, source.exportUri!, this.d.copyRateBytes);
     } catch (err) {
       await progress.stop();
       this.failed.set(p.id, Date.now() + (this.d.retryMs ?? 10_000));

@@ -47,10 +47,7 @@ export class DetachedResync {
       const progress = followProgress(this.d.agents, this.d.store, spec.name, p, job, target.allocatedBytes, put, this.d.progressEveryMs);
       let res;
       try {
-        res = await this.d.agents.for(p.node).copyReplica(
-          { id: p.id, pool: p.pool, sourceNbdUri: source.exportUri!, rateLimitBytes: this.d.copyRateBytes },
-          { timeoutMs: 24 * 3600_000 },
-        );
+        res = await agentCopy(this.d.agents, p, source.exportUri!, this.d.copyRateBytes);
       } catch (err) {
         await progress.stop();
         this.d.log.warn({ volume: spec.name, replica: p.id, err: errorMessage(err) }, "resync copy failed; will retry");
@@ -95,6 +92,11 @@ export class DetachedResync {
  * Records the job of a copy about to start (through `put`); undefined when `put`
  * refused (the spec moved).
  */
+/** Replica `p`'s agent overwrites it with the NBD export at `sourceUri` (CopyReplica), at most `rateBytes` per second (0: no limit). */
+export function agentCopy(agents: AgentClients, p: ReplicaPlacement, sourceUri: string, rateBytes: number) {
+  return agents.for(p.node).copyReplica({ id: p.id, pool: p.pool, sourceNbdUri: sourceUri, rateLimitBytes: rateBytes }, { timeoutMs: 24 * 3600_000 });
+}
+
 export async function recordCopyStart(
   agents: AgentClients,
   spec: VolumeSpec,

@@ -156,6 +156,20 @@ export async function benchResync(o: ResyncOptions): Promise<ResyncResult> {
     }
     await pool.deleteReplica(REPLICA.id);
   };
+  /** A replica set over the source's export, as a frontend has it, with a record it reads every `refreshMs`. */
+  const frontendOver = async (qsd: { uri: string; socket: string }, refreshMs: number) => {
+    const maps = join(dir, "maps");
+    await mkdir(maps, { recursive: true });
+    const record = new FakeRecord(["source"]);
+    const set = new ReplicaSet([await Replica.open({ spec: qsd.uri, socketPath: qsd.socket, exportName: "source" }, 2)], undefined, {
+      recorder: record,
+      generation: 1,
+      stateDir: maps,
+      volume: "bench",
+      refreshMs,
+    });
+    return { record, set };
+  };
   /**
    * The attached-volume path: a replica set over the source's export (as a frontend
    * has it), told by its record that a new replica joined; timed from then until the
@@ -166,16 +180,7 @@ export async function benchResync(o: ResyncOptions): Promise<ResyncResult> {
     const { qsd, stop } = await startSource();
     const tq = await Qsd.start({ dir, image: replica.path, format: "qcow2", exportName: "target", socket: join(dir, "target.sock"), fileOptions });
     const stopTarget = o.cleanups.add("target qemu-storage-daemon", () => tq.stop());
-    const maps = join(dir, "maps");
-    await mkdir(maps, { recursive: true });
-    const record = new FakeRecord(["source"]);
-    const set = new ReplicaSet([await Replica.open({ spec: qsd.uri, socketPath: qsd.socket, exportName: "source" }, 2)], undefined, {
-      recorder: record,
-      generation: 1,
-      stateDir: maps,
-      volume: "bench",
-      refreshMs: 20,
-    });
+    const { record, set } = await frontendOver(qsd, 20);
     try {
       await set.warmUp();
       await syncDisks();
@@ -210,16 +215,7 @@ export async function benchResync(o: ResyncOptions): Promise<ResyncResult> {
     const stopTarget = o.cleanups.add("target qemu-storage-daemon", () => tq.stop());
     const qmp = await tq.qmp();
     const exports = new QsdExports({ qmp: () => qmp, endpoint: () => ({ unixSocket: tq.socket }) });
-    const maps = join(dir, "maps");
-    await mkdir(maps, { recursive: true });
-    const record = new FakeRecord(["source"]);
-    const set = new ReplicaSet([await Replica.open({ spec: qsd.uri, socketPath: qsd.socket, exportName: "source" }, 2)], undefined, {
-      recorder: record,
-      generation: 1,
-      stateDir: maps,
-      volume: "bench",
-      refreshMs: 5,
-    });
+    const { record, set } = await frontendOver(qsd, 5);
     try {
       await set.warmUp();
       const t0 = performance.now();
