@@ -1,14 +1,18 @@
-// Backups: a crash-consistent snapshot of the volume (controller/snapshots.ts),
-// read through a read-only NBD export of one replica's snapshot (qemu-nbd on
-// that replica's node) into the deduplicating chunk store of another node
-// (lib/chunks through node-agent/backups.ts); then the export and the snapshot go.
+// Backups: while the volume's frontend holds writes (as for a snapshot), every
+// in-sync replica's storage daemon adds a persistent dirty bitmap for this backup
+// and freezes the previous one's, and the replica read starts a "fleece" (a
+// point-in-time view served read-only over NBD while the VM writes on). The node
+// keeping the chunk store (lib/chunks through node-agent/backups.ts) reads it: every
+// allocated extent for a first backup, only the previous bitmap's regions after.
+// Then the fleece goes and the previous bitmap is dropped; a failed backup folds its
+// bitmap back, so no change is forgotten.
 //
 // The record (backups/VOLUME@ID, state creating) is written before anything is
 // done, and names the store node; every step is idempotent and named by the id
-// (snapshot backup-ID, export bk-ID, manifest VOLUME@ID), so a creation whose
-// leader died is undone by the sweep: export stopped, snapshot deleted, manifest
-// deleted, record removed. Deletion marks the record deleting first, removes the
-// manifest (and collects unused chunks), then the record.
+// (bitmap stow-bk-ID, fleece and export of the id, manifest VOLUME@ID), so a
+// creation whose leader died is undone by the sweep: fleece and export released,
+// bitmap folded back, manifest deleted, record removed. Deletion marks the record
+// deleting first, removes the manifest (and collects unused chunks), then the record.
 //
 // The store node is the one holding the volume's latest backup when it is online
 // (so unchanged data is found there and not stored again), else an online node
