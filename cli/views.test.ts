@@ -34,6 +34,7 @@ const pool: Pool = {
   provisionedBytes: 30 * GiB,
   overcommitRatio: 2,
   replicaCount: 3,
+  templateBytes: 0,
 };
 
 describe("views", () => {
