@@ -8,7 +8,7 @@ import {
   PoolServiceService,
   VolumeServiceService,
 } from "../gen/stowage/v1/controller.js";
-import { JobState, ReplicaState, VolumePhase, type Job, type Node, type Pool, type Volume, type VolumeSpec } from "../gen/stowage/v1/types.js";
+import { JobState, PoolCompressRun, ReplicaState, VolumePhase, type Job, type Node, type Pool, type Volume, type VolumeSpec } from "../gen/stowage/v1/types.js";
 import { InsufficientCapacityError, NotFoundError, NotLeaderError } from "../lib/errors.js";
 import { addService, createServer, INSECURE, listen, shutdown, type AsyncService } from "../lib/grpc.js";
 import { runCli } from "./testing.js";
@@ -48,6 +48,8 @@ class FakeCluster {
   volumes = new Map<string, { volume: Volume; polls: number }>();
   nodes = new Map([[host1.name, structuredClone(host1)]]);
   poolSets: SetPoolRequest[] = [];
+  /** Pool jobs listed besides the copies while a pool compression runs. */
+  poolJobs: Job[] = [];
 
   private replicas(spec: VolumeSpec, state: ReplicaState, size: number) {
     return Array.from({ length: spec.replicas }, (_, i) => ({
@@ -136,7 +138,7 @@ class FakeCluster {
   jobService(): AsyncService<typeof JobServiceService> {
     return {
       listJobs: async () => ({
-        jobs: [copying, { ...copying, replicaId: "r9", node: "host2", state: JobState.JOB_STATE_WAITING, message: "node host2 offline", runner: "", totalBytes: 0, copiedBytes: 0, bytesPerSec: 0, etaSeconds: 0 }],
+        jobs: [copying, { ...copying, replicaId: "r9", node: "host2", state: JobState.JOB_STATE_WAITING, message: "node host2 offline", runner: "", totalBytes: 0, copiedBytes: 0, bytesPerSec: 0, etaSeconds: 0 }, ...this.poolJobs],
         rebuildsPaused: "2 of 3 nodes offline: automatic rebuilds paused",
       }),
     };
@@ -192,7 +194,16 @@ class FakeCluster {
         throw new NotFoundError("pool", `${req.node}/${req.name}`);
       },
       compressPool: async (req) => {
-        throw new NotFoundError("pool", `${req.node}/${req.name}`);
+        if (req.node !== pool.node || req.name !== pool.name) throw new NotFoundError("pool", `${req.node}/${req.name}`);
+        // A run of about 4 s whose progress job list shows meanwhile (stowctl looks every second).
+        const job = { ...copying, volume: "", replicaId: "", kind: "compress", node: "host1", totalBytes: 100 * 2 ** 20, bytesPerSec: 40 * 2 ** 20, etaSeconds: 2 };
+        this.poolJobs = [{ ...job, copiedBytes: 30 * 2 ** 20, message: "pool host1/default: image 1 of 2 (vm1 r1)" }];
+        await new Promise((r) => setTimeout(r, 2_000));
+        this.poolJobs = [{ ...job, copiedBytes: 80 * 2 ** 20, etaSeconds: 1, message: "pool host1/default: image 2 of 2 (vm2 r2): comparing the copy with the image" }];
+        await new Promise((r) => setTimeout(r, 2_000));
+        this.poolJobs = [];
+        const run = PoolCompressRun.fromPartial({ state: "done", trigger: "manual", startedAtMs: 1, finishedAtMs: 2, bytesBefore: 100 * 2 ** 20, bytesAfter: 40 * 2 ** 20, savedBytes: 60 * 2 ** 20, compressed: 2, message: "2 of 2 images recompressed in 2.5s" });
+        return { run };
       },
     };
   }
@@ -401,6 +412,17 @@ describe("nodes and pools", () => {
     expect(missing.err).toContain('pool "host9/default" not found');
     expect(cluster.poolSets.length).toBe(sets);
   });
+
+  it("pool compress shows the run's progress while it waits, and only the result with -o json", async () => {
+    const r = await runCli([...at(leader.address), "pool", "compress", "host1/default", "--cold-after", "0s"]);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toContain("pool host1/default: 30% of 100MiB, 40MiB/s, ETA 2s; image 1 of 2 (vm1 r1)\n");
+    expect(r.out).toContain("pool host1/default: 80% of 100MiB, 40MiB/s, ETA 1s; image 2 of 2 (vm2 r2): comparing the copy with the image\n");
+    expect(r.out).toMatch(/pool host1\/default: done .*2 of 2 images recompressed in 2.5s/);
+    const json = await runCli([...at(leader.address), "pool", "compress", "host1/default", "-o", "json"]);
+    expect(json.code, json.err).toBe(0);
+    expect(JSON.parse(json.out).run.compressed).toBe(2);
+  }, 15_000);
 });
 
 describe("replica changes, drains and jobs", () => {

@@ -7,6 +7,7 @@ import type { Session } from "../context.js";
 import { examples } from "../help.js";
 import { parsePoolRef } from "../flags.js";
 import { COPY_WAIT_MS } from "../wait.js";
+import { withPoolJobProgress } from "./pool-job-wait.js";
 
 export function registerPoolCompressCommand(pool: Command, session: Session): void {
   pool
@@ -23,16 +24,19 @@ internal snapshots (a rewrite would lose them), not linked clones, unmodified fo
 --cold-after. Each is copied with 'qemu-img convert -c' at nice 19 and idle I/O
 class, compared with 'qemu-img compare', and replaced only when smaller. An attach
 of that volume waits for the image being rewritten. Template images are left alone.
+While it runs, its progress (share of the images' bytes, rate, ETA, the image it is
+on) is printed every second and shows in 'stowctl job list'.
 Schedule it with 'stowctl pool set NODE/POOL --compress daily --cold-after 7d'.
 ` + examples(["stowctl pool compress host1/default", "stowctl pool compress host1 default --cold-after 0s -o json"]),
     )
     .action(async (first: string, second: string | undefined, opts: { coldAfter?: string }, cmd: Command) => {
       const ref = parsePoolRef(first, second);
       const ctx = session.context(cmd);
-      const res = await ctx
+      const call = ctx
         .controllers()
         .service(PoolServiceService)
         .compressPool({ ...ref, coldAfter: opts.coldAfter ?? "" }, { timeoutMs: Math.max(ctx.timeoutMs, 24 * COPY_WAIT_MS) });
+      const res = await withPoolJobProgress(ctx, "compress", ref, call);
       ctx.print(res, () => `pool ${ref.node}/${ref.name}: ${res.run ? [compressRunLine(res.run), ...compressImageLines(res.run)].join("\n") : "no result"}\n`);
       if (res.run?.state === "failed") throw new FailedPreconditionError(`compression of pool ${ref.node}/${ref.name} failed: ${res.run.message}`);
     });
