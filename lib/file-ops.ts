@@ -21,6 +21,17 @@ export async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** Writes `data` to `path` (`flag` "wx": only if absent) and fsyncs it before it returns. */
+export async function writeFileSynced(path: string, data: Uint8Array, flag = "w"): Promise<void> {
+  const fh = await open(path, flag);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 export async function syncFile(path: string): Promise<void> {
   const fh = await open(path, "r");
   try {

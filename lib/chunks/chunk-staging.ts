@@ -13,8 +13,9 @@
 //
 // finish() waits for the fsyncs and links; the session then syncs the file system
 // once before linking its manifest (write-session.ts), so the links are durable too.
-import { link, open, unlink } from "node:fs/promises";
+import { link, unlink } from "node:fs/promises";
 import { run } from "../exec.js";
+import { syncFile } from "../file-ops.js";
 
 /** Packs fsynced at once (the rest wait: libuv's four threads also serve the writes' other file operations). */
 const SYNCS_IN_FLIGHT = 2;
@@ -71,12 +72,7 @@ export class ChunkStaging {
 
 /** Makes the pack durable, then links it under its chunks' names. A name already there is a complete copy of the same chunk. */
 async function place(s: Staged): Promise<void> {
-  const fh = await open(s.tmp, "r");
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await syncFile(s.tmp);
   for (let i = 0; i < s.finals.length; i += 32) {
     await Promise.all(
       s.finals.slice(i, i + 32).map((final) =>

@@ -13,7 +13,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { type ChunkerParams, CDC_DEFAULTS } from "./chunker.js";
 import { StoreFormatError } from "./errors.js";
-import { syncDir } from "../file-ops.js";
+import { syncDir, writeFileSynced } from "../file-ops.js";
 
 export const FORMAT = "stowage-chunk-store";
 
@@ -80,13 +80,7 @@ export const fsyncDir = syncDir;
 
 /** Writes `data` to `tmp`, syncs it, renames it to `path` and syncs the directory. */
 export async function atomicWrite(path: string, data: Uint8Array, tmp: string): Promise<void> {
-  const fh = await open(tmp, "w");
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await writeFileSynced(tmp, data);
   await rename(tmp, path);
   await fsyncDir(join(path, ".."));
 }

@@ -21,6 +21,7 @@ import { link, open, readdir, rename, stat, unlink } from "node:fs/promises";
 import { encodePack, isIdHex, PACK_HEADER_BYTES, PACK_MAGIC, shardOf } from "./chunk-file.js";
 import { fsyncDir, type Layout, SHARDS } from "./layout.js";
 import { readChunkFile } from "./reader.js";
+import { writeFileSynced } from "../file-ops.js";
 
 /** A pack is rewritten when at most this share of its records still has a name. */
 const LIVE_SHARE = 0.5;
@@ -60,13 +61,7 @@ export async function compactPacks(layout: Layout): Promise<CompactionStats> {
     const bytes = encodePack(kept);
     const tag = `gc-${Date.now().toString(36)}-${randomBytes(4).toString("hex")}`;
     const tmp = layout.tmp(`${tag}.pack`);
-    const fh = await open(tmp, "wx");
-    try {
-      await fh.writeFile(bytes);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await writeFileSynced(tmp, bytes, "wx");
     for (let i = 0; i < kept.length; i++) {
       const name = layout.tmp(`${tag}.${i}`);
       await link(tmp, name);
