@@ -16,7 +16,7 @@ import { coldAfterMs, compressDecision, COMPRESS_STALE_MS, DEFAULT_COLD_AFTER, p
 import { keys } from "./keys.js";
 import type { PoolCompressImageRecord, PoolCompressRecord, PoolSettings } from "./model.js";
 import type { ClusterStore } from "./store.js";
-import { poolJobHeartbeat, poolJobProgressFields, schedulePoolJobs } from "./pool-job-schedule.js";
+import { agentPoolJobProgress, poolJobHeartbeat, poolJobProgressFields, schedulePoolJobs } from "./pool-job-schedule.js";
 
 /** Per-image lines kept in etcd; a pool with more images keeps the first ones (skips last). */
 const MAX_IMAGES = 200;
@@ -106,10 +106,7 @@ export class PoolCompressJobs {
       this.d.log.info({ node, pool, trigger, coldAfterMs: cold }, "compression of a pool: started");
       const beat = poolJobHeartbeat(
         this.d.heartbeatMs ?? 2_000,
-        async () => {
-          const p = await this.d.agents.for(node).getPoolJobProgress({ pool, kind: "compress" }, { timeoutMs: 5_000 });
-          return p.running ? { totalBytes: p.totalBytes, doneBytes: p.doneBytes, itemsTotal: p.itemsTotal, itemsDone: p.itemsDone, phase: p.phase } : undefined;
-        },
+        () => agentPoolJobProgress(this.d.agents, node, pool, "compress"),
         (progress) => this.put({ ...rec, updatedAtMs: Date.now(), progress }),
       );
       try {

@@ -16,7 +16,7 @@ import { dedupDecision, DEDUP_STALE_MS } from "./dedup-schedule.js";
 import { keys } from "./keys.js";
 import type { PoolDedupRecord, PoolSettings } from "./model.js";
 import type { ClusterStore } from "./store.js";
-import { poolJobHeartbeat, poolJobProgressFields, schedulePoolJobs } from "./pool-job-schedule.js";
+import { agentPoolJobProgress, poolJobHeartbeat, poolJobProgressFields, schedulePoolJobs } from "./pool-job-schedule.js";
 
 export interface PoolDedupDeps {
   store: ClusterStore;
@@ -96,10 +96,7 @@ export class PoolDedupJobs {
       this.d.log.info({ node, pool, trigger }, "dedup of a pool: started");
       const beat = poolJobHeartbeat(
         this.d.heartbeatMs ?? 2_000,
-        async () => {
-          const p = await this.d.agents.for(node).getPoolJobProgress({ pool, kind: "dedup" }, { timeoutMs: 5_000 });
-          return p.running ? { totalBytes: p.totalBytes, doneBytes: p.doneBytes, itemsTotal: p.itemsTotal, itemsDone: p.itemsDone, phase: p.phase } : undefined;
-        },
+        () => agentPoolJobProgress(this.d.agents, node, pool, "dedup"),
         (progress) => this.put({ ...rec, updatedAtMs: Date.now(), progress }),
       );
       try {

@@ -3,6 +3,7 @@
 // job is due and not already running on this leader is started in the background.
 import { errorMessage } from "../lib/errors.js";
 import type { Logger } from "../lib/logger.js";
+import type { AgentClients } from "./agents.js";
 import type { PoolJobProgressRecord, PoolSettings } from "./model.js";
 import type { ClusterStore } from "./store.js";
 
@@ -57,6 +58,12 @@ export function poolJobHeartbeat(everyMs: number, poll: () => Promise<PoolJobPro
       await chain;
     },
   };
+}
+
+/** How far the `kind` run on pool NODE/POOL has got, as its agent says (undefined: none runs there). */
+export async function agentPoolJobProgress(agents: AgentClients, node: string, pool: string, kind: "dedup" | "compress"): Promise<PoolJobProgressRecord | undefined> {
+  const p = await agents.for(node).getPoolJobProgress({ pool, kind }, { timeoutMs: 5_000 });
+  return p.running ? { totalBytes: p.totalBytes, doneBytes: p.doneBytes, itemsTotal: p.itemsTotal, itemsDone: p.itemsDone, phase: p.phase } : undefined;
 }
 
 /** The progress fields of `stowctl job list` for a running pool job; `fallbackTotal` when the agent has not said yet. */

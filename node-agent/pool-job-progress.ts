@@ -25,7 +25,7 @@ export class PoolJobRun {
 
   update(p: Partial<Omit<PoolJobProgressView, "running">>): void {
     this.v = { ...this.v, ...p };
-    // Never past the total, never backwards: estimates from tools' output may overshoot.
+    // Never past the total nor below zero: estimates from tools' output may overshoot.
     this.v.doneBytes = Math.min(this.v.totalBytes, Math.max(0, this.v.doneBytes));
   }
 
