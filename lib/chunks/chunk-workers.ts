@@ -201,8 +201,8 @@ export interface CutSpec {
 }
 
 export function cutSpec(params: ChunkerParams, zeroShortcut: boolean): CutSpec {
-  const { kind, min, avg, max, seed } = params;
-  const key = `${kind}/${min}/${avg}/${max}/${seed}`;
+  const { kind, min, avg, max, seed, normalization } = params;
+  const key = `${kind}/${min}/${avg}/${max}/${seed}/${normalization ?? ""}`;
   return kind === "cdc" ? { key, kind, min, avg, max, ...cdcTables(params), zeroShortcut } : { key, kind, min, avg, max, zeroShortcut };
 }
 

@@ -26,7 +26,7 @@ describe("cdc chunker", () => {
   const cdc = createChunker(CDC_DEFAULTS);
   const data = randomBytesSeeded(16 << 20, 7);
 
-  it("cuts chunks between min and max, about 64 KiB on average", () => {
+  it("cuts chunks between min and max, about min + avg (48 KiB) on average", () => {
     const ends = boundaries(cdc, data);
     const sizes = ends.map((e, i) => e - (i ? ends[i - 1]! : 0));
     for (const s of sizes.slice(0, -1)) {
@@ -34,8 +34,19 @@ describe("cdc chunker", () => {
       expect(s).toBeLessThanOrEqual(CDC_DEFAULTS.max);
     }
     const avg = data.length / sizes.length;
-    expect(avg).toBeGreaterThan(48 * 1024);
-    expect(avg).toBeLessThan(96 * 1024);
+    expect(avg).toBeGreaterThan(40 * 1024);
+    expect(avg).toBeLessThan(56 * 1024);
+  });
+
+  it("cuts as stores made before normalization was a parameter did when it is absent (level 2)", () => {
+    const before = { kind: "cdc" as const, min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024, seed: CDC_DEFAULTS.seed };
+    const absent = boundaries(createChunker(before), data);
+    expect(boundaries(createChunker({ ...before, normalization: 2 }), data)).toEqual(absent);
+    expect(boundaries(createChunker({ ...before, normalization: 0 }), data)).not.toEqual(absent);
+    // Normalized: sizes bunch around the average (fewer small and large chunks).
+    const sizes = absent.map((e, i) => e - (i ? absent[i - 1]! : 0));
+    expect(data.length / sizes.length).toBeGreaterThan(64 * 1024);
+    expect(data.length / sizes.length).toBeLessThan(88 * 1024);
   });
 
   it("puts boundaries by content: an insertion near the start moves only the nearby ones", () => {
@@ -93,5 +104,7 @@ describe("cdc chunker", () => {
   it("rejects inconsistent sizes", () => {
     expect(() => createChunker({ ...CDC_DEFAULTS, avg: 60000 })).toThrow(RangeError);
     expect(() => createChunker({ ...CDC_DEFAULTS, min: CDC_DEFAULTS.avg })).toThrow(RangeError);
+    expect(() => createChunker({ ...CDC_DEFAULTS, normalization: 5 })).toThrow(/normalization/);
+    expect(() => createChunker({ ...CDC_DEFAULTS, normalization: 1.5 })).toThrow(/normalization/);
   });
 });
