@@ -38,6 +38,8 @@ import {
   type ReplicaFileName,
 } from "./replica-file-name.js";
 import { createLinkedClone } from "./template-images.js";
+import { MetaContextMissingError } from "./qsd/nbd-extents.js";
+import { copyTopLayer } from "./top-layer-copy.js";
 
 export interface ReplicaSpec {
   id: string;
@@ -150,7 +152,10 @@ export class DirPool {
 
   /**
    * Makes the replica's image a copy of an in-sync replica's NBD export (the
-   * resync of a detached volume). The image must exist and not be exported.
+   * rebuild of a replica). The image must exist and not be exported. A linked
+   * clone (an image with a backing file) gets only what the source holds over
+   * its template (top-layer-copy.ts), so it stays thin; other images, and a
+   * source whose export offers no allocation depth, get the whole content.
    */
   async copyFrom(id: string, sourceUri: string, rateLimitBytes: number): Promise<{ bytes: number; ms: number }> {
     validateReplicaId(id);
@@ -159,10 +164,25 @@ export class DirPool {
       const f = files[0];
       if (!f) throw new NotFoundError("replica", id, { hint: `pool ${this.name} has no image of it` });
       const t0 = Date.now();
-      await copyImage({ sourceUri, targetPath: f.path, targetFormat: f.format, rateLimitBytes });
-      this.infoCache.delete(f.path);
+      const linked = f.format === "qcow2" && (await this.freshInfo(f.path, f.format)).backingFile !== undefined;
+      let how = "whole image";
+      try {
+        if (linked) {
+          const r = await copyTopLayer({ sourceUri, targetPath: f.path, rateLimitBytes });
+          how = `top layer: ${r.dataBytes} bytes of data, ${r.zeroBytes} of zeros`;
+        } else {
+          await copyImage({ sourceUri, targetPath: f.path, targetFormat: f.format, rateLimitBytes });
+        }
+      } catch (err) {
+        if (!(err instanceof MetaContextMissingError)) throw err;
+        // An export made before exports offered allocation depth (a daemon adopted across an upgrade).
+        this.opts.logger?.warn({ pool: this.name, replica: id, source: sourceUri }, "the source export offers no allocation depth; copying the linked clone's whole content");
+        await copyImage({ sourceUri, targetPath: f.path, targetFormat: f.format, rateLimitBytes });
+      } finally {
+        this.infoCache.delete(f.path);
+      }
       const info = await this.freshInfo(f.path, f.format);
-      this.opts.logger?.info({ pool: this.name, replica: id, source: sourceUri, ms: Date.now() - t0 }, "replica copied from an in-sync replica");
+      this.opts.logger?.info({ pool: this.name, replica: id, source: sourceUri, ms: Date.now() - t0, how }, "replica copied from an in-sync replica");
       return { bytes: info.virtualSizeBytes, ms: Date.now() - t0 };
     });
   }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { InternalError, InvalidArgumentError } from "../lib/errors.js";
-import { checkPreallocation, cloneArgs, copyArgs, createArgs, infoArgs, parseInfo, resizeArgs, revertArgs } from "./qemu-img.js";
+import { checkPreallocation, cloneArgs, copyArgs, createArgs, infoArgs, mapArgs, parseInfo, parseMap, resizeArgs, revertArgs } from "./qemu-img.js";
 
 // Captured from qemu-img 7.2.22 (Debian 12): `qemu-img create -f qcow2 a.qcow2 1G; qemu-img info --output=json a.qcow2`
 const QCOW2_INFO = `{
@@ -122,5 +122,36 @@ describe("snapshot commands", () => {
       expect(() => cloneArgs({ sourcePath: "/p/a.qcow2", tag, targetPath: "/p/b" }), tag).toThrow(/invalid snapshot tag/);
     }
     expect(() => cloneArgs({ sourcePath: "a.qcow2", tag: "t", targetPath: "/p/b" })).toThrow(/not absolute/);
+  });
+});
+
+// Captured from qemu-img 7.2.22: a 64 MiB linked clone over a template with data at [0, 16M),
+// the clone holding data at 1M and zeros at 4M (`qemu-img map --output=json c.qcow2`).
+const CLONE_MAP = `[{ "start": 0, "length": 1048576, "depth": 1, "present": true, "zero": false, "data": true, "offset": 327680},
+{ "start": 1048576, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true, "offset": 327680},
+{ "start": 2097152, "length": 2097152, "depth": 1, "present": true, "zero": false, "data": true, "offset": 2424832},
+{ "start": 4194304, "length": 1048576, "depth": 0, "present": true, "zero": true, "data": false},
+{ "start": 5242880, "length": 11534336, "depth": 1, "present": true, "zero": false, "data": true, "offset": 5570560},
+{ "start": 16777216, "length": 50331648, "depth": 1, "present": false, "zero": true, "data": false}]
+`;
+
+describe("qemu-img map", () => {
+  it("builds the command with the format given, never probed", () => {
+    expect(mapArgs("/p/v.r-1.qcow2", "qcow2")).toEqual(["map", "--output=json", "-f", "qcow2", "/p/v.r-1.qcow2"]);
+    expect(() => mapArgs("v.qcow2", "qcow2")).toThrow(/not absolute/);
+  });
+
+  it("parses the extents of an image and its backing chain", () => {
+    const m = parseMap(CLONE_MAP);
+    expect(m).toHaveLength(6);
+    expect(m[1]).toEqual({ start: 1048576, length: 1048576, depth: 0, present: true, zero: false, data: true });
+    expect(m[3]).toEqual({ start: 4194304, length: 1048576, depth: 0, present: true, zero: true, data: false });
+    expect(m[5]).toEqual({ start: 16777216, length: 50331648, depth: 1, present: false, zero: true, data: false });
+  });
+
+  it("refuses output it cannot read", () => {
+    expect(() => parseMap("nope")).toThrow(InternalError);
+    expect(() => parseMap("{}")).toThrow(/no list/);
+    expect(() => parseMap('[{"start": 0}]')).toThrow(/lacks start, length or depth/);
   });
 });

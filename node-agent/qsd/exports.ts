@@ -314,7 +314,8 @@ export class QsdExports {
   }
 
   private async addExport(replicaId: string, node: string, writable: boolean): Promise<void> {
-    await this.deps.qmp().execute("block-export-add", { type: "nbd", id: replicaId, "node-name": node, name: replicaId, writable });
+    // allocation-depth: a rebuild of a linked clone's replica copies only what this image holds itself (../top-layer-copy.ts).
+    await this.deps.qmp().execute("block-export-add", { type: "nbd", id: replicaId, "node-name": node, name: replicaId, writable, "allocation-depth": true });
   }
 
   /** block-export-del, then waits for BLOCK_EXPORT_DELETED. Mode safe fails while clients are connected; hard drops them. */

@@ -21,6 +21,20 @@ export interface Extent {
 export const STATE_HOLE = 1;
 export const STATE_ZERO = 2;
 
+/**
+ * "qemu:allocation-depth" (an export made with allocation-depth on): the flags of
+ * an extent are the depth in the backing chain its data comes from: 0 nowhere
+ * (reads as zeros), 1 the exported image itself, 2 its backing file, and so on.
+ */
+export const ALLOCATION_DEPTH = "qemu:allocation-depth";
+
+/** The export does not offer a metadata context asked for (an export made without it, an older server). */
+export class MetaContextMissingError extends NbdProtocolError {
+  constructor(readonly context: string) {
+    super(`the export offers no metadata context "${context}"`);
+  }
+}
+
 const REPLY_FLAG_DONE = 1;
 const REPLY_TYPE_NONE = 0;
 const REPLY_TYPE_BLOCK_STATUS = 5;
@@ -76,7 +90,7 @@ export async function nbdExtents(uri: string, contexts: string[]): Promise<{ siz
       if (r.type === Rep.META_CONTEXT) ids.set(r.data.readUInt32BE(0), r.data.subarray(4).toString("utf8"));
       else if (isRepError(r.type)) throw new NbdProtocolError(`the server refused metadata contexts ${contexts.join(", ")}: ${r.data.toString("utf8")}`, r.type);
     }
-    for (const c of contexts) if (![...ids.values()].includes(c)) throw new NbdProtocolError(`the export offers no metadata context "${c}"`);
+    for (const c of contexts) if (![...ids.values()].includes(c)) throw new MetaContextMissingError(c);
     const info = await negotiateGo(io, a.exportName, noZeroes);
     const extents = new Map<string, Extent[]>(contexts.map((c) => [c, []]));
     // Per context, how far its extents reach; ask again from the least.

@@ -43,6 +43,10 @@ export interface BlockExportNbdOptions {
   description?: string;
   writable?: boolean;
   writethrough?: boolean;
+  /** Dirty bitmaps of the node offered as "qemu:dirty-bitmap:NAME" metadata contexts. */
+  bitmaps?: string[];
+  /** Offer the "qemu:allocation-depth" metadata context (which layer of the backing chain holds each range). */
+  "allocation-depth"?: boolean;
 }
 
 export interface BlockExportInfo {
