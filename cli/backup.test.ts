@@ -19,6 +19,7 @@ const backup = {
   kind: "incremental",
   base: "20261126-031500",
   readBytes: 3 * 2 ** 20,
+  shippedBytes: 0,
 };
 
 describe("backup commands", () => {

@@ -39,6 +39,7 @@ export function backupToApi(b: BackupRecord): Backup {
     kind: b.kind ?? "full",
     base: b.base ?? "",
     readBytes: b.readBytes ?? 0,
+    shippedBytes: b.shippedBytes ?? 0,
   };
 }
 

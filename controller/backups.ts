@@ -14,6 +14,10 @@
 // bitmap folded back, manifest deleted, record removed. Deletion marks the record
 // deleting first, removes the manifest (and collects unused chunks), then the record.
 //
+// A replication's copy (opts.replication) is not read by the store node: the
+// reader's node chunks the fleece itself and sends the store node only the chunks
+// it lacks (write() below; node-agent/backup-ship.ts). Undoing it is the same.
+//
 // The store node is the one holding the volume's latest backup when it is online
 // (so unchanged data is found there and not stored again), else an online node
 // holding no replica of the volume, else any online node.
@@ -249,10 +253,7 @@ export class Backups {
     ]);
     step("export");
     faultPoint("create-backup:exported", volume);
-    const w = await this.d.agents.for(record.node).writeBackup(
-      { name: backupRef(record), sourceNbdUri: nbdUri, base: base && record.kind === "incremental" ? backupRef(base) : "", bitmap: baseBitmap },
-      { timeoutMs: 24 * 3600_000 },
-    );
+    const w = await this.write(record, nbdUri, base && record.kind === "incremental" ? backupRef(base) : "", baseBitmap);
     step("write");
     faultPoint("create-backup:written", volume);
     // The fleece goes (the base's bitmap is exported with it: busy until then), and
@@ -276,13 +277,30 @@ export class Backups {
       newBytes: w.newBytes,
       storedBytes: w.storedBytes,
       readBytes: w.readBytes,
+      shippedBytes: w.shippedBytes,
       durationMs: Date.now() - t0,
       bitmap: next,
     };
     await Promise.all([this.lease(volume, undefined), this.put(ready)]);
     step("finish");
-    this.d.log.info({ backup: backupRef(ready), kind: ready.kind, node: ready.node, readBytes: w.readBytes, dataBytes: w.dataBytes, newBytes: w.newBytes, ms: ready.durationMs, steps }, "backup taken");
+    this.d.log.info({ backup: backupRef(ready), kind: ready.kind, node: ready.node, readBytes: w.readBytes, shippedBytes: w.shippedBytes, dataBytes: w.dataBytes, newBytes: w.newBytes, ms: ready.durationMs, steps }, "backup taken");
     return ready;
+  }
+
+  /**
+   * Stores the fleece exported at `nbdUri` as the backup. A backup is read by its
+   * store node (WriteBackup: its throughput is the store's). A replication's copy is
+   * chunked by the reader's node, which sends the store node only the chunks it
+   * lacks (ShipBackup, node-agent/backup-ship.ts): what crosses the network is
+   * what the target has never seen.
+   */
+  private async write(record: BackupRecord, nbdUri: string, base: string, bitmap: string): Promise<{ dataBytes: number; newBytes: number; storedBytes: number; readBytes: number; shippedBytes?: number }> {
+    const name = backupRef(record);
+    const timeoutMs = 24 * 3600_000;
+    if (!record.replication) return this.d.agents.for(record.node).writeBackup({ name, sourceNbdUri: nbdUri, base, bitmap }, { timeoutMs });
+    const target = this.d.store.nodeSpec(record.node)?.value;
+    if (!target) throw new UnavailableError(`node ${record.node} is not registered`);
+    return this.d.agents.for(record.reader!.node).shipBackup({ name, sourceNbdUri: nbdUri, base, bitmap, targetAddress: target.address }, { timeoutMs });
   }
 
   /**

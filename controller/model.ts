@@ -450,6 +450,8 @@ export interface BackupRecord {
   base?: string;
   /** Bytes read from the replica. */
   readBytes?: number;
+  /** A replication's copy: bytes its reader's node sent the store node (the manifest and the chunks that store lacked). */
+  shippedBytes?: number;
   /** The replica read (its storage daemon keeps the fleece while the backup runs). */
   reader?: { id: string; node: string; pool: string };
   /** The dirty bitmap in the replicas that records changes since this backup (ready backups). */
@@ -466,7 +468,7 @@ export interface ReplicationRecord {
   everyMs: number;
   createdAtMs: number;
   /** The last backup shipped: the volume as it was at `atMs` is on the target. */
-  lastSync?: { id: string; atMs: number; readBytes: number; durationMs: number };
+  lastSync?: { id: string; atMs: number; readBytes: number; durationMs: number; shippedBytes?: number };
   lastAttemptAtMs: number;
   message: string;
 }

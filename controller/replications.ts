@@ -1,7 +1,9 @@
 // Asynchronous replication: every `everyMs`, a backup of the volume into the
-// chunk store of the target node (controller/backups.ts). After the first, each is
-// incremental: only regions changed since the last copy are read from the volume
-// and sent, and the target stores only chunks it lacks. The recovery point is the
+// chunk store of the target node (controller/backups.ts). The node of the replica
+// read chunks it locally and sends the target only the chunks the target's store
+// lacks (node-agent/backup-ship.ts): after the first copy, only regions changed
+// since the last are read, and data the target already holds (another volume
+// cloned from the same image, say) is never sent. The recovery point is the
 // instant of the last copy shipped. Promote restores that copy into a new live
 // volume in the target's pool, from the target alone: it needs nothing of the
 // source. The leader runs due replications one at a time; a replication keeps its
@@ -80,7 +82,7 @@ export class Replications {
       await this.update(r.volume, (x) => ({
         ...x,
         lastAttemptAtMs: started,
-        lastSync: { id: b.id, atMs: b.createdAtMs, readBytes: b.readBytes ?? 0, durationMs: b.durationMs },
+        lastSync: { id: b.id, atMs: b.createdAtMs, readBytes: b.readBytes ?? 0, durationMs: b.durationMs, shippedBytes: b.shippedBytes ?? 0 },
         message: "",
       }));
       // Older copies go; the newest stays as the next one's base.
@@ -104,6 +106,7 @@ export function replicationToApi(r: ReplicationRecord, now = Date.now()): Replic
     rpoSeconds: r.lastSync ? Math.max(0, Math.round((now - r.lastSync.atMs) / 1000)) : 0,
     lastReadBytes: r.lastSync?.readBytes ?? 0,
     lastDurationMs: r.lastSync?.durationMs ?? 0,
+    lastShippedBytes: r.lastSync?.shippedBytes ?? 0,
     message: r.message,
   };
 }

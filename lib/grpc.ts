@@ -114,6 +114,16 @@ export class Channel {
     return out as PromiseClient<D>;
   }
 
+  /**
+   * Opens a call of a method whose request and response both stream. Its errors
+   * are grpc-js's: fromGrpcError() gives the StowageError class. No deadline by
+   * default (a stream lasts as long as its transfer).
+   */
+  duplex<M extends MethodDef>(m: M, options: CallOptions = {}): grpc.ClientDuplexStream<Req<M>, Res<M>> {
+    const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
+    return this.client.makeBidiStreamRequest(m.path, m.requestSerialize, m.responseDeserialize, new grpc.Metadata(), { deadline });
+  }
+
   close(): void {
     this.client.close();
   }
@@ -132,6 +142,26 @@ export function addService<D extends ServiceDef>(server: grpc.Server, def: D, im
       fn(call.request, call).then(
         (res) => callback(null, res),
         (err) => callback(toGrpcError(err) as grpc.ServiceError),
+      );
+    };
+  }
+  server.addService(def as unknown as grpc.ServiceDefinition, handlers);
+}
+
+/** A server implementation of a service whose methods stream both ways. */
+export type DuplexService<D extends ServiceDef> = {
+  [K in keyof D]: (call: grpc.ServerDuplexStream<Req<D[K]>, Res<D[K]>>) => Promise<void>;
+};
+
+/** Registers such a service: the call ends when the handler returns; a thrown error ends it with its typed gRPC status. */
+export function addDuplexService<D extends ServiceDef>(server: grpc.Server, def: D, impl: DuplexService<D>): void {
+  const handlers: grpc.UntypedServiceImplementation = {};
+  for (const name of Object.keys(def)) {
+    const fn = impl[name as keyof D];
+    handlers[name] = (call: grpc.ServerDuplexStream<any, any>) => {
+      fn(call).then(
+        () => call.end(),
+        (err) => call.emit("error", toGrpcError(err)),
       );
     };
   }

@@ -5,6 +5,7 @@ import type { AgentServiceService, ReplicaExport } from "../gen/stowage/v1/agent
 import { FailedPreconditionError, InvalidArgumentError } from "../lib/errors.js";
 import type { AsyncService } from "../lib/grpc.js";
 import type { AgentPools } from "./agent-pools.js";
+import type { BackupShipper } from "./backup-ship.js";
 import type { Backups } from "./backups.js";
 import type { FrontendManager, RunningFrontend } from "./frontends.js";
 import type { PoolDedup } from "./pool-dedup.js";
@@ -31,6 +32,7 @@ export function createAgentService(
   backups?: Backups,
   dedup?: PoolDedup,
   compress?: PoolCompress,
+  shipper?: BackupShipper,
 ): AsyncService<typeof AgentServiceService> {
   const store = (): Backups => {
     if (!backups) throw new FailedPreconditionError(`node ${pools.node} keeps no backups`);
@@ -158,6 +160,12 @@ export function createAgentService(
     writeBackup: async (req) => {
       const r = await store().backupFrom(req.name, req.sourceNbdUri, req.base ? { base: req.base, bitmap: req.bitmap } : undefined);
       return { logicalBytes: r.logicalBytes, dataBytes: r.dataBytes, newBytes: r.newBytes, storedBytes: r.storedBytes, durationMs: r.ms, readBytes: r.readBytes };
+    },
+
+    shipBackup: async (req) => {
+      if (!shipper) throw new FailedPreconditionError(`node ${pools.node} ships no backups`);
+      const r = await shipper.ship({ name: req.name, sourceUri: req.sourceNbdUri, incremental: req.base ? { base: req.base, bitmap: req.bitmap } : undefined, targetAddress: req.targetAddress });
+      return { logicalBytes: r.logicalBytes, dataBytes: r.dataBytes, newBytes: r.newBytes, storedBytes: r.storedBytes, durationMs: r.ms, readBytes: r.readBytes, shippedBytes: r.shippedBytes, newChunks: r.newChunks, incremental: r.incremental };
     },
 
     verifyStore: async (req) => {

@@ -41,6 +41,53 @@ function allocation(extents: NbdExtent[]): Extent[] {
   return extents.map((e) => ({ start: e.offset, length: e.length, data: !(e.flags & (STATE_HOLE | STATE_ZERO)) }));
 }
 
+export type ExportWriteStats = WriteStats & { ms: number; readBytes: number };
+
+/**
+ * Reads an NBD export into `store` as `name`: every allocated extent (holes are
+ * neither read nor chunked), or, given `base` in that store and the export's
+ * `bitmap` of what changed since, only the changed regions. The store may be an
+ * index (manifests only: node-agent/backup-ship.ts).
+ */
+export async function writeFromExport(storeP: Promise<ChunkStore>, name: string, sourceUri: string, incremental: { base: string; bitmap: string } | undefined, logger: Logger): Promise<ExportWriteStats> {
+  const t0 = Date.now();
+  // While the store opens (made on the first backup) and its worker threads start:
+  // what changed (incremental) and what is allocated, in one block-status
+  // exchange, and a second connection for the data.
+  if (!incremental) ChunkStore.warmUp();
+  const contexts = incremental ? [bitmapContext(incremental.bitmap), "base:allocation"] : ["base:allocation"];
+  const [st, ext, conn] = await Promise.allSettled([storeP, nbdExtents(sourceUri, contexts), NbdClient.connect({ ...parseNbdUri(sourceUri) })]);
+  if (st.status === "rejected" || ext.status === "rejected" || conn.status === "rejected") {
+    if (conn.status === "fulfilled") conn.value.destroy();
+    throw [st, ext, conn].map((r) => (r.status === "rejected" ? r.reason : undefined)).find((e) => e !== undefined);
+  }
+  const store = st.value;
+  const { extents } = ext.value;
+  const client = conn.value;
+  const alloc = allocation(extents.get("base:allocation")!);
+  const t1 = Date.now();
+  try {
+    let stats: WriteStats & { readBytes: number };
+    // Holes and ranges that read as zeros: never read (and long ones, in a full backup, not even chunked).
+    const zeros = alloc.filter((e) => !e.data).map((e) => ({ offset: e.start, length: e.length }));
+    if (incremental) {
+      const changed = dirtyOf(extents.get(bitmapContext(incremental.bitmap))!);
+      stats = await store.writeIncremental(name, incremental.base, { size: client.size, changed, zeros, read: (offset, length) => client.read(offset, length) });
+    } else {
+      const w = await store.write(name, { size: client.size, zeros, read: (offset, length) => client.read(offset, length) });
+      stats = { ...w, readBytes: alloc.reduce((n, e) => n + (e.data ? e.length : 0), 0) };
+    }
+    const ms = Date.now() - t0;
+    logger.info(
+      { backup: name, base: incremental?.base, source: sourceUri, index: store.config.indexOnly, dataBytes: stats.dataBytes, readBytes: stats.readBytes, skippedBytes: stats.skippedBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, ms, steps: { extents: t1 - t0, write: ms - (t1 - t0) } },
+      store.config.indexOnly ? "backup indexed" : "backup written",
+    );
+    return { ...stats, ms };
+  } finally {
+    client.destroy();
+  }
+}
+
 export interface BackupsOptions {
   dataDir: string;
   /** The address other nodes reach this one at (exports listen there). */
@@ -76,46 +123,14 @@ export class Backups {
    * or, given the previous backup `base` in this store and the export's `bitmap` of
    * what changed since, only the changed regions (the rest is taken from `base`).
    */
-  async backupFrom(name: string, sourceUri: string, incremental?: { base: string; bitmap: string }): Promise<WriteStats & { ms: number; readBytes: number }> {
+  async backupFrom(name: string, sourceUri: string, incremental?: { base: string; bitmap: string }): Promise<ExportWriteStats> {
     checkId("backup name", name);
-    return this.mutex.run(name, async () => {
-      const t0 = Date.now();
-      // While the store opens (made on the first backup) and its worker threads start:
-      // what changed (incremental) and what is allocated, in one block-status
-      // exchange, and a second connection for the data.
-      if (!incremental) ChunkStore.warmUp();
-      const contexts = incremental ? [bitmapContext(incremental.bitmap), "base:allocation"] : ["base:allocation"];
-      const [st, ext, conn] = await Promise.allSettled([this.store(), nbdExtents(sourceUri, contexts), NbdClient.connect({ ...parseNbdUri(sourceUri) })]);
-      if (st.status === "rejected" || ext.status === "rejected" || conn.status === "rejected") {
-        if (conn.status === "fulfilled") conn.value.destroy();
-        throw [st, ext, conn].map((r) => (r.status === "rejected" ? r.reason : undefined)).find((e) => e !== undefined);
-      }
-      const store = st.value;
-      const { extents } = ext.value;
-      const client = conn.value;
-      const alloc = allocation(extents.get("base:allocation")!);
-      const t1 = Date.now();
-      try {
-        let stats: WriteStats & { readBytes: number };
-        // Holes and ranges that read as zeros: never read (and long ones, in a full backup, not even chunked).
-        const zeros = alloc.filter((e) => !e.data).map((e) => ({ offset: e.start, length: e.length }));
-        if (incremental) {
-          const changed = dirtyOf(extents.get(bitmapContext(incremental.bitmap))!);
-          stats = await store.writeIncremental(name, incremental.base, { size: client.size, changed, zeros, read: (offset, length) => client.read(offset, length) });
-        } else {
-          const w = await store.write(name, { size: client.size, zeros, read: (offset, length) => client.read(offset, length) });
-          stats = { ...w, readBytes: alloc.reduce((n, e) => n + (e.data ? e.length : 0), 0) };
-        }
-        const ms = Date.now() - t0;
-        this.o.logger.info(
-          { backup: name, base: incremental?.base, source: sourceUri, dataBytes: stats.dataBytes, readBytes: stats.readBytes, skippedBytes: stats.skippedBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, ms, steps: { extents: t1 - t0, write: ms - (t1 - t0) } },
-          "backup written",
-        );
-        return { ...stats, ms };
-      } finally {
-        client.destroy();
-      }
-    });
+    return this.mutex.run(name, () => writeFromExport(this.store(), name, sourceUri, incremental, this.o.logger));
+  }
+
+  /** The node's chunk store (opened, or made, on first use). */
+  chunkStore(): Promise<ChunkStore> {
+    return this.store();
   }
 
   /** Re-reads and re-hashes every chunk; `quarantine` moves damaged ones aside. */

@@ -2,9 +2,9 @@
 // Serves AgentService, keeps the node registered, and stops cleanly on SIGTERM/SIGINT.
 import { logVerbosity, setLogVerbosity, type Server } from "@grpc/grpc-js";
 import { errorMessage, StowageError } from "../lib/errors.js";
-import { addService, createServer, listen, shutdown, type TransportSecurity } from "../lib/grpc.js";
+import { addDuplexService, addService, createServer, listen, shutdown, type TransportSecurity } from "../lib/grpc.js";
 import { createLogger } from "../lib/logger.js";
-import { AgentServiceService } from "../gen/stowage/v1/agent.js";
+import { AgentServiceService, BackupTransferServiceService } from "../gen/stowage/v1/agent.js";
 import { parseHostPort, withPort } from "./address.js";
 import { AgentPools } from "./agent-pools.js";
 import { createAgentService } from "./agent-service.js";
@@ -12,6 +12,8 @@ import { PoolDedup } from "./pool-dedup.js";
 import { PoolCompress } from "./pool-compress.js";
 import { PoolJobProgress } from "./pool-job-progress.js";
 import { AGENT_USAGE, loadAgentConfig, parseAgentFlags } from "./config.js";
+import { backupTransferService } from "./backup-receive.js";
+import { BackupShipper } from "./backup-ship.js";
 import { Backups } from "./backups.js";
 import { FrontendManager } from "./frontends.js";
 import { DomainManager } from "./libvirt/domains.js";
@@ -61,7 +63,9 @@ async function main(argv: string[]): Promise<void> {
     exportedIds: async () => new Set((await qsd.exports.listExports()).map((e) => e.replicaId)),
     log: logger.child({ part: "compress" }),
   });
-  addService(server, AgentServiceService, createAgentService(pools, qsd, frontends, domains, backups, dedup, compress));
+  const shipper = new BackupShipper({ dataDir: config.dataDir, security: config.tls, logger: logger.child({ part: "ship" }) });
+  addService(server, AgentServiceService, createAgentService(pools, qsd, frontends, domains, backups, dedup, compress, shipper));
+  addDuplexService(server, BackupTransferServiceService, backupTransferService(() => backups.chunkStore(), logger.child({ part: "receive" })));
   const port = await bind(server, config.listen, config.tls);
   const listening = withPort(config.listen, port);
   // With port 0 the port is known only now; the controllers must get the real one.

@@ -16,7 +16,7 @@ const when = (ms: number) => (ms ? new Date(ms).toISOString().replace(/\.\d+Z$/,
 export function replicationsTable(rs: Replication[]): string {
   if (rs.length === 0) return "no replications\n";
   return formatTable(
-    ["volume", "target", "every", "last copy", "rpo", "read", "took", "message"],
+    ["volume", "target", "every", "last copy", "rpo", "read", "shipped", "took", "message"],
     rs.map((r) => [
       r.volume,
       `${r.node}/${r.pool}`,
@@ -24,6 +24,7 @@ export function replicationsTable(rs: Replication[]): string {
       when(r.lastSyncAtMs),
       r.lastSyncAtMs ? `${r.rpoSeconds}s` : "-",
       r.lastSyncAtMs ? formatSize(r.lastReadBytes) : "-",
+      r.lastSyncAtMs ? formatSize(r.lastShippedBytes) : "-",
       r.lastSyncAtMs ? `${(r.lastDurationMs / 1000).toFixed(1)} s` : "-",
       r.message || "-",
     ]),
@@ -71,7 +72,7 @@ export function registerReplicationCommands(program: Command, session: Session):
 
   replication
     .command("list")
-    .description("replications with the last copy shipped, the recovery point reached (RPO: how old that copy is), what it read and took")
+    .description("replications with the last copy shipped, the recovery point reached (RPO: how old that copy is), what it read of the volume, what it sent to the target (only chunks the target lacked) and took")
     .addHelpText("after", examples(["stowctl replication list", "stowctl replication list -o json"]))
     .action(async (_opts: unknown, cmd: Command) => {
       const { ctx, reps } = api(cmd);

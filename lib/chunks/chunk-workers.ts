@@ -8,6 +8,7 @@
 //   store   compress the given byte ranges of a segment and write them as one
 //           pack (chunk-file.ts) to a tmp/ file, not synced: the write session
 //           has it synced and linked (chunk-staging.ts); answers the pack's size.
+//           Without a file, answers the pack's bytes (packFor(): chunks shipped).
 //
 // One pool per process, shared by concurrent writes; its threads are started when
 // first needed and do not keep the process alive while idle. The worker is plain
@@ -96,9 +97,17 @@ function store(m) {
     parts.push(header(raw.length, zstd), payload);
     offset += ${HEADER_BYTES} + payload.length;
   }
+  const pack = Buffer.concat(parts, offset);
+  if (!m.path) {
+    // Wanted in memory (a pack shipped to another node's store: node-agent/backup-ship.ts).
+    const whole = pack.byteOffset === 0 && pack.byteLength === pack.buffer.byteLength;
+    const out = whole ? pack.buffer : new Uint8Array(pack).buffer;
+    parentPort.postMessage({ seq: m.seq, size: offset, pack: out }, [out]);
+    return;
+  }
   const fd = openSync(m.path, "wx");
   try {
-    writeSync(fd, Buffer.concat(parts, offset));
+    writeSync(fd, pack);
   } finally {
     closeSync(fd);
   }
@@ -130,6 +139,7 @@ interface Reply {
   lengths?: ArrayBuffer;
   ids?: ArrayBuffer;
   size?: number;
+  pack?: ArrayBuffer;
   error?: { message: string; code?: string };
 }
 
@@ -239,6 +249,11 @@ export class ChunkWorkers {
   /** Compresses byte ranges of `sab` into one pack at `path` (`prefixes`: 8 bytes of each chunk's id); resolves to its size. */
   async store(sab: SharedArrayBuffer, items: { start: number; length: number }[], prefixes: Uint8Array, path: string, level: number, workers: number): Promise<number> {
     return (await this.submit("store", { op: "store", sab, items, prefixes, path, level }, workers)).size!;
+  }
+
+  /** As store(), but answers the pack's bytes instead of writing a file. */
+  async packFor(sab: SharedArrayBuffer, items: { start: number; length: number }[], prefixes: Uint8Array, level: number, workers: number): Promise<Buffer> {
+    return Buffer.from((await this.submit("store", { op: "store", sab, items, prefixes, path: "", level }, workers)).pack!);
   }
 
   private submit(kind: "chunk" | "store", message: object, workers: number): Promise<Reply> {

@@ -104,7 +104,7 @@ export async function writeIncremental(layout: Layout, config: StoreConfig, name
   const src = new SourceWindow(opts.read, zeros, size, Math.max(opts.maxRead ?? 8 * 1024 * 1024, READ_ALIGN));
   const extra = { changedBytes: dirty.reduce((n, r) => n + r.end - r.start, 0), reusedBytes: 0, rechunkedBytes: 0, forcedCuts: 0, missingBaseChunks: 0 };
 
-  const session = await WriteSession.start(layout, name, { zstdLevel: opts.zstdLevel ?? config.zstdLevel, concurrency: opts.concurrency ?? 16 });
+  const session = await WriteSession.start(layout, name, { zstdLevel: opts.zstdLevel ?? config.zstdLevel, concurrency: opts.concurrency ?? 16, indexOnly: config.indexOnly });
 
   const addBytes = async (data: Buffer) => {
     if (isZero(data)) session.addZero(data.length);

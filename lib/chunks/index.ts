@@ -9,3 +9,5 @@ export type { Manifest, ManifestEntry, ManifestHeader } from "./manifest.js";
 export type { RestoreOptions, RestoreStats, RestoreTarget } from "./restore.js";
 export type { VerifyOptions, VerifyReport } from "./verify.js";
 export type { WriteOptions, WriteStats } from "./writer.js";
+export { type MissingPack, sendMissing } from "./missing-packs.js";
+export { type ReceiveSession, type ReceiveStats } from "./receive-session.js";

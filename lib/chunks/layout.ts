@@ -29,6 +29,12 @@ export interface StoreConfig {
   version: 1 | 2;
   chunker: ChunkerParams;
   zstdLevel: number;
+  /**
+   * An index: manifests only. Every chunk is presumed present, none is stored or
+   * touched (a node that chunks a replica to learn its manifest, then ships another
+   * store only the chunks that store lacks: node-agent/backup-ship.ts).
+   */
+  indexOnly?: true;
 }
 
 export const DEFAULT_CONFIG: StoreConfig = { format: FORMAT, version: VERSION, chunker: CDC_DEFAULTS, zstdLevel: 3 };

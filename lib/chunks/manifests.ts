@@ -9,15 +9,18 @@ export async function listManifestNames(layout: Layout): Promise<string[]> {
 }
 
 export async function readManifest(layout: Layout, name: string): Promise<Manifest> {
+  return Manifest.parse(await readManifestFile(layout, name), layout.manifest(name));
+}
+
+/** The manifest's file, unparsed. */
+export async function readManifestFile(layout: Layout, name: string): Promise<Buffer> {
   if (!validManifestName(name)) throw new NotFoundError("manifest", name);
-  let file: Buffer;
   try {
-    file = await readFile(layout.manifest(name));
+    return await readFile(layout.manifest(name));
   } catch (err: any) {
     if (err?.code === "ENOENT") throw new NotFoundError("manifest", name);
     throw err;
   }
-  return Manifest.parse(file, layout.manifest(name));
 }
 
 /** Removes a manifest; its chunks go at the next GC if nothing else references them. */

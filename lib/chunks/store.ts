@@ -10,9 +10,11 @@ import type { ImageSource } from "./chunk-stream.js";
 import { ChunkWorkers } from "./chunk-workers.js";
 import { collectGarbage, type GcOptions, type GcStats } from "./gc.js";
 import { type IncrementalStats, type IncrementalWriteOptions, writeIncremental } from "./incremental.js";
+import { StoreFormatError } from "./errors.js";
 import { createLayout, DEFAULT_CONFIG, Layout, readConfig, type StoreConfig } from "./layout.js";
 import type { Manifest } from "./manifest.js";
-import { deleteManifest, listManifestNames, readManifest } from "./manifests.js";
+import { deleteManifest, listManifestNames, readManifest, readManifestFile } from "./manifests.js";
+import { ReceiveSession } from "./receive-session.js";
 import { restoreImage, type RestoreOptions, type RestoreStats, type RestoreTarget } from "./restore.js";
 import { verifyStore, type VerifyOptions, type VerifyReport } from "./verify.js";
 import { writeImage, type WriteOptions, type WriteStats } from "./writer.js";
@@ -20,6 +22,8 @@ import { writeImage, type WriteOptions, type WriteStats } from "./writer.js";
 export interface CreateOptions {
   chunker?: ChunkerKind;
   zstdLevel?: number;
+  /** Manifests only (StoreConfig.indexOnly): must match what the store was created with. */
+  indexOnly?: boolean;
 }
 
 export class ChunkStore {
@@ -41,9 +45,14 @@ export class ChunkStore {
     );
     if (!present) {
       const config: StoreConfig = { ...DEFAULT_CONFIG, chunker: chunkerParams(opts.chunker ?? "cdc"), zstdLevel: opts.zstdLevel ?? DEFAULT_CONFIG.zstdLevel };
+      if (opts.indexOnly) config.indexOnly = true;
       await createLayout(layout, config);
     }
-    return new ChunkStore(layout, await readConfig(layout));
+    const config = await readConfig(layout);
+    if (Boolean(config.indexOnly) !== Boolean(opts.indexOnly)) {
+      throw new StoreFormatError(dir, config.indexOnly ? "an index of manifests without chunks, not a chunk store" : "a chunk store, not an index");
+    }
+    return new ChunkStore(layout, config);
   }
 
   /**
@@ -79,6 +88,19 @@ export class ChunkStore {
 
   manifest(name: string): Promise<Manifest> {
     return readManifest(this.layout, name);
+  }
+
+  /** The committed manifest `name` as stored (what receive() takes). */
+  manifestFile(name: string): Promise<Buffer> {
+    return readManifestFile(this.layout, name);
+  }
+
+  /**
+   * Starts receiving image `name` from a node that chunked it (receive-session.ts):
+   * the session says which chunks this store lacks, takes them as packs, commits.
+   */
+  receive(name: string, manifestFile: Buffer): Promise<ReceiveSession> {
+    return ReceiveSession.start(this.layout, this.config, name, manifestFile);
   }
 
   delete(name: string): Promise<void> {

@@ -47,6 +47,8 @@ export interface SessionOptions {
   zstdLevel: number;
   /** Chunk files being written at once by addData(). */
   concurrency: number;
+  /** An index store (StoreConfig.indexOnly): every chunk counts as present; nothing is stored or touched. */
+  indexOnly?: boolean;
 }
 
 /** What a session added to the store; the caller adds the rest of its stats. */
@@ -120,7 +122,14 @@ export class WriteSession {
     const { records, finals } = this.pack;
     if (records.length === 0) return;
     this.pack = { records: [], finals: [], prefixes: new Set(), bytes: 0 };
-    const bytes = encodePack(records);
+    this.addPack(encodePack(records), finals);
+  }
+
+  /**
+   * Stores a pack already encoded (chunk-file.ts) holding the chunks whose paths are
+   * `finals` (the caller checked its records: receive-session.ts); commit() waits for it.
+   */
+  addPack(bytes: Buffer, finals: string[]): void {
     this.counters.storedBytes += bytes.length;
     const tmp = this.packFile();
     this.track(
@@ -169,7 +178,7 @@ export class WriteSession {
    */
   reuse(id: Uint8Array, length: number): boolean {
     const idHex = Buffer.from(id.buffer, id.byteOffset, id.byteLength).toString("hex");
-    if (!this.known.has(idHex)) {
+    if (!this.known.has(idHex) && !this.opts.indexOnly) {
       if (!touch(this.layout.chunk(idHex))) return false;
       this.known.add(idHex);
     }
@@ -226,7 +235,7 @@ export class WriteSession {
       return false;
     }
     this.known.add(idHex);
-    if (touch(this.layout.chunk(idHex))) {
+    if (this.opts.indexOnly || touch(this.layout.chunk(idHex))) {
       this.counters.dedupBytes += len;
       return false;
     }

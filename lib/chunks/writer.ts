@@ -57,7 +57,7 @@ export async function writeImage(layout: Layout, config: StoreConfig, name: stri
   const chunkerParams = opts.chunker ?? config.chunker;
   const workers = opts.workers ?? defaultWorkers();
   const zstdLevel = opts.zstdLevel ?? config.zstdLevel;
-  const session = await WriteSession.start(layout, name, { zstdLevel, concurrency: opts.concurrency ?? 16 });
+  const session = await WriteSession.start(layout, name, { zstdLevel, concurrency: opts.concurrency ?? 16, indexOnly: config.indexOnly });
   let skippedBytes = 0;
   try {
     if (workers > 0) skippedBytes = await writeSegments(session, source, chunkerParams, { workers, zstdLevel, segmentBytes: opts.readSize ?? DEFAULT_SEGMENT });

@@ -58,6 +58,8 @@ export interface AgentOptions {
   libvirt?: { uri: string; peerUri: string; migrationHost: string };
   /** Frontend socket dir (default: inside the agent's data dir). */
   frontendDir?: string;
+  /** Fault points armed in the agent (lib/faults.ts). */
+  faults?: string[];
   /** Run the agent in this process's mount namespace (a test libvirt host's, so it sees that host's /run/stowage). */
   mountNamespaceOf?: number;
 }
@@ -147,7 +149,7 @@ export class TestCluster {
     // nsenter execs node: the process (and its pid) is the agent's.
     const p = opts.mountNamespaceOf
       ? Proc.start(name, "nsenter", [`--mount=/proc/${opts.mountNamespaceOf}/ns/mnt`, "--", "node", ...argv])
-      : Proc.start(name, "node", argv);
+      : Proc.start(name, "node", argv, opts.faults ? { STOWAGE_FAULTS: opts.faults.join(",") } : {});
     this.agents.set(name, p);
     await p.waitFor(/serving|listening/i);
   }

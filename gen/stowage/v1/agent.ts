@@ -10,8 +10,10 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -418,6 +420,85 @@ export interface WriteBackupResponse {
    * and a little around them for an incremental one).
    */
   readBytes: number;
+}
+
+export interface ShipBackupRequest {
+  /** The backup's name, here and in the target's chunk store. */
+  name: string;
+  /** An export on this node (a fleece). */
+  sourceNbdUri: string;
+  /**
+   * Incremental: the previous copy, and the export's bitmap of what changed since;
+   * used when this node still has that copy's manifest, else everything is chunked.
+   */
+  base: string;
+  bitmap: string;
+  /** The target node's agent (its registered address). */
+  targetAddress: string;
+}
+
+export interface ShipBackupResponse {
+  logicalBytes: number;
+  dataBytes: number;
+  /** Chunks the target lacked: uncompressed, and as stored there. */
+  newBytes: number;
+  storedBytes: number;
+  durationMs: number;
+  /** Bytes read from the export (to chunk it, and the missing chunks again to send them). */
+  readBytes: number;
+  /** Bytes sent to the target: the manifest and the packs of missing chunks. */
+  shippedBytes: number;
+  newChunks: number;
+  /** True when this node had the base's manifest and read only the changed regions. */
+  incremental: boolean;
+}
+
+export interface ReceiveBackupRequest {
+  msg?:
+    | { $case: "start"; value: ReceiveBackupStart }
+    | //
+    /** A piece of the manifest file (lib/chunks/manifest.ts), in order. */
+    { $case: "manifestPart"; value: Buffer }
+    | { $case: "pack"; value: ShippedPack }
+    | { $case: "end"; value: ReceiveBackupEnd }
+    | undefined;
+}
+
+export interface ReceiveBackupStart {
+  name: string;
+  /** Bytes of the manifest file that follow in manifest_part messages. */
+  manifestBytes: number;
+}
+
+/** A pack of chunks (lib/chunks/chunk-file.ts), stored as it is once checked. */
+export interface ShippedPack {
+  /** The records' chunk ids, 32 bytes each, in the pack's order. */
+  ids: Buffer;
+  pack: Buffer;
+}
+
+export interface ReceiveBackupEnd {
+}
+
+export interface ReceiveBackupResponse {
+  msg?: { $case: "missing"; value: MissingChunks } | { $case: "done"; value: ReceivedBackup } | undefined;
+}
+
+export interface MissingChunks {
+  /** Chunk ids the store lacks, 32 bytes each. */
+  ids: Buffer;
+  /** The last part of the list. */
+  last: boolean;
+  /** The store's zstd level: the sender compresses with it. */
+  zstdLevel: number;
+}
+
+export interface ReceivedBackup {
+  logicalBytes: number;
+  dataBytes: number;
+  newChunks: number;
+  newBytes: number;
+  storedBytes: number;
 }
 
 export interface ServeBackupRequest {
@@ -5724,6 +5805,1116 @@ export const WriteBackupResponse: MessageFns<WriteBackupResponse> = {
   },
 };
 
+function createBaseShipBackupRequest(): ShipBackupRequest {
+  return { name: "", sourceNbdUri: "", base: "", bitmap: "", targetAddress: "" };
+}
+
+export const ShipBackupRequest: MessageFns<ShipBackupRequest> = {
+  encode(message: ShipBackupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.sourceNbdUri !== "") {
+      writer.uint32(18).string(message.sourceNbdUri);
+    }
+    if (message.base !== "") {
+      writer.uint32(26).string(message.base);
+    }
+    if (message.bitmap !== "") {
+      writer.uint32(34).string(message.bitmap);
+    }
+    if (message.targetAddress !== "") {
+      writer.uint32(42).string(message.targetAddress);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShipBackupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShipBackupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sourceNbdUri = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.base = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.bitmap = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.targetAddress = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShipBackupRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      sourceNbdUri: isSet(object.sourceNbdUri)
+        ? globalThis.String(object.sourceNbdUri)
+        : isSet(object.source_nbd_uri)
+        ? globalThis.String(object.source_nbd_uri)
+        : "",
+      base: isSet(object.base) ? globalThis.String(object.base) : "",
+      bitmap: isSet(object.bitmap) ? globalThis.String(object.bitmap) : "",
+      targetAddress: isSet(object.targetAddress)
+        ? globalThis.String(object.targetAddress)
+        : isSet(object.target_address)
+        ? globalThis.String(object.target_address)
+        : "",
+    };
+  },
+
+  toJSON(message: ShipBackupRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.sourceNbdUri !== "") {
+      obj.sourceNbdUri = message.sourceNbdUri;
+    }
+    if (message.base !== "") {
+      obj.base = message.base;
+    }
+    if (message.bitmap !== "") {
+      obj.bitmap = message.bitmap;
+    }
+    if (message.targetAddress !== "") {
+      obj.targetAddress = message.targetAddress;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ShipBackupRequest>, I>>(base?: I): ShipBackupRequest {
+    return ShipBackupRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ShipBackupRequest>, I>>(object: I): ShipBackupRequest {
+    const message = createBaseShipBackupRequest();
+    message.name = object.name ?? "";
+    message.sourceNbdUri = object.sourceNbdUri ?? "";
+    message.base = object.base ?? "";
+    message.bitmap = object.bitmap ?? "";
+    message.targetAddress = object.targetAddress ?? "";
+    return message;
+  },
+};
+
+function createBaseShipBackupResponse(): ShipBackupResponse {
+  return {
+    logicalBytes: 0,
+    dataBytes: 0,
+    newBytes: 0,
+    storedBytes: 0,
+    durationMs: 0,
+    readBytes: 0,
+    shippedBytes: 0,
+    newChunks: 0,
+    incremental: false,
+  };
+}
+
+export const ShipBackupResponse: MessageFns<ShipBackupResponse> = {
+  encode(message: ShipBackupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.logicalBytes !== 0) {
+      writer.uint32(8).uint64(message.logicalBytes);
+    }
+    if (message.dataBytes !== 0) {
+      writer.uint32(16).uint64(message.dataBytes);
+    }
+    if (message.newBytes !== 0) {
+      writer.uint32(24).uint64(message.newBytes);
+    }
+    if (message.storedBytes !== 0) {
+      writer.uint32(32).uint64(message.storedBytes);
+    }
+    if (message.durationMs !== 0) {
+      writer.uint32(40).uint64(message.durationMs);
+    }
+    if (message.readBytes !== 0) {
+      writer.uint32(48).uint64(message.readBytes);
+    }
+    if (message.shippedBytes !== 0) {
+      writer.uint32(56).uint64(message.shippedBytes);
+    }
+    if (message.newChunks !== 0) {
+      writer.uint32(64).uint64(message.newChunks);
+    }
+    if (message.incremental !== false) {
+      writer.uint32(72).bool(message.incremental);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShipBackupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShipBackupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.logicalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.dataBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.newBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.storedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.durationMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.readBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.shippedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.newChunks = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.incremental = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShipBackupResponse {
+    return {
+      logicalBytes: isSet(object.logicalBytes)
+        ? globalThis.Number(object.logicalBytes)
+        : isSet(object.logical_bytes)
+        ? globalThis.Number(object.logical_bytes)
+        : 0,
+      dataBytes: isSet(object.dataBytes)
+        ? globalThis.Number(object.dataBytes)
+        : isSet(object.data_bytes)
+        ? globalThis.Number(object.data_bytes)
+        : 0,
+      newBytes: isSet(object.newBytes)
+        ? globalThis.Number(object.newBytes)
+        : isSet(object.new_bytes)
+        ? globalThis.Number(object.new_bytes)
+        : 0,
+      storedBytes: isSet(object.storedBytes)
+        ? globalThis.Number(object.storedBytes)
+        : isSet(object.stored_bytes)
+        ? globalThis.Number(object.stored_bytes)
+        : 0,
+      durationMs: isSet(object.durationMs)
+        ? globalThis.Number(object.durationMs)
+        : isSet(object.duration_ms)
+        ? globalThis.Number(object.duration_ms)
+        : 0,
+      readBytes: isSet(object.readBytes)
+        ? globalThis.Number(object.readBytes)
+        : isSet(object.read_bytes)
+        ? globalThis.Number(object.read_bytes)
+        : 0,
+      shippedBytes: isSet(object.shippedBytes)
+        ? globalThis.Number(object.shippedBytes)
+        : isSet(object.shipped_bytes)
+        ? globalThis.Number(object.shipped_bytes)
+        : 0,
+      newChunks: isSet(object.newChunks)
+        ? globalThis.Number(object.newChunks)
+        : isSet(object.new_chunks)
+        ? globalThis.Number(object.new_chunks)
+        : 0,
+      incremental: isSet(object.incremental) ? globalThis.Boolean(object.incremental) : false,
+    };
+  },
+
+  toJSON(message: ShipBackupResponse): unknown {
+    const obj: any = {};
+    if (message.logicalBytes !== 0) {
+      obj.logicalBytes = Math.round(message.logicalBytes);
+    }
+    if (message.dataBytes !== 0) {
+      obj.dataBytes = Math.round(message.dataBytes);
+    }
+    if (message.newBytes !== 0) {
+      obj.newBytes = Math.round(message.newBytes);
+    }
+    if (message.storedBytes !== 0) {
+      obj.storedBytes = Math.round(message.storedBytes);
+    }
+    if (message.durationMs !== 0) {
+      obj.durationMs = Math.round(message.durationMs);
+    }
+    if (message.readBytes !== 0) {
+      obj.readBytes = Math.round(message.readBytes);
+    }
+    if (message.shippedBytes !== 0) {
+      obj.shippedBytes = Math.round(message.shippedBytes);
+    }
+    if (message.newChunks !== 0) {
+      obj.newChunks = Math.round(message.newChunks);
+    }
+    if (message.incremental !== false) {
+      obj.incremental = message.incremental;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ShipBackupResponse>, I>>(base?: I): ShipBackupResponse {
+    return ShipBackupResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ShipBackupResponse>, I>>(object: I): ShipBackupResponse {
+    const message = createBaseShipBackupResponse();
+    message.logicalBytes = object.logicalBytes ?? 0;
+    message.dataBytes = object.dataBytes ?? 0;
+    message.newBytes = object.newBytes ?? 0;
+    message.storedBytes = object.storedBytes ?? 0;
+    message.durationMs = object.durationMs ?? 0;
+    message.readBytes = object.readBytes ?? 0;
+    message.shippedBytes = object.shippedBytes ?? 0;
+    message.newChunks = object.newChunks ?? 0;
+    message.incremental = object.incremental ?? false;
+    return message;
+  },
+};
+
+function createBaseReceiveBackupRequest(): ReceiveBackupRequest {
+  return { msg: undefined };
+}
+
+export const ReceiveBackupRequest: MessageFns<ReceiveBackupRequest> = {
+  encode(message: ReceiveBackupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.msg?.$case) {
+      case "start":
+        ReceiveBackupStart.encode(message.msg.value, writer.uint32(10).fork()).join();
+        break;
+      case "manifestPart":
+        writer.uint32(18).bytes(message.msg.value);
+        break;
+      case "pack":
+        ShippedPack.encode(message.msg.value, writer.uint32(26).fork()).join();
+        break;
+      case "end":
+        ReceiveBackupEnd.encode(message.msg.value, writer.uint32(34).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReceiveBackupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReceiveBackupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.msg = { $case: "start", value: ReceiveBackupStart.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.msg = { $case: "manifestPart", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.msg = { $case: "pack", value: ShippedPack.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.msg = { $case: "end", value: ReceiveBackupEnd.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReceiveBackupRequest {
+    return {
+      msg: isSet(object.start)
+        ? { $case: "start", value: ReceiveBackupStart.fromJSON(object.start) }
+        : isSet(object.manifestPart)
+        ? { $case: "manifestPart", value: Buffer.from(bytesFromBase64(object.manifestPart)) }
+        : isSet(object.manifest_part)
+        ? { $case: "manifestPart", value: Buffer.from(bytesFromBase64(object.manifest_part)) }
+        : isSet(object.pack)
+        ? { $case: "pack", value: ShippedPack.fromJSON(object.pack) }
+        : isSet(object.end)
+        ? { $case: "end", value: ReceiveBackupEnd.fromJSON(object.end) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: ReceiveBackupRequest): unknown {
+    const obj: any = {};
+    if (message.msg?.$case === "start") {
+      obj.start = ReceiveBackupStart.toJSON(message.msg.value);
+    } else if (message.msg?.$case === "manifestPart") {
+      obj.manifestPart = base64FromBytes(message.msg.value);
+    } else if (message.msg?.$case === "pack") {
+      obj.pack = ShippedPack.toJSON(message.msg.value);
+    } else if (message.msg?.$case === "end") {
+      obj.end = ReceiveBackupEnd.toJSON(message.msg.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReceiveBackupRequest>, I>>(base?: I): ReceiveBackupRequest {
+    return ReceiveBackupRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReceiveBackupRequest>, I>>(object: I): ReceiveBackupRequest {
+    const message = createBaseReceiveBackupRequest();
+    switch (object.msg?.$case) {
+      case "start": {
+        if (object.msg?.value !== undefined && object.msg?.value !== null) {
+          message.msg = { $case: "start", value: ReceiveBackupStart.fromPartial(object.msg.value) };
+        }
+        break;
+      }
+      case "manifestPart": {
+        if (object.msg?.value !== undefined && object.msg?.value !== null) {
+          message.msg = { $case: "manifestPart", value: object.msg.value };
+        }
+        break;
+      }
+      case "pack": {
+        if (object.msg?.value !== undefined && object.msg?.value !== null) {
+          message.msg = { $case: "pack", value: ShippedPack.fromPartial(object.msg.value) };
+        }
+        break;
+      }
+      case "end": {
+        if (object.msg?.value !== undefined && object.msg?.value !== null) {
+          message.msg = { $case: "end", value: ReceiveBackupEnd.fromPartial(object.msg.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseReceiveBackupStart(): ReceiveBackupStart {
+  return { name: "", manifestBytes: 0 };
+}
+
+export const ReceiveBackupStart: MessageFns<ReceiveBackupStart> = {
+  encode(message: ReceiveBackupStart, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.manifestBytes !== 0) {
+      writer.uint32(16).uint64(message.manifestBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReceiveBackupStart {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReceiveBackupStart();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.manifestBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReceiveBackupStart {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      manifestBytes: isSet(object.manifestBytes)
+        ? globalThis.Number(object.manifestBytes)
+        : isSet(object.manifest_bytes)
+        ? globalThis.Number(object.manifest_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: ReceiveBackupStart): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.manifestBytes !== 0) {
+      obj.manifestBytes = Math.round(message.manifestBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReceiveBackupStart>, I>>(base?: I): ReceiveBackupStart {
+    return ReceiveBackupStart.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReceiveBackupStart>, I>>(object: I): ReceiveBackupStart {
+    const message = createBaseReceiveBackupStart();
+    message.name = object.name ?? "";
+    message.manifestBytes = object.manifestBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseShippedPack(): ShippedPack {
+  return { ids: Buffer.alloc(0), pack: Buffer.alloc(0) };
+}
+
+export const ShippedPack: MessageFns<ShippedPack> = {
+  encode(message: ShippedPack, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ids.length !== 0) {
+      writer.uint32(10).bytes(message.ids);
+    }
+    if (message.pack.length !== 0) {
+      writer.uint32(18).bytes(message.pack);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShippedPack {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShippedPack();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ids = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pack = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShippedPack {
+    return {
+      ids: isSet(object.ids) ? Buffer.from(bytesFromBase64(object.ids)) : Buffer.alloc(0),
+      pack: isSet(object.pack) ? Buffer.from(bytesFromBase64(object.pack)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: ShippedPack): unknown {
+    const obj: any = {};
+    if (message.ids.length !== 0) {
+      obj.ids = base64FromBytes(message.ids);
+    }
+    if (message.pack.length !== 0) {
+      obj.pack = base64FromBytes(message.pack);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ShippedPack>, I>>(base?: I): ShippedPack {
+    return ShippedPack.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ShippedPack>, I>>(object: I): ShippedPack {
+    const message = createBaseShippedPack();
+    message.ids = object.ids ?? Buffer.alloc(0);
+    message.pack = object.pack ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseReceiveBackupEnd(): ReceiveBackupEnd {
+  return {};
+}
+
+export const ReceiveBackupEnd: MessageFns<ReceiveBackupEnd> = {
+  encode(_: ReceiveBackupEnd, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReceiveBackupEnd {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReceiveBackupEnd();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReceiveBackupEnd {
+    return {};
+  },
+
+  toJSON(_: ReceiveBackupEnd): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReceiveBackupEnd>, I>>(base?: I): ReceiveBackupEnd {
+    return ReceiveBackupEnd.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReceiveBackupEnd>, I>>(_: I): ReceiveBackupEnd {
+    const message = createBaseReceiveBackupEnd();
+    return message;
+  },
+};
+
+function createBaseReceiveBackupResponse(): ReceiveBackupResponse {
+  return { msg: undefined };
+}
+
+export const ReceiveBackupResponse: MessageFns<ReceiveBackupResponse> = {
+  encode(message: ReceiveBackupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.msg?.$case) {
+      case "missing":
+        MissingChunks.encode(message.msg.value, writer.uint32(10).fork()).join();
+        break;
+      case "done":
+        ReceivedBackup.encode(message.msg.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReceiveBackupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReceiveBackupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.msg = { $case: "missing", value: MissingChunks.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.msg = { $case: "done", value: ReceivedBackup.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReceiveBackupResponse {
+    return {
+      msg: isSet(object.missing)
+        ? { $case: "missing", value: MissingChunks.fromJSON(object.missing) }
+        : isSet(object.done)
+        ? { $case: "done", value: ReceivedBackup.fromJSON(object.done) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: ReceiveBackupResponse): unknown {
+    const obj: any = {};
+    if (message.msg?.$case === "missing") {
+      obj.missing = MissingChunks.toJSON(message.msg.value);
+    } else if (message.msg?.$case === "done") {
+      obj.done = ReceivedBackup.toJSON(message.msg.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReceiveBackupResponse>, I>>(base?: I): ReceiveBackupResponse {
+    return ReceiveBackupResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReceiveBackupResponse>, I>>(object: I): ReceiveBackupResponse {
+    const message = createBaseReceiveBackupResponse();
+    switch (object.msg?.$case) {
+      case "missing": {
+        if (object.msg?.value !== undefined && object.msg?.value !== null) {
+          message.msg = { $case: "missing", value: MissingChunks.fromPartial(object.msg.value) };
+        }
+        break;
+      }
+      case "done": {
+        if (object.msg?.value !== undefined && object.msg?.value !== null) {
+          message.msg = { $case: "done", value: ReceivedBackup.fromPartial(object.msg.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseMissingChunks(): MissingChunks {
+  return { ids: Buffer.alloc(0), last: false, zstdLevel: 0 };
+}
+
+export const MissingChunks: MessageFns<MissingChunks> = {
+  encode(message: MissingChunks, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ids.length !== 0) {
+      writer.uint32(10).bytes(message.ids);
+    }
+    if (message.last !== false) {
+      writer.uint32(16).bool(message.last);
+    }
+    if (message.zstdLevel !== 0) {
+      writer.uint32(24).uint32(message.zstdLevel);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MissingChunks {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMissingChunks();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ids = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.last = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.zstdLevel = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MissingChunks {
+    return {
+      ids: isSet(object.ids) ? Buffer.from(bytesFromBase64(object.ids)) : Buffer.alloc(0),
+      last: isSet(object.last) ? globalThis.Boolean(object.last) : false,
+      zstdLevel: isSet(object.zstdLevel)
+        ? globalThis.Number(object.zstdLevel)
+        : isSet(object.zstd_level)
+        ? globalThis.Number(object.zstd_level)
+        : 0,
+    };
+  },
+
+  toJSON(message: MissingChunks): unknown {
+    const obj: any = {};
+    if (message.ids.length !== 0) {
+      obj.ids = base64FromBytes(message.ids);
+    }
+    if (message.last !== false) {
+      obj.last = message.last;
+    }
+    if (message.zstdLevel !== 0) {
+      obj.zstdLevel = Math.round(message.zstdLevel);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MissingChunks>, I>>(base?: I): MissingChunks {
+    return MissingChunks.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MissingChunks>, I>>(object: I): MissingChunks {
+    const message = createBaseMissingChunks();
+    message.ids = object.ids ?? Buffer.alloc(0);
+    message.last = object.last ?? false;
+    message.zstdLevel = object.zstdLevel ?? 0;
+    return message;
+  },
+};
+
+function createBaseReceivedBackup(): ReceivedBackup {
+  return { logicalBytes: 0, dataBytes: 0, newChunks: 0, newBytes: 0, storedBytes: 0 };
+}
+
+export const ReceivedBackup: MessageFns<ReceivedBackup> = {
+  encode(message: ReceivedBackup, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.logicalBytes !== 0) {
+      writer.uint32(8).uint64(message.logicalBytes);
+    }
+    if (message.dataBytes !== 0) {
+      writer.uint32(16).uint64(message.dataBytes);
+    }
+    if (message.newChunks !== 0) {
+      writer.uint32(24).uint64(message.newChunks);
+    }
+    if (message.newBytes !== 0) {
+      writer.uint32(32).uint64(message.newBytes);
+    }
+    if (message.storedBytes !== 0) {
+      writer.uint32(40).uint64(message.storedBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReceivedBackup {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReceivedBackup();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.logicalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.dataBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.newChunks = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.newBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.storedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReceivedBackup {
+    return {
+      logicalBytes: isSet(object.logicalBytes)
+        ? globalThis.Number(object.logicalBytes)
+        : isSet(object.logical_bytes)
+        ? globalThis.Number(object.logical_bytes)
+        : 0,
+      dataBytes: isSet(object.dataBytes)
+        ? globalThis.Number(object.dataBytes)
+        : isSet(object.data_bytes)
+        ? globalThis.Number(object.data_bytes)
+        : 0,
+      newChunks: isSet(object.newChunks)
+        ? globalThis.Number(object.newChunks)
+        : isSet(object.new_chunks)
+        ? globalThis.Number(object.new_chunks)
+        : 0,
+      newBytes: isSet(object.newBytes)
+        ? globalThis.Number(object.newBytes)
+        : isSet(object.new_bytes)
+        ? globalThis.Number(object.new_bytes)
+        : 0,
+      storedBytes: isSet(object.storedBytes)
+        ? globalThis.Number(object.storedBytes)
+        : isSet(object.stored_bytes)
+        ? globalThis.Number(object.stored_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: ReceivedBackup): unknown {
+    const obj: any = {};
+    if (message.logicalBytes !== 0) {
+      obj.logicalBytes = Math.round(message.logicalBytes);
+    }
+    if (message.dataBytes !== 0) {
+      obj.dataBytes = Math.round(message.dataBytes);
+    }
+    if (message.newChunks !== 0) {
+      obj.newChunks = Math.round(message.newChunks);
+    }
+    if (message.newBytes !== 0) {
+      obj.newBytes = Math.round(message.newBytes);
+    }
+    if (message.storedBytes !== 0) {
+      obj.storedBytes = Math.round(message.storedBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReceivedBackup>, I>>(base?: I): ReceivedBackup {
+    return ReceivedBackup.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReceivedBackup>, I>>(object: I): ReceivedBackup {
+    const message = createBaseReceivedBackup();
+    message.logicalBytes = object.logicalBytes ?? 0;
+    message.dataBytes = object.dataBytes ?? 0;
+    message.newChunks = object.newChunks ?? 0;
+    message.newBytes = object.newBytes ?? 0;
+    message.storedBytes = object.storedBytes ?? 0;
+    return message;
+  },
+};
+
 function createBaseServeBackupRequest(): ServeBackupRequest {
   return { exportId: "", name: "" };
 }
@@ -8544,6 +9735,21 @@ export const AgentServiceService = {
     responseDeserialize: (value: Buffer): DeleteStoredBackupResponse => DeleteStoredBackupResponse.decode(value),
   },
   /**
+   * Asynchronous replication (node-agent/backup-ship.ts): an NBD export on this
+   * node chunked here (manifests only, no chunk stored), then the manifest and
+   * only the chunks the target node's store lacks sent to that node's agent
+   * (BackupTransferService.ReceiveBackup), which commits the backup there.
+   */
+  shipBackup: {
+    path: "/stowage.v1.AgentService/ShipBackup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ShipBackupRequest): Buffer => Buffer.from(ShipBackupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ShipBackupRequest => ShipBackupRequest.decode(value),
+    responseSerialize: (value: ShipBackupResponse): Buffer => Buffer.from(ShipBackupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ShipBackupResponse => ShipBackupResponse.decode(value),
+  },
+  /**
    * Incremental backups (node-agent/qsd/fleece.ts): a replica's backup bitmaps;
    * the fleece (a point-in-time view the storage daemon keeps while writes go
    * on) prepared, marked at the backup's instant with the bitmaps, exported,
@@ -8779,6 +9985,13 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   serveBackup: handleUnaryCall<ServeBackupRequest, ServeBackupResponse>;
   stopExport: handleUnaryCall<StopExportRequest, StopExportResponse>;
   deleteStoredBackup: handleUnaryCall<DeleteStoredBackupRequest, DeleteStoredBackupResponse>;
+  /**
+   * Asynchronous replication (node-agent/backup-ship.ts): an NBD export on this
+   * node chunked here (manifests only, no chunk stored), then the manifest and
+   * only the chunks the target node's store lacks sent to that node's agent
+   * (BackupTransferService.ReceiveBackup), which commits the backup there.
+   */
+  shipBackup: handleUnaryCall<ShipBackupRequest, ShipBackupResponse>;
   /**
    * Incremental backups (node-agent/qsd/fleece.ts): a replica's backup bitmaps;
    * the fleece (a point-in-time view the storage daemon keeps while writes go
@@ -9163,6 +10376,27 @@ export interface AgentServiceClient extends Client {
     callback: (error: ServiceError | null, response: DeleteStoredBackupResponse) => void,
   ): ClientUnaryCall;
   /**
+   * Asynchronous replication (node-agent/backup-ship.ts): an NBD export on this
+   * node chunked here (manifests only, no chunk stored), then the manifest and
+   * only the chunks the target node's store lacks sent to that node's agent
+   * (BackupTransferService.ReceiveBackup), which commits the backup there.
+   */
+  shipBackup(
+    request: ShipBackupRequest,
+    callback: (error: ServiceError | null, response: ShipBackupResponse) => void,
+  ): ClientUnaryCall;
+  shipBackup(
+    request: ShipBackupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ShipBackupResponse) => void,
+  ): ClientUnaryCall;
+  shipBackup(
+    request: ShipBackupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ShipBackupResponse) => void,
+  ): ClientUnaryCall;
+  /**
    * Incremental backups (node-agent/qsd/fleece.ts): a replica's backup bitmaps;
    * the fleece (a point-in-time view the storage daemon keeps while writes go
    * on) prepared, marked at the backup's instant with the bitmaps, exported,
@@ -9415,6 +10649,72 @@ export const AgentServiceClient = makeGenericClientConstructor(
   service: typeof AgentServiceService;
   serviceName: string;
 };
+
+/**
+ * Between node agents: a backup another node chunked, received into this node's
+ * chunk store (node-agent/backup-receive.ts, lib/chunks/receive-session.ts).
+ */
+export type BackupTransferServiceService = typeof BackupTransferServiceService;
+export const BackupTransferServiceService = {
+  /**
+   * The sender sends `start` and the manifest in parts, the receiver answers which
+   * chunks it lacks (in parts, the last one marked), the sender sends those as
+   * packs and then `end`; the receiver commits and answers `done`. A broken stream
+   * or a bad chunk commits nothing.
+   */
+  receiveBackup: {
+    path: "/stowage.v1.BackupTransferService/ReceiveBackup" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: ReceiveBackupRequest): Buffer => Buffer.from(ReceiveBackupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReceiveBackupRequest => ReceiveBackupRequest.decode(value),
+    responseSerialize: (value: ReceiveBackupResponse): Buffer =>
+      Buffer.from(ReceiveBackupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReceiveBackupResponse => ReceiveBackupResponse.decode(value),
+  },
+} as const;
+
+export interface BackupTransferServiceServer extends UntypedServiceImplementation {
+  /**
+   * The sender sends `start` and the manifest in parts, the receiver answers which
+   * chunks it lacks (in parts, the last one marked), the sender sends those as
+   * packs and then `end`; the receiver commits and answers `done`. A broken stream
+   * or a bad chunk commits nothing.
+   */
+  receiveBackup: handleBidiStreamingCall<ReceiveBackupRequest, ReceiveBackupResponse>;
+}
+
+export interface BackupTransferServiceClient extends Client {
+  /**
+   * The sender sends `start` and the manifest in parts, the receiver answers which
+   * chunks it lacks (in parts, the last one marked), the sender sends those as
+   * packs and then `end`; the receiver commits and answers `done`. A broken stream
+   * or a bad chunk commits nothing.
+   */
+  receiveBackup(): ClientDuplexStream<ReceiveBackupRequest, ReceiveBackupResponse>;
+  receiveBackup(options: Partial<CallOptions>): ClientDuplexStream<ReceiveBackupRequest, ReceiveBackupResponse>;
+  receiveBackup(
+    metadata: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientDuplexStream<ReceiveBackupRequest, ReceiveBackupResponse>;
+}
+
+export const BackupTransferServiceClient = makeGenericClientConstructor(
+  BackupTransferServiceService,
+  "stowage.v1.BackupTransferService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): BackupTransferServiceClient;
+  service: typeof BackupTransferServiceService;
+  serviceName: string;
+};
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 

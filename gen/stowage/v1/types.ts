@@ -1039,6 +1039,11 @@ export interface Backup {
   base: string;
   /** Bytes read from the volume's replica. */
   readBytes: number;
+  /**
+   * A replication's copy: bytes sent to the target node (its manifest and the
+   * chunks the target lacked, compressed). 0 for a backup read by its store node.
+   */
+  shippedBytes: number;
 }
 
 /**
@@ -1060,6 +1065,8 @@ export interface Replication {
   lastDurationMs: number;
   /** Why the last attempt failed, or what it waits for. */
   message: string;
+  /** Bytes the last copy sent over the network: only chunks the target lacked. */
+  lastShippedBytes: number;
 }
 
 /** A chunk store's verification: every chunk read back and hashed. */
@@ -6721,6 +6728,7 @@ function createBaseBackup(): Backup {
     kind: "",
     base: "",
     readBytes: 0,
+    shippedBytes: 0,
   };
 }
 
@@ -6767,6 +6775,9 @@ export const Backup: MessageFns<Backup> = {
     }
     if (message.readBytes !== 0) {
       writer.uint32(112).uint64(message.readBytes);
+    }
+    if (message.shippedBytes !== 0) {
+      writer.uint32(120).uint64(message.shippedBytes);
     }
     return writer;
   },
@@ -6896,6 +6907,14 @@ export const Backup: MessageFns<Backup> = {
             message.readBytes = longToNumber(reader.uint64());
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.shippedBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6952,6 +6971,11 @@ export const Backup: MessageFns<Backup> = {
         : isSet(object.read_bytes)
         ? globalThis.Number(object.read_bytes)
         : 0,
+      shippedBytes: isSet(object.shippedBytes)
+        ? globalThis.Number(object.shippedBytes)
+        : isSet(object.shipped_bytes)
+        ? globalThis.Number(object.shipped_bytes)
+        : 0,
     };
   },
 
@@ -6999,6 +7023,9 @@ export const Backup: MessageFns<Backup> = {
     if (message.readBytes !== 0) {
       obj.readBytes = Math.round(message.readBytes);
     }
+    if (message.shippedBytes !== 0) {
+      obj.shippedBytes = Math.round(message.shippedBytes);
+    }
     return obj;
   },
 
@@ -7021,6 +7048,7 @@ export const Backup: MessageFns<Backup> = {
     message.kind = object.kind ?? "";
     message.base = object.base ?? "";
     message.readBytes = object.readBytes ?? 0;
+    message.shippedBytes = object.shippedBytes ?? 0;
     return message;
   },
 };
@@ -7037,6 +7065,7 @@ function createBaseReplication(): Replication {
     lastReadBytes: 0,
     lastDurationMs: 0,
     message: "",
+    lastShippedBytes: 0,
   };
 }
 
@@ -7071,6 +7100,9 @@ export const Replication: MessageFns<Replication> = {
     }
     if (message.message !== "") {
       writer.uint32(82).string(message.message);
+    }
+    if (message.lastShippedBytes !== 0) {
+      writer.uint32(88).uint64(message.lastShippedBytes);
     }
     return writer;
   },
@@ -7168,6 +7200,14 @@ export const Replication: MessageFns<Replication> = {
             message.message = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.lastShippedBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7216,6 +7256,11 @@ export const Replication: MessageFns<Replication> = {
         ? globalThis.Number(object.last_duration_ms)
         : 0,
       message: isSet(object.message) ? globalThis.String(object.message) : "",
+      lastShippedBytes: isSet(object.lastShippedBytes)
+        ? globalThis.Number(object.lastShippedBytes)
+        : isSet(object.last_shipped_bytes)
+        ? globalThis.Number(object.last_shipped_bytes)
+        : 0,
     };
   },
 
@@ -7251,6 +7296,9 @@ export const Replication: MessageFns<Replication> = {
     if (message.message !== "") {
       obj.message = message.message;
     }
+    if (message.lastShippedBytes !== 0) {
+      obj.lastShippedBytes = Math.round(message.lastShippedBytes);
+    }
     return obj;
   },
 
@@ -7269,6 +7317,7 @@ export const Replication: MessageFns<Replication> = {
     message.lastReadBytes = object.lastReadBytes ?? 0;
     message.lastDurationMs = object.lastDurationMs ?? 0;
     message.message = object.message ?? "";
+    message.lastShippedBytes = object.lastShippedBytes ?? 0;
     return message;
   },
 };

@@ -25,6 +25,7 @@ const NO_VMS = {
   freezeFrontend: noVms,
   thawFrontend: noVms,
   writeBackup: noVms,
+  shipBackup: noVms,
   serveBackup: noVms,
   stopExport: noVms,
   deleteStoredBackup: noVms,
