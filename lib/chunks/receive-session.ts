@@ -23,21 +23,11 @@ import { CorruptChunkError } from "./errors.js";
 import type { Layout, StoreConfig } from "./layout.js";
 import { Manifest } from "./manifest.js";
 import { WriteSession } from "./write-session.js";
+import type { WriteStats } from "./writer.js";
 
-export interface ReceiveStats {
-  name: string;
-  logicalBytes: number;
-  zeroBytes: number;
-  dataBytes: number;
-  chunks: number;
-  /** Chunks this store lacked (all were received). */
-  newChunks: number;
-  newBytes: number;
-  /** Bytes of the packs received and stored. */
-  storedBytes: number;
-  dedupBytes: number;
+/** As a write's (newChunks: the chunks this store lacked, all received; storedBytes: the packs received and stored). */
+export interface ReceiveStats extends WriteStats {
   packs: number;
-  seconds: number;
 }
 
 interface Wanted {
