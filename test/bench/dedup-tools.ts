@@ -35,7 +35,7 @@ export async function stowage(work: string, kind: ChunkerKind): Promise<Contende
   const root = join(work, `stowage-${kind}`);
   const store = await ChunkStore.open(root, { chunker: kind });
   return {
-    label: `stowage ${kind === "cdc" ? "CDC ~64K" : "fixed 64K"}`,
+    label: `stowage ${kind === "cdc" ? "CDC 16K+~32K" : "fixed 64K"}`,
     async backup(image) {
       const s = await store.write(image.name, image.path);
       return { dedupBytes: s.dedupBytes, dataBytes: s.dataBytes };
