@@ -187,7 +187,7 @@ async function main() {
   }
   const s = [...med.entries()].find(([l]) => l.startsWith("stowage"))![1];
   const b = [...med.entries()].find(([l]) => l.startsWith("borg"))![1];
-  console.log(`\nstowage / borg: stored ${(s.stored / b.stored).toFixed(2)} (target <= 1), full-backup throughput ${(b.full / s.full).toFixed(2)}x (target >= 2)`);
+  console.log(`\nstowage / borg: stored ${(s.stored / b.stored).toFixed(3)} (target <= 1), full-backup throughput ${(b.full / s.full).toFixed(2)}x (target >= 2)`);
   console.log(`stowage incremental / full backup time: ${(s.second / s.full).toFixed(2)} (target <= 0.05)`);
   const withSteps = [...rows.values()].flat().filter((x) => x.steps);
   for (const which of ["full", "second"] as const) {

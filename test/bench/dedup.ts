@@ -186,7 +186,7 @@ function report(o: ReturnType<typeof parseArgs>, corpus: Corpus, results: Map<Wh
     const allS = median(runs.map((r) => r.seconds.reduce((a, b) => a + b, 0)));
     const f = { stored, fullMBs: mb(images[0]!.size) / fullS, allMBs: mb(logical) / allS, fullS, incrS };
     fig[w] = f;
-    const label = { cdc: "stowage CDC 16K+~32K zstd-3", fixed: "stowage fixed 64K zstd-3", borg: "borg buzhash,14,18,16 zstd", restic: "restic 0.14 (zstd auto)" }[w];
+    const label = { cdc: "stowage CDC 16K+~32K zstd-2", fixed: "stowage fixed 64K zstd-2", borg: "borg buzhash,14,18,16 zstd", restic: "restic 0.14 (zstd auto)" }[w];
     p(`${label.padEnd(28)} ${mb(stored).toFixed(1).padStart(10)} ${(data / stored).toFixed(2).padStart(6)} ${f.fullMBs.toFixed(0).padStart(10)} ${f.allMBs.toFixed(0).padStart(9)} ${fullS.toFixed(2).padStart(7)} ${incrS.toFixed(2).padStart(7)} ${(incrS / fullS).toFixed(2).padStart(9)}`);
     (out.contenders as Record<string, unknown>)[w] = { ...f, ratio: data / stored, runs };
   }
