@@ -166,10 +166,12 @@ export class DirPool {
       const t0 = Date.now();
       const linked = f.format === "qcow2" && (await this.freshInfo(f.path, f.format)).backingFile !== undefined;
       let how = "whole image";
+      let copied: number | undefined; // a linked clone's: the bytes of its own layer copied
       try {
         if (linked) {
           const r = await copyTopLayer({ sourceUri, targetPath: f.path, rateLimitBytes });
           how = `top layer: ${r.dataBytes} bytes of data, ${r.zeroBytes} of zeros`;
+          copied = r.dataBytes;
         } else {
           await copyImage({ sourceUri, targetPath: f.path, targetFormat: f.format, rateLimitBytes });
         }
@@ -183,7 +185,7 @@ export class DirPool {
       }
       const info = await this.freshInfo(f.path, f.format);
       this.opts.logger?.info({ pool: this.name, replica: id, source: sourceUri, ms: Date.now() - t0, how }, "replica copied from an in-sync replica");
-      return { bytes: info.virtualSizeBytes, ms: Date.now() - t0 };
+      return { bytes: copied ?? info.virtualSizeBytes, ms: Date.now() - t0 };
     });
   }
 

@@ -50,7 +50,7 @@ export function registerReplicationCommands(program: Command, session: Session):
 
   replication
     .command("create")
-    .description("replicate a volume to a pool of another node (one holding no replica of it); the first copy is full, the next ones incremental")
+    .description("replicate a volume to a pool of another node (one holding no replica of it); the first copy reads the whole volume, the next ones only what changed; only chunks the target lacks are sent")
     .argument("<volume>", "volume name")
     .requiredOption("--to-pool <node/pool>", "required: the target, as NODE/POOL")
     .option("--every <duration>", "how often a copy is shipped: 30s, 5m, 1h (default 5m)")

@@ -275,6 +275,7 @@ export interface CopyReplicaRequest {
 }
 
 export interface CopyReplicaResponse {
+  /** Bytes copied: the image's virtual size, or for a linked clone the data of its own layer. */
   bytes: number;
   durationMs: number;
 }
