@@ -156,7 +156,26 @@ async function main(): Promise<void> {
   addService(server, PoolServiceService, apis.pools);
   addService(server, ClusterServiceService, apis.cluster);
   addService(server, AgentRegistryServiceService, apis.registry);
-  const volumes = volumeApi({ store, view, placing, instance, ensureLeader, enqueue: (v) => reconciler?.enqueueVolume(v) });
+  const volumes = volumeApi({
+    store,
+    view,
+    placing,
+    instance,
+    ensureLeader,
+    enqueue: (v) => reconciler?.enqueueVolume(v),
+    allocations: async (nodes) => {
+      const out = new Map<string, number>();
+      await Promise.all(
+        nodes
+          .filter((n) => registry.isOnline(n))
+          .map(async (n) => {
+            const inv = await agents.for(n).getInventory({}, { timeoutMs: 2_000 }).catch(() => undefined);
+            for (const r of inv?.replicas ?? []) out.set(r.id, r.allocatedBytes);
+          }),
+      );
+      return out;
+    },
+  });
   addService(server, VolumeServiceService, volumes);
   addService(server, EventServiceService, eventApi({ store, ensureLeader }));
   addService(server, JobServiceService, jobApi({ store, ensureLeader, brake: () => reconciler?.keeper.brake() }));

@@ -41,6 +41,12 @@ export interface VolumeApiDeps {
   instance: string;
   ensureLeader: () => Promise<void>;
   enqueue: (volume: string) => void;
+  /**
+   * Each replica's allocated bytes as the agents of `nodes` see them now (replica id ->
+   * bytes; nodes that do not answer are left out). The status record has them as of
+   * the replica's last change (creation, export, resize), not of later writes or copies.
+   */
+  allocations?: (nodes: string[]) => Promise<Map<string, number>>;
 }
 
 type Requested = Omit<VolumeSpec, "uid" | "createdAtMs" | "deleting" | "placement">;
@@ -79,6 +85,16 @@ function sameRequest(a: Requested, b: VolumeSpec): boolean {
 export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServiceService> {
   // Placement decisions run one at a time, so two of them never count the same free space.
   const placing = { run: <T>(fn: () => Promise<T>) => d.placing.run(PLACEMENT_LOCK, fn) };
+  /** The status records of `specs`, with each replica's allocation fresh from its agent where it answered. */
+  const liveStatus = async (specs: VolumeSpec[]): Promise<(name: string) => VolumeStatus | undefined> => {
+    const nodes = [...new Set(specs.flatMap((s) => s.placement.map((p) => p.node)))];
+    const alloc = d.allocations && nodes.length > 0 ? await d.allocations(nodes) : new Map<string, number>();
+    return (name) => {
+      const st = d.store.volumeStatus(name)?.value;
+      if (!st || alloc.size === 0) return st;
+      return { ...st, replicas: st.replicas.map((r) => (alloc.has(r.id) ? { ...r, allocatedBytes: alloc.get(r.id)! } : r)) };
+    };
+  };
   /** The API view of a volume, with its running and waiting copies. */
   const apiVolume = (spec: VolumeSpec) => volumeToApi(spec, d.store.volumeStatus(spec.name)?.value, jobsOf(d.store, [spec]));
 
@@ -160,7 +176,8 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
 
     async getVolume(req) {
       await d.ensureLeader();
-      return { volume: apiVolume(existing(req.name).value) };
+      const spec = existing(req.name).value;
+      return { volume: volumeToApi(spec, (await liveStatus([spec]))(spec.name), jobsOf(d.store, [spec])) };
     },
 
     async listVolumes() {
@@ -168,8 +185,9 @@ export function volumeApi(d: VolumeApiDeps): RequestHandlers<typeof VolumeServic
       const specs = d.store.volumeSpecs().map((e) => e.value);
       const jobs = new Map<string, Job[]>();
       for (const j of jobsOf(d.store, specs)) jobs.set(j.volume, [...(jobs.get(j.volume) ?? []), j]);
+      const status = await liveStatus(specs);
       const volumes = specs
-        .map((s) => volumeToApi(s, d.store.volumeStatus(s.name)?.value, jobs.get(s.name)))
+        .map((s) => volumeToApi(s, status(s.name), jobs.get(s.name)))
         .sort((a, b) => a.spec!.name.localeCompare(b.spec!.name));
       return { volumes };
     },

@@ -161,6 +161,10 @@ describe("rebuilt replicas of a linked clone", () => {
     expect(copied).toBeGreaterThan(1);
     const fresh = v.replicas.find((r) => !v0.replicas.some((x) => x.id === r.id))!;
     await io(["flush"]);
+    // volume get shows each replica's allocation now, asked of its agent: the status
+    // records have it as of each replica's last change (made, exported), before these writes.
+    const shown = JSON.parse((await c.stowctl(["volume", "get", "lc2", "-o", "json"])).stdout).volume.replicas as { path: string; allocatedBytes: string }[];
+    expect(shown.map((r) => Number(r.allocatedBytes))).toEqual(shown.map((r) => onDisk(r.path)));
     expect((await c.stowctl(["volume", "detach", "lc2", "--node", node])).code).toBe(0);
     for (const r of v.replicas.slice(1)) {
       const cmp = await sameContent(v.replicas[0]!.path, r.path);
