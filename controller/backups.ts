@@ -283,8 +283,35 @@ export class Backups {
     };
     await Promise.all([this.lease(volume, undefined), this.put(ready)]);
     step("finish");
+    // Bitmaps no chain of backups ends with any more go too (after the newest backup of a
+    // chain was deleted, say): nothing would read them, and writes would go on marking them.
+    await Promise.all(
+      inSync.flatMap((p, i) =>
+        this.orphanBitmaps(volume, ready, bitmaps[i]!.bitmaps.map((b) => b.name))
+          .filter((name) => name !== baseBitmap)
+          .map((name) =>
+            this.d.agents
+              .for(p.node)
+              .settleBackupBitmaps({ replicaId: p.id, next: "", base: name, succeeded: true }, { timeoutMs: 30_000 })
+              .then(() => this.d.log.info({ volume, replica: p.id, bitmap: name }, "dropped a backup bitmap no backup chain ends with"))
+              .catch((err) => this.d.log.warn({ volume, replica: p.id, bitmap: name, err: errorMessage(err) }, "could not drop an unused backup bitmap; the next backup tries again")),
+          ),
+      ),
+    );
     this.d.log.info({ backup: backupRef(ready), kind: ready.kind, node: ready.node, readBytes: w.readBytes, shippedBytes: w.shippedBytes, dataBytes: w.dataBytes, newBytes: w.newBytes, ms: ready.durationMs, steps }, "backup taken");
     return ready;
+  }
+
+  /**
+   * Of the backup bitmaps `listed` on a replica, those no chain of the volume's backups
+   * (one per store node, backups and replication copies apart) ends with, now that
+   * `taken` ends its chain.
+   */
+  private orphanBitmaps(volume: string, taken: BackupRecord, listed: string[]): string[] {
+    const chainEnd = new Map<string, string>();
+    for (const b of [...this.list(volume), taken]) if (b.state === "ready" && b.bitmap) chainEnd.set(`${b.node}/${Boolean(b.replication)}`, b.bitmap);
+    const live = new Set(chainEnd.values());
+    return listed.filter((name) => name.startsWith(bitmapName("")) && !live.has(name));
   }
 
   /**

@@ -14,6 +14,10 @@ import { TestCluster } from "../harness/cluster.js";
 import { eventually } from "../harness/processes.js";
 import { getVolume } from "../harness/replica-helpers.js";
 
+/** The persistent bitmaps in a qcow2 image's file (written when its daemon closes it). */
+const bitmapsIn = async (path: string): Promise<string[]> =>
+  (JSON.parse((await execa("qemu-img", ["info", "-U", "-f", "qcow2", "--output=json", path])).stdout)["format-specific"].data.bitmaps ?? []).map((b: { name: string }) => b.name);
+
 const IPS: Record<string, string> = { b1: "127.0.0.151", b2: "127.0.0.152", b3: "127.0.0.153" };
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
@@ -123,9 +127,7 @@ describe("backups", () => {
     for (const r of v.replicas) {
       expect(readdirSync(c.poolDir(r.node)).filter((f) => f.startsWith("fleece-"))).toEqual([]);
       // In the file once the daemon closed the image (the volume is detached: soon after the backup).
-      const names = async () =>
-        (JSON.parse((await execa("qemu-img", ["info", "-U", "-f", "qcow2", "--output=json", r.path])).stdout)["format-specific"].data.bitmaps ?? []).map((b: { name: string }) => b.name);
-      await eventually(async () => JSON.stringify(await names()) === JSON.stringify([`stow-bk-${three.id}`]), 15_000, `${r.node}: only the last backup's bitmap`);
+      await eventually(async () => JSON.stringify(await bitmapsIn(r.path)) === JSON.stringify([`stow-bk-${three.id}`]), 15_000, `${r.node}: only the last backup's bitmap`);
     }
 
     const listed = await c.stowctl(["backup", "list", "bk1"]);
@@ -147,9 +149,17 @@ describe("backups", () => {
     const again = await c.stowctl(["backup", "restore", `bk1@${three.id}`, "--to", "bk1-again", "--replicas", "1"]);
     expect(again.code, again.stderr).toBe(0);
     await expectContent("bk1-again", join(dir, "three.raw"));
+    // The newest backup deleted: its bitmap on the replicas ends no chain any more. The
+    // next backup (full: nothing left to build on) drops it with its own.
+    expect((await c.stowctl(["backup", "delete", `bk1@${three.id}`])).code).toBe(0);
+    const four = await backup("bk1");
+    expect(four.kind).toBe("full");
+    for (const r of v.replicas) {
+      await eventually(async () => JSON.stringify(await bitmapsIn(r.path)) === JSON.stringify([`stow-bk-${four.id}`]), 15_000, `${r.node}: only the newest backup's bitmap`);
+    }
     // The volume's backups outlive it.
     expect((await c.stowctl(["volume", "delete", "bk1"])).code).toBe(0);
-    expect((await c.stowctl(["backup", "list", "bk1"])).stdout).toMatch(new RegExp(`bk1@${three.id}\\s+ready\\s+incremental`));
+    expect((await c.stowctl(["backup", "list", "bk1"])).stdout).toMatch(new RegExp(`bk1@${four.id}\\s+ready\\s+full`));
   });
 
   it("a leader killed after the copy leaves no backup, snapshot or export behind; the next backup works", async () => {
