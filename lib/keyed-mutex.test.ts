@@ -44,4 +44,21 @@ describe("mapLimit", () => {
     expect(peak).toBe(2);
     expect(await mapLimit([], 4, async (x) => x)).toEqual([]);
   });
+
+  it("starts nothing after a failure and throws it once the items in flight settled", async () => {
+    const started: number[] = [];
+    let inFlight = 0;
+    const run = mapLimit([1, 2, 3, 4, 5, 6], 2, async (x) => {
+      started.push(x);
+      inFlight++;
+      await tick();
+      await tick();
+      inFlight--;
+      if (x === 2) throw new Error("item 2 failed");
+      return x;
+    });
+    await expect(run).rejects.toThrow("item 2 failed");
+    expect(inFlight).toBe(0);
+    expect(started).toEqual([1, 2, 3]);
+  });
 });

@@ -19,6 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FailedPreconditionError, InvalidArgumentError } from "../lib/errors.js";
 import { run } from "../lib/exec.js";
+import { mapLimit } from "../lib/map-limit.js";
 import { NbdClient } from "../lib/nbd/client.js";
 import { parseNbdUri } from "../lib/nbd-uri.js";
 import { readArgv, waitForExit } from "../lib/proc.js";
@@ -83,32 +84,16 @@ class Pacer {
   }
 }
 
-/** Writes `requests` into `dst`, data read from `src`, `inFlight` at a time; stops at the first failure. */
+/** Writes `requests` into `dst`, data read from `src`, `inFlight` at a time; stops at the first failure (mapLimit). */
 async function writeAll(requests: CopyRange[], src: NbdClient | undefined, dst: NbdClient, inFlight: number, pacer: Pacer): Promise<void> {
-  let next = 0;
-  let failed = false;
-  const worker = async () => {
-    while (!failed && next < requests.length) {
-      const r = requests[next++]!;
-      try {
-        if (r.kind === "zero") {
-          await dst.writeZeroes(r.offset, r.length);
-          continue;
-        }
-        await pacer.take(r.length);
-        const buf = await src!.read(r.offset, r.length);
-        // Zeros the guest wrote as data stay zeros on the target, unallocated in data.
-        if (buf.equals(ZEROS.subarray(0, buf.length))) await dst.writeZeroes(r.offset, r.length);
-        else await dst.write(r.offset, buf);
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-    }
-  };
-  // Every worker settles before the caller tears the connections down.
-  const failure = (await Promise.allSettled(Array.from({ length: Math.max(1, inFlight) }, worker))).find((r) => r.status === "rejected");
-  if (failure) throw (failure as PromiseRejectedResult).reason;
+  await mapLimit(requests, inFlight, async (r) => {
+    if (r.kind === "zero") return dst.writeZeroes(r.offset, r.length);
+    await pacer.take(r.length);
+    const buf = await src!.read(r.offset, r.length);
+    // Zeros the guest wrote as data stay zeros on the target, unallocated in data.
+    if (buf.equals(ZEROS.subarray(0, buf.length))) await dst.writeZeroes(r.offset, r.length);
+    else await dst.write(r.offset, buf);
+  });
 }
 
 /** Stops a qemu-nbd we started that is still running (an error path): only if its argv names our socket. */
