@@ -72,6 +72,18 @@ export function encodePack(records: { id: Uint8Array; record: Buffer[] }[]): Buf
   return Buffer.concat(parts, offset);
 }
 
+/** The record count in a pack's first bytes, or undefined if `head` does not start a pack (a chunk file of its own). */
+export function packCount(head: Buffer): number | undefined {
+  if (head.length < PACK_HEADER_BYTES || !head.subarray(0, 4).equals(PACK_MAGIC)) return undefined;
+  return head.readUInt32LE(4);
+}
+
+/** Entry `i` of a pack's index (`index` holds the pack's first bytes, the index included). */
+export function packEntry(index: Buffer, i: number): { prefix: Buffer; offset: number; length: number } {
+  const at = PACK_HEADER_BYTES + PACK_ENTRY_BYTES * i;
+  return { prefix: index.subarray(at, at + PACK_PREFIX_BYTES), offset: index.readUInt32LE(at + PACK_PREFIX_BYTES), length: index.readUInt32LE(at + PACK_PREFIX_BYTES + 4) };
+}
+
 /** Compresses chunks with one reused zstd context. */
 export class ChunkEncoder {
   private readonly zstd = new Compressor();

@@ -18,7 +18,7 @@
 // delays its removal. The caller holds the GC lock.
 import { randomBytes } from "node:crypto";
 import { link, open, readdir, rename, stat, unlink } from "node:fs/promises";
-import { encodePack, isIdHex, PACK_HEADER_BYTES, PACK_MAGIC, shardOf } from "./chunk-file.js";
+import { encodePack, isIdHex, PACK_HEADER_BYTES, packCount, shardOf } from "./chunk-file.js";
 import { fsyncDir, type Layout, SHARDS } from "./layout.js";
 import { readChunkFile } from "./reader.js";
 import { writeFileSynced } from "../file-ops.js";
@@ -84,8 +84,7 @@ async function packRecords(path: string): Promise<number | undefined> {
   try {
     const head = Buffer.alloc(PACK_HEADER_BYTES);
     const { bytesRead } = await fh.read(head, 0, PACK_HEADER_BYTES, 0);
-    if (bytesRead < PACK_HEADER_BYTES || !head.subarray(0, 4).equals(PACK_MAGIC)) return undefined;
-    return head.readUInt32LE(4);
+    return packCount(head.subarray(0, bytesRead));
   } finally {
     await fh.close();
   }

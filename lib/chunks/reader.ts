@@ -3,7 +3,7 @@
 // of its own or a link to a pack of several (chunk-file.ts): either way the answer
 // is the chunk's record, a "SCK1" header and its payload, for ChunkDecoder.
 import { type FileHandle, open } from "node:fs/promises";
-import { PACK_ENTRY_BYTES, PACK_HEADER_BYTES, PACK_MAGIC, PACK_PREFIX_BYTES } from "./chunk-file.js";
+import { PACK_ENTRY_BYTES, PACK_HEADER_BYTES, PACK_PREFIX_BYTES, packCount, packEntry } from "./chunk-file.js";
 import { CorruptChunkError } from "./errors.js";
 import type { Layout } from "./layout.js";
 
@@ -45,22 +45,20 @@ async function readAt(fh: FileHandle, position: number, length: number): Promise
 
 async function readRecord(fh: FileHandle, idHex: string): Promise<Buffer> {
   const head = await readAt(fh, 0, HEAD_BYTES);
-  if (head.length < PACK_HEADER_BYTES || !head.subarray(0, 4).equals(PACK_MAGIC)) {
+  const count = packCount(head);
+  if (count === undefined) {
     // A chunk file of its own: all of it.
     if (head.length < HEAD_BYTES) return head;
     const { size } = await fh.stat();
     return Buffer.concat([head, await readAt(fh, HEAD_BYTES, Math.max(0, size - HEAD_BYTES))]);
   }
-  const count = head.readUInt32LE(4);
   const indexEnd = PACK_HEADER_BYTES + count * PACK_ENTRY_BYTES;
   const index = indexEnd <= head.length ? head : await readAt(fh, 0, indexEnd);
   if (index.length < indexEnd) throw new CorruptChunkError(idHex, "pack index cut short");
   const prefix = Buffer.from(idHex.slice(0, 2 * PACK_PREFIX_BYTES), "hex");
-  for (let at = PACK_HEADER_BYTES; at < indexEnd; at += PACK_ENTRY_BYTES) {
-    if (index.compare(prefix, 0, PACK_PREFIX_BYTES, at, at + PACK_PREFIX_BYTES) !== 0) continue;
-    const offset = index.readUInt32LE(at + PACK_PREFIX_BYTES);
-    const length = index.readUInt32LE(at + PACK_PREFIX_BYTES + 4);
-    return readAt(fh, offset, length); // a short read fails the decoder's checks
+  for (let i = 0; i < count; i++) {
+    const e = packEntry(index, i);
+    if (e.prefix.equals(prefix)) return readAt(fh, e.offset, e.length); // a short read fails the decoder's checks
   }
   throw new CorruptChunkError(idHex, "not in its pack's index");
 }

@@ -18,7 +18,7 @@
 //      gone) ends with close() before commit: nothing committed, the pending record
 //      and tmp/ files removed; the chunks already linked go at the next GC.
 import { InvalidArgumentError } from "../errors.js";
-import { ChunkDecoder, ID_BYTES, PACK_ENTRY_BYTES, PACK_HEADER_BYTES, PACK_MAGIC, PACK_PREFIX_BYTES } from "./chunk-file.js";
+import { ChunkDecoder, ID_BYTES, PACK_ENTRY_BYTES, PACK_HEADER_BYTES, PACK_PREFIX_BYTES, packCount, packEntry } from "./chunk-file.js";
 import { CorruptChunkError } from "./errors.js";
 import type { Layout, StoreConfig } from "./layout.js";
 import { Manifest } from "./manifest.js";
@@ -98,7 +98,7 @@ export class ReceiveSession {
     this.session.check();
     const n = ids.length / ID_BYTES;
     if (!Number.isInteger(n) || n === 0) throw new InvalidArgumentError(`a pack's ids take ${ids.length} bytes, not a multiple of ${ID_BYTES}`);
-    if (pack.length < PACK_HEADER_BYTES || !pack.subarray(0, 4).equals(PACK_MAGIC) || pack.readUInt32LE(4) !== n) {
+    if (packCount(pack) !== n) {
       throw new InvalidArgumentError(`a pack received for ${this.session.name} is not a pack of ${n} records`);
     }
     const indexEnd = PACK_HEADER_BYTES + n * PACK_ENTRY_BYTES;
@@ -111,13 +111,10 @@ export class ReceiveSession {
       const w = this.wanted.get(idHex);
       if (!w) throw new InvalidArgumentError(`chunk ${idHex} was not asked for`);
       if (w.received || taken.includes(w)) throw new InvalidArgumentError(`chunk ${idHex} was sent twice`);
-      const at = PACK_HEADER_BYTES + i * PACK_ENTRY_BYTES;
-      const prefix = pack.subarray(at, at + PACK_PREFIX_BYTES);
+      const { prefix, offset, length } = packEntry(pack, i);
       if (!prefix.equals(id.subarray(0, PACK_PREFIX_BYTES))) throw new CorruptChunkError(idHex, "not where the pack's index says");
       if (prefixes.has(prefix.toString("hex"))) throw new CorruptChunkError(idHex, "its pack holds another chunk of the same prefix");
       prefixes.add(prefix.toString("hex"));
-      const offset = pack.readUInt32LE(at + PACK_PREFIX_BYTES);
-      const length = pack.readUInt32LE(at + PACK_PREFIX_BYTES + 4);
       if (offset < indexEnd || offset + length > pack.length) throw new CorruptChunkError(idHex, "its record lies outside the pack");
       // Decoding checks the header, the length it states and the SHA-256 against the id.
       const data = this.decoder.decode(pack.subarray(offset, offset + length), idHex);
