@@ -226,7 +226,9 @@ describe("chunk store", () => {
 
     resume();
     const b = await writing;
-    expect(b.newChunks).toBe(gcs[0]!.removedChunks);
+    // Exactly what the GCs took before it got there: all three run before it resumes, and
+    // under load the later ones took a few chunks the first had kept (CI: 127 against 125).
+    expect(b.newChunks).toBe(gcs.reduce((n, g) => n + g.removedChunks, 0));
     const report = await store.verify();
     expect(report.ok).toBe(true);
     expect(report.missing).toEqual([]);
